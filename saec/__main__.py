@@ -1,0 +1,3 @@
+from saec.cli import app
+
+app(prog_name="saec")

@@ -1,0 +1,65 @@
+"""Cost per example and time step: neurons, synapses (connections) and MACs."""
+
+from __future__ import annotations
+
+import math
+
+from saec.compiler import ops
+from saec.compiler.graph import IRGraph
+
+
+def _taps(n_out: int, n_in: int, k: int, stride: int, pad: int) -> int:
+    """Kernel taps along one axis of a conv that land inside the (unpadded) input."""
+    return sum(
+        1
+        for o in range(n_out)
+        for j in range(k)
+        if 0 <= o * stride - pad + j < n_in
+    )
+
+
+def synapses(op: ops.Op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    """Connections from real (not padding) inputs to outputs, i.e. non-zero MACs of one dense step."""
+    if isinstance(op, ops.Conv2d):
+        (kh, kw), (sh, sw), (ph, pw) = op.kernel_size, op.stride, op.padding
+        return (op.in_channels * op.out_channels * _taps(out_shape[1], in_shape[1], kh, sh, ph)
+                * _taps(out_shape[2], in_shape[2], kw, sw, pw))
+    if isinstance(op, ops.ConvTranspose2d):
+        # A transposed conv is the adjoint of the conv from its output back to its input.
+        (kh, kw), (sh, sw), (ph, pw) = op.kernel_size, op.stride, op.padding
+        return (op.in_channels * op.out_channels * _taps(in_shape[1], out_shape[1], kh, sh, ph)
+                * _taps(in_shape[2], out_shape[2], kw, sw, pw))
+    if isinstance(op, ops.Linear):
+        return op.in_features * op.out_features
+    return 0
+
+
+def macs(op: ops.Op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    """Dense multiply-accumulates per example and step, as a framework computes them."""
+    if isinstance(op, ops.Conv2d):
+        return math.prod(out_shape) * op.in_channels * math.prod(op.kernel_size)
+    if isinstance(op, ops.ConvTranspose2d):
+        return math.prod(in_shape) * op.out_channels * math.prod(op.kernel_size)
+    if isinstance(op, ops.Linear):
+        return op.in_features * op.out_features
+    return 0
+
+
+def estimate_cost(graph: IRGraph) -> bool:
+    """Write ``neurons``, ``synapses`` and ``macs`` into every node's meta."""
+    changed = False
+    for name in graph.order():
+        op, meta = graph.op(name), graph.meta(name)
+        ins = graph.inputs(name)
+        in_shape = tuple(graph.meta(ins[0])["shape"]) if ins else ()
+        out_shape = tuple(meta["shape"])
+        values = {
+            "neurons": math.prod(out_shape) if isinstance(op, (ops.LIF, ops.ReLU)) else 0,
+            "synapses": synapses(op, in_shape, out_shape),
+            "macs": macs(op, in_shape, out_shape),
+        }
+        for key, value in values.items():
+            if meta.get(key) != value:
+                meta[key] = value
+                changed = True
+    return changed

@@ -1,0 +1,119 @@
+"""Named flows of passes, and the one entry point ``compile_spec``.
+
+A pass is ``fn(graph) -> bool`` (True when it changed the graph). A flow is a
+named list of passes run in order; errors gain the name of the failing pass
+and of the passes that ran before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from saec.compiler import ops
+from saec.compiler.builder import build_ir
+from saec.compiler.errors import CompileError
+from saec.compiler.graph import IRGraph
+from saec.compiler.passes.cost import estimate_cost
+from saec.compiler.passes.lint import lint
+from saec.compiler.passes.params import count_params
+from saec.compiler.passes.shapes import infer_shapes
+from saec.spec.errors import SpecError
+from saec.spec.loader import LoadedSpec, load_spec
+
+Pass = Callable[[IRGraph], bool]
+
+PASSES: dict[str, Pass] = {
+    "shapes": infer_shapes,
+    "lint": lint,
+    "params": count_params,
+    "cost": estimate_cost,
+}
+
+FLOWS: dict[str, list[str]] = {
+    "compile": ["shapes", "lint", "params", "cost"],
+}
+
+
+def register_pass(name: str, fn: Pass) -> None:
+    PASSES[name] = fn
+
+
+def register_flow(name: str, passes: list[str]) -> None:
+    FLOWS[name] = list(passes)
+
+
+@dataclass
+class FlowReport:
+    ran: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+
+def run_flow(graph: IRGraph, flow: str, *, after: str = "build") -> FlowReport:
+    """Run the passes of ``flow`` on ``graph`` in order (in place)."""
+    report = FlowReport()
+    for name in FLOWS[flow]:
+        try:
+            if PASSES[name](graph):
+                report.changed.append(name)
+        except CompileError as exc:
+            done = ", ".join([after, *report.ran]) or after
+            exc.add_context(f"pass `{name}` of flow `{flow}` failed after [{done}]")
+            raise
+        report.ran.append(name)
+    return report
+
+
+def summarize(graph: IRGraph) -> dict:
+    """Totals of a compiled graph (after the ``compile`` flow)."""
+    metas = [graph.meta(n) for n in graph.order()]
+    t = graph.attrs.get("timesteps", 1)
+    macs = sum(m.get("macs", 0) for m in metas)
+    return {
+        "name": graph.attrs.get("name"),
+        "kind": graph.attrs.get("kind"),
+        "total_params": sum(m.get("params", 0) for m in metas),
+        "neurons": sum(m.get("neurons", 0) for m in metas),
+        "synapses": sum(m.get("synapses", 0) for m in metas),
+        "macs_per_step": macs,
+        "timesteps": t,
+        "macs_per_example": macs * t,
+        "spiking_layers": len(list(graph.nodes(ops.LIF))),
+    }
+
+
+def _to_spec_error(exc: CompileError, graph: IRGraph | None, loaded: LoadedSpec) -> SpecError:
+    path: tuple = ()
+    if graph is not None and exc.node in graph:
+        path = tuple(graph.meta(exc.node).get("spec_path", ()))
+    elif exc.node:
+        names = [layer.name for layer in loaded.spec.layers]
+        if exc.node in names:
+            path = ("layers", names.index(exc.node))
+    message = exc.message + "".join(f"; {c}" for c in exc.context if not c.startswith("pass `"))
+    return loaded.error(path, message)
+
+
+def compile_loaded(loaded: LoadedSpec, flow: str = "compile") -> IRGraph:
+    """Build the IR of a loaded spec and run ``flow``; errors come back located in the spec."""
+    graph = None
+    try:
+        graph = build_ir(loaded.spec)
+        run_flow(graph, flow)
+    except CompileError as exc:
+        raise _to_spec_error(exc, graph, loaded) from None
+    graph.attrs["source"] = loaded.file
+    return graph
+
+
+def compile_spec(path: str, overrides: tuple[str, ...] | list[str] = (), flow: str = "compile"
+                 ) -> tuple[LoadedSpec, IRGraph]:
+    """Load ``path`` with ``overrides``, build the IR and run ``flow``.
+
+    Returns:
+        (the loaded spec, the compiled graph).
+    Raises:
+        SpecError: any problem, as one located line.
+    """
+    loaded = load_spec(path, overrides)
+    return loaded, compile_loaded(loaded, flow)

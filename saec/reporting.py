@@ -1,0 +1,115 @@
+"""Console tables (rich) for the CLI. Torch-free."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from saec.compiler import ops
+from saec.compiler.graph import IRGraph
+from saec.spec.loader import LoadedSpec
+
+
+def _n(x: int) -> str:
+    return f"{x:,}" if x else "-"
+
+
+def _shape(meta: dict) -> str:
+    return "x".join(map(str, meta.get("shape", ())))
+
+
+def _describe_op(op: ops.Op) -> str:
+    if isinstance(op, ops.LIF):
+        cmp = ">=" if op.spike_when == "ge" else ">"
+        floor = "off" if op.lower_bound is None else f"{op.lower_bound_mode}@{op.lower_bound:g}"
+        return f"lif(decay={op.decay:g}, u{cmp}{op.threshold:g}, reset={op.reset}, floor={floor})"
+    if isinstance(op, (ops.Conv2d, ops.ConvTranspose2d)):
+        k = "x".join(map(str, op.kernel_size))
+        extra = "" if op.stride == (1, 1) else f", stride {op.stride[0]}"
+        return f"{op.type}({op.in_channels}->{op.out_channels}, k{k}{extra}{', bias' if op.bias else ''})"
+    if isinstance(op, ops.Linear):
+        return f"linear({op.in_features}->{op.out_features}{', bias' if op.bias else ''})"
+    if isinstance(op, ops.PoissonEncode):
+        return f"poisson(T={op.timesteps}, s={op.scale:g}, noise={op.noise:g})"
+    if isinstance(op, ops.MaxCumulativeReadout):
+        div = "T*s" if op.divide_by_timesteps else "s"
+        return f"max_t>={op.t_min} U / {div}"
+    return op.type
+
+
+def _console() -> Console:
+    import sys
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+
+def layer_rows(graph: IRGraph) -> list[dict]:
+    """One row per spec layer: its synapse op and activation merged (IR nodes grouped by ``layer``)."""
+    rows: dict[str, dict] = {}
+    for name in graph.order():
+        meta = graph.meta(name)
+        layer = meta.get("layer")
+        if layer is None:
+            continue
+        row = rows.setdefault(layer, {"layer": layer, "op": "", "activation": "", "shape": "",
+                                      "params": 0, "neurons": 0, "macs": 0})
+        op = graph.op(name)
+        if isinstance(op, (ops.LIF, ops.ReLU, ops.Reparameterize)):
+            row["activation"] = op.type
+        else:
+            row["op"] = _describe_op(op)
+        row["shape"] = _shape(meta)
+        for key in ("params", "neurons", "macs"):
+            row[key] += meta.get(key, 0)
+    return list(rows.values())
+
+
+def print_compile_summary(loaded: LoadedSpec, graph: IRGraph, summary: dict, console: Console | None = None) -> None:
+    """The `saec compile` table: one row per layer, then totals, neuron and semantics."""
+    console = console or _console()
+    spec = loaded.spec
+    table = Table(title=f"{spec.name}: {spec.kind}, preset {spec.preset}, input {'x'.join(map(str, spec.input.shape))}",
+                  title_justify="left")
+    for col, just in (("layer", "left"), ("op", "left"), ("act.", "left"), ("output", "right"),
+                      ("params", "right"), ("neurons", "right"), ("MACs/step", "right")):
+        table.add_column(col, justify=just)
+    for row in layer_rows(graph):
+        table.add_row(row["layer"], row["op"], row["activation"], row["shape"], _n(row["params"]),
+                      _n(row["neurons"]), _n(row["macs"]))
+    table.add_section()
+    table.add_row("total", "", "", "", _n(summary["total_params"]), _n(summary["neurons"]), _n(summary["macs_per_step"]))
+    console.print(table)
+    t = summary["timesteps"]
+    console.print(f"MACs per example over T={t} steps (dense): {summary['macs_per_example']:,}; "
+                  f"synapses: {summary['synapses']:,}")
+    if spec.kind == "sae":
+        (enc,) = graph.nodes(ops.PoissonEncode)
+        console.print(f"encoding: {_describe_op(graph.op(enc))}")
+        lifs = {_describe_op(graph.op(n)) for n in graph.nodes(ops.LIF)}
+        console.print("neuron: " + "; ".join(sorted(lifs)))
+        console.print(f"semantics: {semantic_line(spec)}")
+    losses = graph.attrs["losses"]
+    terms = [f"l2={losses['l2']:g}"] if losses["l2"] else []
+    for term in ("p1", "p2", "a1"):
+        if losses.get(term):
+            terms.append(f"{term}={losses[term]['weight']:g} on {','.join(losses[term]['layers'])}")
+    if losses.get("beta"):
+        terms.append(f"beta*KL (beta={losses['beta']:g})")
+    console.print("loss: L_rec" + "".join(f" + {t}" for t in terms))
+
+
+def semantic_line(spec) -> str:
+    """Every semantic choice that differs between the paper and its code, in one line."""
+    n, s, r, e = spec.neuron, spec.surrogate, spec.readout, spec.encoding
+    floor = "off" if n.lower_bound is None else f"{n.lower_bound_mode} below {n.lower_bound:g}" + (
+        " (before spike test)" if n.clamp_first else " (after spike test)")
+    return (
+        f"spike u{'>=' if n.spike_when == 'ge' else '>'}threshold; floor {floor}; U integrates {n.integrate}; "
+        f"surrogate {s.type} (reset grad {s.reset_grad}, floor grad {s.clamp_grad}, decay in backward "
+        f"{'yes' if s.decay_grad else 'no'}); readout max over t>={r.t_min} / "
+        f"{'T*s' if r.divide_by_timesteps else 's'}; P1/P2 on U(T){'/T' if spec.regularizers.potential_per_timestep else ''}; "
+        f"linear init x{spec.init.linear_std_factor:g}; noise {e.noise_resample}"
+        + (f"; encoder scale fixed at {e.encoder_scale:g}" if e.encoder_scale is not None else "")
+        + (f"; grad clip {spec.training.grad_clip.mode} {spec.training.grad_clip.max:g}"
+           if spec.training.grad_clip else "")
+    )

