@@ -11,6 +11,7 @@ which layer names cannot.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 from saec import __version__
 from saec.compiler import ops
@@ -85,6 +86,11 @@ def build_ir(spec: S.Spec) -> IRGraph:
         path = ["layers", i]
         try:
             op = _synapse_op(spec, layer, shape, layer.name)
+            if spec.kind == "vae" and layer.name == spec.latent:
+                if not isinstance(op, ops.Linear):
+                    raise CompileError("a VAE's latent layer must be a linear layer", node=layer.name)
+                # out_features is nz; the layer predicts mu and log-variance, 2*nz values.
+                op = replace(op, out_features=2 * op.out_features)
             new_shape = output_shape(op, shape, layer.name)
         except CompileError as exc:
             raise exc.add_context(f"its input `{prev_layer}` gives {fmt(shape)}") from None
@@ -96,9 +102,6 @@ def build_ir(spec: S.Spec) -> IRGraph:
                 latent_node = prev
             continue
         if spec.kind == "vae" and layer.name == spec.latent:
-            if shape[0] % 2:
-                raise CompileError(f"a VAE latent layer needs an even number of features (mu, log-variance), "
-                                   f"got {shape[0]}", node=layer.name)
             prev = graph.add(f"{layer.name}.sample", ops.Reparameterize(latent_features=shape[0] // 2), (prev,),
                              layer=layer.name, spec_path=path)
             shape = (shape[0] // 2,)

@@ -9,6 +9,7 @@ failure becomes one :class:`SpecError`.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,7 +50,14 @@ class LoadedSpec:
 
 # ---------------------------------------------------------------- YAML
 class _SafeLoader(yaml.SafeLoader):
-    """SafeLoader; kept separate so nothing we add leaks into yaml's class."""
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2), not a string."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _read_text(path: Path) -> str:
@@ -148,7 +156,7 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> set[tuple]:
     for item in overrides:
         key, raw_value = _split_override(item)
         try:
-            value = yaml.safe_load(raw_value) if raw_value.strip() else None
+            value = yaml.load(raw_value, Loader=_SafeLoader) if raw_value.strip() else None
         except yaml.YAMLError as exc:
             raise SpecError(f"cannot parse value {raw_value!r}: {exc}", file=SET_SOURCE, path=key) from None
         segs = key.split(".")
@@ -256,12 +264,11 @@ def _display_path(path: tuple, data: Any) -> str:
 
 
 def _locate(path: tuple, file: str, lines: dict[tuple, int], overridden: set[tuple]) -> tuple[str, int | None]:
+    if any(path[:cut] in overridden for cut in range(len(path) + 1)):
+        return SET_SOURCE, None
     for cut in range(len(path), -1, -1):
-        prefix = path[:cut]
-        if prefix in overridden:
-            return SET_SOURCE, None
-        if prefix in lines:
-            return file, lines[prefix]
+        if path[:cut] in lines:
+            return file, lines[path[:cut]]
     return file, None
 
 
@@ -291,7 +298,9 @@ def _validation_error(exc: ValidationError, data: Any, file: str, lines: dict[tu
         located.append((path, err))
     distinct = {p for p, _ in located}
     # Prefer the most specific location; union branches give several errors for one field.
-    path, err = max(located, key=lambda pe: len(pe[0]))
+    # An unknown field first (it often explains a "missing" sibling), then the most specific location;
+    # union branches give several errors for one field.
+    path, err = max(located, key=lambda pe: (pe[1]["type"] == "extra_forbidden", len(pe[0])))
     message = _describe(err, data, path)
     if len(distinct) > 1:
         message += f" (and {len(distinct) - 1} more problem{'s' if len(distinct) > 2 else ''})"

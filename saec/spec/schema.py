@@ -38,7 +38,7 @@ class PoissonEncodingSpec(Strict):
     )
     noise: Unit = Field(0.0, description="epsilon, weight of uniform noise mixed into each pixel (dimensionless, 0..1).")
     noise_resample: Literal["per_step", "per_batch"] = Field(
-        "per_step",
+        "per_batch",
         description="When the noise xi is drawn: fresh per pixel per step, or once per batch and held over T "
         "(published code).",
     )

@@ -38,6 +38,8 @@ def lint(graph: IRGraph) -> bool:
     in_shape, out_shape = tuple(graph.meta(inp)["shape"]), tuple(graph.meta(out)["shape"])
     if in_shape != out_shape:
         last = graph.inputs(out)[0]
+        while "layer" not in graph.meta(last) and graph.inputs(last):
+            last = graph.inputs(last)[0]
         layer = graph.meta(last).get("layer", last)
         raise CompileError(
             f"the decoder's output shape {fmt(out_shape)} differs from the input shape {fmt(in_shape)}"
