@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m saec.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''

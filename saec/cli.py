@@ -72,6 +72,54 @@ def compile_cmd(
             typer.echo(f"IR written to {output}")
 
 
+@app.command("train")
+@user_errors
+def train_cmd(
+    spec: Optional[Path] = typer.Argument(None, help="The YAML spec file (omit with --resume)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<spec name>)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding MNIST (torchvision layout)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    set_: Optional[List[str]] = SetOption,
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing run in the folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train SPEC end to end and write a run folder (weights, metrics, figures).
+
+    With --resume DIR, continue an interrupted run and end with the same
+    weights as an uninterrupted one.
+    """
+    from saec.runtime.train import TrainingDiverged, TrainingInterrupted, load_run, train
+
+    if resume is not None:
+        if spec is not None or set_:
+            raise SpecError("--resume continues a run as it was specified; give no SPEC or --set with it",
+                            path="--resume")
+        spec_obj, graph = load_run(resume)
+        run_dir = resume
+    else:
+        if spec is None:
+            raise SpecError("give a SPEC file to train, or --resume RUN_FOLDER")
+        from saec.compiler.pipeline import compile_spec
+
+        loaded, graph = compile_spec(str(spec), set_ or [])
+        spec_obj = loaded.spec
+        run_dir = out or Path("runs") / spec_obj.name
+    try:
+        metrics = train(spec_obj, graph, run_dir, data_dir=str(data_dir) if data_dir else None, device=device,
+                        resume=resume is not None, force=force, progress=progress)
+    except TrainingInterrupted as exc:
+        typer.echo(f"saec: {exc}", err=True)
+        raise typer.Exit(130) from None
+    except TrainingDiverged as exc:
+        typer.echo(f"saec: training diverged: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if metrics:
+        typer.echo(f"run folder: {run_dir}")
+        typer.echo(f"validation L_rec: {metrics['rec_loss']:.3f} (mean of batch means)")
+        typer.echo(f"reconstructions: {run_dir / 'figures' / 'reconstructions.png'}")
+
+
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of the spec (for editor completion and validation)."""

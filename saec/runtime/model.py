@@ -1,0 +1,262 @@
+"""IR -> ``nn.Module``. The module only holds parameters and walks the IR.
+
+Execution is layer-wise multi-step: every layer processes all T time steps
+before the next starts (the network is feed-forward with no synaptic delay).
+A conv or linear runs once on a [T*B, ...] tensor; the LIF recurrence over T is
+:func:`saec.runtime.lif.lif_scan`. :meth:`SpikingAutoencoder.forward_stepwise`
+is the step-by-step reference (each step runs the whole network) and gives
+bit-identical spikes.
+
+AE and VAE baselines run through the same walk with T = 1 and no encoding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saec.compiler import ops
+from saec.compiler.graph import IRGraph
+from saec.compiler.passes.params import weight_shapes
+from saec.runtime.encoding import poisson_encode
+from saec.runtime.lif import lif_scan, lif_step
+from saec.runtime.readout import max_cumulative_readout
+
+
+@dataclass
+class NetOutput:
+    """What one forward pass produces (per batch).
+
+    Attributes:
+        x_hat: reconstruction [B, C, H, W].
+        counts: spike counts per spiking layer name, [B, *shape] (sum over T;
+            differentiable through the surrogate), or ReLU activations for AE/VAE.
+        u_last: U(T) per spiking layer name, [B, *shape] (for P1 / P2).
+        trains: spike trains [T, B, *shape] of the layers asked for in ``record``.
+        encoded: the input spike train [T, B, C, H, W] (when recorded).
+        mu, logvar: the VAE's posterior parameters.
+        latent: the latent representation [B, nz] (firing rate for SAE, z or activation for AE/VAE).
+    """
+
+    x_hat: Tensor
+    counts: dict[str, Tensor] = field(default_factory=dict)
+    u_last: dict[str, Tensor] = field(default_factory=dict)
+    trains: dict[str, Tensor] = field(default_factory=dict)
+    encoded: Tensor | None = None
+    mu: Tensor | None = None
+    logvar: Tensor | None = None
+    latent: Tensor | None = None
+
+
+def module_key(node: str) -> str:
+    """``nn.ModuleDict`` keys cannot hold dots; IR node names of weighted ops never do."""
+    return node.replace(".", "__")
+
+
+def init_weights(op: ops.Op, params: dict[str, Tensor], generator: torch.Generator | None = None) -> None:
+    """Paper Eq. 13: weights ~ N(0, factor * sqrt(2 / fan_in)), biases zero.
+
+    fan_in is k*k*C_in for convolutions and transposed convolutions, in_features for linear.
+    """
+    if isinstance(op, ops.Linear):
+        fan_in = op.in_features
+    else:
+        fan_in = op.in_channels * math.prod(op.kernel_size)
+    std = op.init_std_factor * math.sqrt(2.0 / fan_in)
+    with torch.no_grad():
+        params["weight"].normal_(0.0, std, generator=generator)
+        if "bias" in params:
+            params["bias"].zero_()
+
+
+class SynapseParams(nn.Module):
+    """Holds ``weight`` (and ``bias``) of one weighted IR node."""
+
+    def __init__(self, op: ops.Op) -> None:
+        super().__init__()
+        for pname, shape in weight_shapes(op).items():
+            self.register_parameter(pname, nn.Parameter(torch.empty(shape)))
+
+
+def apply_synapse(op: ops.Op, p: SynapseParams, x: Tensor) -> Tensor:
+    """Conv / linear on x of shape [N, ...] (N = T*B, or B)."""
+    bias = getattr(p, "bias", None)
+    if isinstance(op, ops.Conv2d):
+        return F.conv2d(x, p.weight, bias, stride=op.stride, padding=op.padding)
+    if isinstance(op, ops.ConvTranspose2d):
+        return F.conv_transpose2d(x, p.weight, bias, stride=op.stride, padding=op.padding,
+                                  output_padding=op.output_padding)
+    return F.linear(x, p.weight, bias)
+
+
+class SpikingAutoencoder(nn.Module):
+    """The network an IR graph describes (SAE, AE or VAE).
+
+    Args:
+        graph: a compiled IR graph (after the ``compile`` flow: shapes known).
+    """
+
+    def __init__(self, graph: IRGraph) -> None:
+        super().__init__()
+        self.graph = graph
+        self.order = graph.order()
+        self.kind = graph.attrs.get("kind", "sae")
+        self.synapses = nn.ModuleDict()
+        for name in self.order:
+            if graph.op(name).has_weights:
+                self.synapses[module_key(name)] = SynapseParams(graph.op(name))
+        losses = graph.attrs.get("losses", {})
+        need = set()
+        for term in ("p1", "p2"):
+            if losses.get(term):
+                need.update(losses[term]["layers"])
+        #: layers whose U(T) the loss needs
+        self.u_last_layers = need
+        (self.input_node,) = graph.nodes(ops.Input)
+        self.input_shape = tuple(graph.meta(self.input_node)["shape"])
+        self.latent_node = graph.attrs.get("latent_node")
+        self.reset_parameters()
+
+    # ------------------------------------------------------------ parameters
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        for name in self.order:
+            op = self.graph.op(name)
+            if op.has_weights:
+                p = self.synapses[module_key(name)]
+                init_weights(op, dict(p.named_parameters()), generator)
+
+    def ir_state_dict(self) -> dict[str, Tensor]:
+        """Weights keyed by IR node name: ``<node>.weight`` / ``<node>.bias``."""
+        out = {}
+        for name in self.order:
+            if self.graph.op(name).has_weights:
+                for pname, t in self.synapses[module_key(name)].named_parameters():
+                    out[f"{name}.{pname}"] = t.detach()
+        return out
+
+    def load_ir_state_dict(self, state: dict[str, Tensor]) -> None:
+        expected = set(self.ir_state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"weights do not match the IR (missing {missing}, unexpected {extra})")
+        with torch.no_grad():
+            for key, value in state.items():
+                node, pname = key.rsplit(".", 1)
+                getattr(self.synapses[module_key(node)], pname).copy_(value)
+
+    def weights(self) -> list[Tensor]:
+        """All weight tensors (not biases), for the L2 term."""
+        return [p.weight for p in self.synapses.values()]
+
+    # ------------------------------------------------------------ forward
+    @property
+    def timesteps(self) -> int:
+        return int(self.graph.attrs.get("timesteps", 1))
+
+    def forward(self, x: Tensor, *, generator: torch.Generator | None = None,
+                record: set[str] | frozenset[str] = frozenset(), encoded: Tensor | None = None) -> NetOutput:
+        """Run the whole network on a batch ``x`` [B, C, H, W] in [0, 1].
+
+        Args:
+            generator: random source for the Poisson encoding and VAE sampling.
+            record: layer names whose full spike trains to return (``"_encode"`` for the input train).
+            encoded: a precomputed input spike train [T, B, ...] (skips encoding).
+        """
+        out = NetOutput(x_hat=x)
+        values: dict[str, Tensor] = {}
+        batch = x.shape[0]
+        for name in self.order:
+            op = self.graph.op(name)
+            ins = self.graph.inputs(name)
+            h = values[ins[0]] if ins else None
+            layer = self.graph.meta(name).get("layer")
+            if isinstance(op, ops.Input):
+                y = x.unsqueeze(0)  # [1, B, ...]: T = 1 until encoded
+            elif isinstance(op, ops.PoissonEncode):
+                y = encoded if encoded is not None else poisson_encode(x, op, generator=generator)
+                if "_encode" in record:
+                    out.encoded = y
+            elif op.has_weights:
+                t = h.shape[0]
+                flat = apply_synapse(op, self.synapses[module_key(name)], h.reshape(t * batch, *h.shape[2:]))
+                y = flat.reshape(t, batch, *flat.shape[1:])
+            elif isinstance(op, ops.Flatten):
+                y = h.reshape(h.shape[0], batch, -1)
+            elif isinstance(op, ops.Unflatten):
+                y = h.reshape(h.shape[0], batch, *op.shape)
+            elif isinstance(op, ops.LIF):
+                want = "last" if layer in self.u_last_layers else "none"
+                if self.graph.inputs(self.graph.users(name)[0]) and isinstance(
+                        self.graph.op(self.graph.users(name)[0]), ops.MaxCumulativeReadout):
+                    want = "all"
+                res = lif_scan(h, op, cumulative=want)
+                y = res.spikes
+                out.counts[layer] = y.sum(0)
+                if want == "last":
+                    out.u_last[layer] = res.U
+                elif want == "all":
+                    values[name + ":U"] = res.U
+                    if layer in self.u_last_layers:
+                        out.u_last[layer] = res.U[-1]
+                if layer in record:
+                    out.trains[layer] = y
+            elif isinstance(op, ops.ReLU):
+                y = torch.relu(h)
+                out.counts[layer] = y[0]
+            elif isinstance(op, ops.Reparameterize):
+                mu, logvar = h[0].chunk(2, dim=-1)
+                out.mu, out.logvar = mu, logvar
+                if self.training:
+                    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+                    z = mu + torch.exp(0.5 * logvar) * eps
+                else:
+                    z = mu
+                y = z.unsqueeze(0)
+            elif isinstance(op, ops.MaxCumulativeReadout):
+                y = max_cumulative_readout(values[ins[0] + ":U"], op).unsqueeze(0)
+            elif isinstance(op, ops.Output):
+                y = h
+                out.x_hat = h[0]
+            else:  # pragma: no cover - closed op set
+                raise TypeError(f"no runtime rule for op {op.type!r}")
+            values[name] = y
+            if name == self.latent_node:
+                out.latent = y.float().mean(0) if isinstance(op, ops.LIF) else y[0]
+        return out
+
+    @torch.no_grad()
+    def forward_stepwise(self, x: Tensor, encoded: Tensor) -> dict[str, Tensor]:
+        """Reference execution: each time step runs the whole network (no gradients).
+
+        Returns the spike train [T, B, ...] of every spiking layer, keyed by layer name.
+        """
+        T, batch = encoded.shape[0], x.shape[0]
+        state: dict[str, tuple] = {}
+        trains: dict[str, list[Tensor]] = {}
+        for t in range(T):
+            values: dict[str, Tensor] = {}
+            for name in self.order:
+                op = self.graph.op(name)
+                ins = self.graph.inputs(name)
+                h = values[ins[0]] if ins else None
+                if isinstance(op, ops.Input):
+                    y = x
+                elif isinstance(op, ops.PoissonEncode):
+                    y = encoded[t]
+                elif op.has_weights:
+                    y = apply_synapse(op, self.synapses[module_key(name)], h)
+                elif isinstance(op, ops.Flatten):
+                    y = h.reshape(batch, -1)
+                elif isinstance(op, ops.Unflatten):
+                    y = h.reshape(batch, *op.shape)
+                elif isinstance(op, ops.LIF):
+                    y, state[name] = lif_step(h, state.get(name), op)
+                    trains.setdefault(self.graph.meta(name)["layer"], []).append(y)
+                else:
+                    y = h
+                values[name] = y
+        return {k: torch.stack(v) for k, v in trains.items()}
