@@ -1,0 +1,442 @@
+"""Leaky integrate-and-fire kernels: pure functions over an immutable ``LIF`` record.
+
+One time step (REFERENCE.md, "One time step"; u'(0) = 0, U(0) = 0)::
+
+    u(t)   = decay * u'(t-1) + I(t)
+    v(t)   = floor rule applied to u(t)   if clamp_first else u(t)
+    phi(t) = [v(t) >= threshold]          (spike_when="gt": strict >)
+    u'(t)  = reset(v(t))                  if phi(t)
+             floor_value                  if u(t) < lower_bound (and the floor rule is still due)
+             v(t)                         otherwise
+    U(t)   = decay * U(t-1) + u(t)        (integrate="potential"; u before the floor rule and reset)
+    U(t)   = decay * (U(t-1) + I(t))      (integrate="current")
+
+The floor rule sets a potential below ``lower_bound`` to ``op.floor_value``
+(``lower_bound`` itself for mode ``clamp``, ``+threshold`` for ``revive``).
+With ``clamp_first=False`` it applies only where the neuron did not spike.
+
+Three entry points:
+
+- :func:`lif_scan`: all T steps of one layer at once (layer-wise multi-step
+  execution), with a hand-written backward; the fast path.
+- :func:`lif_scan_autograd`: the same maths as a plain loop of torch ops whose
+  straight-through rules are written with ``detach`` / ``where`` tricks, so that
+  autograd derives the gradient; slow, the oracle the fast backward is tested
+  against.
+- :func:`lif_step`: one step (the step-by-step reference execution); it is
+  the per-step body of :func:`lif_scan_autograd`, differentiable the same way.
+
+All three perform the same floating-point operations in the same order, so
+they give bit-identical spikes (up to the sign of a zero membrane).
+
+Backward (membrane-potential backpropagation with a straight-through
+estimate). Per step the gradient rules are::
+
+    d phi / d v   = surrogate(v)            (see :func:`_surrogate_grad`)
+    d v / d u     = 1, or 0 where the floor rule applied and clamp_grad="cut"
+                    (only with clamp_first; otherwise v is u)
+    d u' / d u    = 0 at a spike if reset="zero" and reset_grad="cut";
+                    0 where the floor rule applied and clamp_grad="cut"; else 1
+                    (the spike inside a subtract reset is a constant)
+    d u(t) / d u'(t-1) = d U(t) / d U(t-1) = decay if decay_grad else 1
+    d U(t) / d u(t) = 1 (potential);  d U(t) / d I(t) = decay if decay_grad else 1 (current)
+
+The recorded potential ``u`` (``record_potential=True``) is differentiable in
+both implementations: its gradient enters as d L / d u(t) directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from saec.compiler.ops import LIF
+
+Cumulative = Literal["none", "last", "all"]
+_CUMULATIVE = ("none", "last", "all")
+_MEMBRANE_SURROGATES = ("fast_sigmoid", "arctan")
+
+
+class LIFResult(NamedTuple):
+    """Outputs of :func:`lif_scan`.
+
+    spikes: phi(1..T), [T, B, ...], same dtype as the input current, values 0 or 1.
+    U: cumulative potential; None (``cumulative="none"``), U(T) [B, ...]
+        (``"last"``) or U(1..T) [T, B, ...] (``"all"``).
+    u: membrane u(1..T) before the floor rule and the reset, [T, B, ...]
+        (only with ``record_potential=True``).
+    """
+
+    spikes: Tensor
+    U: Tensor | None = None
+    u: Tensor | None = None
+
+
+def _check_args(current: Tensor, op: LIF, cumulative: str) -> None:
+    if not isinstance(op, LIF):
+        raise TypeError(f"op must be a saec.compiler.ops.LIF record, got {type(op).__name__}")
+    if cumulative not in _CUMULATIVE:
+        raise ValueError(f"cumulative must be one of {_CUMULATIVE}, got {cumulative!r}")
+    if not current.is_floating_point():
+        raise TypeError(f"current must be a floating-point tensor, got {current.dtype}")
+    if current.dim() < 2 or current.shape[0] < 1:
+        raise ValueError(
+            f"current must be [T, B, ...] with T >= 1, got shape {tuple(current.shape)}"
+        )
+
+
+# ---------------------------------------------------------------- fast path
+def _scan_forward(
+    current: Tensor, op: LIF, cumulative: str, record_potential: bool, for_backward: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, Tensor | None]]:
+    """Run the recurrence; return spikes, U, u and what backward needs.
+
+    Every per-step op writes into a preallocated buffer. Masks are computed as
+    float 0/1 (CPU kernels for float arithmetic are several times faster than
+    those reading bool) and written out as bool only for saving. All
+    value-changing ops are exact (multiplying by 0/1, adding 0) except the two
+    rounding ones, ``decay * x`` and ``+``, which :func:`lif_step` repeats in
+    the same order.
+    """
+    T, shape = current.shape[0], current.shape[1:]
+    like = dict(dtype=current.dtype, device=current.device)
+    decay, thr = op.decay, op.threshold
+    lb, fv = op.lower_bound, op.floor_value
+    floor = lb is not None
+    floor_first = floor and op.clamp_first
+    floor_after = floor and not op.clamp_first
+    # Spiking and the floor rule can only coincide when the floor lies above the threshold.
+    floor_overlaps_spike = floor_after and lb > thr
+    spike_test = torch.ge if op.spike_when == "ge" else torch.gt
+
+    keep_floored = for_backward and floor and op.clamp_grad == "cut"
+    keep_v = for_backward and op.surrogate in _MEMBRANE_SURROGATES
+
+    spikes = torch.empty(current.shape, **like)
+    u_all = torch.empty(current.shape, **like) if record_potential else None
+    # v is u unless the floor rule runs first; then it needs its own storage.
+    u_store = u_all if u_all is not None else (
+        torch.empty(current.shape, **like) if keep_v and not floor_first else None)
+    v_store = torch.empty(current.shape, **like) if keep_v and floor_first else None
+    floored = torch.empty(current.shape, dtype=torch.bool, device=current.device) \
+        if keep_floored else None
+    U_all = torch.empty(current.shape, **like) if cumulative == "all" else None
+    U_run = torch.zeros(shape, **like) if cumulative != "none" else None
+
+    up = torch.zeros(shape, **like)  # u'(t-1)
+    ubuf = torch.empty(shape, **like)
+    vbuf = torch.empty(shape, **like) if floor_first else None
+    below = torch.empty(shape, **like) if floor else None  # float 0/1
+
+    for t in range(T):
+        I_t = current[t]
+        u = u_store[t] if u_store is not None else ubuf
+        torch.mul(up, decay, out=u)
+        u.add_(I_t)
+        if floor_first:
+            torch.lt(u, lb, out=below)
+            v = v_store[t] if v_store is not None else vbuf
+            torch.addcmul(u, u, below, value=-1.0, out=v)  # 0 where below, else u
+            v.add_(below, alpha=fv)
+            if floored is not None:
+                floored[t].copy_(below)
+        else:
+            v = u
+        s = spikes[t]
+        spike_test(v, thr, out=s)
+        if op.reset == "zero":
+            torch.addcmul(v, v, s, value=-1.0, out=up)
+        elif op.reset == "subtract":
+            torch.add(v, s, alpha=-thr, out=up)
+        else:
+            up.copy_(v)
+        if floor_after:
+            torch.lt(u, lb, out=below)
+            if floor_overlaps_spike:
+                below.addcmul_(below, s, value=-1.0)
+            # Where not spiked u' is u, so u' - u'*below + fv*below sets the floor exactly.
+            up.addcmul_(up, below, value=-1.0)
+            up.add_(below, alpha=fv)
+            if floored is not None:
+                floored[t].copy_(below)
+        if U_run is not None:
+            U_t = U_all[t] if U_all is not None else U_run
+            U_prev = U_all[t - 1] if (U_all is not None and t > 0) else U_run
+            if op.integrate == "potential":
+                torch.mul(U_prev, decay, out=U_t)
+                U_t.add_(u)
+            else:
+                torch.add(U_prev, I_t, out=U_t)
+                U_t.mul_(decay)
+
+    U_out = U_all if cumulative == "all" else U_run
+    saved: dict[str, Tensor | None] = {"cut": None, "gate": None, "v": None}
+    if for_backward:
+        saved = _backward_masks(op, spikes, floored)
+        if keep_v:
+            saved["v"] = v_store if v_store is not None else u_store
+    return spikes, U_out, u_all, saved
+
+
+def _backward_masks(op: LIF, spikes: Tensor, floored: Tensor | None) -> dict[str, Tensor | None]:
+    """Bool masks the backward recurrence needs.
+
+    cut:  where the membrane path d u'(t) / d u(t) is 0 (None: nowhere).
+    gate: where the spike gradient d phi / d u may be non-zero (None: everywhere);
+          for ``spike_gated`` these are the spikes themselves.
+    """
+    need_spikes = op.surrogate == "spike_gated" or (op.reset == "zero" and op.reset_grad == "cut")
+    fired = spikes.to(torch.bool) if need_spikes else None
+    cut = None
+    if op.reset == "zero" and op.reset_grad == "cut":
+        cut = fired
+    if floored is not None:
+        cut = floored if cut is None else cut | floored
+    # With the floor rule before the spike test, a cut clamp also cuts the spike path (v is a constant).
+    v_cut = floored if (floored is not None and op.clamp_first) else None
+    if op.surrogate == "spike_gated":
+        gate = fired if v_cut is None else fired & ~v_cut
+    else:
+        gate = None if v_cut is None else ~v_cut
+    return {"cut": cut, "gate": gate, "v": None}
+
+
+def _surrogate_grad(op: LIF, v: Tensor | None) -> Tensor | float:
+    """d phi / d v: a tensor (fast_sigmoid, arctan) or a constant (straight_through, spike_gated).
+
+    straight_through: 1;  spike_gated: 1/threshold where spiked (the gate masks the rest);
+    fast_sigmoid: 1 / (1 + slope*|v - thr|)^2;  arctan: (slope/2) / (1 + (pi/2*slope*(v - thr))^2).
+    """
+    if op.surrogate == "straight_through":
+        return 1.0
+    if op.surrogate == "spike_gated":
+        return 1.0 / op.threshold
+    x = v - op.threshold
+    if op.surrogate == "fast_sigmoid":
+        return (x.abs_().mul_(op.slope).add_(1.0)).pow_(-2)
+    return (x.mul_(math.pi / 2 * op.slope).pow_(2).add_(1.0)).reciprocal_().mul_(op.slope / 2)
+
+
+class _LIFScanFunction(torch.autograd.Function):
+    """``lif_scan`` with the straight-through backward as a reverse linear recurrence.
+
+    Saved for backward (nothing else):
+    - ``cut`` (bool [T, B, ...]): where d u'/d u = 0, i.e. spikes under a cut
+      zero-reset and/or floor events under a cut clamp; omitted when no rule cuts.
+    - ``gate`` (bool [T, B, ...]): where d phi/d u can be non-zero: the spikes
+      for ``spike_gated``, non-floored entries when a cut floor rule runs
+      before the spike test; omitted otherwise. Often the same tensor as ``cut``.
+    - ``v`` (float [T, B, ...]): the potential the spike test saw, only for the
+      surrogates that depend on it (fast_sigmoid, arctan).
+    The rest of backward depends only on the op's constants, so no float
+    state (u, u', U, I) is kept: for the default op this is two bytes per
+    neuron and step instead of the ~16 an autograd loop stores.
+    """
+
+    @staticmethod
+    def forward(ctx, current, op, cumulative, record_potential):
+        ctx.set_materialize_grads(False)
+        spikes, U, u, saved = _scan_forward(current, op, cumulative, record_potential, True)
+        ctx.op, ctx.cumulative = op, cumulative
+        ctx.T, ctx.shape = current.shape[0], current.shape[1:]
+        ctx.save_for_backward(saved["cut"], saved["gate"], saved["v"])
+        return spikes, U, u
+
+    @staticmethod
+    def backward(ctx, g_spikes, g_U, g_u):
+        cut, gate, v = ctx.saved_tensors
+        op, T = ctx.op, ctx.T
+        dg = op.decay if op.decay_grad else 1.0
+
+        # dL/du(t) from the terms of step t itself: spikes, recorded u, and U (potential).
+        grad: Tensor | None = None
+        if g_spikes is not None:
+            sg = _surrogate_grad(op, v)
+            grad = g_spikes * sg
+            if gate is not None:
+                grad.mul_(gate)
+        if g_u is not None:
+            grad = g_u.clone(memory_format=torch.contiguous_format) if grad is None else grad.add_(g_u)
+        GU = None
+        if g_U is not None:
+            GU = _cumulative_grad(g_U, ctx.cumulative, T, dg)
+            if op.integrate == "potential":
+                grad = GU.clone(memory_format=torch.contiguous_format) if grad is None else grad.add_(GU)
+        if grad is None:
+            if GU is None:
+                return None, None, None, None
+            grad = torch.zeros((T, *ctx.shape), dtype=GU.dtype, device=GU.device)
+        elif not grad.is_contiguous():
+            grad = grad.contiguous()
+
+        # Membrane path, newest step first: dL/du(t-1) += m(t-1) * dg * dL/du(t).
+        if T > 1 and (g_spikes is not None or g_u is not None or op.integrate == "potential"):
+            if cut is None:
+                for t in range(T - 1, 0, -1):
+                    grad[t - 1].add_(grad[t], alpha=dg)
+            else:
+                m = (~cut).to(grad.dtype)
+                if dg != 1.0:
+                    m.mul_(dg)
+                for t in range(T - 1, 0, -1):
+                    grad[t - 1].addcmul_(m[t - 1], grad[t])
+        if GU is not None and op.integrate == "current":
+            grad.add_(GU, alpha=dg)
+        return grad, None, None, None
+
+
+def _cumulative_grad(g_U: Tensor, cumulative: str, T: int, dg: float) -> Tensor:
+    """dL/dU(t) for t = 1..T, summing what reaches U(t) through U(t+1), U(t+2), ..."""
+    if cumulative == "last":
+        if dg == 1.0:
+            return g_U.unsqueeze(0).expand(T, *g_U.shape)
+        powers = dg ** torch.arange(T - 1, -1, -1, dtype=torch.float64, device=g_U.device)
+        return powers.to(g_U.dtype).view(T, *([1] * g_U.dim())) * g_U
+    if dg == 1.0:
+        return g_U.flip(0).cumsum(0).flip(0)
+    GU = g_U.clone(memory_format=torch.contiguous_format)
+    for t in range(T - 2, -1, -1):
+        GU[t].add_(GU[t + 1], alpha=dg)
+    return GU
+
+
+def lif_scan(
+    current: Tensor,
+    op: LIF,
+    *,
+    cumulative: Cumulative = "none",
+    record_potential: bool = False,
+) -> LIFResult:
+    """Run a LIF layer over all T time steps at once.
+
+    Args:
+        current: input current I(1..T), float [T, B, ...], in units of the threshold's.
+        op: the neuron's parameters; every field is honoured (forward and gradient rules).
+        cumulative: which cumulative potential U to return: "none", "last" (U(T))
+            or "all" (U(1..T)).
+        record_potential: also return u(1..T) (before the floor rule and the reset).
+
+    Returns:
+        :class:`LIFResult` (spikes, U, u). Gradients reach ``current`` from the
+        spikes (through the surrogate), from U and from the recorded u, by the
+        hand-written recurrence of :class:`_LIFScanFunction`.
+    """
+    _check_args(current, op, cumulative)
+    if torch.is_grad_enabled() and current.requires_grad:
+        spikes, U, u = _LIFScanFunction.apply(current, op, cumulative, record_potential)
+    else:
+        spikes, U, u, _ = _scan_forward(current, op, cumulative, record_potential, False)
+    return LIFResult(spikes, U, u)
+
+
+# ---------------------------------------------------------------- autograd oracle
+def _scale_decay(x: Tensor, op: LIF) -> Tensor:
+    """decay * x; gradient decay (decay_grad) or 1 (straight through)."""
+    y = x * op.decay
+    if op.decay_grad:
+        return y
+    return y.detach() + (x - x.detach())
+
+
+def _floor_rule(x: Tensor, floored: Tensor, op: LIF) -> Tensor:
+    """Set ``floored`` entries to the floor value; gradient 0 there (cut) or 1 (pass)."""
+    y = torch.where(floored, op.floor_value, x)
+    if op.clamp_grad == "cut":
+        return y
+    return y.detach() + (x - x.detach())
+
+
+def _spike(v: Tensor, fired: Tensor, op: LIF) -> Tensor:
+    """Heaviside forward; backward d phi/d v from the surrogate's antiderivative.
+
+    The antiderivatives are written independently of :func:`_surrogate_grad`,
+    so that the comparison of the two paths checks the derivative formulas too.
+    """
+    x = v - op.threshold
+    if op.surrogate == "straight_through":
+        F = v
+    elif op.surrogate == "spike_gated":
+        F = v * (fired.to(v.dtype) / op.threshold)
+    elif op.surrogate == "fast_sigmoid":
+        F = x / (1.0 + op.slope * x.abs())
+    else:  # arctan
+        F = torch.atan((math.pi / 2 * op.slope) * x) / math.pi
+    return fired.to(v.dtype) + (F - F.detach())
+
+
+def _step(
+    I_t: Tensor, u_prev: Tensor, U_prev: Tensor, op: LIF
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step; returns (spikes, u, u', U). Autograd derives the straight-through gradient."""
+    u = _scale_decay(u_prev, op) + I_t
+    lb = op.lower_bound
+    if lb is not None and op.clamp_first:
+        v = _floor_rule(u, u < lb, op)
+    else:
+        v = u
+    fired = v >= op.threshold if op.spike_when == "ge" else v > op.threshold
+    s = _spike(v, fired, op)
+    if op.reset == "zero":
+        nxt = torch.where(fired, 0.0, v)
+        if op.reset_grad == "pass":
+            nxt = nxt.detach() + (v - v.detach())
+    elif op.reset == "subtract":
+        nxt = v - op.threshold * fired.to(v.dtype)
+    else:
+        nxt = v
+    if lb is not None and not op.clamp_first:
+        nxt = _floor_rule(nxt, (u < lb) & ~fired, op)
+    if op.integrate == "potential":
+        U = _scale_decay(U_prev, op) + u
+    else:
+        U = _scale_decay(U_prev + I_t, op)
+    return s, u, nxt, U
+
+
+def lif_step(
+    current_t: Tensor, state: tuple[Tensor, Tensor] | None, op: LIF
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Advance a LIF layer by one time step (step-by-step reference execution).
+
+    Args:
+        current_t: input current I(t), float [B, ...].
+        state: (u'(t-1), U(t-1)), each [B, ...]; None for the initial zeros.
+        op: the neuron's parameters.
+
+    Returns:
+        (phi(t), (u'(t), U(t))). Spikes are bit-identical to :func:`lif_scan`'s;
+        the result is differentiable with the same gradient rules.
+    """
+    if state is None:
+        zeros = torch.zeros_like(current_t)
+        state = (zeros, zeros)
+    s, _, nxt, U = _step(current_t, state[0], state[1], op)
+    return s, (nxt, U)
+
+
+def lif_scan_autograd(
+    current: Tensor,
+    op: LIF,
+    *,
+    cumulative: Cumulative = "none",
+    record_potential: bool = False,
+) -> LIFResult:
+    """:func:`lif_scan` as a plain loop of :func:`lif_step`; autograd builds the gradient.
+
+    Same arguments and results as :func:`lif_scan`; slow and memory-hungry
+    (autograd keeps every float state), meant as a test oracle.
+    """
+    _check_args(current, op, cumulative)
+    zeros = torch.zeros_like(current[0])
+    u_prev, U = zeros, zeros
+    spikes, us, Us = [], [], []
+    for t in range(current.shape[0]):
+        s, u, u_prev, U = _step(current[t], u_prev, U, op)
+        spikes.append(s)
+        us.append(u)
+        Us.append(U)
+    U_out = None if cumulative == "none" else (U if cumulative == "last" else torch.stack(Us))
+    return LIFResult(torch.stack(spikes), U_out, torch.stack(us) if record_potential else None)
