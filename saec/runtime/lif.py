@@ -52,6 +52,7 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from saec.compiler.ops import LIF
 
@@ -173,7 +174,7 @@ def _scan_forward(
                 U_t.mul_(decay)
 
     U_out = U_all if cumulative == "all" else U_run
-    saved: dict[str, Tensor | None] = {"cut": None, "gate": None, "v": None}
+    saved: dict[str, Tensor | None] = {"keep": None, "gate": None, "v": None}
     if for_backward:
         saved = _backward_masks(op, spikes, floored)
         if keep_v:
@@ -184,24 +185,37 @@ def _scan_forward(
 def _backward_masks(op: LIF, spikes: Tensor, floored: Tensor | None) -> dict[str, Tensor | None]:
     """Bool masks the backward recurrence needs.
 
-    cut:  where the membrane path d u'(t) / d u(t) is 0 (None: nowhere).
+    keep: where the membrane path d u'(t) / d u(t) is 1 (None: everywhere).
     gate: where the spike gradient d phi / d u may be non-zero (None: everywhere);
           for ``spike_gated`` these are the spikes themselves.
+
+    Built in place in the spike and floor buffers where possible: each fresh
+    [T, B, ...] tensor costs page faults that rival the arithmetic.
     """
-    need_spikes = op.surrogate == "spike_gated" or (op.reset == "zero" and op.reset_grad == "cut")
-    fired = spikes.to(torch.bool) if need_spikes else None
-    cut = None
-    if op.reset == "zero" and op.reset_grad == "cut":
-        cut = fired
-    if floored is not None:
-        cut = floored if cut is None else cut | floored
-    # With the floor rule before the spike test, a cut clamp also cuts the spike path (v is a constant).
-    v_cut = floored if (floored is not None and op.clamp_first) else None
-    if op.surrogate == "spike_gated":
-        gate = fired if v_cut is None else fired & ~v_cut
+    reset_cut = op.reset == "zero" and op.reset_grad == "cut"
+    gated = op.surrogate == "spike_gated"
+    fired = spikes.to(torch.bool) if (gated or reset_cut) else None
+    if floored is None:
+        keep = None
+        if reset_cut:
+            keep = ~fired if gated else fired.logical_not_()
+        return {"keep": keep, "gate": fired if gated else None, "v": None}
+    unfloored = floored.logical_not_()
+    if op.clamp_first:
+        # The floor rule ran before the spike test, so a cut there cuts the spike path too
+        # (v is then a constant).
+        if gated:
+            gate = fired.logical_and_(unfloored)
+            # gate lies inside unfloored, so xor removes exactly the spikes: unfloored & ~fired
+            keep = unfloored.logical_xor_(gate) if reset_cut else unfloored
+        else:
+            gate = unfloored
+            keep = fired.logical_not_().logical_and_(unfloored) if reset_cut else unfloored
     else:
-        gate = None if v_cut is None else ~v_cut
-    return {"cut": cut, "gate": gate, "v": None}
+        # The floor rule applied only where the neuron did not spike: fired lies inside unfloored.
+        gate = fired if gated else None
+        keep = unfloored.logical_xor_(fired) if reset_cut else unfloored
+    return {"keep": keep, "gate": gate, "v": None}
 
 
 def _surrogate_grad(op: LIF, v: Tensor | None) -> Tensor | float:
@@ -224,16 +238,19 @@ class _LIFScanFunction(torch.autograd.Function):
     """``lif_scan`` with the straight-through backward as a reverse linear recurrence.
 
     Saved for backward (nothing else):
-    - ``cut`` (bool [T, B, ...]): where d u'/d u = 0, i.e. spikes under a cut
-      zero-reset and/or floor events under a cut clamp; omitted when no rule cuts.
+    - ``keep`` (bool [T, B, ...]): where d u'/d u = 1, i.e. not a spike under a
+      cut zero-reset nor a floor event under a cut clamp; omitted when no rule cuts.
     - ``gate`` (bool [T, B, ...]): where d phi/d u can be non-zero: the spikes
       for ``spike_gated``, non-floored entries when a cut floor rule runs
-      before the spike test; omitted otherwise. Often the same tensor as ``cut``.
+      before the spike test; omitted otherwise.
     - ``v`` (float [T, B, ...]): the potential the spike test saw, only for the
       surrogates that depend on it (fast_sigmoid, arctan).
     The rest of backward depends only on the op's constants, so no float
     state (u, u', U, I) is kept: for the default op this is two bytes per
-    neuron and step instead of the ~16 an autograd loop stores.
+    neuron and step, where an autograd loop keeps several float tensors per
+    step (:func:`lif_scan_autograd`). Backward reads
+    the masks through a uint8 view: CPU arithmetic with bool operands is several
+    times slower.
     """
 
     @staticmethod
@@ -242,12 +259,13 @@ class _LIFScanFunction(torch.autograd.Function):
         spikes, U, u, saved = _scan_forward(current, op, cumulative, record_potential, True)
         ctx.op, ctx.cumulative = op, cumulative
         ctx.T, ctx.shape = current.shape[0], current.shape[1:]
-        ctx.save_for_backward(saved["cut"], saved["gate"], saved["v"])
+        ctx.save_for_backward(saved["keep"], saved["gate"], saved["v"])
         return spikes, U, u
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_spikes, g_U, g_u):
-        cut, gate, v = ctx.saved_tensors
+        keep, gate, v = ctx.saved_tensors
         op, T = ctx.op, ctx.T
         dg = op.decay if op.decay_grad else 1.0
 
@@ -257,7 +275,7 @@ class _LIFScanFunction(torch.autograd.Function):
             sg = _surrogate_grad(op, v)
             grad = g_spikes * sg
             if gate is not None:
-                grad.mul_(gate)
+                grad.mul_(gate.view(torch.uint8))
         if g_u is not None:
             grad = g_u.clone(memory_format=torch.contiguous_format) if grad is None else grad.add_(g_u)
         GU = None
@@ -274,15 +292,13 @@ class _LIFScanFunction(torch.autograd.Function):
 
         # Membrane path, newest step first: dL/du(t-1) += m(t-1) * dg * dL/du(t).
         if T > 1 and (g_spikes is not None or g_u is not None or op.integrate == "potential"):
-            if cut is None:
+            if keep is None:
                 for t in range(T - 1, 0, -1):
                     grad[t - 1].add_(grad[t], alpha=dg)
             else:
-                m = (~cut).to(grad.dtype)
-                if dg != 1.0:
-                    m.mul_(dg)
+                m = keep.view(torch.uint8)
                 for t in range(T - 1, 0, -1):
-                    grad[t - 1].addcmul_(m[t - 1], grad[t])
+                    grad[t - 1].addcmul_(m[t - 1], grad[t], value=dg)
         if GU is not None and op.integrate == "current":
             grad.add_(GU, alpha=dg)
         return grad, None, None, None
@@ -293,8 +309,9 @@ def _cumulative_grad(g_U: Tensor, cumulative: str, T: int, dg: float) -> Tensor:
     if cumulative == "last":
         if dg == 1.0:
             return g_U.unsqueeze(0).expand(T, *g_U.shape)
-        powers = dg ** torch.arange(T - 1, -1, -1, dtype=torch.float64, device=g_U.device)
-        return powers.to(g_U.dtype).view(T, *([1] * g_U.dim())) * g_U
+        powers = torch.tensor([dg ** k for k in range(T - 1, -1, -1)], dtype=g_U.dtype,
+                              device=g_U.device)
+        return powers.view(T, *([1] * g_U.dim())) * g_U
     if dg == 1.0:
         return g_U.flip(0).cumsum(0).flip(0)
     GU = g_U.clone(memory_format=torch.contiguous_format)
