@@ -37,6 +37,10 @@ class NetOutput:
             differentiable through the surrogate), or ReLU activations for AE/VAE.
         u_last: U(T) per spiking layer name, [B, *shape] (for P1 / P2).
         trains: spike trains [T, B, *shape] of the layers asked for in ``record``.
+        potentials: with ``record_potentials``, u(1..T) [T, B, *shape] of the recorded
+            spiking layers (membrane before the floor rule and the reset).
+        cumulative: with ``record_potentials``, U(1..T) [T, B, *shape] of the recorded
+            spiking layers.
         encoded: the input spike train [T, B, C, H, W] (when recorded).
         mu, logvar: the VAE's posterior parameters.
         latent: the latent representation [B, nz] (firing rate for SAE, z or activation for AE/VAE).
@@ -46,6 +50,8 @@ class NetOutput:
     counts: dict[str, Tensor] = field(default_factory=dict)
     u_last: dict[str, Tensor] = field(default_factory=dict)
     trains: dict[str, Tensor] = field(default_factory=dict)
+    potentials: dict[str, Tensor] = field(default_factory=dict)
+    cumulative: dict[str, Tensor] = field(default_factory=dict)
     encoded: Tensor | None = None
     mu: Tensor | None = None
     logvar: Tensor | None = None
@@ -93,6 +99,16 @@ def apply_synapse(op: ops.Op, p: SynapseParams, x: Tensor) -> Tensor:
     return F.linear(x, p.weight, bias)
 
 
+def leaky_integrate(current: Tensor, op: ops.LeakyIntegrator) -> Tensor:
+    """v(t) = decay * v(t-1) + gain * I(t), v(0) = 0, over current [T, B, ...]; returns v(1..T)."""
+    v = torch.zeros_like(current[0])
+    out = torch.empty_like(current)
+    for t in range(current.shape[0]):
+        v = v * op.decay + current[t] * op.gain
+        out[t] = v
+    return out
+
+
 class SpikingAutoencoder(nn.Module):
     """The network an IR graph describes (SAE, AE or VAE).
 
@@ -118,6 +134,8 @@ class SpikingAutoencoder(nn.Module):
         self.u_last_layers = need
         (self.input_node,) = graph.nodes(ops.Input)
         self.input_shape = tuple(graph.meta(self.input_node)["shape"])
+        #: False for graphs read from NIR: their input is already a spike train (``encoded``).
+        self.encodes = any(True for _ in graph.nodes(ops.PoissonEncode))
         self.latent_node = graph.attrs.get("latent_node")
         self.reset_parameters()
 
@@ -158,13 +176,16 @@ class SpikingAutoencoder(nn.Module):
         return int(self.graph.attrs.get("timesteps", 1))
 
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None,
-                record: set[str] | frozenset[str] = frozenset(), encoded: Tensor | None = None) -> NetOutput:
+                record: set[str] | frozenset[str] = frozenset(), encoded: Tensor | None = None,
+                record_potentials: bool = False) -> NetOutput:
         """Run the whole network on a batch ``x`` [B, C, H, W] in [0, 1].
 
         Args:
             generator: random source for the Poisson encoding and VAE sampling.
             record: layer names whose full spike trains to return (``"_encode"`` for the input train).
             encoded: a precomputed input spike train [T, B, ...] (skips encoding).
+            record_potentials: also return u(1..T) and U(1..T) of the recorded spiking
+                layers (``NetOutput.potentials`` / ``.cumulative``); costs memory, for tests and analysis.
         """
         out = NetOutput(x_hat=x)
         values: dict[str, Tensor] = {}
@@ -175,7 +196,8 @@ class SpikingAutoencoder(nn.Module):
             h = values[ins[0]] if ins else None
             layer = self.graph.meta(name).get("layer")
             if isinstance(op, ops.Input):
-                y = x.unsqueeze(0)  # [1, B, ...]: T = 1 until encoded
+                # [1, B, ...]: T = 1 until encoded; a graph without encoder takes the train as it is
+                y = encoded if encoded is not None and not self.encodes else x.unsqueeze(0)
             elif isinstance(op, ops.PoissonEncode):
                 y = encoded if encoded is not None else poisson_encode(x, op, generator=generator)
                 if "_encode" in record:
@@ -193,7 +215,10 @@ class SpikingAutoencoder(nn.Module):
                 if self.graph.inputs(self.graph.users(name)[0]) and isinstance(
                         self.graph.op(self.graph.users(name)[0]), ops.MaxCumulativeReadout):
                     want = "all"
-                res = lif_scan(h, op, cumulative=want)
+                keep_state = record_potentials and layer in record
+                if keep_state:
+                    want = "all"
+                res = lif_scan(h, op, cumulative=want, record_potential=keep_state)
                 y = res.spikes
                 out.counts[layer] = y.sum(0)
                 if want == "last":
@@ -204,6 +229,8 @@ class SpikingAutoencoder(nn.Module):
                         out.u_last[layer] = res.U[-1]
                 if layer in record:
                     out.trains[layer] = y
+                if keep_state:
+                    out.potentials[layer], out.cumulative[layer] = res.u, res.U
             elif isinstance(op, ops.ReLU):
                 y = torch.relu(h)
                 out.counts[layer] = y[0]
@@ -218,9 +245,19 @@ class SpikingAutoencoder(nn.Module):
                 y = z.unsqueeze(0)
             elif isinstance(op, ops.MaxCumulativeReadout):
                 y = max_cumulative_readout(values[ins[0] + ":U"], op).unsqueeze(0)
+            elif isinstance(op, ops.SumPool2d):
+                pooled = F.avg_pool2d(h.reshape(-1, *h.shape[2:]), op.kernel_size, op.stride, op.padding,
+                                      divisor_override=1)  # divisor 1: the window's sum
+                y = pooled.reshape(h.shape[0], batch, *pooled.shape[1:])
+            elif isinstance(op, ops.LeakyIntegrator):
+                y = leaky_integrate(h, op)
+                if layer in record:
+                    out.trains[layer] = y
             elif isinstance(op, ops.Output):
                 y = h
                 out.x_hat = h[0]
+                if name in record:
+                    out.trains[name] = h
             else:  # pragma: no cover - closed op set
                 raise TypeError(f"no runtime rule for op {op.type!r}")
             values[name] = y
