@@ -105,7 +105,7 @@ def test_real_forward_hands_the_objective_what_it_needs(tmp_path):
     assert set(out.counts) == {"conv1", "latent", "fc_dec", "output"}
     total, parts = objective(model, out, x)
     a1 = float(out.trains["latent"].sum(0).sum(1).mean().detach()) / T
-    p2 = float(sum((out.u_last[n] / T).square().flatten(1).sum(1) for n in ("latent", "output")).mean())
+    p2 = float(sum((out.u_last[n] / T).square().flatten(1).sum(1) for n in ("latent", "output")).mean().detach())
     assert parts["a1"] == pytest.approx(a1, rel=1e-6)
     assert parts["p2"] == pytest.approx(p2, rel=1e-5)
     total.backward()
