@@ -187,6 +187,31 @@ class Reparameterize(Op):
     latent_features: int = 1
 
 
+@dataclass(frozen=True)
+class LeakyIntegrator(Op):
+    """Non-spiking leaky integrator (NIR ``LI``, read from NIR files); its output is v.
+
+    v(t) = decay * v(t-1) + gain * I(t),  v(0) = 0.
+    From NIR's tau dv/dt = (v_leak - v) + r I with v_leak = 0 and step dt:
+    decay = 1 - dt/tau, gain = dt * r / tau.
+    """
+
+    type: ClassVar[str] = "leaky_integrator"
+    decay: float = 0.99  # per-step membrane decay factor, dimensionless in [0, 1]
+    gain: float = 1.0  # per-step input gain, v units per unit of input current
+
+
+# ---------------------------------------------------------------- pooling
+@dataclass(frozen=True)
+class SumPool2d(Op):
+    """2-D sum pooling (NIR ``SumPool2d``): each output is the sum of its window, zero padding."""
+
+    type: ClassVar[str] = "sum_pool2d"
+    kernel_size: tuple[int, int] = (2, 2)  # window, pixels (h, w)
+    stride: tuple[int, int] = (2, 2)  # pixels (h, w)
+    padding: tuple[int, int] = (0, 0)  # zeros added on each side, pixels (h, w)
+
+
 # ---------------------------------------------------------------- readout
 @dataclass(frozen=True)
 class MaxCumulativeReadout(Op):

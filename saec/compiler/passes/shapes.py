@@ -72,6 +72,16 @@ def _reparameterize(op: ops.Reparameterize, shape: Shape, name: str) -> Shape:
     return (op.latent_features,)
 
 
+def _sum_pool2d(op: ops.SumPool2d, shape: Shape, name: str) -> Shape:
+    if len(shape) != 3:
+        raise CompileError(f"needs a C x H x W input, got {fmt(shape)}", node=name)
+    c, h, w = shape
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel_size, op.stride, op.padding
+    if kh > h + 2 * ph or kw > w + 2 * pw:
+        raise CompileError(f"window {kh}x{kw} is larger than its input {h}x{w}", node=name)
+    return (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
+
 def _same(op: ops.Op, shape: Shape, name: str) -> Shape:
     return shape
 
@@ -86,6 +96,8 @@ SHAPE_RULES: dict[type, Callable[[ops.Op, Shape, str], Shape]] = {
     ops.Reparameterize: _reparameterize,
     ops.PoissonEncode: _same,
     ops.LIF: _same,
+    ops.LeakyIntegrator: _same,
+    ops.SumPool2d: _sum_pool2d,
     ops.ReLU: _same,
     ops.MaxCumulativeReadout: _same,
     ops.Output: _same,
