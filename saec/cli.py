@@ -120,6 +120,178 @@ def train_cmd(
         typer.echo(f"reconstructions: {run_dir / 'figures' / 'reconstructions.png'}")
 
 
+def _export_nir(run: Path, *, target: str, examples: int, seed: int, data_dir: Optional[Path]) -> None:
+    from saec.exporters.nir import export_nir
+
+    result = export_nir(run, target=target, examples=examples, seed=seed, data_dir=data_dir)
+    typer.echo(f"NIR graph written to {result.model} ({result.nodes} nodes; nir.read type check passed)")
+    if result.target_model is not None:
+        typer.echo(f"{target} variant written to {result.target_model}")
+    typer.echo(f"golden data written to {result.golden} ({result.golden_examples} examples, "
+               f"{result.golden_spikes} output spikes)")
+    typer.echo("warning: NIR does not carry these (they are in the graph metadata):", err=True)
+    for item in result.not_carried:
+        typer.echo(f"  - {item}", err=True)
+
+
+def _export_onnx(run: Path, **_: object) -> None:
+    from saec.exporters.onnx import export_onnx
+
+    typer.echo(f"ONNX model written to {export_onnx(run)}")
+
+
+#: --format -> exporter; each takes the run folder and the command's options.
+EXPORT_FORMATS: dict[str, Callable[..., None]] = {"nir": _export_nir, "onnx": _export_onnx}
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    run: Path = typer.Argument(..., help="The run folder (from `saec train`)."),
+    format_: str = typer.Option("nir", "--format", help="nir or onnx."),
+    target: str = typer.Option("standard", "--target",
+                               help="NIR only: standard (model.nir only), snntorch or norse (also "
+                                    "model.<target>.nir, an equivalent graph that importer runs exactly)."),
+    examples: int = typer.Option(4, "--examples", help="NIR only: validation images in golden.nir."),
+    seed: int = typer.Option(0, "--seed", help="NIR only: seed of the Poisson encoder for golden.nir."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding MNIST (for golden.nir)."),
+) -> None:
+    """Export the trained network in RUN to RUN/export/.
+
+    --format nir writes model.nir (standard NIR, checked with nir.read's type
+    check) and golden.nir (an input spike train and saec's spikes for it), and
+    warns about what NIR does not carry. --format onnx writes model.onnx.
+    """
+    exporter = EXPORT_FORMATS.get(format_)
+    if exporter is None:
+        raise SpecError(f"unknown format {format_!r}; use one of {', '.join(EXPORT_FORMATS)}", path="--format")
+    exporter(run, target=target, examples=examples, seed=seed, data_dir=data_dir)
+
+
+@app.command("simulate")
+@user_errors
+def simulate_cmd(
+    model: Path = typer.Argument(..., help="A NIR graph (.nir)."),
+    input_: Path = typer.Option(..., "--input", help="Input spikes: .npy [T, B, *input shape] or [T, *input "
+                                                      "shape], or a golden .nir data file."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="Where to write the spikes (.npz; default <input>.simulated.npz)."),
+    dt: Optional[float] = typer.Option(None, "--dt", help="Time step in seconds (default: the graph's "
+                                                          "metadata dt, else 1e-4)."),
+) -> None:
+    """Simulate the NIR graph MODEL with saec's runtime on an input spike train.
+
+    Writes every neuron node's spikes (LI: potential) and the output, keyed by
+    NIR node name. With a golden .nir as input, also compares with its spikes.
+    """
+    from saec.exporters.nir_import import (agreement, golden_reference, nir_input_shape, read_input_spikes,
+                                           read_nir, simulate_nir, write_simulation)
+
+    graph = read_nir(model)
+    spikes = read_input_spikes(input_, nir_input_shape(graph))
+    result = simulate_nir(graph, spikes, dt=dt)
+    out = output or input_.with_name(f"{input_.stem}.simulated.npz")
+    try:
+        write_simulation(out, result)
+    except OSError as exc:
+        raise SpecError(f"cannot write: {exc.strerror}", file=str(out)) from None
+    T, B = spikes.shape[:2]
+    typer.echo(f"simulated {T} steps x {B} examples; output: {int((result['_output'] != 0).sum())} spikes")
+    typer.echo(f"spikes written to {out}")
+    reference = golden_reference(input_)
+    if reference is not None:
+        for node, r in agreement(reference, {k: v.reshape(T, B, -1) for k, v in result.items()}).items():
+            if node != "_input":
+                typer.echo(f"  {node}: {r['mismatches']} mismatches ({r['reference_spikes']} golden spikes)")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    run: Path = typer.Argument(..., help="The run folder (from `saec train`)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding MNIST (torchvision layout)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N validation images."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Also rewrite RUN/figures/*.png."),
+) -> None:
+    """Evaluate the trained run RUN on its validation set; write RUN/eval.json and RUN/figures/.
+
+    eval.json holds L_rec, ANR/INP/AFR/RAE, spikes per example and the
+    firing-rate distribution of every spiking layer, and s_intra/s_inter of
+    the latent layer under five distances (keys: see the README).
+    """
+    from saec.runtime.report import evaluate_run
+
+    metrics = evaluate_run(run, data_dir=data_dir, device=device, limit=limit, figures=figures)
+    typer.echo(f"validation L_rec: {metrics['rec_loss']:.3f} (mean of batch means, {metrics['examples']} images)")
+    latent = (metrics.get("layers") or {}).get(metrics.get("latent_layer") or "")
+    if latent:
+        typer.echo(f"latent `{metrics['latent_layer']}`: ANR {latent['anr']:.3f}, AFR {latent['afr']:.3f}, "
+                   f"RAE {latent['rae']:.3f}")
+    ratio = (metrics.get("s_intra_inter") or {}).get("euclidean")
+    if ratio is not None:
+        typer.echo(f"s_intra/s_inter (euclidean): {ratio:.3f}")
+    typer.echo(f"written: {run / 'eval.json'}" + (f", {run / 'figures'}/" if figures else ""))
+
+
+@app.command("sweep")
+@user_errors
+def sweep_cmd(
+    sweep_file: Path = typer.Argument(..., help="The sweep YAML (base, set, grid, configs, seeds, out)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at once (separate processes)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding MNIST (torchvision layout)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (for every run)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (overrides the sweep's `out`)."),
+    table_only: bool = typer.Option(False, "--table-only", help="Only rewrite the tables from finished runs."),
+) -> None:
+    """Train every configuration x grid point x seed of SWEEP_FILE and tabulate mean ± std over seeds.
+
+    Finished runs are skipped and interrupted ones resumed, so rerunning an
+    interrupted sweep continues it. Writes OUT/table.md, OUT/table.csv and
+    OUT/runs.csv.
+    """
+    from saec.sweep import SweepInterrupted, load_sweep, run_sweep, write_tables
+
+    sweep = load_sweep(sweep_file, out=out)
+    if table_only:
+        typer.echo(f"table: {write_tables(sweep)}")
+        return
+    try:
+        outcome = run_sweep(sweep, jobs=jobs, data_dir=str(data_dir) if data_dir else None, device=device,
+                            log=typer.echo)
+    except SweepInterrupted as exc:
+        typer.echo(f"saec: {exc}", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"sweep {sweep.name}: {len(outcome.ran)} trained, {len(outcome.skipped)} already complete, "
+               f"{len(outcome.failed)} failed; wall time {outcome.wall_s:.0f} s, CPU time {outcome.cpu_s:.0f} s")
+    typer.echo(f"table: {outcome.table}")
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+@app.command("stats")
+@user_errors
+def stats_cmd(
+    run: Path = typer.Argument(..., help="The run folder (from `saec train`)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding MNIST (torchvision layout)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    examples: Optional[int] = typer.Option(None, "--examples", help="Use only the first N validation images."),
+) -> None:
+    """Spike statistics of the trained run RUN for hardware; write RUN/stats.json.
+
+    Per layer: neurons, synapses, weights (fp32 / int8 bytes), firing rate,
+    dead and bursting neurons, spikes per example and the synaptic operations
+    those spikes trigger. Per inference: synaptic operations vs the dense MACs
+    of the equivalent ANN, activation sparsity and an energy estimate.
+    Synaptic operations and activation sparsity follow NeuroBench's definitions.
+    """
+    from saec.exporters.stats import print_stats, run_stats
+
+    path, stats = run_stats(run, data_dir=data_dir, device=device, examples=examples)
+    print_stats(stats)
+    typer.echo(f"written: {path}")
+
+
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of the spec (for editor completion and validation)."""

@@ -1,0 +1,449 @@
+"""saec -> NIR: the verified export of a trained run (``saec export RUN --format nir``).
+
+Together with :mod:`saec.exporters.nir_import` the only modules that import ``nir``.
+
+What is written (``RUN/export/``):
+
+- ``model.nir``: the network as standard NIR. The IR is first lowered with
+  the ``nir`` flow (:mod:`saec.compiler.passes.lower_nir`) so every synapse is
+  a ``Conv2d`` (or ``Affine``/``Linear`` on flat data); each LIF becomes a NIR
+  ``LIF`` (``IF`` when decay = 1). The graph's input is the spike train (the
+  Poisson encoder stays outside); its output is the output layer's spikes.
+  Written to a temporary name, read back with ``nir.read(type_check=True)``,
+  then renamed.
+- ``golden.nir``: NIR data (``nir.write_data``): the input spike train of a
+  few validation images (saec's Poisson encoder, fixed seed) and the spikes
+  saec computes for it at every neuron node and at the output, so any
+  toolchain can check itself.
+- ``model.<target>.nir`` for ``target`` ``snntorch`` / ``norse``: the same
+  network in an equivalent NIR parametrisation that the target's importer
+  (with its known bugs, ../shared/docs/NIR.md) runs exactly. ``model.nir``
+  stays standard.
+
+Time: NIR neurons are continuous-time and carry no dt. One saec step is one
+forward-Euler step of :data:`DT` (1e-4 s, the value snnTorch's importer fixes;
+give Norse ``dt=DT``). A discrete LIF u(t) = decay * u(t-1) + I(t) is then
+NIR's ``tau dv/dt = (v_leak - v) + r I`` with
+
+    tau = DT / (1 - decay)   [s]      r = 1 / (1 - decay)   v_leak = 0
+    v_threshold = threshold  (strict >, saec's ``gt``)
+                = nextafter(threshold, 0) in float32  (saec's ``ge``: u >= threshold)
+    v_reset = 0
+
+and v = u exactly in real arithmetic. Everything NIR cannot carry (the
+membrane floor, the readout, the encoder, dt, ...) is written into the
+graph's metadata and listed by :attr:`NirExport.not_carried`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import nir
+import numpy as np
+
+from saec import __version__
+from saec.compiler import ops
+from saec.compiler.errors import CompileError
+from saec.compiler.graph import IRGraph
+from saec.spec.errors import SpecError
+
+#: Seconds of NIR time per saec time step (see the module docstring).
+DT = 1e-4
+#: Targets of ``saec export --target``: standard NIR, or a variant an importer runs exactly.
+TARGETS = ("standard", "snntorch", "norse")
+MODEL_FILE = "model.nir"
+GOLDEN_FILE = "golden.nir"
+#: NIR names of the graph ends (saec layer names cannot start with ``_``).
+INPUT_NODE, OUTPUT_NODE = "_input", "_output"
+#: Ops with no NIR node: the encoder (the graph's input is its spike train) and the readout.
+OUTSIDE_NIR = (ops.PoissonEncode, ops.MaxCumulativeReadout)
+
+
+def target_file(target: str) -> str:
+    """File name of the graph for ``target`` (``model.nir`` for standard NIR)."""
+    return MODEL_FILE if target == "standard" else f"model.{target}.nir"
+
+
+# ---------------------------------------------------------------- neuron parameters
+def lif_threshold(op: ops.LIF) -> np.float32:
+    """v_threshold (float32) whose strict ``v > v_threshold`` reproduces the op's spike test."""
+    thr = np.float32(op.threshold)
+    return np.nextafter(thr, np.float32(0)) if op.spike_when == "ge" else thr
+
+
+def _full(shape: tuple[int, ...], value: float, dtype=np.float64) -> np.ndarray:
+    # NIR's type check wants neuron parameters of the full activation shape, not scalars.
+    return np.full(shape, value, dtype=dtype)
+
+
+def _neuron_metadata(op: ops.Op) -> dict[str, Any]:
+    # One JSON string: lossless (None survives) and HDF5 stores it as a plain string.
+    return {"saec_op": json.dumps(ops.op_to_dict(op))}
+
+
+def _lif_node(name: str, op: ops.LIF, shape: tuple[int, ...], weights, target: str) -> nir.NIRNode:
+    if op.reset != "zero":
+        raise CompileError(f"reset {op.reset!r} has no NIR equivalent (NIR neurons reset to v_reset)", node=name)
+    thr = float(lif_threshold(op))
+    if op.decay == 1.0:  # no leak: NIR IF, dv/dt = r I, so r = 1/dt makes one Euler step add I
+        return nir.IF(r=_full(shape, 1.0 / DT), v_threshold=_full(shape, thr, np.float32),
+                      v_reset=_full(shape, 0.0, np.float32), metadata=_neuron_metadata(op))
+    leak = 1.0 - op.decay
+    r = 1.0 / leak
+    if target == "norse":
+        # Norse's LIF ignores r: use the equivalent r = 1, which scales v (and the threshold) by 1 - decay.
+        r, thr = 1.0, thr * leak
+    return nir.LIF(tau=_full(shape, DT / leak), r=_full(shape, r), v_leak=_full(shape, 0.0),
+                   v_threshold=_full(shape, thr, np.float32), v_reset=_full(shape, 0.0, np.float32),
+                   metadata=_neuron_metadata(op))
+
+
+def _li_node(name: str, op: ops.LeakyIntegrator, shape, weights, target: str) -> nir.NIRNode:
+    leak = 1.0 - op.decay
+    if leak == 0.0:
+        raise CompileError("a leaky integrator with decay 1 has no NIR LI equivalent", node=name)
+    return nir.LI(tau=_full(shape, DT / leak), r=_full(shape, op.gain / leak), v_leak=_full(shape, 0.0),
+                  metadata=_neuron_metadata(op))
+
+
+# ---------------------------------------------------------------- synapses and structure
+def _bias(name: str, weights, out: int) -> np.ndarray:
+    b = weights.get(f"{name}.bias")
+    return np.zeros(out, dtype=np.float32) if b is None else np.asarray(b, dtype=np.float32)
+
+
+def _conv_node(name: str, op: ops.Conv2d, shape, weights, target: str, in_shape=None) -> nir.NIRNode:
+    w = np.asarray(weights[f"{name}.weight"], dtype=np.float32)
+    return nir.Conv2d(input_shape=tuple(int(v) for v in in_shape[1:]), weight=w, stride=op.stride,
+                      padding=op.padding, dilation=1, groups=1, bias=_bias(name, weights, op.out_channels))
+
+
+def _linear_node(name: str, op: ops.Linear, shape, weights, target: str, in_shape=None) -> nir.NIRNode:
+    w = np.asarray(weights[f"{name}.weight"], dtype=np.float32)
+    if op.bias:
+        return nir.Affine(weight=w, bias=_bias(name, weights, op.out_features))
+    return nir.Linear(weight=w)
+
+
+def _flatten_node(name: str, op: ops.Flatten, shape, weights, target: str, in_shape=None) -> nir.NIRNode:
+    # NIR dims exclude batch. snnTorch and Norse build torch's Flatten from these dims as they stand,
+    # which then flattens the batch too; their targets shift the dims past the batch axis.
+    shift = 1 if target in ("snntorch", "norse") else 0
+    return nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0 + shift, end_dim=-1)
+
+
+def _sum_pool_node(name: str, op: ops.SumPool2d, shape, weights, target: str, in_shape=None) -> nir.NIRNode:
+    return nir.SumPool2d(kernel_size=np.array(op.kernel_size), stride=np.array(op.stride),
+                         padding=np.array(op.padding))
+
+
+#: IR op type -> fn(name, op, output shape, weights, target[, in_shape]) -> NIR node.
+NODE_MAP: dict[type, Callable[..., nir.NIRNode]] = {
+    ops.LIF: _lif_node,
+    ops.LeakyIntegrator: _li_node,
+    ops.Conv2d: _conv_node,
+    ops.Linear: _linear_node,
+    ops.Flatten: _flatten_node,
+    ops.SumPool2d: _sum_pool_node,
+}
+_NEEDS_IN_SHAPE = (ops.Conv2d, ops.Linear, ops.Flatten, ops.SumPool2d)
+
+
+def ir_to_nir(graph: IRGraph, weights: Mapping[str, Any], *, target: str = "standard",
+              metadata: Mapping[str, Any] | None = None) -> nir.NIRGraph:
+    """The NIR graph of a lowered IR graph (type-checked by ``nir``).
+
+    Args:
+        graph: an IR graph every node of which NIR can express (after the
+            ``nir`` flow for a compiled spec); the encoder and the readout are skipped.
+        weights: weights keyed ``<node>.weight`` / ``<node>.bias`` (numpy-readable).
+        target: one of :data:`TARGETS`.
+        metadata: the graph's metadata (str / number / bool / dict values only).
+    Returns:
+        A NIR graph named like the IR: ``_input``, one node per synapse and
+        neuron, ``_output``. Type-checked, except a ``snntorch`` / ``norse``
+        graph with a Flatten: its dims are shifted past the batch axis for
+        that importer, which NIR's own type check (rightly) rejects.
+    Raises:
+        CompileError: a node NIR cannot express (names it).
+        ValueError: ``nir``'s type check rejected the graph.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown NIR target {target!r}; use one of {', '.join(TARGETS)}")
+    nodes: dict[str, nir.NIRNode] = {}
+    edges: list[tuple[str, str]] = []
+    alias: dict[str, str] = {}  # IR node -> NIR node carrying its value
+    for name in graph.order():
+        op, ins = graph.op(name), graph.inputs(name)
+        shape = tuple(int(v) for v in graph.meta(name)["shape"])
+        src = alias[ins[0]] if ins else None
+        if isinstance(op, ops.Input):
+            nodes[INPUT_NODE] = nir.Input(input_type={"input": np.array(shape)})
+            alias[name] = INPUT_NODE
+            continue
+        if isinstance(op, OUTSIDE_NIR):
+            alias[name] = src
+            continue
+        if isinstance(op, ops.Output):
+            nodes[OUTPUT_NODE] = nir.Output(output_type={"output": np.array(shape)})
+            edges.append((src, OUTPUT_NODE))
+            continue
+        make = NODE_MAP.get(type(op))
+        if make is None:
+            raise CompileError(f"a {op.type} node has no NIR equivalent", node=name)
+        if isinstance(op, _NEEDS_IN_SHAPE):
+            in_shape = tuple(int(v) for v in graph.meta(ins[0])["shape"])
+            nodes[name] = make(name, op, shape, weights, target, in_shape=in_shape)
+        else:
+            nodes[name] = make(name, op, shape, weights, target)
+        edges.append((src, name))
+        alias[name] = name
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(metadata or {}), type_check=type_checks(graph, target))
+
+
+def type_checks(graph: IRGraph, target: str) -> bool:
+    """Whether the NIR graph of ``graph`` for ``target`` passes ``nir``'s type check (see :func:`ir_to_nir`)."""
+    return target == "standard" or not any(True for _ in graph.nodes(ops.Flatten))
+
+
+# ---------------------------------------------------------------- what NIR does not carry
+def not_carried(graph: IRGraph) -> list[str]:
+    """What a NIR consumer of ``graph`` will not see, one sentence each (also in the metadata)."""
+    lifs = [graph.op(n) for n in graph.nodes(ops.LIF)]
+    items = [
+        "the readout: the graph outputs the output layer's spikes; the reconstruction "
+        "x_hat = max_t U(t) / divisor is described in metadata 'readout'",
+        "the Poisson encoder: the graph's input is the spike train (metadata 'encoding')",
+        f"dt: one saec step is one Euler step of dt = {DT:g} s (metadata 'dt'; snnTorch fixes this dt, "
+        "give Norse dt=1e-4)",
+    ]
+    floored = sorted({graph.meta(n)["layer"] for n in graph.nodes(ops.LIF) if graph.op(n).lower_bound is not None})
+    if floored:
+        op = next(o for o in lifs if o.lower_bound is not None)
+        rule = "set to +threshold" if op.lower_bound_mode == "revive" else "clamped"
+        items.append(f"the membrane floor (u < {op.lower_bound:g} is {rule}) on layers {', '.join(floored)}: "
+                     "NIR has none, so other simulators differ wherever it acts")
+    if any(o.spike_when == "ge" for o in lifs):
+        items.append("spiking at u >= threshold: written as v_threshold = nextafter(threshold, 0), "
+                     "exact in float32 only")
+    return items
+
+
+def graph_metadata(graph: IRGraph, target: str) -> dict[str, Any]:
+    """Graph-level metadata: provenance, time, encoder, readout, neuron conventions, what is not carried."""
+    attrs = graph.attrs
+    meta: dict[str, Any] = {
+        "producer": "saec",
+        "saec_version": __version__,
+        "spec_name": str(attrs.get("name", "")),
+        "spec_sha256": str(attrs.get("spec_sha256", "")),
+        "nir_target": target,
+        "dt": DT,
+        "timesteps": int(attrs.get("timesteps", 1)),
+        "time": f"one saec step = one forward-Euler step of dt; LIF tau = dt/(1-decay), r = 1/(1-decay)"
+                + (" (norse target: r = 1, v_threshold scaled by 1-decay)" if target == "norse" else ""),
+        "output": "spikes of the output layer's neurons",
+        "not_carried": " | ".join(not_carried(graph)),
+    }
+    for name in graph.order():
+        op = graph.op(name)
+        if isinstance(op, ops.PoissonEncode):
+            meta["encoding"] = {
+                "type": "poisson", "rule": "spike(t) = [encoder_scale * x' > r(t)], r ~ U(0,1) per pixel and step; "
+                "x' = (1-noise) x + noise xi", "timesteps": op.timesteps, "scale": op.scale,
+                "encoder_scale": op.effective_scale, "noise": op.noise, "noise_resample": op.noise_resample}
+        elif isinstance(op, ops.MaxCumulativeReadout):
+            src = graph.inputs(name)[0]
+            lif: ops.LIF = graph.op(src)
+            T = int(attrs.get("timesteps", 1))
+            divisor = T * op.scale if op.divide_by_timesteps else op.scale
+            rule = ("U(t) = decay * (U(t-1) + I(t)), I = input current of the output neurons"
+                    if lif.integrate == "current" else "U(t) = decay * U(t-1) + u(t), u = output membrane")
+            meta["readout"] = {
+                "type": "max_cumulative_readout", "neurons": src, "integrate": lif.integrate, "decay": lif.decay,
+                "rule": f"{rule}; x_hat = max over t in [{op.t_min}, T] of U(t) / {divisor:g}",
+                "t_min": op.t_min, "scale": op.scale, "divide_by_timesteps": op.divide_by_timesteps,
+                "divisor": divisor}
+    lif_ops = [graph.op(n) for n in graph.nodes(ops.LIF)]
+    if lif_ops:
+        first = lif_ops[0]
+        meta["neuron"] = {
+            "model": "u(t) = decay * u(t-1) + I(t); spike if u " + (">=" if first.spike_when == "ge" else ">")
+            + " threshold; then u = 0 (per-layer values in node metadata 'saec_op')",
+            "decay": first.decay, "threshold": first.threshold, "reset": first.reset,
+            "spike_when": first.spike_when,
+            "lower_bound": "none" if first.lower_bound is None else first.lower_bound,
+            "lower_bound_mode": first.lower_bound_mode, "clamp_first": first.clamp_first,
+            "integrate": first.integrate}
+    return meta
+
+
+# ---------------------------------------------------------------- writing and checking
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_checked(path: Path, graph: nir.NIRGraph, *, type_check: bool = True) -> None:
+    """Write ``graph`` to ``path`` only after ``nir.read(type_check=...)`` accepted it (temp name + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    try:
+        nir.write(tmp, graph)
+        nir.read(tmp, type_check=type_check)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def golden_data(spikes: Mapping[str, np.ndarray]) -> nir.NIRGraphData:
+    """NIR data of recorded spike trains: node name -> bool [B, T, neurons] observable ``spikes``.
+
+    Args:
+        spikes: NIR node name -> spike train [T, B, *shape] (0/1).
+    """
+    nodes = {}
+    for node, train in spikes.items():
+        train = np.asarray(train)
+        data = np.ascontiguousarray(train.reshape(train.shape[0], train.shape[1], -1).transpose(1, 0, 2) > 0)
+        nodes[node] = nir.NIRNodeData(observables={"spikes": nir.TimeGriddedData(data=data, dt=DT)})
+    return nir.NIRGraphData(nodes=nodes)
+
+
+def write_golden(path: Path, spikes: Mapping[str, np.ndarray]) -> None:
+    """Write :func:`golden_data` to ``path`` after reading it back (temp name + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    try:
+        nir.write_data(tmp, golden_data(spikes))
+        nir.read_data(str(tmp))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def read_golden(path: str | Path) -> dict[str, np.ndarray]:
+    """Spike trains of a golden file: node name -> bool [B, T, neurons]."""
+    data = nir.read_data(str(path))
+    return {name: node.observables["spikes"].data for name, node in data.nodes.items()}
+
+
+# ---------------------------------------------------------------- the run export
+@dataclass
+class NirExport:
+    """What :func:`export_nir` wrote and what the file does not carry."""
+
+    model: Path
+    golden: Path
+    target_model: Path | None
+    not_carried: list[str]
+    nodes: int
+    golden_examples: int
+    golden_spikes: int  # output spikes in the golden data
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _spec_error(run: Path, graph: IRGraph, exc: CompileError) -> SpecError:
+    from saec.spec.loader import load_spec
+
+    message = exc.message + "".join(f"; {c}" for c in exc.context if not c.startswith("pass `"))
+    spec_file = run / "spec.yaml"
+    if exc.node in graph and graph.meta(exc.node).get("spec_path"):
+        loaded = load_spec(spec_file)
+        return loaded.error(tuple(graph.meta(exc.node)["spec_path"]), f"cannot export to NIR: {message}")
+    return SpecError(f"cannot export to NIR: {message}", file=str(spec_file))
+
+
+def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, seed: int = 0,
+               data_dir: str | Path | None = None) -> NirExport:
+    """Export a trained run to NIR, with golden data; see the module docstring.
+
+    Args:
+        run: the run folder (``spec.yaml``, ``ir.json``, ``model.safetensors``).
+        target: :data:`TARGETS`; ``standard`` writes ``model.nir`` only, the
+            others also ``model.<target>.nir``.
+        examples: validation images in the golden data (the first ones).
+        seed: seed of the Poisson encoder for the golden input.
+        data_dir: folder holding MNIST, overriding the spec's data roots.
+    Returns:
+        :class:`NirExport`.
+    Raises:
+        SpecError: not a run, no weights, a network NIR cannot express, data missing.
+    """
+    import torch
+
+    from saec.compiler.passes.lower_nir import lower_for_nir
+    from saec.runtime import artifacts as A
+    from saec.runtime.data import DataError, make_splits
+    from saec.runtime.train import load_model
+
+    run = Path(run)
+    if not run.is_dir():
+        raise SpecError("no such run folder", file=str(run))
+    if target not in TARGETS:
+        raise SpecError(f"unknown NIR target {target!r}; use one of {', '.join(TARGETS)}", path="--target")
+    if examples < 1:
+        raise SpecError(f"golden data needs at least 1 example, got {examples}", path="--examples")
+    spec, model = load_model(run)
+    graph = model.graph
+    if graph.attrs.get("kind") != "sae":
+        raise SpecError(f"cannot export to NIR: a {graph.attrs.get('kind')} has no spiking neurons; NIR export "
+                        "needs a spiking auto-encoder (kind: sae)", file=str(run / A.SPEC), path="kind")
+    try:
+        lowered, weights = lower_for_nir(graph, model.ir_state_dict())
+        graphs = {t: ir_to_nir(lowered, weights, target=t, metadata=graph_metadata(lowered, t))
+                  for t in dict.fromkeys(("standard", target))}
+    except CompileError as exc:
+        raise _spec_error(run, graph, exc) from None
+
+    # Golden data: saec's own spikes on the lowered graph (the one written), on real validation images.
+    try:
+        _, val = make_splits(spec.data, data_dir, seed=spec.training.seed)
+    except DataError as exc:
+        raise SpecError(f"golden data: {exc}", path="data") from None
+    images = val.images[:examples].float()
+    low_model = type(model)(lowered)
+    low_model.load_ir_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    low_model.eval()
+    (enc,) = lowered.nodes(ops.PoissonEncode)
+    from saec.runtime.encoding import poisson_encode
+
+    train = poisson_encode(images, lowered.op(enc), generator=torch.Generator().manual_seed(seed))
+    lif_nodes = list(lowered.nodes(ops.LIF))
+    with torch.no_grad():
+        out = low_model(images, encoded=train, record={lowered.meta(n)["layer"] for n in lif_nodes})
+    spikes = {INPUT_NODE: train.numpy()}
+    for n in lif_nodes:
+        spikes[n] = out.trains[lowered.meta(n)["layer"]].numpy()
+    (output,) = lowered.nodes(ops.Output)
+    last = _producer(lowered, output)
+    spikes[OUTPUT_NODE] = spikes[last]
+    for g in graphs.values():
+        g.metadata["golden"] = {"file": GOLDEN_FILE, "examples": int(images.shape[0]), "seed": seed,
+                                "images": f"the first {images.shape[0]} images of {val.name}",
+                                "encoder": "saec.runtime.encoding.poisson_encode, torch.Generator().manual_seed(seed)"}
+
+    export_dir = run / A.EXPORT
+    model_path = export_dir / MODEL_FILE
+    target_path = export_dir / target_file(target) if target != "standard" else None
+    write_checked(model_path, graphs["standard"])
+    if target_path is not None:
+        write_checked(target_path, graphs[target], type_check=type_checks(lowered, target))
+    write_golden(export_dir / GOLDEN_FILE, spikes)
+    return NirExport(model=model_path, golden=export_dir / GOLDEN_FILE, target_model=target_path,
+                     not_carried=not_carried(lowered), nodes=len(graphs["standard"].nodes),
+                     golden_examples=int(images.shape[0]), golden_spikes=int(spikes[OUTPUT_NODE].sum()))
+
+
+def _producer(graph: IRGraph, name: str) -> str:
+    """The node whose value ``name`` passes on, skipping ops outside NIR (the readout)."""
+    src = graph.inputs(name)[0]
+    while isinstance(graph.op(src), OUTSIDE_NIR):
+        src = graph.inputs(src)[0]
+    return src
