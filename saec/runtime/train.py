@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,7 @@ from saec.spec.errors import SpecError
 from saec.spec.loader import load_spec, resolved_yaml
 from saec.spec.schema import Spec
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 
 class TrainingDiverged(RuntimeError):
@@ -40,7 +43,45 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """Ctrl-C: a resumable checkpoint was written."""
+    """Ctrl-C: a resumable checkpoint was written (or, on a second Ctrl-C, the last one was kept)."""
+
+
+class _StopRequested(Exception):
+    """Internal: stop at this step boundary and write a checkpoint."""
+
+
+class _CtrlC:
+    """SIGINT handling for the training loop.
+
+    The first Ctrl-C only sets :attr:`requested`; the loop stops at the next
+    step boundary, where weights, optimizer and RNG state agree, and writes a
+    checkpoint there (a KeyboardInterrupt raised in the middle of
+    ``optimizer.step()`` could leave half-updated weights). A second Ctrl-C
+    raises KeyboardInterrupt at once and no checkpoint is written. Outside the
+    main thread signals cannot be caught and Ctrl-C behaves as usual.
+    """
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> "_CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log("Ctrl-C: finishing this step, then writing a checkpoint (Ctrl-C again to stop without one)")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 @dataclass
@@ -164,10 +205,32 @@ def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[Spec, Spi
     return spec, model.to(device)
 
 
+def _refuse_existing_run(out: Path, force: bool) -> None:
+    """A fresh run may not overwrite another run's files unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise SpecError("exists and is not a folder; give --out a folder for the run", file=str(out))
+    held = [name for name in (A.SPEC, A.IR, A.WEIGHTS, A.TRAIN_STATE) if (out / name).exists()]
+    if held and not force:
+        raise SpecError(f"already holds a run ({', '.join(held)}); use --resume to continue it, --force to "
+                        "overwrite it, or --out for a new folder", file=str(out))
+
+
+def _clear_run(out: Path) -> None:
+    """Remove the artifacts of an earlier run in ``out`` (``--force``), so none outlives the new run."""
+    for stale in (A.TRAIN_STATE, A.WEIGHTS, A.METRICS, A.EVAL, A.STATS):
+        (out / stale).unlink(missing_ok=True)
+    for folder in (A.FIGURES, A.EXPORT):  # drawn from or exported from the old weights
+        shutil.rmtree(out / folder, ignore_errors=True)
+
+
 def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None, device: str = "auto",
           resume: bool = False, force: bool = False, progress: bool = True,
           log: Callable[[str], None] = print, stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train ``graph`` as ``spec.training`` says; write the run folder ``out``.
+
+    Checkpoints (``model.safetensors`` + ``train_state.pt``) are written at the
+    end of every epoch and when the run is interrupted, always at a step
+    boundary, each file atomically (temporary name, then rename).
 
     Args:
         spec: the resolved spec (training and data settings).
@@ -177,30 +240,34 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         device: ``cpu``, ``cuda`` or ``auto``.
         resume: continue from ``out/train_state.pt``.
         force: overwrite an existing run in ``out``.
-        stop_after_steps: simulate an interruption after this many steps (tests).
+        progress: show a progress bar (on a terminal).
+        log: where progress lines go.
+        stop_after_steps: behave as if Ctrl-C was pressed once this many optimizer
+            steps (counted over the whole run) are done (tests).
     Returns:
         The final evaluation metrics (also in ``out/eval.json``).
     Raises:
         SpecError: bad input (existing run folder, data missing, bad device).
-        TrainingDiverged: NaN/inf loss.
+        TrainingDiverged: NaN/inf loss or weights; the last checkpoint is left as it was.
         TrainingInterrupted: Ctrl-C (or ``stop_after_steps``); a checkpoint was written.
     """
     out = Path(out)
     dev = resolve_device(device)
-    dist = _init_distributed(dev)
     t = spec.training
     state = None
     if resume:
         if not (out / A.TRAIN_STATE).is_file():
             raise SpecError(f"nothing to resume (no {A.TRAIN_STATE})", file=str(out))
         state = A.load_torch(out / A.TRAIN_STATE)
+        if state.get("format") != STATE_FORMAT:
+            raise SpecError(f"{A.TRAIN_STATE} has format {state.get('format')!r}, this saec writes {STATE_FORMAT}; "
+                            "cannot resume it", file=str(out))
         if state.get("complete"):
             log(f"run {out} is already complete; nothing to do")
             return A.load_json(out / A.EVAL) if (out / A.EVAL).is_file() else {}
-    elif (out / A.WEIGHTS).exists() or (out / A.TRAIN_STATE).exists():
-        if not force:
-            raise SpecError("already holds a trained run; use --resume to continue it, --force to overwrite, "
-                            "or --out for a new folder", file=str(out))
+    else:
+        _refuse_existing_run(out, force)
+    dist = _init_distributed(dev)
 
     from saec.runtime.data import DataError
 
@@ -223,6 +290,8 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
     noise = torch.Generator(device=dev)
     noise.manual_seed(t.seed + 1 + 7 * dist.rank)
     epoch, step_in_epoch, global_step, history = 0, 0, 0, []
+    sums: dict[str, float] = {}  # running sums of the logged terms over the current epoch
+    count = 0
     if state is not None:
         weights_meta = A.weights_metadata(out / A.WEIGHTS)
         if int(weights_meta.get("global_step", -1)) != state["global_step"]:
@@ -232,102 +301,117 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         noise.set_state(state["noise_rng"])
+        torch.set_rng_state(state["torch_rng"])
         epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
         global_step, history = state["global_step"], list(state["history"])
+        sums, count = dict(state["epoch_sums"]), state["epoch_count"]
         log(f"resuming {out} at epoch {epoch + 1}, step {step_in_epoch} (global step {global_step})")
     elif dist.main:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in (A.TRAIN_STATE, A.WEIGHTS, A.METRICS, A.EVAL):
-            (out / stale).unlink(missing_ok=True)
+        _clear_run(out)
         _write_run_header(out, spec, graph)
 
-    def checkpoint(next_epoch: int, next_step: int, rng_state: torch.Tensor, complete: bool = False) -> None:
+    def checkpoint(complete: bool = False) -> None:
+        """Weights, then the state that points at them (same global step), each written atomically."""
         if not dist.main:
             return
+        bad = [k for k, v in model.ir_state_dict().items() if not torch.isfinite(v).all()]
+        if bad:
+            raise TrainingDiverged(f"weights {', '.join(bad)} became NaN or infinite by global step {global_step} "
+                                   f"(epoch {epoch + 1}); the last good checkpoint in {out} was kept; lower "
+                                   f"training.lr or add training.grad_clip")
         A.save_weights(out / A.WEIGHTS, model.ir_state_dict(),
                        {"global_step": str(global_step), "spec_sha256": str(graph.attrs.get("spec_sha256", ""))})
         A.save_torch(out / A.TRAIN_STATE, {
-            "format": STATE_FORMAT, "epoch": next_epoch, "step_in_epoch": next_step,
+            "format": STATE_FORMAT, "epoch": epoch, "step_in_epoch": step_in_epoch,
             "global_step": global_step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "noise_rng": rng_state, "history": history, "complete": complete,
+            "noise_rng": noise.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+            "epoch_sums": sums, "epoch_count": count, "complete": complete,
         })
 
     bar = _Progress(progress and dist.main, log)
     if dist.main:
         log(f"training {spec.name} on {dev} ({len(train_set)} train / {len(val_set)} validation images, "
             f"T={model.timesteps}, batch {t.batch_size}, {t.epochs} epochs) -> {out}")
-    rng_at_step = noise.get_state()
-    try:
-        while epoch < t.epochs:
-            batches = epoch_batches(len(train_set), t.batch_size, t.seed, epoch)
-            n_steps = min(len(batches), t.max_steps or len(batches))
-            bar.start_epoch(epoch, t.epochs, n_steps, step_in_epoch)
-            t0, sums, count = time.perf_counter(), {}, 0
-            net.train()
-            while step_in_epoch < n_steps:
-                if stop_after_steps is not None and global_step >= stop_after_steps:
-                    raise KeyboardInterrupt
-                rng_at_step = noise.get_state()
-                idx = batches[step_in_epoch][dist.rank::dist.world]
-                x = train_set.images[idx].to(dev, non_blocking=True)
-                result = net(x, generator=noise)
-                loss, parts = objective(model, result, x)
-                if not math.isfinite(parts["rec"]) or not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss became {float(loss)} at epoch {epoch + 1}, step {step_in_epoch + 1} (global step "
-                        f"{global_step + 1}); terms {parts}. The last good checkpoint in {out} was kept; lower "
-                        f"training.lr or add training.grad_clip")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip is not None:
-                    if t.grad_clip.mode == "value":
-                        torch.nn.utils.clip_grad_value_(model.parameters(), t.grad_clip.max)
-                    else:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip.max)
-                opt.step()
-                global_step += 1
-                step_in_epoch += 1
-                rate = mean_spike_rate(model, result)
-                parts = {**parts, "loss": float(loss.detach()), "spike_rate": rate}
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                bar.step(f"loss {parts['loss']:.2f}  rec {parts['rec']:.2f}  rate {rate:.3f}")
-            sched.step()
-            elapsed = time.perf_counter() - t0
-            epoch += 1
-            step_in_epoch = 0
-            row: dict[str, Any] = {"epoch": epoch, "global_step": global_step}
-            row.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
-            row["seconds"] = elapsed
-            row["lr"] = opt.param_groups[0]["lr"]
+    with _CtrlC(log) as ctrl_c:
+        try:
+            while epoch < t.epochs:
+                batches = epoch_batches(len(train_set), t.batch_size, t.seed, epoch)
+                n_steps = min(len(batches), t.max_steps or len(batches))
+                bar.start_epoch(epoch, t.epochs, n_steps, step_in_epoch)
+                t0 = time.perf_counter()
+                net.train()
+                while step_in_epoch < n_steps:
+                    if ctrl_c.requested or (stop_after_steps is not None and global_step >= stop_after_steps):
+                        raise _StopRequested
+                    idx = batches[step_in_epoch][dist.rank::dist.world]
+                    x = train_set.images[idx].to(dev, non_blocking=True)
+                    result = net(x, generator=noise)
+                    loss, parts = objective(model, result, x)
+                    if not math.isfinite(parts["rec"]) or not torch.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step_in_epoch + 1} "
+                            f"(global step {global_step + 1}); terms {parts}. The last good checkpoint in {out} "
+                            f"was kept; lower training.lr or add training.grad_clip")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if t.grad_clip is not None:
+                        if t.grad_clip.mode == "value":
+                            torch.nn.utils.clip_grad_value_(model.parameters(), t.grad_clip.max)
+                        else:
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip.max)
+                    opt.step()
+                    global_step += 1
+                    step_in_epoch += 1
+                    rate = mean_spike_rate(model, result)
+                    parts = {**parts, "loss": float(loss.detach()), "spike_rate": rate}
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                    bar.step(f"loss {parts['loss']:.2f}  rec {parts['rec']:.2f}  rate {rate:.3f}")
+                sched.step()
+                elapsed = time.perf_counter() - t0
+                epoch += 1
+                step_in_epoch = 0
+                row: dict[str, Any] = {"epoch": epoch, "global_step": global_step}
+                row.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
+                sums, count = {}, 0
+                row["seconds"] = elapsed
+                row["lr"] = opt.param_groups[0]["lr"]
+                if dist.main:
+                    val = evaluate(model, val_set, batch_size=t.batch_size, seed=t.seed, device=dev).metrics
+                    row["val_rec_loss"] = val["rec_loss"]
+                    if "layers" in val:
+                        row["val_spike_rate"] = val["mean_firing_rate"]
+                        row["val_latent_anr"] = val["layers"][spec.latent]["anr"]
+                    history.append(row)
+                    A.write_jsonl(out / A.METRICS, history)
+                    log(f"epoch {epoch}/{t.epochs}: train loss {row.get('train_loss', float('nan')):.3f}, "
+                        f"val L_rec {row['val_rec_loss']:.3f}"
+                        + (f", latent ANR {row['val_latent_anr']:.2f}, rate {row['val_spike_rate']:.3f}"
+                           if "val_latent_anr" in row else "") + f" ({elapsed:.1f} s)")
+                checkpoint()
+            final: dict[str, Any] = {}
             if dist.main:
-                val = evaluate(model, val_set, batch_size=t.batch_size, seed=t.seed, device=dev).metrics
-                row["val_rec_loss"] = val["rec_loss"]
-                if "layers" in val:
-                    row["val_spike_rate"] = val["mean_firing_rate"]
-                    row["val_latent_anr"] = val["layers"][spec.latent]["anr"]
-                history.append(row)
-                A.write_jsonl(out / A.METRICS, history)
-                log(f"epoch {epoch}/{t.epochs}: train loss {row.get('train_loss', float('nan')):.3f}, "
-                    f"val L_rec {row['val_rec_loss']:.3f}"
-                    + (f", latent ANR {row['val_latent_anr']:.2f}, rate {row['val_spike_rate']:.3f}"
-                       if "val_latent_anr" in row else "") + f" ({elapsed:.1f} s)")
-            checkpoint(epoch, 0, noise.get_state())
-    except KeyboardInterrupt:
-        bar.close()
-        checkpoint(epoch, step_in_epoch, rng_at_step)
-        raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {step_in_epoch}; a checkpoint was "
-                                  f"written: resume with `saec train --resume {out}`") from None
-    finally:
-        bar.close()
+                from saec.runtime.report import finish_run
 
-    final: dict[str, Any] = {}
-    if dist.main:
-        from saec.runtime.report import finish_run
-
-        final = finish_run(out, spec, model, val_set, device=dev)
-        checkpoint(epoch, 0, noise.get_state(), complete=True)
+                final = finish_run(out, spec, model, val_set, device=dev)
+                checkpoint(complete=True)
+        except _StopRequested:
+            bar.close()
+            checkpoint()
+            raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {step_in_epoch} (global step "
+                                      f"{global_step}); a checkpoint was written: resume with "
+                                      f"`saec train --resume {out}`") from None
+        except KeyboardInterrupt:
+            bar.close()
+            if (out / A.TRAIN_STATE).is_file():
+                kept = f"the last checkpoint was kept: `saec train --resume {out}` continues from it"
+            else:
+                kept = "no checkpoint had been written yet: start the run again"
+            raise TrainingInterrupted(f"stopped at once (second Ctrl-C) in epoch {epoch + 1}; {kept}") from None
+        finally:
+            bar.close()
     if dist.world > 1:
         import torch.distributed as tdist
 
