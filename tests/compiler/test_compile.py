@@ -190,7 +190,8 @@ def test_compile_does_not_import_torch_and_is_fast():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     elapsed, torch_loaded = out.stdout.split()
     assert torch_loaded == "False"
-    assert float(elapsed) < 1.0, elapsed
+    # Imports included; generous because CI machines are shared (the compile itself: next test).
+    assert float(elapsed) < 3.0, elapsed
 
 
 def test_compile_command_timing_after_startup():
