@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -86,7 +86,7 @@ def _neuron_metadata(op: ops.Op) -> dict[str, Any]:
     return {"saec_op": json.dumps(ops.op_to_dict(op))}
 
 
-def _lif_node(name: str, op: ops.LIF, shape: tuple[int, ...], weights, target: str) -> nir.NIRNode:
+def _lif_node(name: str, op: ops.LIF, in_shape, shape, weights, target: str) -> nir.NIRNode:
     if op.reset != "zero":
         raise CompileError(f"reset {op.reset!r} has no NIR equivalent (NIR neurons reset to v_reset)", node=name)
     thr = float(lif_threshold(op))
@@ -103,7 +103,7 @@ def _lif_node(name: str, op: ops.LIF, shape: tuple[int, ...], weights, target: s
                    metadata=_neuron_metadata(op))
 
 
-def _li_node(name: str, op: ops.LeakyIntegrator, shape, weights, target: str) -> nir.NIRNode:
+def _li_node(name: str, op: ops.LeakyIntegrator, in_shape, shape, weights, target: str) -> nir.NIRNode:
     leak = 1.0 - op.decay
     if leak == 0.0:
         raise CompileError("a leaky integrator with decay 1 has no NIR LI equivalent", node=name)
@@ -117,32 +117,32 @@ def _bias(name: str, weights, out: int) -> np.ndarray:
     return np.zeros(out, dtype=np.float32) if b is None else np.asarray(b, dtype=np.float32)
 
 
-def _conv_node(name: str, op: ops.Conv2d, shape, weights, target: str, in_shape=None) -> nir.NIRNode:
+def _conv_node(name: str, op: ops.Conv2d, in_shape, shape, weights, target: str) -> nir.NIRNode:
     w = np.asarray(weights[f"{name}.weight"], dtype=np.float32)
     return nir.Conv2d(input_shape=tuple(int(v) for v in in_shape[1:]), weight=w, stride=op.stride,
                       padding=op.padding, dilation=1, groups=1, bias=_bias(name, weights, op.out_channels))
 
 
-def _linear_node(name: str, op: ops.Linear, shape, weights, target: str, in_shape=None) -> nir.NIRNode:
+def _linear_node(name: str, op: ops.Linear, in_shape, shape, weights, target: str) -> nir.NIRNode:
     w = np.asarray(weights[f"{name}.weight"], dtype=np.float32)
     if op.bias:
         return nir.Affine(weight=w, bias=_bias(name, weights, op.out_features))
     return nir.Linear(weight=w)
 
 
-def _flatten_node(name: str, op: ops.Flatten, shape, weights, target: str, in_shape=None) -> nir.NIRNode:
+def _flatten_node(name: str, op: ops.Flatten, in_shape, shape, weights, target: str) -> nir.NIRNode:
     # NIR dims exclude batch. snnTorch and Norse build torch's Flatten from these dims as they stand,
     # which then flattens the batch too; their targets shift the dims past the batch axis.
     shift = 1 if target in ("snntorch", "norse") else 0
     return nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0 + shift, end_dim=-1)
 
 
-def _sum_pool_node(name: str, op: ops.SumPool2d, shape, weights, target: str, in_shape=None) -> nir.NIRNode:
+def _sum_pool_node(name: str, op: ops.SumPool2d, in_shape, shape, weights, target: str) -> nir.NIRNode:
     return nir.SumPool2d(kernel_size=np.array(op.kernel_size), stride=np.array(op.stride),
                          padding=np.array(op.padding))
 
 
-#: IR op type -> fn(name, op, output shape, weights, target[, in_shape]) -> NIR node.
+#: IR op type -> fn(name, op, input shape, output shape, weights, target) -> NIR node.
 NODE_MAP: dict[type, Callable[..., nir.NIRNode]] = {
     ops.LIF: _lif_node,
     ops.LeakyIntegrator: _li_node,
@@ -151,7 +151,6 @@ NODE_MAP: dict[type, Callable[..., nir.NIRNode]] = {
     ops.Flatten: _flatten_node,
     ops.SumPool2d: _sum_pool_node,
 }
-_NEEDS_IN_SHAPE = (ops.Conv2d, ops.Linear, ops.Flatten, ops.SumPool2d)
 
 
 def ir_to_nir(graph: IRGraph, weights: Mapping[str, Any], *, target: str = "standard",
@@ -196,11 +195,8 @@ def ir_to_nir(graph: IRGraph, weights: Mapping[str, Any], *, target: str = "stan
         make = NODE_MAP.get(type(op))
         if make is None:
             raise CompileError(f"a {op.type} node has no NIR equivalent", node=name)
-        if isinstance(op, _NEEDS_IN_SHAPE):
-            in_shape = tuple(int(v) for v in graph.meta(ins[0])["shape"])
-            nodes[name] = make(name, op, shape, weights, target, in_shape=in_shape)
-        else:
-            nodes[name] = make(name, op, shape, weights, target)
+        in_shape = tuple(int(v) for v in graph.meta(ins[0])["shape"])
+        nodes[name] = make(name, op, in_shape, shape, weights, target)
         edges.append((src, name))
         alias[name] = name
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(metadata or {}), type_check=type_checks(graph, target))
@@ -346,7 +342,6 @@ class NirExport:
     nodes: int
     golden_examples: int
     golden_spikes: int  # output spikes in the golden data
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _spec_error(run: Path, graph: IRGraph, exc: CompileError) -> SpecError:
@@ -376,8 +371,6 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
     Raises:
         SpecError: not a run, no weights, a network NIR cannot express, data missing.
     """
-    import torch
-
     from saec.compiler.passes.lower_nir import lower_for_nir
     from saec.runtime import artifacts as A
     from saec.runtime.data import DataError, make_splits
@@ -393,7 +386,7 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
     spec, model = load_model(run)
     graph = model.graph
     if graph.attrs.get("kind") != "sae":
-        raise SpecError(f"cannot export to NIR: a {graph.attrs.get('kind')} has no spiking neurons; NIR export "
+        raise SpecError(f"cannot export to NIR: kind {graph.attrs.get('kind')} has no spiking neurons; NIR export "
                         "needs a spiking auto-encoder (kind: sae)", file=str(run / A.SPEC), path="kind")
     try:
         lowered, weights = lower_for_nir(graph, model.ir_state_dict())
@@ -408,22 +401,7 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
     except DataError as exc:
         raise SpecError(f"golden data: {exc}", path="data") from None
     images = val.images[:examples].float()
-    low_model = type(model)(lowered)
-    low_model.load_ir_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-    low_model.eval()
-    (enc,) = lowered.nodes(ops.PoissonEncode)
-    from saec.runtime.encoding import poisson_encode
-
-    train = poisson_encode(images, lowered.op(enc), generator=torch.Generator().manual_seed(seed))
-    lif_nodes = list(lowered.nodes(ops.LIF))
-    with torch.no_grad():
-        out = low_model(images, encoded=train, record={lowered.meta(n)["layer"] for n in lif_nodes})
-    spikes = {INPUT_NODE: train.numpy()}
-    for n in lif_nodes:
-        spikes[n] = out.trains[lowered.meta(n)["layer"]].numpy()
-    (output,) = lowered.nodes(ops.Output)
-    last = _producer(lowered, output)
-    spikes[OUTPUT_NODE] = spikes[last]
+    spikes = golden_spikes(lowered, weights, images, seed)
     for g in graphs.values():
         g.metadata["golden"] = {"file": GOLDEN_FILE, "examples": int(images.shape[0]), "seed": seed,
                                 "images": f"the first {images.shape[0]} images of {val.name}",
@@ -439,6 +417,38 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
     return NirExport(model=model_path, golden=export_dir / GOLDEN_FILE, target_model=target_path,
                      not_carried=not_carried(lowered), nodes=len(graphs["standard"].nodes),
                      golden_examples=int(images.shape[0]), golden_spikes=int(spikes[OUTPUT_NODE].sum()))
+
+
+def golden_spikes(graph: IRGraph, weights: Mapping[str, Any], images, seed: int) -> dict[str, np.ndarray]:
+    """saec's spikes for Poisson-encoded ``images``, keyed by NIR node name.
+
+    Args:
+        graph: the lowered graph that is exported (so the golden spikes are those of the file's network).
+        weights: its weights (numpy-readable).
+        images: float tensor [B, *input shape] in [0, 1].
+        seed: seed of the encoder's ``torch.Generator``.
+    Returns:
+        ``_input`` (the encoded train), every LIF node and ``_output``: [T, B, *shape] float 0/1.
+    """
+    import torch
+
+    from saec.runtime.encoding import poisson_encode
+    from saec.runtime.model import SpikingAutoencoder
+
+    model = SpikingAutoencoder(graph)
+    model.load_ir_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})
+    model.eval()
+    (enc,) = graph.nodes(ops.PoissonEncode)
+    train = poisson_encode(images, graph.op(enc), generator=torch.Generator().manual_seed(seed))
+    lif_nodes = list(graph.nodes(ops.LIF))
+    with torch.no_grad():
+        out = model(images, encoded=train, record={graph.meta(n)["layer"] for n in lif_nodes})
+    spikes = {INPUT_NODE: train.numpy()}
+    for n in lif_nodes:
+        spikes[n] = out.trains[graph.meta(n)["layer"]].numpy()
+    (output,) = graph.nodes(ops.Output)
+    spikes[OUTPUT_NODE] = spikes[_producer(graph, output)]
+    return spikes
 
 
 def _producer(graph: IRGraph, name: str) -> str:

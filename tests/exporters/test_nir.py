@@ -430,6 +430,15 @@ def test_export_of_a_strided_conv_transpose_names_the_layer_and_line(tmp_path):
     assert not (run / "export").exists()  # nothing half-written
 
 
+def test_export_of_a_non_spiking_run(tmp_path):
+    text = TINY.replace("kind: sae", "kind: ae").replace("encoding: {type: poisson, timesteps: 8, scale: 0.5}\n", "")
+    text = text.replace("neuron: {type: lif, decay: 0.9, threshold: 1.0, reset: zero}\n", "").replace(
+        "readout: {type: max_cumulative_potential, scale: 0.5}\n", "")
+    run = make_run(tmp_path / "ae", text)
+    assert_one_line(runner.invoke(app, ["export", str(run)]),
+                    r"spec.yaml: kind: cannot export to NIR: kind ae has no spiking neurons")
+
+
 def test_export_with_an_unknown_format_or_target(exported):
     assert_one_line(runner.invoke(app, ["export", str(exported), "--format", "tflite"]),
                     r"--format: unknown format 'tflite'; use one of nir, onnx")
