@@ -311,6 +311,13 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         _clear_run(out)
         _write_run_header(out, spec, graph)
 
+    def kept_checkpoint() -> str:
+        """What a stopped run leaves to resume from, for messages."""
+        if (out / A.TRAIN_STATE).is_file():
+            step = A.load_torch(out / A.TRAIN_STATE)["global_step"]
+            return f"the last good checkpoint (global step {step}) in {out} was kept"
+        return f"no checkpoint had been written to {out} yet"
+
     def checkpoint(complete: bool = False) -> None:
         """Weights, then the state that points at them (same global step), each written atomically."""
         if not dist.main:
@@ -318,8 +325,8 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         bad = [k for k, v in model.ir_state_dict().items() if not torch.isfinite(v).all()]
         if bad:
             raise TrainingDiverged(f"weights {', '.join(bad)} became NaN or infinite by global step {global_step} "
-                                   f"(epoch {epoch + 1}); the last good checkpoint in {out} was kept; lower "
-                                   f"training.lr or add training.grad_clip")
+                                   f"(epoch {epoch + 1}); {kept_checkpoint()}; lower training.lr or add "
+                                   f"training.grad_clip")
         A.save_weights(out / A.WEIGHTS, model.ir_state_dict(),
                        {"global_step": str(global_step), "spec_sha256": str(graph.attrs.get("spec_sha256", ""))})
         A.save_torch(out / A.TRAIN_STATE, {
@@ -351,8 +358,8 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
                     if not math.isfinite(parts["rec"]) or not torch.isfinite(loss):
                         raise TrainingDiverged(
                             f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step_in_epoch + 1} "
-                            f"(global step {global_step + 1}); terms {parts}. The last good checkpoint in {out} "
-                            f"was kept; lower training.lr or add training.grad_clip")
+                            f"(global step {global_step + 1}); terms {parts}; {kept_checkpoint()}; lower "
+                            f"training.lr or add training.grad_clip")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if t.grad_clip is not None:
@@ -405,11 +412,10 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
                                       f"`saec train --resume {out}`") from None
         except KeyboardInterrupt:
             bar.close()
-            if (out / A.TRAIN_STATE).is_file():
-                kept = f"the last checkpoint was kept: `saec train --resume {out}` continues from it"
-            else:
-                kept = "no checkpoint had been written yet: start the run again"
-            raise TrainingInterrupted(f"stopped at once (second Ctrl-C) in epoch {epoch + 1}; {kept}") from None
+            how = (f"`saec train --resume {out}` continues from it" if (out / A.TRAIN_STATE).is_file()
+                   else "start the run again")
+            raise TrainingInterrupted(f"stopped at once (second Ctrl-C) in epoch {epoch + 1}; {kept_checkpoint()}; "
+                                      f"{how}") from None
         finally:
             bar.close()
     if dist.world > 1:
