@@ -53,6 +53,10 @@ from saec.spec.errors import SpecError
 
 #: ONNX opset the graph is written for (Split with ``num_outputs`` needs 18).
 OPSET = 18
+#: ONNX IR version written: the oldest that carries opset 18 (ONNX 1.13). onnx's
+#: helper would stamp its own newest one, which older onnxruntime builds refuse
+#: ("Unsupported model IR version: 14, max supported IR version: 13" with ORT 1.30).
+IR_VERSION = 8
 MODEL_FILE = "model.onnx"
 SPIKES_INPUT = "spikes"
 IMAGE_INPUT = "x"
@@ -354,7 +358,7 @@ def build_onnx_model(graph: IRGraph, weights: dict[str, torch.Tensor | np.ndarra
         doc_string=f"saec {kind} network unrolled over T={T} time steps (layer-wise); see saec.exporters.onnx",
     )
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="saec",
-                              producer_version=__version__)
+                              producer_version=__version__, ir_version=IR_VERSION)
     lifs = {graph.meta(n)["layer"]: ops.op_to_dict(graph.op(n)) for n in graph.nodes(ops.LIF)}
     helper.set_model_props(model, {
         "saec_version": __version__,
@@ -518,7 +522,7 @@ def onnx_input_shape(graph: IRGraph, timesteps: int | None = None, batch: int = 
 
 
 __all__ = [
-    "OPSET", "MODEL_FILE", "SPIKES_INPUT", "IMAGE_INPUT", "RECONSTRUCTION_OUTPUT", "OnnxAgreement",
+    "OPSET", "IR_VERSION", "MODEL_FILE", "SPIKES_INPUT", "IMAGE_INPUT", "RECONSTRUCTION_OUTPUT", "OnnxAgreement",
     "activations_output", "build_onnx_model", "compare_with_runtime", "counts_output", "export_onnx",
     "onnx_input_shape", "run_onnx",
 ]

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from saec.cli import app
 from saec.compiler import ops
 from saec.compiler.pipeline import compile_spec
-from saec.exporters.onnx import (IMAGE_INPUT, OPSET, RECONSTRUCTION_OUTPUT, SPIKES_INPUT, activations_output,
+from saec.exporters.onnx import (IMAGE_INPUT, IR_VERSION, OPSET, RECONSTRUCTION_OUTPUT, SPIKES_INPUT, activations_output,
                                  build_onnx_model, compare_with_runtime, counts_output, export_onnx, run_onnx)
 from saec.runtime import artifacts as A
 from saec.runtime.model import SpikingAutoencoder
@@ -100,6 +100,7 @@ def test_tiny_sae_spike_trains_identical_to_runtime(tmp_path, semantics, quantiz
     onnx_model = build_onnx_model(graph, model.ir_state_dict())
     onnx.checker.check_model(onnx_model, full_check=True)
     assert onnx_model.opset_import[0].version == OPSET
+    assert onnx_model.ir_version == IR_VERSION == 8  # readable by onnxruntime >= 1.14, not just the newest
     train = random_train(5, 3, (1, 8, 8))
     layers = [graph.meta(n)["layer"] for n in graph.nodes(ops.LIF)]
     with torch.inference_mode():
