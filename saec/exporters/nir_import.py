@@ -391,13 +391,13 @@ def simulate_nir(graph_or_path: nir.NIRGraph | str | Path, spikes: Any, *, dt: f
 
 
 def agreement(reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]) -> dict[str, dict[str, int]]:
-    """Per node in both: spikes in the reference, spikes in the other, and entries that differ."""
+    """Per node in both: entries, spikes in each, spikes in both (``matched``) and entries that differ."""
     report = {}
     for node in reference:
         if node in other:
             a = np.asarray(reference[node]) > 0
             b = np.asarray(other[node]).reshape(a.shape) > 0
-            report[node] = {"reference_spikes": int(a.sum()), "spikes": int(b.sum()),
+            report[node] = {"reference_spikes": int(a.sum()), "spikes": int(b.sum()), "matched": int((a & b).sum()),
                             "mismatches": int((a != b).sum()), "entries": int(a.size)}
     return report
 

@@ -240,6 +240,7 @@ def test_clamped_network_agreement_rate_is_measured(exported_clamped):
     got = run_importer(snntorch_net(run / "export" / X.MODEL_FILE), spikes)
     report = agreement({"out": reference}, {"out": got})["out"]
     assert report["entries"] == reference.size and report["reference_spikes"] == reference.sum()
+    assert report["matched"] == (reference & got).sum() and report["spikes"] == got.sum()
     rate = 1 - report["mismatches"] / report["entries"]
     # The floor acts on this network (gain 3 drives membranes below -1), so NIR cannot match it; most outputs agree.
     assert report["mismatches"] > 0 and 0.5 < rate < 1.0, report
