@@ -19,7 +19,7 @@ from saec.cli import app
 from saec.runtime import artifacts as A
 from saec.runtime import train as train_module
 from tests.conftest import REPO
-from tests.runtime.test_train import MINI_SPEC, light_finish, real_objective  # noqa: F401 (fixture)
+from tests.runtime.test_train import MINI_SPEC, light_finish, real_objective  # noqa: F401 (light_finish: a fixture)
 
 runner = CliRunner()
 
@@ -57,7 +57,8 @@ def test_train_writes_the_run_folder_and_says_where(spec_file, tmp_path, monkeyp
     assert (out / A.FIGURES / "reconstructions.png").is_file() and (out / A.EVAL).is_file()
 
 
-def test_an_existing_run_is_refused_unless_forced(spec_file, tmp_path, light_finish):
+@pytest.mark.usefixtures("light_finish")
+def test_an_existing_run_is_refused_unless_forced(spec_file, tmp_path):
     out = tmp_path / "run"
     args = [str(spec_file), "--out", str(out), "--device", "cpu", "--set", "training.epochs=1"]
     assert saec(*args).exit_code == 0
@@ -96,7 +97,8 @@ def test_divergence_names_the_step(spec_file, tmp_path):
     assert "training diverged" in err and "step" in err and "training.lr" in err
 
 
-def test_ctrl_c_exits_130_and_the_run_resumes(spec_file, tmp_path, monkeypatch, light_finish):
+@pytest.mark.usefixtures("light_finish")
+def test_ctrl_c_exits_130_and_the_run_resumes(spec_file, tmp_path, monkeypatch):
     calls = {"n": 0}
 
     def objective(model, out, x):

@@ -9,7 +9,6 @@ threshold or the lower bound, so float rounding cannot flip a spike.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saec.compiler import ops
 from saec.compiler.pipeline import compile_spec
 from saec.runtime import model as model_module
 from saec.runtime.lif import lif_scan_autograd
@@ -150,14 +148,14 @@ def reference_network(weights, encoded, x, sem, losses):
     Tn, B = encoded.shape[:2]
     flat_in = encoded.reshape(Tn * B, 1, 8, 8)
     res = {}
-    I = F.conv2d(flat_in, weights["conv1.weight"]).reshape(Tn, B, 3, 6, 6)
-    res["conv1"] = reference_lif_layer(I, sem)
+    current = F.conv2d(flat_in, weights["conv1.weight"]).reshape(Tn, B, 3, 6, 6)
+    res["conv1"] = reference_lif_layer(current, sem)
     h = res["conv1"]["spikes"].reshape(Tn, B, 108)
     res["latent"] = reference_lif_layer(h @ weights["latent.weight"].T, sem)
     res["fc_dec"] = reference_lif_layer(res["latent"]["spikes"] @ weights["fc_dec.weight"].T, sem)
     h = res["fc_dec"]["spikes"].reshape(Tn * B, 3, 6, 6)
-    I = F.conv_transpose2d(h, weights["output.weight"]).reshape(Tn, B, 1, 8, 8)
-    res["output"] = reference_lif_layer(I, sem)
+    current = F.conv_transpose2d(h, weights["output.weight"]).reshape(Tn, B, 1, 8, 8)
+    res["output"] = reference_lif_layer(current, sem)
     U_out = res["output"]["U"]
     if sem["t_min"] == 0:  # U(0) = 0 takes part: x_hat >= 0
         peak = torch.relu(U_out.max(0).values)

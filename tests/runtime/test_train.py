@@ -17,10 +17,10 @@ from saec.compiler.pipeline import compile_spec
 from saec.runtime import artifacts as A
 from saec.runtime import train as train_module
 from saec.runtime.train import TrainingDiverged, TrainingInterrupted, load_model, train
-
-real_objective = train_module.objective
 from saec.spec.errors import SpecError
 from saec.spec.loader import load_spec
+
+real_objective = train_module.objective
 
 # A small 28x28 SAE (conv 5x5 stride 2 -> 2x12x12, latent 8, conv-T 6x6 stride 2 -> 1x28x28) on the
 # embedded mnist5k data: 96 training images in batches of 16, 3 steps per epoch, 2 epochs, T=4.
