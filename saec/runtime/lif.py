@@ -47,7 +47,9 @@ both implementations: its gradient enters as d L / d u(t) directly.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 import torch
@@ -55,6 +57,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from saec.compiler.ops import LIF
+from saec.runtime.kernels import cpu_lif, cuda_lif
 
 Cumulative = Literal["none", "last", "all"]
 _CUMULATIVE = ("none", "last", "all")
@@ -69,11 +72,16 @@ class LIFResult(NamedTuple):
         (``"last"``) or U(1..T) [T, B, ...] (``"all"``).
     u: membrane u(1..T) before the floor rule and the reset, [T, B, ...]
         (only with ``record_potential=True``).
+    fired: the spikes as bool [T, B, ...], not differentiable (only with
+        ``bool_spikes=True``); where backward keeps the spikes anyway (spike_gated
+        surrogate) this is the very tensor it keeps, so a consumer that saves it
+        for its own backward costs no memory.
     """
 
     spikes: Tensor
     U: Tensor | None = None
     u: Tensor | None = None
+    fired: Tensor | None = None
 
 
 def _check_args(current: Tensor, op: LIF, cumulative: str) -> None:
@@ -90,10 +98,115 @@ def _check_args(current: Tensor, op: LIF, cumulative: str) -> None:
 
 
 # ---------------------------------------------------------------- fast path
+Backend = Literal["auto", "torch"]
+_backend: Backend = "auto"
+
+
+@contextlib.contextmanager
+def scan_backend(name: Backend) -> Iterator[None]:
+    """Choose how :func:`lif_scan` runs inside the ``with`` block.
+
+    ``"auto"`` (the default): the fused kernel for the tensor's device where one
+    is available (C on the CPU, Triton on CUDA), else torch ops. ``"torch"``:
+    always the torch-op scan. Both give the same spikes, potentials and
+    gradients; the switch exists for tests and benchmarks.
+    """
+    global _backend
+    if name not in ("auto", "torch"):
+        raise ValueError(f"scan backend must be 'auto' or 'torch', got {name!r}")
+    previous, _backend = _backend, name
+    try:
+        yield
+    finally:
+        _backend = previous
+
+
+def _kernel_for(t: Tensor):
+    """The fused-kernel module that runs on ``t``, or None (torch ops)."""
+    if _backend == "torch":
+        return None
+    if cpu_lif.supports(t):
+        return cpu_lif
+    if cuda_lif.supports(t):
+        return cuda_lif
+    return None
+
+
+class _Saved(NamedTuple):
+    keep: Tensor | None = None
+    gate: Tensor | None = None
+    v: Tensor | None = None
+
+
 def _scan_forward(
+    current: Tensor, op: LIF, cumulative: str, record_potential: bool, for_backward: bool,
+    bool_spikes: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None, _Saved, Tensor | None]:
+    """Run the recurrence; return spikes, U, u, what backward needs and the bool spikes."""
+    kernel = _kernel_for(current)
+    if kernel is not None:
+        return _scan_forward_kernel(kernel, current, op, cumulative, record_potential, for_backward,
+                                    bool_spikes)
+    spikes, U, u, saved = _scan_forward_torch(current, op, cumulative, record_potential, for_backward)
+    fired = spikes.to(torch.bool) if bool_spikes else None
+    return spikes, U, u, _Saved(**saved), fired
+
+
+def _kernel_params(kernel, op: LIF, T: int, N: int, cumulative: str, for_backward: bool,
+                   dtype: torch.dtype):
+    """The kernel's parameter record for ``op`` (and which masks backward needs)."""
+    floor = 0 if op.lower_bound is None else (1 if op.clamp_first else 2)
+    reset_cut = for_backward and op.reset == "zero" and op.reset_grad == "cut"
+    floor_cut = for_backward and floor != 0 and op.clamp_grad == "cut"
+    gate_mode = 0
+    if for_backward and op.surrogate == "spike_gated":
+        gate_mode = 1
+        if floor_cut and floor == 1:
+            # A neuron set to the floor value spikes only if that value passes the test (in the
+            # tensor's dtype); where it cannot, "fired and not floored" is just "fired".
+            fv, thr = torch.tensor(op.floor_value, dtype=dtype), torch.tensor(op.threshold, dtype=dtype)
+            floor_fires = bool(fv >= thr) if op.spike_when == "ge" else bool(fv > thr)
+            gate_mode = 2 if floor_fires else 1
+    elif floor_cut and floor == 1:
+        gate_mode = 3  # the spike path is cut where the floor rule ran first
+    return kernel.LIFParams(
+        T=T, N=N, decay=op.decay, threshold=op.threshold,
+        lower_bound=0.0 if op.lower_bound is None else op.lower_bound,
+        floor_value=0.0 if op.lower_bound is None else op.floor_value,
+        grad_decay=op.decay if op.decay_grad else 1.0,
+        spike_ge=int(op.spike_when == "ge"), reset=("zero", "subtract", "none").index(op.reset),
+        floor=floor, floor_overlaps_spike=int(floor == 2 and op.lower_bound > op.threshold),
+        integrate=int(op.integrate == "current"), cumulative=_CUMULATIVE.index(cumulative),
+        reset_cut=int(reset_cut), floor_cut=int(floor_cut), gate_mode=gate_mode,
+    )
+
+
+def _scan_forward_kernel(
+    kernel, current: Tensor, op: LIF, cumulative: str, record_potential: bool, for_backward: bool,
+    bool_spikes: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None, _Saved, Tensor | None]:
+    """The fused scan: one kernel call per layer, every output written once."""
+    x = current.contiguous()
+    T, shape = x.shape[0], x.shape[1:]
+    params = _kernel_params(kernel, op, T, x[0].numel(), cumulative, for_backward, x.dtype)
+    like = dict(dtype=x.dtype, device=x.device)
+    mask = dict(dtype=torch.bool, device=x.device)
+    spikes = torch.empty(x.shape, **like)
+    u = torch.empty(x.shape, **like) if record_potential else None
+    v = torch.empty(x.shape, **like) if for_backward and op.surrogate in _MEMBRANE_SURROGATES else None
+    U = None if cumulative == "none" else torch.empty(x.shape if cumulative == "all" else shape, **like)
+    keep = torch.empty(x.shape, **mask) if params.reset_cut or params.floor_cut else None
+    gate = torch.empty(x.shape, **mask) if params.gate_mode else None
+    # The gate of spike_gated is the spike train itself: hand out that very tensor.
+    fired = gate if params.gate_mode == 1 else (torch.empty(x.shape, **mask) if bool_spikes else None)
+    kernel.forward(params, x, spikes, U, u, v, keep, gate, fired if fired is not gate else None)
+    return spikes, U, u, _Saved(keep, gate, v), fired if bool_spikes else None
+
+
+def _scan_forward_torch(
     current: Tensor, op: LIF, cumulative: str, record_potential: bool, for_backward: bool
 ) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, Tensor | None]]:
-    """Run the recurrence; return spikes, U, u and what backward needs.
+    """Run the recurrence with torch ops; return spikes, U, u and what backward needs.
 
     Every per-step op writes into a preallocated buffer. Masks are computed as
     float 0/1 (CPU kernels for float arithmetic are several times faster than
@@ -254,54 +367,98 @@ class _LIFScanFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, current, op, cumulative, record_potential):
+    def forward(ctx, current, op, cumulative, record_potential, bool_spikes):
         ctx.set_materialize_grads(False)
-        spikes, U, u, saved = _scan_forward(current, op, cumulative, record_potential, True)
+        spikes, U, u, saved, fired = _scan_forward(current, op, cumulative, record_potential, True,
+                                                   bool_spikes)
         ctx.op, ctx.cumulative = op, cumulative
         ctx.T, ctx.shape = current.shape[0], current.shape[1:]
-        ctx.save_for_backward(saved["keep"], saved["gate"], saved["v"])
-        return spikes, U, u
+        ctx.save_for_backward(saved.keep, saved.gate, saved.v)
+        if fired is not None:
+            ctx.mark_non_differentiable(fired)
+        return spikes, U, u, fired
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_spikes, g_U, g_u):
+    def backward(ctx, g_spikes, g_U, g_u, _g_fired):
         keep, gate, v = ctx.saved_tensors
-        op, T = ctx.op, ctx.T
-        dg = op.decay if op.decay_grad else 1.0
+        if g_spikes is None and g_U is None and g_u is None:
+            return None, None, None, None, None
+        ref = next(g for g in (g_spikes, g_U, g_u) if g is not None)
+        kernel = _kernel_for(ref)
+        if kernel is not None:
+            grad = _scan_backward_kernel(kernel, ctx, g_spikes, g_U, g_u, keep, gate, v)
+        else:
+            grad = _scan_backward_torch(ctx, g_spikes, g_U, g_u, keep, gate, v)
+        return grad, None, None, None, None
 
-        # dL/du(t) from the terms of step t itself: spikes, recorded u, and U (potential).
-        grad: Tensor | None = None
-        if g_spikes is not None:
-            sg = _surrogate_grad(op, v)
-            grad = g_spikes * sg
-            if gate is not None:
-                grad.mul_(gate.view(torch.uint8))
-        if g_u is not None:
-            grad = g_u.clone(memory_format=torch.contiguous_format) if grad is None else grad.add_(g_u)
-        GU = None
-        if g_U is not None:
-            GU = _cumulative_grad(g_U, ctx.cumulative, T, dg)
-            if op.integrate == "potential":
-                grad = GU.clone(memory_format=torch.contiguous_format) if grad is None else grad.add_(GU)
-        if grad is None:
-            if GU is None:
-                return None, None, None, None
-            grad = torch.zeros((T, *ctx.shape), dtype=GU.dtype, device=GU.device)
-        elif not grad.is_contiguous():
-            grad = grad.contiguous()
 
-        # Membrane path, newest step first: dL/du(t-1) += m(t-1) * dg * dL/du(t).
-        if T > 1 and (g_spikes is not None or g_u is not None or op.integrate == "potential"):
-            if keep is None:
-                for t in range(T - 1, 0, -1):
-                    grad[t - 1].add_(grad[t], alpha=dg)
-            else:
-                m = keep.view(torch.uint8)
-                for t in range(T - 1, 0, -1):
-                    grad[t - 1].addcmul_(m[t - 1], grad[t], value=dg)
-        if GU is not None and op.integrate == "current":
-            grad.add_(GU, alpha=dg)
-        return grad, None, None, None
+def _time_rows(g: Tensor, T: int, N: int) -> Tensor:
+    """``g`` [T, B, ...] as [T, N] rows (time stride N, or 0 for a gradient expanded over T)."""
+    if g.stride(0) == 0 and g[0].is_contiguous():
+        return g[0].reshape(1, N).expand(T, N)
+    return g.contiguous().view(T, N)
+
+
+def _scan_backward_kernel(kernel, ctx, g_spikes, g_U, g_u, keep, gate, v) -> Tensor:
+    """The whole backward in one fused pass (the surrogate tensor, if any, is one more)."""
+    op, T, shape = ctx.op, ctx.T, ctx.shape
+    ref = next(g for g in (g_spikes, g_U, g_u) if g is not None)
+    N = math.prod(shape)
+    params = _kernel_params(kernel, op, T, N, ctx.cumulative, True, ref.dtype)
+    if g_U is None:
+        params.cumulative = 0
+    sg_value, sg = 0.0, None
+    if g_spikes is not None:
+        surrogate = _surrogate_grad(op, v)
+        if isinstance(surrogate, Tensor):
+            sg = surrogate.contiguous()
+        else:
+            sg_value = surrogate
+    grad = torch.empty((T, *shape), dtype=ref.dtype, device=ref.device)
+    kernel.backward(
+        params, grad,
+        None if g_spikes is None else _time_rows(g_spikes, T, N), sg_value, sg, gate,
+        None if g_u is None else _time_rows(g_u, T, N),
+        None if g_U is None else g_U.contiguous(), keep)
+    return grad
+
+
+def _scan_backward_torch(ctx, g_spikes, g_U, g_u, keep, gate, v) -> Tensor | None:
+    op, T = ctx.op, ctx.T
+    dg = op.decay if op.decay_grad else 1.0
+
+    # dL/du(t) from the terms of step t itself: spikes, recorded u, and U (potential).
+    grad: Tensor | None = None
+    if g_spikes is not None:
+        sg = _surrogate_grad(op, v)
+        grad = g_spikes * sg
+        if gate is not None:
+            grad.mul_(gate.view(torch.uint8))
+    if g_u is not None:
+        grad = g_u.clone(memory_format=torch.contiguous_format) if grad is None else grad.add_(g_u)
+    GU = None
+    if g_U is not None:
+        GU = _cumulative_grad(g_U, ctx.cumulative, T, dg)
+        if op.integrate == "potential":
+            grad = GU.clone(memory_format=torch.contiguous_format) if grad is None else grad.add_(GU)
+    if grad is None:
+        grad = torch.zeros((T, *ctx.shape), dtype=GU.dtype, device=GU.device)
+    elif not grad.is_contiguous():
+        grad = grad.contiguous()
+
+    # Membrane path, newest step first: dL/du(t-1) += m(t-1) * dg * dL/du(t).
+    if T > 1 and (g_spikes is not None or g_u is not None or op.integrate == "potential"):
+        if keep is None:
+            for t in range(T - 1, 0, -1):
+                grad[t - 1].add_(grad[t], alpha=dg)
+        else:
+            m = keep.view(torch.uint8)
+            for t in range(T - 1, 0, -1):
+                grad[t - 1].addcmul_(m[t - 1], grad[t], value=dg)
+    if GU is not None and op.integrate == "current":
+        grad.add_(GU, alpha=dg)
+    return grad
 
 
 def _cumulative_grad(g_U: Tensor, cumulative: str, T: int, dg: float) -> Tensor:
@@ -326,6 +483,7 @@ def lif_scan(
     *,
     cumulative: Cumulative = "none",
     record_potential: bool = False,
+    bool_spikes: bool = False,
 ) -> LIFResult:
     """Run a LIF layer over all T time steps at once.
 
@@ -335,18 +493,20 @@ def lif_scan(
         cumulative: which cumulative potential U to return: "none", "last" (U(T))
             or "all" (U(1..T)).
         record_potential: also return u(1..T) (before the floor rule and the reset).
+        bool_spikes: also return the spikes as a bool tensor (``LIFResult.fired``).
 
     Returns:
-        :class:`LIFResult` (spikes, U, u). Gradients reach ``current`` from the
+        :class:`LIFResult` (spikes, U, u, fired). Gradients reach ``current`` from the
         spikes (through the surrogate), from U and from the recorded u, by the
-        hand-written recurrence of :class:`_LIFScanFunction`.
+        hand-written recurrence of :class:`_LIFScanFunction`. Runs as a fused
+        kernel where one applies (see :func:`scan_backend`), else as torch ops.
     """
     _check_args(current, op, cumulative)
     if torch.is_grad_enabled() and current.requires_grad:
-        spikes, U, u = _LIFScanFunction.apply(current, op, cumulative, record_potential)
+        spikes, U, u, fired = _LIFScanFunction.apply(current, op, cumulative, record_potential, bool_spikes)
     else:
-        spikes, U, u, _ = _scan_forward(current, op, cumulative, record_potential, False)
-    return LIFResult(spikes, U, u)
+        spikes, U, u, _, fired = _scan_forward(current, op, cumulative, record_potential, False, bool_spikes)
+    return LIFResult(spikes, U, u, fired)
 
 
 # ---------------------------------------------------------------- autograd oracle
@@ -440,6 +600,7 @@ def lif_scan_autograd(
     *,
     cumulative: Cumulative = "none",
     record_potential: bool = False,
+    bool_spikes: bool = False,
 ) -> LIFResult:
     """:func:`lif_scan` as a plain loop of :func:`lif_step`; autograd builds the gradient.
 
@@ -456,4 +617,6 @@ def lif_scan_autograd(
         us.append(u)
         Us.append(U)
     U_out = None if cumulative == "none" else (U if cumulative == "last" else torch.stack(Us))
-    return LIFResult(torch.stack(spikes), U_out, torch.stack(us) if record_potential else None)
+    spikes = torch.stack(spikes)
+    fired = spikes.detach().to(torch.bool) if bool_spikes else None
+    return LIFResult(spikes, U_out, torch.stack(us) if record_potential else None, fired)

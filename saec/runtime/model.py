@@ -7,6 +7,12 @@ A conv or linear runs once on a [T*B, ...] tensor; the LIF recurrence over T is
 is the step-by-step reference (each step runs the whole network) and gives
 bit-identical spikes.
 
+``SpikingAutoencoder.execution`` picks how a training forward runs: ``"fast"``
+(the default) uses the fused LIF scan and synapses that keep their binary input
+as bool for backward (:mod:`saec.runtime.fastpath`); ``"reference"`` uses the
+autograd-oracle scan and plain autograd synapses. Both give bit-identical spikes
+and the same gradients (fp32 rounding).
+
 AE and VAE baselines run through the same walk with T = 1 and no encoding.
 """
 
@@ -22,8 +28,9 @@ from torch import Tensor, nn
 from saec.compiler import ops
 from saec.compiler.graph import IRGraph
 from saec.compiler.passes.params import weight_shapes
+from saec.runtime import fastpath
 from saec.runtime.encoding import poisson_encode
-from saec.runtime.lif import lif_scan, lif_step
+from saec.runtime.lif import lif_scan, lif_scan_autograd, lif_step
 from saec.runtime.readout import max_cumulative_readout
 
 
@@ -90,13 +97,7 @@ class SynapseParams(nn.Module):
 
 def apply_synapse(op: ops.Op, p: SynapseParams, x: Tensor) -> Tensor:
     """Conv / linear on x of shape [N, ...] (N = T*B, or B)."""
-    bias = getattr(p, "bias", None)
-    if isinstance(op, ops.Conv2d):
-        return F.conv2d(x, p.weight, bias, stride=op.stride, padding=op.padding)
-    if isinstance(op, ops.ConvTranspose2d):
-        return F.conv_transpose2d(x, p.weight, bias, stride=op.stride, padding=op.padding,
-                                  output_padding=op.output_padding)
-    return F.linear(x, p.weight, bias)
+    return fastpath.synapse_forward(op, p.weight, getattr(p, "bias", None), x)
 
 
 def leaky_integrate(current: Tensor, op: ops.LeakyIntegrator) -> Tensor:
@@ -137,6 +138,12 @@ class SpikingAutoencoder(nn.Module):
         #: False for graphs read from NIR: their input is already a spike train (``encoded``).
         self.encodes = any(True for _ in graph.nodes(ops.PoissonEncode))
         self.latent_node = graph.attrs.get("latent_node")
+        #: "fast" or "reference" (see the module docstring)
+        self.execution = "fast"
+        # forward drops a value once its last user has run, so it can be freed early
+        position = {name: i for i, name in enumerate(self.order)}
+        self._last_use = {name: max((position[u] for u in graph.users(name)), default=len(self.order))
+                          for name in self.order}
         self.reset_parameters()
 
     # ------------------------------------------------------------ parameters
@@ -190,7 +197,15 @@ class SpikingAutoencoder(nn.Module):
         out = NetOutput(x_hat=x)
         values: dict[str, Tensor] = {}
         batch = x.shape[0]
-        for name in self.order:
+        if self.execution not in ("fast", "reference"):
+            raise ValueError(f"execution must be 'fast' or 'reference', got {self.execution!r}")
+        fast = self.execution == "fast"
+        # bool copies of binary values (spike trains), kept by the synapses for backward
+        binary: dict[str, Tensor] = {}
+        keep_binary = fast and torch.is_grad_enabled()
+        if keep_binary:
+            fastpath.keep_freed_memory()
+        for index, name in enumerate(self.order):
             op = self.graph.op(name)
             ins = self.graph.inputs(name)
             h = values[ins[0]] if ins else None
@@ -202,14 +217,26 @@ class SpikingAutoencoder(nn.Module):
                 y = encoded if encoded is not None else poisson_encode(x, op, generator=generator)
                 if "_encode" in record:
                     out.encoded = y
+                if keep_binary and encoded is None:
+                    binary[name] = y.to(torch.bool)
             elif op.has_weights:
                 t = h.shape[0]
-                flat = apply_synapse(op, self.synapses[module_key(name)], h.reshape(t * batch, *h.shape[2:]))
+                p = self.synapses[module_key(name)]
+                h_flat = h.reshape(t * batch, *h.shape[2:])
+                if ins[0] in binary:
+                    flat = fastpath.spike_synapse(op, p.weight, getattr(p, "bias", None), h_flat,
+                                                  binary[ins[0]].reshape(h_flat.shape))
+                else:
+                    flat = apply_synapse(op, p, h_flat)
                 y = flat.reshape(t, batch, *flat.shape[1:])
             elif isinstance(op, ops.Flatten):
                 y = h.reshape(h.shape[0], batch, -1)
+                if ins[0] in binary:
+                    binary[name] = binary[ins[0]].reshape(y.shape)
             elif isinstance(op, ops.Unflatten):
                 y = h.reshape(h.shape[0], batch, *op.shape)
+                if ins[0] in binary:
+                    binary[name] = binary[ins[0]].reshape(y.shape)
             elif isinstance(op, ops.LIF):
                 want = "last" if layer in self.u_last_layers else "none"
                 if self.graph.inputs(self.graph.users(name)[0]) and isinstance(
@@ -218,8 +245,11 @@ class SpikingAutoencoder(nn.Module):
                 keep_state = record_potentials and layer in record
                 if keep_state:
                     want = "all"
-                res = lif_scan(h, op, cumulative=want, record_potential=keep_state)
+                scan = lif_scan if fast else lif_scan_autograd
+                res = scan(h, op, cumulative=want, record_potential=keep_state, bool_spikes=keep_binary)
                 y = res.spikes
+                if res.fired is not None:
+                    binary[name] = res.fired
                 out.counts[layer] = y.sum(0)
                 if want == "last":
                     out.u_last[layer] = res.U
@@ -263,6 +293,10 @@ class SpikingAutoencoder(nn.Module):
             values[name] = y
             if name == self.latent_node:
                 out.latent = y.float().mean(0) if isinstance(op, ops.LIF) else y[0]
+            for i in ins:
+                if self._last_use[i] == index:  # its last user has run: let it be freed
+                    values.pop(i)
+                    binary.pop(i, None)
         return out
 
     @torch.no_grad()

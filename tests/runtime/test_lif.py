@@ -385,7 +385,8 @@ def test_grad_and_no_grad_paths_agree_and_layout_does_not_matter():
                        record_potential=True)
     strided = lif_scan(x.transpose(1, 2).contiguous().transpose(1, 2), REFERENCE,
                        cumulative="all", record_potential=True)
-    for a, b, c in zip(plain, tracked, strided):
+    assert plain.fired is None
+    for a, b, c in zip(plain[:3], tracked[:3], strided[:3]):
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
