@@ -5,9 +5,15 @@ epoch ``e`` comes from its own generator, and the encoding noise from one
 generator whose state is checkpointed, so ``--resume`` after an interruption
 ends with the same weights as an uninterrupted run.
 
-Under ``torchrun`` (WORLD_SIZE > 1) each global batch is split across ranks,
-gradients are averaged by DistributedDataParallel (gloo on CPU, nccl on
-CUDA) and rank 0 alone writes the run folder.
+Under ``torchrun`` (WORLD_SIZE > 1) each global batch is split across ranks
+(rank r takes examples r, r + world, ...), gradients are averaged by
+DistributedDataParallel (gloo on CPU, nccl on CUDA) and rank 0 alone writes
+the run folder. Every rank draws the Poisson encoding of the whole global
+batch from the same generator and keeps its own examples' spike trains, so
+an SAE run trains on the same spikes whatever the number of processes (and
+matches a single process up to float summation order; tests/test_distributed.py).
+The logged training terms are global-batch means, and stopping (Ctrl-C, a
+NaN loss) is agreed on by all ranks at a step boundary.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from typing import Any, Callable
 
 import torch
 
+from saec.compiler import ops
 from saec.compiler.graph import IRGraph
 from saec.runtime import artifacts as A
 from saec.runtime.data import ImageSet, batch_indices, make_splits
+from saec.runtime.encoding import poisson_encode
 from saec.runtime.evaluate import evaluate
 from saec.runtime.model import SpikingAutoencoder
 from saec.runtime.objective import mean_spike_rate, objective
@@ -90,6 +98,7 @@ class Dist:
 
     rank: int = 0
     world: int = 1
+    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -111,13 +120,63 @@ def _init_distributed(device: torch.device) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    from datetime import timedelta
+
     import torch.distributed as tdist
 
-    if not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return Dist(tdist.get_rank(), tdist.get_world_size())
+        torch.cuda.set_device(local_rank)  # before nccl starts, so each rank owns its own GPU
+    if not tdist.is_initialized():
+        # Rank 0 evaluates alone at the end of every epoch (T = 100 on 10k images takes a while on a
+        # CPU) while the other ranks wait in the next collective: allow far more than the 30-min default.
+        tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                 timeout=timedelta(hours=3))
+    return Dist(tdist.get_rank(), tdist.get_world_size(), local_rank)
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (so all ranks stop at the same step)."""
+    import torch.distributed as tdist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _global_batch_means(parts: dict[str, float], n_local: int, device: torch.device) -> dict[str, float]:
+    """Per-rank batch means of the logged terms -> means over the global batch (identical on every rank).
+
+    A NaN on any rank makes the global value NaN, so every rank sees the divergence.
+    """
+    import torch.distributed as tdist
+
+    keys = sorted(parts)
+    t = torch.tensor([parts[k] * n_local for k in keys] + [float(n_local)], dtype=torch.float64, device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    return {k: float(t[i] / t[-1]) for i, k in enumerate(keys)}
+
+
+def _rank_inputs(model: SpikingAutoencoder, images: torch.Tensor, batch: torch.Tensor, dist: Dist,
+                 noise: torch.Generator, sample_noise: torch.Generator | None,
+                 device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+    """This rank's examples of a global ``batch`` and the keyword arguments of its forward pass.
+
+    A single process draws the encoding from ``noise`` inside the model. Under DDP every rank encodes
+    the whole global batch with the shared ``noise`` generator and keeps its own rows, so each example
+    gets the spike train a single process would give it. Models without an encoding (VAE sampling)
+    draw from the rank's own ``sample_noise`` instead: the same stream on every rank would give
+    the examples of different ranks identical samples.
+    """
+    if dist.world == 1:
+        return images[batch].to(device, non_blocking=True), {"generator": noise}
+    mine = slice(dist.rank, None, dist.world)
+    encoders = list(model.graph.nodes(ops.PoissonEncode))
+    if not encoders:
+        return images[batch[mine]].to(device, non_blocking=True), {"generator": sample_noise}
+    x_global = images[batch].to(device, non_blocking=True)
+    encoded = poisson_encode(x_global, model.graph.op(encoders[0]), generator=noise)
+    return x_global[mine], {"encoded": encoded[:, mine]}
 
 
 def _make_optimizer(spec: Spec, params) -> torch.optim.Optimizer:
@@ -268,6 +327,8 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
     else:
         _refuse_existing_run(out, force)
     dist = _init_distributed(dev)
+    if dist.world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", dist.local_rank)
 
     from saec.runtime.data import DataError
 
@@ -275,6 +336,12 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         train_set, val_set = make_splits(spec.data, data_dir, seed=t.seed)
     except DataError as exc:
         raise SpecError(str(exc), path="data") from None
+    last = len(train_set) % t.batch_size
+    reaches_last = t.max_steps is None or t.max_steps * t.batch_size >= len(train_set)
+    if dist.world > 1 and 0 < last < dist.world and reaches_last:
+        raise SpecError(f"the last batch of every epoch holds {last} example(s), fewer than the {dist.world} "
+                        f"processes, so a process would get none; change training.batch_size or data.train_limit",
+                        path="training.batch_size")
 
     torch.manual_seed(t.seed)
     model = SpikingAutoencoder(graph)
@@ -288,7 +355,11 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
     opt = _make_optimizer(spec, model.parameters())
     sched = _make_schedule(spec, opt)
     noise = torch.Generator(device=dev)
-    noise.manual_seed(t.seed + 1 + 7 * dist.rank)
+    noise.manual_seed(t.seed + 1)  # the same on every rank: see _rank_inputs
+    sample_noise = None
+    if dist.world > 1:
+        sample_noise = torch.Generator(device=dev)
+        sample_noise.manual_seed(t.seed + 1 + 7 * dist.rank)
     epoch, step_in_epoch, global_step, history = 0, 0, 0, []
     sums: dict[str, float] = {}  # running sums of the logged terms over the current epoch
     count = 0
@@ -305,6 +376,8 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
         global_step, history = state["global_step"], list(state["history"])
         sums, count = dict(state["epoch_sums"]), state["epoch_count"]
+        if sample_noise is not None:  # not checkpointed (per rank): a fresh, distinct stream per rank
+            sample_noise.manual_seed(t.seed + 1 + 7 * dist.rank + 1_000_003 * global_step)
         log(f"resuming {out} at epoch {epoch + 1}, step {step_in_epoch} (global step {global_step})")
     elif dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -349,15 +422,21 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
                 t0 = time.perf_counter()
                 net.train()
                 while step_in_epoch < n_steps:
-                    if ctrl_c.requested or (stop_after_steps is not None and global_step >= stop_after_steps):
+                    stop = ctrl_c.requested or (stop_after_steps is not None and global_step >= stop_after_steps)
+                    if dist.world > 1:
+                        stop = _any_rank(stop, dev)
+                    if stop:
                         raise _StopRequested
-                    idx = batches[step_in_epoch][dist.rank::dist.world]
-                    x = train_set.images[idx].to(dev, non_blocking=True)
-                    result = net(x, generator=noise)
+                    x, forward_args = _rank_inputs(model, train_set.images, batches[step_in_epoch], dist, noise,
+                                                   sample_noise, dev)
+                    result = net(x, **forward_args)
                     loss, parts = objective(model, result, x)
-                    if not math.isfinite(parts["rec"]) or not torch.isfinite(loss):
+                    parts = {**parts, "loss": float(loss.detach()), "spike_rate": mean_spike_rate(model, result)}
+                    if dist.world > 1:
+                        parts = _global_batch_means(parts, x.shape[0], dev)
+                    if not math.isfinite(parts["rec"]) or not math.isfinite(parts["loss"]):
                         raise TrainingDiverged(
-                            f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step_in_epoch + 1} "
+                            f"loss became {parts['loss']} at epoch {epoch + 1}, step {step_in_epoch + 1} "
                             f"(global step {global_step + 1}); terms {parts}; {kept_checkpoint()}; lower "
                             f"training.lr or add training.grad_clip")
                     opt.zero_grad(set_to_none=True)
@@ -370,8 +449,7 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
                     opt.step()
                     global_step += 1
                     step_in_epoch += 1
-                    rate = mean_spike_rate(model, result)
-                    parts = {**parts, "loss": float(loss.detach()), "spike_rate": rate}
+                    rate = parts["spike_rate"]
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + v
                     count += 1
