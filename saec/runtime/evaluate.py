@@ -50,8 +50,9 @@ EVAL_KEYS: dict[str, str] = {
     "s_intra_inter.<m>": "latent clustering: mean same-class over mean different-class pairwise distance of the "
                          "latent vectors (SAE: firing rate over T; AE: ReLU activation; VAE: z = mu), for m in "
                          "euclidean, seuclidean, sqeuclidean, cityblock, correlation; null when undefined",
-    "s_intra_inter_detail.<m>": "intra, inter, n_intra_pairs, n_inter_pairs, dropped_rows (correlation: constant "
-                                "latent vectors), dropped_columns (seuclidean: constant neurons); or {error: why}",
+    "s_intra_inter_detail.<m>": "ratio, intra, inter, n_intra_pairs, n_inter_pairs, dropped_rows (correlation: "
+                                "constant latent vectors), dropped_columns (seuclidean: constant neurons); or "
+                                "{error: why}",
 }
 
 
