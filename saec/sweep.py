@@ -52,6 +52,7 @@ from saec.spec.loader import SET_SOURCE, parse_yaml
 _NAME = r"^[A-Za-z0-9_.-]+$"
 _POLL_S = 0.5  # how often running jobs are checked
 _INTERRUPT_GRACE_S = 120.0  # how long interrupted runs get to write their checkpoint
+_EXIT_INTERRUPTED = 130  # `saec train` after Ctrl-C, with a checkpoint written
 
 
 def _latent(metrics: dict, key: str) -> float | None:
@@ -409,7 +410,10 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, data_dir: str | None = None, devic
         dt = time.perf_counter() - t0
         done += 1
         seconds[str(run.folder)] = dt
-        if proc.returncode == 0:
+        if proc.returncode == _EXIT_INTERRUPTED:
+            log(f"[{done}/{len(todo)}] interrupted {run.label} after {dt:.0f} s (checkpoint written; the next "
+                f"sweep resumes it)")
+        elif proc.returncode == 0:
             ran.append(run)
             rec = _read_eval(run.folder).get("rec_loss")
             log(f"[{done}/{len(todo)}] done {run.label} in {dt:.0f} s"

@@ -7,6 +7,7 @@ import json
 import re
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -134,7 +135,12 @@ FAKE_TRAIN = """\
 import json, os, shutil, sys, time
 folder, state, behaviour, template = sys.argv[1:5]
 start = time.time()
-time.sleep(0.4)
+try:
+    time.sleep(30.0 if behaviour == "slow" else 0.4)
+except KeyboardInterrupt:  # like saec train: checkpoint, exit 130
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, "interrupted"), "w").close()
+    sys.exit(130)
 if behaviour == "fail":
     print("boom: training failed"); sys.exit(1)
 os.makedirs(folder, exist_ok=True)
@@ -155,13 +161,14 @@ def fake_training(tmp_path, monkeypatch):
     template = tmp_path / "complete_state.pt"
     A.save_torch(template, {"complete": True})
     failing: set[str] = set()
+    slow: set[str] = set()
 
     def command(run, state, *, data_dir, device):
-        behaviour = "fail" if run.label in failing else "ok"
+        behaviour = "fail" if run.label in failing else "slow" if run.label in slow else "ok"
         return [sys.executable, str(script), str(run.folder), state, behaviour, str(template)]
 
     monkeypatch.setattr(S, "train_command", command)
-    return failing
+    return failing, slow
 
 
 def small_sweep(tmp_path: Path) -> S.Sweep:
@@ -209,7 +216,7 @@ def test_interrupted_runs_resume_and_failures_are_reported(tmp_path, fake_traini
     interrupted = sweep.runs[0].folder
     interrupted.mkdir(parents=True)
     A.save_torch(interrupted / A.TRAIN_STATE, {"complete": False})
-    fake_training.add("b seed 1")
+    fake_training[0].add("b seed 1")
     lines: list[str] = []
     outcome = S.run_sweep(sweep, jobs=1, log=lines.append)
     assert json.loads((interrupted / "fake.json").read_text())["state"] == "resumable"
@@ -218,6 +225,31 @@ def test_interrupted_runs_resume_and_failures_are_reported(tmp_path, fake_traini
     assert code == 1 and "boom: training failed" in log_path.read_text()
     assert any("FAILED b seed 1 (exit 1)" in line and "boom" in line for line in lines)
     assert "| b | 1/2 | 10.00 ± 0.00 |" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_ctrl_c_asks_running_jobs_to_checkpoint_and_writes_the_table(tmp_path, fake_training):
+    sweep = small_sweep(tmp_path)
+    fake_training[1].update({"a seed 0", "a seed 1"})
+    started: list[str] = []
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("started"):
+            started.append(line)
+            if len(started) == 2:
+                time.sleep(1.0)  # let both children reach their sleep, then press Ctrl-C
+                raise KeyboardInterrupt
+
+    t0 = time.perf_counter()
+    with pytest.raises(S.SweepInterrupted, match="rerun `saec sweep"):
+        S.run_sweep(sweep, jobs=2, log=log)
+    assert time.perf_counter() - t0 < 20  # the children stopped on SIGINT, not after their 30 s
+    for run in sweep.runs[:2]:
+        assert (run.folder / "interrupted").is_file()
+    assert not sweep.runs[2].folder.exists()  # never started
+    assert sum("interrupted a seed" in line for line in lines) == 2 and not any("FAILED" in x for x in lines)
+    assert "| a | 0/2 |" in (tmp_path / "out" / "table.md").read_text()
 
 
 def test_a_folder_of_another_spec_is_refused(tmp_path):
