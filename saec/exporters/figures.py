@@ -159,8 +159,11 @@ def firing_rates_figure(rates: dict[str, np.ndarray], path: Path, *, timesteps: 
             continue
         r = np.asarray(rates[names[k]], dtype=np.float64).reshape(-1)
         top = max(float(r.max()), 1.0 / timesteps)
-        ax.hist(r, bins=np.linspace(0.0, top, 41), weights=np.full(r.size, 1.0 / r.size), color="C0" if k else "C2")
+        fractions, _, _ = ax.hist(r, bins=np.linspace(0.0, top, 41), weights=np.full(r.size, 1.0 / r.size),
+                                  color="C0" if k else "C2")
         ax.set_yscale("log")
+        # Fractions lie in (0, 1]; fixed limits keep a single full bin visible on the log axis.
+        ax.set_ylim(float(fractions[fractions > 0].min()) / 2, 1.5)
         ax.set_title(f"{names[k]} ({r.size} neurons)", fontsize=8)
         ax.set_xlabel("firing rate (spikes / step)", fontsize=7)
         if k % cols == 0:
@@ -203,6 +206,10 @@ def latent_clustermap_figure(latents: np.ndarray, labels: np.ndarray, path: Path
     if per_class < 1 or len(classes) * per_class < 2:
         raise ValueError("a clustermap needs at least two examples")
     sel = M.clustermap_selection(labels, per_class=per_class, seed=seed)
+    # The selection comes grouped by class; identical latents (e.g. silent examples) tie at distance 0 and
+    # keep their input order in the dendrogram, which would draw a class grouping that the latents do not
+    # have. Shuffled, ties carry no label information.
+    sel = sel[np.random.default_rng(seed).permutation(sel.size)]
     act = np.asarray(latents, dtype=np.float64)[sel].T  # [D neurons, K examples]
     y = labels[sel]
     lo, hi = float(act.min()), float(act.max())
