@@ -48,6 +48,10 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
+    # safetensors creates its file owner-only whatever the umask; match the run's other files.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
