@@ -76,10 +76,8 @@ def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / A.METRICS).read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    kinds = list(RUNS)
+def _train_both_ways(root: Path, kinds: list[str]) -> Path:
+    """Train ``kinds`` with 2 spawned gloo processes (root/ddp) and with one process (root/single)."""
     mp.spawn(_rank_main, args=(2, _free_port(), str(root / "ddp"), kinds), nprocs=2, join=True)
     for kind in kinds:
         spec, graph = _compile(kind)
@@ -87,9 +85,12 @@ def runs(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("kind", list(RUNS))
-def test_two_processes_match_one_process_with_the_same_global_batch(runs, kind):
-    ddp, single = runs / "ddp" / kind, runs / "single" / kind
+@pytest.fixture(scope="module")
+def sae_runs(tmp_path_factory) -> Path:
+    return _train_both_ways(tmp_path_factory.mktemp("ddp_sae"), ["sae"])
+
+
+def _assert_same_training(ddp: Path, single: Path) -> None:
     h_ddp, h_single = _history(ddp), _history(single)
     assert [r["global_step"] for r in h_ddp] == [r["global_step"] for r in h_single] == [2, 4, 6]
     for key in ("train_loss", "train_rec", "val_rec_loss"):
@@ -107,9 +108,19 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs, kind):
     assert e_ddp["rec_loss"] == pytest.approx(e_single["rec_loss"], rel=LOSS_RTOL)
 
 
-def test_only_rank_zero_wrote_the_run_folder(runs):
-    assert json.loads((runs / "ddp" / "writes-rank1.json").read_text()) == []
-    for kind in RUNS:
-        run = runs / "ddp" / kind
-        assert A.load_torch(run / A.TRAIN_STATE)["complete"] is True
-        assert (run / A.EVAL).is_file() and (run / A.FIGURES / "reconstructions.png").is_file()
+def test_two_processes_match_one_process_with_the_same_global_batch(sae_runs):
+    _assert_same_training(sae_runs / "ddp" / "sae", sae_runs / "single" / "sae")
+
+
+def test_only_rank_zero_wrote_the_run_folder(sae_runs):
+    assert json.loads((sae_runs / "ddp" / "writes-rank1.json").read_text()) == []
+    run = sae_runs / "ddp" / "sae"
+    assert A.load_torch(run / A.TRAIN_STATE)["complete"] is True
+    assert (run / A.EVAL).is_file() and (run / A.FIGURES / "reconstructions.png").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_for_the_relu_baseline(tmp_path):
+    # No encoding: the ranks' shards and DDP's gradient averaging alone.
+    root = _train_both_ways(tmp_path, ["ae"])
+    _assert_same_training(root / "ddp" / "ae", root / "single" / "ae")
