@@ -1,5 +1,6 @@
-"""Training fast path: synapses that keep their binary input as bool, and a process
-allocator setting that stops large per-step tensors from page-faulting.
+"""Training fast path: synapses that keep their binary input as bool, channels-last
+convolutions, and an opt-in allocator setting that stops large per-step tensors from
+page-faulting.
 
 Every synapse input of the SAE is a spike train (the Poisson encoding, then
 each layer's spikes), so the conv / linear weight gradient needs only 0/1
@@ -25,7 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from saec.compiler import ops
 
-#: "0" leaves the C allocator's settings alone.
+#: "1" lets glibc keep freed memory for reuse (:func:`keep_freed_memory`); off by default.
 ENV_KEEP_FREED_MEMORY = "SAEC_KEEP_FREED_MEMORY"
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -37,22 +38,24 @@ _TRIM_THRESHOLD_BYTES = 1 << 30
 
 @functools.lru_cache(maxsize=1)
 def keep_freed_memory() -> bool:
-    """Let glibc keep freed blocks up to 1 GiB for reuse instead of returning them to the OS.
+    """Opt-in (``SAEC_KEEP_FREED_MEMORY=1``): let glibc keep freed blocks up to 1 GiB in the
+    heap for reuse instead of returning them to the OS.
 
     By default glibc serves every block above 32 MiB with a fresh ``mmap`` and
     unmaps it on ``free``; a training step allocates dozens of [T*B, ...]
     tensors that large, and touching each fresh page costs a page fault (about
-    400,000 per step for the SAE at T=16, B=64, 30-50 % of the step here).
-    Kept in the heap, they are reused step after step. Peak memory is
-    unchanged (the same blocks, reused); memory freed after training stays with
-    the process until it exits.
+    400,000 per step for the SAE at T=16, B=64). Kept in the heap, they are
+    reused step after step: the step gets faster (benchmarks/README.md, lever
+    log), but the heap fragments and the peak resident memory grows by about
+    half, which is why this is not the default. Memory freed after training
+    stays with the process until it exits.
 
-    Process-wide and idempotent; a no-op off glibc or with ``SAEC_KEEP_FREED_MEMORY=0``.
+    Process-wide and idempotent; a no-op off glibc.
 
     Returns:
         True when the setting was applied.
     """
-    if os.environ.get(ENV_KEEP_FREED_MEMORY, "1") == "0":
+    if os.environ.get(ENV_KEEP_FREED_MEMORY, "0") != "1":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -75,13 +78,35 @@ def synapse_forward(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor) 
     return F.linear(x, weight, bias)
 
 
+def channels_last(x: Tensor) -> Tensor:
+    """x [N, C, H, W] in channels-last layout (no copy when it already is, or when C = 1)."""
+    if x.shape[1] == 1 and x.is_contiguous():
+        # same bytes; only the strides say "channels last", which is what oneDNN looks at
+        n, _, h, w = x.shape
+        return x.as_strided(x.shape, (h * w, 1, w, 1))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _prefers_channels_last(op: ops.Op, x: Tensor) -> bool:
+    # oneDNN's channels-last convolutions run ~1/3 faster here (benchmarks/README.md, lever log)
+    return isinstance(op, (ops.Conv2d, ops.ConvTranspose2d)) and x.device.type == "cpu" and x.dim() == 4
+
+
 class _SpikeInputSynapse(torch.autograd.Function):
-    """A synapse whose input is a spike train; saves the bool spikes, not the float input."""
+    """A synapse whose input is a spike train; saves the bool spikes, not the float input.
+
+    On the CPU a Conv2d runs channels-last in forward and backward (its forward output
+    is bit-identical to the contiguous layout's, so spikes do not change); a transposed
+    convolution runs forward in the given layout (channels-last would round differently)
+    and backward channels-last (gradients need only agree within fp32 rounding).
+    """
 
     @staticmethod
     def forward(ctx, x, x_bool, weight, bias, op):
-        ctx.op, ctx.has_bias = op, bias is not None
+        ctx.op, ctx.has_bias, ctx.x_shape = op, bias is not None, x.shape
         ctx.save_for_backward(x_bool, weight)
+        if isinstance(op, ops.Conv2d) and _prefers_channels_last(op, x):
+            x = channels_last(x)
         return synapse_forward(op, weight, bias, x)
 
     @staticmethod
@@ -89,10 +114,16 @@ class _SpikeInputSynapse(torch.autograd.Function):
     def backward(ctx, grad):
         x_bool, weight = ctx.saved_tensors
         op = ctx.op
+        if x_bool.shape != ctx.x_shape:  # kept in its producer's shape (and layout): no copy in forward
+            x_bool = x_bool.reshape(ctx.x_shape)
         need_x, _, need_w, need_b, _ = ctx.needs_input_grad
         need_b = need_b and ctx.has_bias
-        x = x_bool.to(weight.dtype)
-        grad = grad.contiguous()
+        if _prefers_channels_last(op, x_bool):
+            x = torch.empty_like(channels_last(x_bool), dtype=weight.dtype).copy_(x_bool)
+            grad = channels_last(grad)
+        else:
+            x = x_bool.to(weight.dtype)
+            grad = grad.contiguous()
         if isinstance(op, ops.Linear):
             # addmm's own backward formulas (same kernels, same results as autograd)
             gx = grad.mm(weight) if need_x else None
@@ -114,7 +145,8 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
         op: a Conv2d, ConvTranspose2d or Linear op.
         weight, bias: the synapse's parameters.
         x: the input spikes [N, ...], float, values 0 or 1.
-        x_bool: the same spikes as a bool tensor (not checked: must equal ``x != 0``).
+        x_bool: the same spikes as a bool tensor, of any shape with x's number of elements
+            in x's logical order (reshaped in backward); not checked: must equal ``x != 0``.
 
     Returns:
         The synaptic current [N, ...]; gradients reach x, weight and bias exactly as

@@ -185,22 +185,34 @@ def _scan_forward_kernel(
     kernel, current: Tensor, op: LIF, cumulative: str, record_potential: bool, for_backward: bool,
     bool_spikes: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, _Saved, Tensor | None]:
-    """The fused scan: one kernel call per layer, every output written once."""
-    x = current.contiguous()
-    T, shape = x.shape[0], x.shape[1:]
+    """The fused scan: one kernel call per layer, every output written once.
+
+    The kernel treats each time step as a flat block of N elements, so any layout in which
+    time is the outermost dimension and each step is dense works (e.g. channels-last
+    convolution outputs); every output gets the input's layout, so a channels-last
+    current gives channels-last spikes for the next convolution.
+    """
+    x = current if _time_major_dense(current) else current.contiguous()
+    T = x.shape[0]
     params = _kernel_params(kernel, op, T, x[0].numel(), cumulative, for_backward, x.dtype)
-    like = dict(dtype=x.dtype, device=x.device)
-    mask = dict(dtype=torch.bool, device=x.device)
-    spikes = torch.empty(x.shape, **like)
-    u = torch.empty(x.shape, **like) if record_potential else None
-    v = torch.empty(x.shape, **like) if for_backward and op.surrogate in _MEMBRANE_SURROGATES else None
-    U = None if cumulative == "none" else torch.empty(x.shape if cumulative == "all" else shape, **like)
-    keep = torch.empty(x.shape, **mask) if params.reset_cut or params.floor_cut else None
-    gate = torch.empty(x.shape, **mask) if params.gate_mode else None
+    spikes = torch.empty_like(x)
+    u = torch.empty_like(x) if record_potential else None
+    v = torch.empty_like(x) if for_backward and op.surrogate in _MEMBRANE_SURROGATES else None
+    U = None if cumulative == "none" else torch.empty_like(x if cumulative == "all" else x[0])
+    keep = torch.empty_like(x, dtype=torch.bool) if params.reset_cut or params.floor_cut else None
+    gate = torch.empty_like(x, dtype=torch.bool) if params.gate_mode else None
     # The gate of spike_gated is the spike train itself: hand out that very tensor.
-    fired = gate if params.gate_mode == 1 else (torch.empty(x.shape, **mask) if bool_spikes else None)
+    fired = gate if params.gate_mode == 1 else (torch.empty_like(x, dtype=torch.bool) if bool_spikes else None)
     kernel.forward(params, x, spikes, U, u, v, keep, gate, fired if fired is not gate else None)
     return spikes, U, u, _Saved(keep, gate, v), fired if bool_spikes else None
+
+
+def _time_major_dense(x: Tensor) -> bool:
+    """Time outermost and every step one dense block (contiguous or channels-last)."""
+    step = x[0]
+    if x.stride(0) != step.numel():
+        return False
+    return step.is_contiguous() or (step.dim() == 4 and step.is_contiguous(memory_format=torch.channels_last))
 
 
 def _scan_forward_torch(
@@ -373,6 +385,7 @@ class _LIFScanFunction(torch.autograd.Function):
                                                    bool_spikes)
         ctx.op, ctx.cumulative = op, cumulative
         ctx.T, ctx.shape = current.shape[0], current.shape[1:]
+        ctx.strides = spikes.stride()  # the kernel's layout (the torch-op scan: contiguous)
         ctx.save_for_backward(saved.keep, saved.gate, saved.v)
         if fired is not None:
             ctx.mark_non_differentiable(fired)
@@ -393,11 +406,14 @@ class _LIFScanFunction(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def _time_rows(g: Tensor, T: int, N: int) -> Tensor:
-    """``g`` [T, B, ...] as [T, N] rows (time stride N, or 0 for a gradient expanded over T)."""
-    if g.stride(0) == 0 and g[0].is_contiguous():
-        return g[0].reshape(1, N).expand(T, N)
-    return g.contiguous().view(T, N)
+def _in_layout(g: Tensor, like: Tensor, time_stride_zero_ok: bool = True) -> Tensor:
+    """``g`` with ``like``'s strides (copied only if needed); a gradient expanded over time
+    (stride 0, e.g. from ``spikes.sum(0)``) is kept as it is when its steps have ``like``'s layout."""
+    if g.stride() == like.stride():
+        return g
+    if time_stride_zero_ok and g.dim() == like.dim() and g.stride(0) == 0 and g.stride()[1:] == like.stride()[1:]:
+        return g
+    return torch.empty_like(like, dtype=g.dtype).copy_(g)
 
 
 def _scan_backward_kernel(kernel, ctx, g_spikes, g_U, g_u, keep, gate, v) -> Tensor:
@@ -408,19 +424,20 @@ def _scan_backward_kernel(kernel, ctx, g_spikes, g_U, g_u, keep, gate, v) -> Ten
     params = _kernel_params(kernel, op, T, N, ctx.cumulative, True, ref.dtype)
     if g_U is None:
         params.cumulative = 0
+    grad = torch.empty_strided((T, *shape), ctx.strides, dtype=ref.dtype, device=ref.device)
     sg_value, sg = 0.0, None
     if g_spikes is not None:
         surrogate = _surrogate_grad(op, v)
         if isinstance(surrogate, Tensor):
-            sg = surrogate.contiguous()
+            sg = _in_layout(surrogate, grad, False)
         else:
             sg_value = surrogate
-    grad = torch.empty((T, *shape), dtype=ref.dtype, device=ref.device)
+    if g_U is not None:
+        g_U = _in_layout(g_U, grad if ctx.cumulative == "all" else grad[0], False)
     kernel.backward(
         params, grad,
-        None if g_spikes is None else _time_rows(g_spikes, T, N), sg_value, sg, gate,
-        None if g_u is None else _time_rows(g_u, T, N),
-        None if g_U is None else g_U.contiguous(), keep)
+        None if g_spikes is None else _in_layout(g_spikes, grad), sg_value, sg, gate,
+        None if g_u is None else _in_layout(g_u, grad), g_U, keep)
     return grad
 
 

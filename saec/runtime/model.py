@@ -224,19 +224,18 @@ class SpikingAutoencoder(nn.Module):
                 p = self.synapses[module_key(name)]
                 h_flat = h.reshape(t * batch, *h.shape[2:])
                 if ins[0] in binary:
-                    flat = fastpath.spike_synapse(op, p.weight, getattr(p, "bias", None), h_flat,
-                                                  binary[ins[0]].reshape(h_flat.shape))
+                    flat = fastpath.spike_synapse(op, p.weight, getattr(p, "bias", None), h_flat, binary[ins[0]])
                 else:
                     flat = apply_synapse(op, p, h_flat)
                 y = flat.reshape(t, batch, *flat.shape[1:])
             elif isinstance(op, ops.Flatten):
                 y = h.reshape(h.shape[0], batch, -1)
-                if ins[0] in binary:
-                    binary[name] = binary[ins[0]].reshape(y.shape)
+                if ins[0] in binary:  # same spikes; the synapse reshapes them in backward
+                    binary[name] = binary[ins[0]]
             elif isinstance(op, ops.Unflatten):
                 y = h.reshape(h.shape[0], batch, *op.shape)
-                if ins[0] in binary:
-                    binary[name] = binary[ins[0]].reshape(y.shape)
+                if ins[0] in binary:  # same spikes; the synapse reshapes them in backward
+                    binary[name] = binary[ins[0]]
             elif isinstance(op, ops.LIF):
                 want = "last" if layer in self.u_last_layers else "none"
                 if self.graph.inputs(self.graph.users(name)[0]) and isinstance(

@@ -1,0 +1,410 @@
+#!/usr/bin/env python
+"""Training-step benchmark: saec against a plain PyTorch loop, snnTorch and SpikingJelly.
+
+Every framework trains the paper's SAE (specs/sae_dense.yaml: 28x28, conv16 /
+conv32 / latent 100 / fc 12800 / deconv, fp32) for a few steps on the same
+MNIST images, from the same initial weights, with the same objective (see
+peers.py for each peer's semantics). Each framework runs in its own worker
+process (so peak memory is its own); the coordinator hands out steps
+round-robin, rotating the order every round, so machine noise hits all
+frameworks alike; the reported time is the median per framework.
+
+Columns: seconds per step (median) and saec's speed-up against it (its
+s/step / saec's), image-timesteps per second (B*T / s), achieved GFLOP/s of
+the nominal conv/linear work (3 x forward MACs x 2 FLOPs; peers.nominal_flops),
+and peak memory: CPU, growth of the worker's peak RSS (ru_maxrss) over its RSS
+just before the first step; CUDA, torch.cuda.max_memory_allocated over the
+memory allocated before the first step. MB per time step is the slope of peak
+memory between the smallest and largest T.
+
+    python benchmarks/train_step.py --quick      # T=16,32, B=64, a few rounds (< 5 min on 2 cores)
+    python benchmarks/train_step.py              # the full table of benchmarks/README.md
+    python benchmarks/train_step.py --smoke      # tiny shapes, seconds (the test suite runs this)
+
+The last line is ``saec_vs_best_peer=<x> mem_vs_snntorch=<y>``: x is the
+smallest, over the T values run, of (best peer's s/step) / (saec's s/step),
+so x > 1 means saec is faster than every peer at every T; y is saec's peak
+memory over snnTorch's at the largest T.
+
+Framework names: ``saec``, ``torch_loop``, ``snntorch``, ``spikingjelly``, and
+saec variants for measuring one lever at a time, ``saec:`` followed by
+``+``-joined switches: ``torch-scan`` (no fused kernel), ``keep-memory``
+(SAEC_KEEP_FREED_MEMORY=1), ``thp`` (THP_MEM_ALLOC_ENABLE=1), ``float-saves``
+(synapses keep their float input, as plain autograd does), ``no-channels-last``
+(contiguous convolutions), ``reference`` (the autograd-oracle scan and plain
+synapses), ``bf16`` (CPU autocast to bfloat16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "specs" / "sae_dense.yaml"
+PEER_NAMES = ("torch_loop", "snntorch", "spikingjelly")
+DEFAULT_FRAMEWORKS = ("saec", *PEER_NAMES)
+LR = 5e-4
+
+
+# ---------------------------------------------------------------- one framework (in a worker)
+def _load_images(data: str | None, count: int):
+    """The first ``count`` real MNIST images: a .pt tensor file, an MNIST folder, or mnist5k."""
+    import torch
+
+    from saec.runtime.data import default_mnist_root, load_images
+
+    if data and data.endswith(".pt"):
+        images = torch.load(data)
+    else:
+        root = data or default_mnist_root() or REPO.parent / "shared" / "data" / "mnist"
+        try:
+            images = load_images("mnist", "test", root=root).images
+        except Exception:  # noqa: BLE001 - no MNIST folder: the embedded subset
+            images = load_images("mnist5k", "train").images
+    if images.shape[0] < count:
+        images = images.repeat((count + images.shape[0] - 1) // images.shape[0], 1, 1, 1)
+    return images[:count].contiguous()
+
+
+def _saec_trainer(name: str, graph, weights, device):
+    """saec's real training step: model + objective + backward + Adam step."""
+    import torch
+
+    from saec.runtime import fastpath
+    from saec.runtime.model import SpikingAutoencoder
+    from saec.runtime.objective import objective
+
+    switches = set(name.split(":", 1)[1].split("+")) if ":" in name else set()
+    unknown = switches - {"torch-scan", "keep-memory", "float-saves", "no-channels-last", "reference", "bf16",
+                          "thp"}
+    if unknown:
+        raise SystemExit(f"unknown saec switches {sorted(unknown)}")
+    if "no-channels-last" in switches:
+        fastpath._prefers_channels_last = lambda op, x: False
+    if "float-saves" in switches:  # what plain autograd keeps: the float input
+        fastpath.spike_synapse = lambda op, w, b, x, x_bool: fastpath.synapse_forward(op, w, b, x)
+    model = SpikingAutoencoder(graph).to(device)
+    model.load_ir_state_dict({k: v.to(device) for k, v in weights.items()})
+    if "reference" in switches:
+        model.execution = "reference"
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in switches)
+
+    def step(x, gen) -> float:
+        with autocast:
+            out = model(x, generator=gen)
+        loss, _ = objective(model, out, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class Trainer:
+    """One framework's training state; ``step()`` runs one step and returns its seconds."""
+
+    def __init__(self, name: str, timesteps: int, batch: int, device: str, data: str | None,
+                 images_count: int) -> None:
+        switches = name.split(":", 1)[1].split("+") if ":" in name else []
+        if "keep-memory" in switches:
+            os.environ["SAEC_KEEP_FREED_MEMORY"] = "1"
+        if "torch-scan" in switches:
+            os.environ["SAEC_NATIVE_KERNELS"] = "0"
+        if "thp" in switches:  # torch's own transparent-huge-page allocation (read at the first allocation)
+            os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+        import torch
+
+        import peers
+        from saec.compiler.pipeline import compile_spec
+        from saec.runtime.model import SpikingAutoencoder
+
+        self.torch = torch
+        self.device = torch.device(device)
+        if self.device.type == "cuda":  # fp32 means fp32: no TF32 in cuDNN convolutions or cuBLAS
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        _, self.graph = compile_spec(str(SPEC), [f"encoding.timesteps={timesteps}"])
+        init = SpikingAutoencoder(self.graph)
+        init.reset_parameters(torch.Generator().manual_seed(0))
+        weights = init.ir_state_dict()
+        if name.split(":")[0] == "saec":
+            self._step = _saec_trainer(name, self.graph, weights, self.device)
+        else:
+            self._step = peers.PEERS[name](self.graph, weights, LR, self.device)
+        self.images = _load_images(data, images_count).to(self.device)
+        self.batch = batch
+        self.gen = torch.Generator(device=self.device).manual_seed(1)
+        self.count = 0
+        self.loss = float("nan")
+        self.base_mb = None
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def step(self) -> float:
+        if self.base_mb is None:  # memory before the first step
+            self._sync()
+            if self.device.type == "cuda":
+                self.torch.cuda.reset_peak_memory_stats()
+                self.base_mb = self.torch.cuda.memory_allocated() / 2**20
+            else:
+                self.base_mb = _rss_mb()
+        n = self.images.shape[0]
+        start = (self.count * self.batch) % n
+        x = self.images[start:start + self.batch]
+        self._sync()
+        t0 = time.perf_counter()
+        self.loss = self._step(x, self.gen)
+        self._sync()
+        self.count += 1
+        return time.perf_counter() - t0
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return self.torch.cuda.max_memory_allocated() / 2**20 - self.base_mb
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self.base_mb
+
+
+def _worker_main(args: argparse.Namespace) -> None:
+    """Serve ``step`` / ``done`` commands on stdin; answer one JSON line each on stdout."""
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything a framework prints must not break the protocol
+    import torch
+
+    torch.set_num_threads(args.threads)
+    trainer = Trainer(args.worker, args.timesteps[0], args.batch, args.device, args.data, args.images)
+    out.write(json.dumps({"ready": True}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "step":
+            reply = {"seconds": trainer.step()}
+        elif command == "done":
+            reply = {"peak_mb": trainer.peak_mb(), "loss": trainer.loss}
+        else:
+            reply = {"error": f"unknown command {command!r}"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+        if command == "done":
+            return
+
+
+# ---------------------------------------------------------------- the coordinator
+class SubprocessWorker:
+    """A framework in a worker process of its own."""
+
+    def __init__(self, name: str, T: int, args: argparse.Namespace) -> None:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--timesteps", str(T),
+               "--batch", str(args.batch), "--device", args.device, "--threads", str(args.threads),
+               "--images", str(args.images)] + (["--data", args.data] if args.data else [])
+        self.name = name
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=str(REPO))
+
+    def _ask(self, command: str | None) -> dict:
+        if command is not None:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} died (exit code {self.proc.wait()}); see its stderr above")
+        return json.loads(line)
+
+    def ready(self) -> None:
+        self._ask(None)
+
+    def step(self) -> float:
+        return self._ask("step")["seconds"]
+
+    def done(self) -> dict:
+        reply = self._ask("done")
+        self.proc.wait(timeout=60)
+        return reply
+
+
+class InProcessWorker:
+    """A framework in this process (``--in-process``: fast start; memory figures are shared)."""
+
+    def __init__(self, name: str, T: int, args: argparse.Namespace) -> None:
+        self.trainer = Trainer(name, T, args.batch, args.device, args.data, args.images)
+
+    def ready(self) -> None:
+        pass
+
+    def step(self) -> float:
+        return self.trainer.step()
+
+    def done(self) -> dict:
+        return {"peak_mb": float("nan"), "loss": self.trainer.loss}
+
+
+@dataclass
+class Result:
+    name: str
+    T: int
+    seconds: list[float] = field(default_factory=list)
+    peak_mb: float = float("nan")
+    loss: float = float("nan")
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def run_timesteps(T: int, names: list[str], args: argparse.Namespace) -> dict[str, Result]:
+    """All frameworks at one T: round-robin steps, rotating the order every round."""
+    make = InProcessWorker if args.in_process else SubprocessWorker
+    workers = {}
+    for name in names:
+        workers[name] = make(name, T, args)
+    for w in workers.values():
+        w.ready()
+    results = {name: Result(name, T) for name in names}
+    for r in range(args.warmup + args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            seconds = workers[name].step()
+            if r >= args.warmup:
+                results[name].seconds.append(seconds)
+        if args.verbose:
+            print(f"  T={T} round {r + 1}/{args.warmup + args.rounds}: "
+                  + ", ".join(f"{n} {results[n].seconds[-1]:.3f}s" for n in names if results[n].seconds),
+                  file=sys.stderr)
+    for name, w in workers.items():
+        reply = w.done()
+        results[name].peak_mb, results[name].loss = reply["peak_mb"], reply["loss"]
+    return results
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def report(all_results: dict[int, dict[str, Result]], args: argparse.Namespace) -> tuple[float, float]:
+    """Print the markdown table; return (saec_vs_best_peer, mem_vs_snntorch)."""
+    import peers
+    from saec.compiler.pipeline import compile_spec
+
+    Ts = sorted(all_results)
+    print(f"\nmachine: {machine()}; device {args.device}, {args.threads} threads, B={args.batch}, fp32, "
+          f"{args.rounds} timed rounds (+{args.warmup} warm-up), median s/step")
+    print("| T | framework | s/step | saec speed-up | img·T/s | GFLOP/s | peak MB | mem / saec | MB per step |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    speedups = []
+    for T in Ts:
+        res = all_results[T]
+        _, graph = compile_spec(str(SPEC), [f"encoding.timesteps={T}"])
+        flops = peers.nominal_flops(graph, T, args.batch)
+        saec = res.get("saec")
+        for name, r in res.items():
+            slope = float("nan")
+            if len(Ts) > 1 and name in all_results[Ts[0]] and name in all_results[Ts[-1]]:
+                slope = (all_results[Ts[-1]][name].peak_mb - all_results[Ts[0]][name].peak_mb) / (Ts[-1] - Ts[0])
+            up = r.median / saec.median if saec else float("nan")
+            mem = r.peak_mb / saec.peak_mb if saec else float("nan")
+            print(f"| {T} | {name} | {r.median:.3f} | {up:.2f}x | {args.batch * T / r.median:,.0f} | "
+                  f"{flops / r.median / 1e9:.1f} | {r.peak_mb:,.0f} | {mem:.2f} | {slope:.1f} |")
+        peer_times = [r.median for n, r in res.items() if n in PEER_NAMES]
+        if saec and peer_times:
+            speedups.append(min(peer_times) / saec.median)
+    speedup = min(speedups) if speedups else float("nan")
+    last = all_results[Ts[-1]]
+    mem_ratio = last["saec"].peak_mb / last["snntorch"].peak_mb if "saec" in last and "snntorch" in last \
+        else float("nan")
+    print("\nsaec speed-up = framework's s/step / saec's (>1: saec faster); GFLOP/s counts the nominal "
+          "conv/linear FLOPs (3 x forward MACs x 2) per step")
+    return speedup, mem_ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="T=16,32, 1 warm-up + 4 timed rounds")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, in-process, seconds (tests)")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="T values (default 16 32)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 10; --quick 4)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 2; --quick 1)")
+    parser.add_argument("--frameworks", nargs="+", default=list(DEFAULT_FRAMEWORKS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--data", default=None, help="MNIST folder or a .pt image tensor [N,1,28,28]")
+    parser.add_argument("--images", type=int, default=None, help="distinct images cycled through")
+    parser.add_argument("--in-process", action="store_true", help="no worker processes (memory not separated)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--verbose", action="store_true", help="print every round's times to stderr")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.timesteps = args.timesteps or [2, 3]
+        args.batch = 2 if args.batch == 64 else args.batch
+        args.rounds = 2 if args.rounds is None else args.rounds
+        args.warmup = 0 if args.warmup is None else args.warmup
+        args.in_process = args.in_process or not os.environ.get("SAEC_BENCH_SUBPROCESS")
+    args.timesteps = args.timesteps or [16, 32]
+    args.rounds = args.rounds if args.rounds is not None else (4 if args.quick else 10)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    args.images = args.images or max(4 * args.batch, 256)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if args.worker:
+        _worker_main(args)
+        return 0
+
+    import peers
+
+    names = []
+    for name in args.frameworks:
+        reason = peers.missing_peer(name)
+        if reason:
+            print(f"skipping {reason}", file=sys.stderr)
+        else:
+            names.append(name)
+    all_results = {}
+    t0 = time.perf_counter()
+    for T in args.timesteps:
+        all_results[T] = run_timesteps(T, names, args)
+    speedup, mem_ratio = report(all_results, args)
+    print(f"(benchmark wall time {time.perf_counter() - t0:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "machine": machine(), "device": args.device, "batch": args.batch, "threads": args.threads,
+            "results": {str(T): {n: {"seconds": r.seconds, "median": r.median, "peak_mb": r.peak_mb,
+                                     "loss": r.loss} for n, r in res.items()} for T, res in all_results.items()},
+            "saec_vs_best_peer": speedup, "mem_vs_snntorch": mem_ratio}, indent=1))
+    print(f"saec_vs_best_peer={speedup:.2f} mem_vs_snntorch={mem_ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
