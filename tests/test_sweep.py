@@ -84,7 +84,7 @@ def test_shipped_sweeps_load():
     assert table1.configs == ("SAE", "SAE-sparse", "SAE-dense", "AE", "AE-l2", "VAE", "beta-VAE")
     small = S.load_sweep(SPECS / "sweeps" / "cpu_small.yaml")
     assert small.configs == ("SAE", "SAE-sparse", "SAE-dense", "AE", "VAE")
-    assert "encoding.timesteps=16" in small.runs[0].set_args()
+    assert "encoding.timesteps=8" in small.runs[0].set_args()
 
 
 BAD = [
