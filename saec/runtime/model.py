@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from saec.compiler import ops
 from saec.compiler.graph import IRGraph
 from saec.compiler.passes.params import weight_shapes
-from saec.runtime import fastpath
+from saec.runtime import fastpath, sparse
 from saec.runtime.encoding import poisson_encode
 from saec.runtime.lif import lif_scan, lif_scan_autograd, lif_step
 from saec.runtime.readout import max_cumulative_readout
@@ -200,8 +200,9 @@ class SpikingAutoencoder(nn.Module):
         if self.execution not in ("fast", "reference"):
             raise ValueError(f"execution must be 'fast' or 'reference', got {self.execution!r}")
         fast = self.execution == "fast"
-        # bool copies of binary values (spike trains), kept by the synapses for backward
-        binary: dict[str, Tensor] = {}
+        # values known to be spike trains (fast execution): their bool copies, which the
+        # synapses keep for backward when training, or None (inference)
+        binary: dict[str, Tensor | None] = {}
         keep_binary = fast and torch.is_grad_enabled()
         if keep_binary:
             fastpath.keep_freed_memory()
@@ -217,14 +218,16 @@ class SpikingAutoencoder(nn.Module):
                 y = encoded if encoded is not None else poisson_encode(x, op, generator=generator)
                 if "_encode" in record:
                     out.encoded = y
-                if keep_binary and encoded is None:
-                    binary[name] = y.to(torch.bool)
+                if fast and encoded is None:
+                    binary[name] = y.to(torch.bool) if keep_binary else None
             elif op.has_weights:
                 t = h.shape[0]
                 p = self.synapses[module_key(name)]
                 h_flat = h.reshape(t * batch, *h.shape[2:])
-                if ins[0] in binary:
+                if ins[0] in binary and keep_binary:
                     flat = fastpath.spike_synapse(op, p.weight, getattr(p, "bias", None), h_flat, binary[ins[0]])
+                elif ins[0] in binary:  # inference on a spike train
+                    flat = sparse.binary_synapse(op, p.weight, getattr(p, "bias", None), h_flat)
                 else:
                     flat = apply_synapse(op, p, h_flat)
                 y = flat.reshape(t, batch, *flat.shape[1:])
@@ -245,9 +248,11 @@ class SpikingAutoencoder(nn.Module):
                 if keep_state:
                     want = "all"
                 scan = lif_scan if fast else lif_scan_autograd
+                if h.dtype in (torch.bfloat16, torch.float16):
+                    h = h.float()  # under autocast: synapses in low precision, the LIF recurrence in fp32
                 res = scan(h, op, cumulative=want, record_potential=keep_state, bool_spikes=keep_binary)
                 y = res.spikes
-                if res.fired is not None:
+                if fast:
                     binary[name] = res.fired
                 out.counts[layer] = y.sum(0)
                 if want == "last":

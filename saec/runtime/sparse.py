@@ -1,67 +1,34 @@
-"""Inference on binary inputs: a linear layer whose input is a spike train sums the weight
-columns of the neurons that fired, instead of multiplying by a mostly-zero matrix.
+"""Inference (no autograd) on spike trains: every SAE synapse input is binary.
 
-For the SAE's linear layers (12800 -> 100 and 100 -> 12800) at the firing rates
-of trained networks (a few percent), the gather-sum does a small fraction of the
-dense product's work; ``embedding_bag(mode="sum")`` runs it as one vectorised
-kernel. Convolutions stay dense (their inputs are denser and torch has no fast
-sparse convolution on the CPU).
+What pays on the CPU, measured (benchmarks/README.md, "Inference"):
 
-Same answers up to fp32 summation order: the dense product adds the same
-non-zero terms (x * 1) plus exact zeros, in the BLAS kernel's order; the
-gather-sum adds them in index order. The two differ by rounding only (a few
-ulp of the potential), so a spike can differ only where a potential lies
-within that distance of the threshold; tests/runtime/test_fastpath.py checks
-the agreement on a real network.
+- Convolutions with a 0/1 input run channels-last: oneDNN's channels-last kernel
+  gives bit-identical outputs to the contiguous layout here and runs ~1.5x faster;
+  the fused LIF scan keeps the layout, so the next convolution gets its input
+  without a copy.
+- A gather-sum of weight columns for the linear layers (``embedding_bag`` over
+  the indices of the neurons that fired) does 3-30x fewer additions at the SAE's
+  firing rates, but finding the indices and gathering costs more than the dense
+  product saves: 0.2-0.7x the dense speed at rates 0.2-10 %. It is not used.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from saec.compiler import ops
-from saec.runtime.fastpath import synapse_forward
-
-#: Use the gather-sum when at most this fraction of the inputs fired (measured crossover, see
-#: benchmarks/README.md "Inference"); denser inputs use the dense product.
-MAX_DENSITY = 0.25
+from saec.runtime.fastpath import channels_last, synapse_forward
 
 
-def binary_linear(x_bool: Tensor, weight: Tensor, bias: Tensor | None = None,
-                  weight_t: Tensor | None = None) -> Tensor:
-    """x @ weight.T for a bool x [N, in], as a sum of the weight columns where x is True.
+def binary_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+    """The synapse on a spike train x [N, ...] (values 0/1), for inference.
 
-    Args:
-        x_bool: binary input, bool [N, in].
-        weight: [out, in].
-        bias: [out] or None.
-        weight_t: ``weight.t().contiguous()`` when the caller caches it ([in, out]).
+    A Conv2d on the CPU runs channels-last (bit-identical output, faster); every other
+    synapse is the dense one.
 
     Returns:
-        [N, out], in weight's dtype.
+        The synaptic current [N, ...].
     """
-    table = weight.t().contiguous() if weight_t is None else weight_t
-    rows, cols = x_bool.nonzero(as_tuple=True)
-    counts = torch.bincount(rows, minlength=x_bool.shape[0])
-    offsets = torch.zeros(x_bool.shape[0], dtype=torch.long, device=x_bool.device)
-    torch.cumsum(counts[:-1], 0, out=offsets[1:])
-    out = F.embedding_bag(cols, table, offsets, mode="sum")
-    return out if bias is None else out.add_(bias)
-
-
-def binary_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_bool: Tensor) -> Tensor:
-    """The synapse on a spike input, gather-sum where it pays (linear, sparse input), else dense.
-
-    Args:
-        op: the synapse's op; x: the spikes [N, ...] as float; x_bool: the same as bool.
-
-    Returns:
-        The synaptic current [N, ...] (no autograd: inference only).
-    """
-    if isinstance(op, ops.Linear) and x.device.type == "cpu" and x_bool.dim() == 2:
-        fired = int(x_bool.sum())
-        if fired <= MAX_DENSITY * x_bool.numel():
-            return binary_linear(x_bool, weight, bias)
+    if isinstance(op, ops.Conv2d) and x.device.type == "cpu" and x.dim() == 4:
+        return synapse_forward(op, weight, bias, channels_last(x))
     return synapse_forward(op, weight, bias, x)

@@ -42,59 +42,71 @@ typedef struct {
 
 #define BLOCK 256
 
+/* The main loop of each step is branch-free (selects on loop-invariant flags) so that it
+ * vectorises; optional outputs are written by separate small loops from block-local
+ * arrays (conditional stores inside the main loop would block vectorisation). */
 #define DEFINE_FORWARD(NAME, S)                                                              \
 void NAME(const lif_params *p, int64_t n0, int64_t n1, const S *restrict cur,                \
           S *restrict spikes, S *restrict U_out, S *restrict u_rec, S *restrict v_rec,       \
           uint8_t *restrict keep, uint8_t *restrict gate, uint8_t *restrict fired_out)       \
 {                                                                                            \
+    /* Every parameter in a local: the uint8_t stores below may alias *p (char types alias    \
+       anything), which would force a reload per element and block vectorisation. */         \
     const int64_t T = p->T, N = p->N;                                                        \
     const S decay = (S)p->decay, thr = (S)p->threshold;                                      \
     const S lb = (S)p->lower_bound, fv = (S)p->floor_value;                                  \
+    const int has_floor = p->floor != 0;                                                     \
     const int floor_first = p->floor == 1, floor_after = p->floor == 2;                      \
-    S up[BLOCK], Ur[BLOCK];                                                                  \
+    const int spike_ge = p->spike_ge, reset = p->reset, overlaps = p->floor_overlaps_spike;  \
+    const int integrate = p->integrate, cumulative = p->cumulative;                          \
+    const int reset_cut = p->reset_cut, floor_cut = p->floor_cut, gate_mode = p->gate_mode;  \
+    S up[BLOCK], Ur[BLOCK], tu[BLOCK], tv[BLOCK];                                            \
+    uint8_t tf[BLOCK], tb[BLOCK];                                                            \
     for (int64_t nb = n0; nb < n1; nb += BLOCK) {                                            \
         const int64_t m = (n1 - nb) < BLOCK ? (n1 - nb) : BLOCK;                             \
         for (int64_t j = 0; j < m; ++j) { up[j] = (S)0; Ur[j] = (S)0; }                      \
         for (int64_t t = 0; t < T; ++t) {                                                    \
             const int64_t row = t * N + nb;                                                  \
+            const S *restrict I_t = cur + row;                                               \
+            S *restrict s_t = spikes + row;                                                  \
             for (int64_t j = 0; j < m; ++j) {                                                \
-                const S I = cur[row + j];                                                    \
+                const S I = I_t[j];                                                          \
                 S u = up[j] * decay;                                                         \
                 u = u + I;                                                                   \
-                int below = 0;                                                               \
-                S v = u;                                                                     \
-                if (floor_first) { below = u < lb; v = below ? fv : u; }                     \
-                const int f = p->spike_ge ? (v >= thr) : (v > thr);                         \
-                S nxt = v;                                                                   \
-                if (p->reset == 0) nxt = f ? (S)0 : v;                                       \
-                else if (p->reset == 1) nxt = f ? v - thr : v;                               \
-                if (floor_after) {                                                           \
-                    below = u < lb;                                                          \
-                    if (p->floor_overlaps_spike) below = below && !f;                        \
-                    nxt = below ? fv : nxt;                                                  \
-                }                                                                            \
+                const int below = has_floor & (u < lb);                                      \
+                const S v = (floor_first & below) ? fv : u;                                  \
+                const int f = spike_ge ? (v >= thr) : (v > thr);                             \
+                const S v_sub = v - thr;                                                     \
+                S nxt = (reset == 0) ? (f ? (S)0 : v) : ((reset == 1) ? (f ? v_sub : v) : v); \
+                const int floored_after = floor_after & below & !(overlaps & f);             \
+                nxt = floored_after ? fv : nxt;                                              \
                 up[j] = nxt;                                                                 \
-                spikes[row + j] = f ? (S)1 : (S)0;                                           \
-                if (u_rec) u_rec[row + j] = u;                                               \
-                if (v_rec) v_rec[row + j] = v;                                               \
-                if (fired_out) fired_out[row + j] = (uint8_t)f;                              \
-                if (keep) keep[row + j] =                                                    \
-                    (uint8_t)(!(p->reset_cut && f) && !(p->floor_cut && below));             \
-                if (gate) {                                                                  \
-                    const int g = p->gate_mode == 1 ? f                                      \
-                                : p->gate_mode == 2 ? (f && !below) : !below;                \
-                    gate[row + j] = (uint8_t)g;                                              \
-                }                                                                            \
-                if (p->cumulative) {                                                         \
-                    S Un;                                                                    \
-                    if (p->integrate == 0) { Un = Ur[j] * decay; Un = Un + u; }              \
-                    else { Un = Ur[j] + I; Un = Un * decay; }                                \
-                    Ur[j] = Un;                                                              \
-                    if (p->cumulative == 2) U_out[row + j] = Un;                             \
-                }                                                                            \
+                s_t[j] = f ? (S)1 : (S)0;                                                    \
+                tu[j] = u;                                                                   \
+                tv[j] = v;                                                                   \
+                tf[j] = (uint8_t)f;                                                          \
+                tb[j] = (uint8_t)(floor_first ? below : floored_after);                      \
+                S Up = Ur[j] * decay;                                                        \
+                Up = Up + u;                                                                 \
+                S Uc = Ur[j] + I;                                                            \
+                Uc = Uc * decay;                                                             \
+                Ur[j] = integrate == 0 ? Up : Uc;                                            \
             }                                                                                \
+            if (u_rec) for (int64_t j = 0; j < m; ++j) u_rec[row + j] = tu[j];               \
+            if (v_rec) for (int64_t j = 0; j < m; ++j) v_rec[row + j] = tv[j];               \
+            if (fired_out) for (int64_t j = 0; j < m; ++j) fired_out[row + j] = tf[j];       \
+            if (keep)                                                                        \
+                for (int64_t j = 0; j < m; ++j)                                              \
+                    keep[row + j] = (uint8_t)(!(reset_cut & tf[j]) & !(floor_cut & tb[j]));  \
+            if (gate) {                                                                      \
+                if (gate_mode == 1) for (int64_t j = 0; j < m; ++j) gate[row + j] = tf[j];   \
+                else if (gate_mode == 2)                                                     \
+                    for (int64_t j = 0; j < m; ++j) gate[row + j] = (uint8_t)(tf[j] & !tb[j]); \
+                else for (int64_t j = 0; j < m; ++j) gate[row + j] = (uint8_t)!tb[j];        \
+            }                                                                                \
+            if (cumulative == 2) for (int64_t j = 0; j < m; ++j) U_out[row + j] = Ur[j];     \
         }                                                                                    \
-        if (p->cumulative == 1)                                                              \
+        if (cumulative == 1)                                                                 \
             for (int64_t j = 0; j < m; ++j) U_out[nb + j] = Ur[j];                           \
     }                                                                                        \
 }
@@ -124,34 +136,46 @@ void NAME(const lif_params *p, int64_t n0, int64_t n1,                          
 {                                                                                            \
     const int64_t T = p->T, N = p->N;                                                        \
     const S dg = (S)p->grad_decay, sgc = (S)sg_value;                                        \
-    const int U_membrane = p->integrate == 0, U_all = p->cumulative == 2;                    \
-    S carry[BLOCK], GUr[BLOCK];                                                              \
+    const int U_membrane = p->integrate == 0, U_all = p->cumulative == 2;  /* locals: see forward */ \
+    S carry[BLOCK], GUr[BLOCK], g[BLOCK];                                                    \
     for (int64_t nb = n0; nb < n1; nb += BLOCK) {                                            \
         const int64_t m = (n1 - nb) < BLOCK ? (n1 - nb) : BLOCK;                             \
         for (int64_t t = T - 1; t >= 0; --t) {                                               \
             const int64_t row = t * N + nb;                                                  \
             const int last = t == T - 1;                                                     \
-            for (int64_t j = 0; j < m; ++j) {                                                \
-                S g = (S)0, GU = (S)0;                                                       \
-                if (g_U) {                                                                   \
-                    if (last) GU = U_all ? g_U[row + j] : g_U[nb + j];                       \
-                    else if (U_all) { GU = dg * GUr[j]; GU = g_U[row + j] + GU; }            \
-                    else GU = dg * GUr[j];                                                   \
-                    GUr[j] = GU;                                                             \
-                }                                                                            \
-                if (g_spk) {                                                                 \
-                    g = g_spk[t * spk_tstride + nb + j] * (sg_tensor ? sg_tensor[row + j] : sgc); \
-                    if (gate) g = gate[row + j] ? g : (S)0;                                  \
-                }                                                                            \
-                if (g_u) g = g + g_u[t * u_tstride + nb + j];                                \
-                if (g_U && U_membrane) g = g + GU;                                           \
-                if (!last) {                                                                 \
-                    const S through = dg * carry[j];                                         \
-                    g = (keep && !keep[row + j]) ? g : g + through;                          \
-                }                                                                            \
-                carry[j] = g;                                                                \
-                grad[row + j] = (g_U && !U_membrane) ? g + dg * GU : g;                      \
+            /* each term in its own vectorisable loop, in the torch-op backward's order */   \
+            if (g_U) {                                                                       \
+                if (last && U_all) for (int64_t j = 0; j < m; ++j) GUr[j] = g_U[row + j];    \
+                else if (last) for (int64_t j = 0; j < m; ++j) GUr[j] = g_U[nb + j];         \
+                else if (U_all)                                                              \
+                    for (int64_t j = 0; j < m; ++j) { S x = dg * GUr[j]; GUr[j] = g_U[row + j] + x; } \
+                else for (int64_t j = 0; j < m; ++j) GUr[j] = dg * GUr[j];                   \
             }                                                                                \
+            if (g_spk) {                                                                     \
+                const S *restrict gs = g_spk + t * spk_tstride + nb;                         \
+                if (sg_tensor) for (int64_t j = 0; j < m; ++j) g[j] = gs[j] * sg_tensor[row + j]; \
+                else for (int64_t j = 0; j < m; ++j) g[j] = gs[j] * sgc;                     \
+                if (gate) for (int64_t j = 0; j < m; ++j) g[j] = gate[row + j] ? g[j] : (S)0; \
+            } else {                                                                         \
+                for (int64_t j = 0; j < m; ++j) g[j] = (S)0;                                 \
+            }                                                                                \
+            if (g_u) {                                                                       \
+                const S *restrict gu = g_u + t * u_tstride + nb;                             \
+                for (int64_t j = 0; j < m; ++j) g[j] = g[j] + gu[j];                         \
+            }                                                                                \
+            if (g_U && U_membrane) for (int64_t j = 0; j < m; ++j) g[j] = g[j] + GUr[j];     \
+            if (!last) {                                                                     \
+                if (keep)                                                                    \
+                    for (int64_t j = 0; j < m; ++j) {                                        \
+                        const S through = dg * carry[j];                                     \
+                        g[j] = keep[row + j] ? g[j] + through : g[j];                        \
+                    }                                                                        \
+                else for (int64_t j = 0; j < m; ++j) { const S through = dg * carry[j]; g[j] = g[j] + through; } \
+            }                                                                                \
+            for (int64_t j = 0; j < m; ++j) carry[j] = g[j];                                 \
+            if (g_U && !U_membrane)                                                          \
+                for (int64_t j = 0; j < m; ++j) { const S x = dg * GUr[j]; grad[row + j] = g[j] + x; } \
+            else for (int64_t j = 0; j < m; ++j) grad[row + j] = g[j];                       \
         }                                                                                    \
     }                                                                                        \
 }
