@@ -99,21 +99,27 @@ class _SpikeInputSynapse(torch.autograd.Function):
     is bit-identical to the contiguous layout's, so spikes do not change); a transposed
     convolution runs forward in the given layout (channels-last would round differently)
     and backward channels-last (gradients need only agree within fp32 rounding).
+    Under autocast, backward computes in the forward's dtype, as autocast's own
+    convolution backward does, and hands back gradients in the inputs' dtypes.
     """
 
     @staticmethod
     def forward(ctx, x, x_bool, weight, bias, op):
-        ctx.op, ctx.has_bias, ctx.x_shape = op, bias is not None, x.shape
+        ctx.op, ctx.has_bias, ctx.x_shape, ctx.x_dtype = op, bias is not None, x.shape, x.dtype
         ctx.save_for_backward(x_bool, weight)
         if isinstance(op, ops.Conv2d) and _prefers_channels_last(op, x):
             x = channels_last(x)
-        return synapse_forward(op, weight, bias, x)
+        out = synapse_forward(op, weight, bias, x)
+        ctx.compute_dtype = out.dtype
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x_bool, weight = ctx.saved_tensors
+        x_bool, param = ctx.saved_tensors
         op = ctx.op
+        weight = param.to(ctx.compute_dtype)
+        grad = grad.to(ctx.compute_dtype)
         if x_bool.shape != ctx.x_shape:  # kept in its producer's shape (and layout): no copy in forward
             x_bool = x_bool.reshape(ctx.x_shape)
         need_x, _, need_w, need_b, _ = ctx.needs_input_grad
@@ -129,13 +135,17 @@ class _SpikeInputSynapse(torch.autograd.Function):
             gx = grad.mm(weight) if need_x else None
             gw = grad.t().mm(x) if need_w else None
             gb = grad.sum(0) if need_b else None
-            return gx, None, gw, gb, None
+            return _cast(gx, ctx.x_dtype), None, _cast(gw, param.dtype), _cast(gb, param.dtype), None
         transposed = isinstance(op, ops.ConvTranspose2d)
         gx, gw, gb = torch.ops.aten.convolution_backward(
             grad, x, weight, [weight.shape[1 if transposed else 0]] if ctx.has_bias else None,
             list(op.stride), list(op.padding), [1, 1], transposed,
             list(op.output_padding) if transposed else [0, 0], 1, [need_x, need_w, need_b])
-        return gx, None, gw, gb, None
+        return _cast(gx, ctx.x_dtype), None, _cast(gw, param.dtype), _cast(gb, param.dtype), None
+
+
+def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if t is None else t.to(dtype)
 
 
 def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_bool: Tensor) -> Tensor:
