@@ -118,7 +118,7 @@ def _rss_mb() -> float:
 
 
 class Trainer:
-    """One framework's training state; ``step()`` runs one step and returns its seconds."""
+    """One framework's training state; ``step()`` runs one step and returns (wall, CPU) seconds."""
 
     def __init__(self, name: str, timesteps: int, batch: int, device: str, data: str | None,
                  images_count: int) -> None:
@@ -171,11 +171,11 @@ class Trainer:
         start = (self.count * self.batch) % n
         x = self.images[start:start + self.batch]
         self._sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self.loss = self._step(x, self.gen)
         self._sync()
         self.count += 1
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     def peak_mb(self) -> float:
         if self.device.type == "cuda":
@@ -196,7 +196,8 @@ def _worker_main(args: argparse.Namespace) -> None:
     for line in sys.stdin:
         command = line.strip()
         if command == "step":
-            reply = {"seconds": trainer.step()}
+            wall, cpu = trainer.step()
+            reply = {"seconds": wall, "cpu_seconds": cpu}
         elif command == "done":
             reply = {"peak_mb": trainer.peak_mb(), "loss": trainer.loss}
         else:
@@ -231,8 +232,9 @@ class SubprocessWorker:
     def ready(self) -> None:
         self._ask(None)
 
-    def step(self) -> float:
-        return self._ask("step")["seconds"]
+    def step(self) -> tuple[float, float]:
+        reply = self._ask("step")
+        return reply["seconds"], reply["cpu_seconds"]
 
     def done(self) -> dict:
         reply = self._ask("done")
@@ -249,7 +251,7 @@ class InProcessWorker:
     def ready(self) -> None:
         pass
 
-    def step(self) -> float:
+    def step(self) -> tuple[float, float]:
         return self.trainer.step()
 
     def done(self) -> dict:
@@ -261,12 +263,17 @@ class Result:
     name: str
     T: int
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
     peak_mb: float = float("nan")
     loss: float = float("nan")
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_seconds)
 
 
 def run_timesteps(T: int, names: list[str], args: argparse.Namespace) -> dict[str, Result]:
@@ -281,12 +288,14 @@ def run_timesteps(T: int, names: list[str], args: argparse.Namespace) -> dict[st
     for r in range(args.warmup + args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            seconds = workers[name].step()
+            seconds, cpu_seconds = workers[name].step()
             if r >= args.warmup:
                 results[name].seconds.append(seconds)
+                results[name].cpu_seconds.append(cpu_seconds)
         if args.verbose:
             print(f"  T={T} round {r + 1}/{args.warmup + args.rounds}: "
-                  + ", ".join(f"{n} {results[n].seconds[-1]:.3f}s" for n in names if results[n].seconds),
+                  + ", ".join(f"{n} {results[n].seconds[-1]:.3f}s (cpu {results[n].cpu_seconds[-1]:.2f})"
+                              for n in names if results[n].seconds),
                   file=sys.stderr)
     for name, w in workers.items():
         reply = w.done()
@@ -319,8 +328,9 @@ def report(all_results: dict[int, dict[str, Result]], args: argparse.Namespace) 
     Ts = sorted(all_results)
     print(f"\nmachine: {machine()}; device {args.device}, {args.threads} threads, B={args.batch}, fp32, "
           f"{args.rounds} timed rounds (+{args.warmup} warm-up), median s/step")
-    print("| T | framework | s/step | saec speed-up | img·T/s | GFLOP/s | peak MB | mem / saec | MB per step |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| T | framework | s/step | saec speed-up | img·T/s | GFLOP/s | CPU s/step | saec CPU speed-up "
+          "| peak MB | mem / saec | MB per step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     speedups = []
     for T in Ts:
         res = all_results[T]
@@ -332,9 +342,11 @@ def report(all_results: dict[int, dict[str, Result]], args: argparse.Namespace) 
             if len(Ts) > 1 and name in all_results[Ts[0]] and name in all_results[Ts[-1]]:
                 slope = (all_results[Ts[-1]][name].peak_mb - all_results[Ts[0]][name].peak_mb) / (Ts[-1] - Ts[0])
             up = r.median / saec.median if saec else float("nan")
+            cpu_up = r.cpu_median / saec.cpu_median if saec else float("nan")
             mem = r.peak_mb / saec.peak_mb if saec else float("nan")
             print(f"| {T} | {name} | {r.median:.3f} | {up:.2f}x | {args.batch * T / r.median:,.0f} | "
-                  f"{flops / r.median / 1e9:.1f} | {r.peak_mb:,.0f} | {mem:.2f} | {slope:.1f} |")
+                  f"{flops / r.median / 1e9:.1f} | {r.cpu_median:.2f} | {cpu_up:.2f}x | {r.peak_mb:,.0f} | "
+                  f"{mem:.2f} | {slope:.1f} |")
         peer_times = [r.median for n, r in res.items() if n in PEER_NAMES]
         if saec and peer_times:
             speedups.append(min(peer_times) / saec.median)
@@ -343,7 +355,8 @@ def report(all_results: dict[int, dict[str, Result]], args: argparse.Namespace) 
     mem_ratio = last["saec"].peak_mb / last["snntorch"].peak_mb if "saec" in last and "snntorch" in last \
         else float("nan")
     print("\nsaec speed-up = framework's s/step / saec's (>1: saec faster); GFLOP/s counts the nominal "
-          "conv/linear FLOPs (3 x forward MACs x 2) per step")
+          "conv/linear FLOPs (3 x forward MACs x 2) per step; CPU s/step = the worker's process CPU time "
+          "(all threads), less sensitive to other load on the machine than wall time")
     return speedup, mem_ratio
 
 
@@ -399,8 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": machine(), "device": args.device, "batch": args.batch, "threads": args.threads,
-            "results": {str(T): {n: {"seconds": r.seconds, "median": r.median, "peak_mb": r.peak_mb,
-                                     "loss": r.loss} for n, r in res.items()} for T, res in all_results.items()},
+            "results": {str(T): {n: {"seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "median": r.median,
+                                     "peak_mb": r.peak_mb, "loss": r.loss} for n, r in res.items()}
+                        for T, res in all_results.items()},
             "saec_vs_best_peer": speedup, "mem_vs_snntorch": mem_ratio}, indent=1))
     print(f"saec_vs_best_peer={speedup:.2f} mem_vs_snntorch={mem_ratio:.2f}")
     return 0

@@ -18,7 +18,9 @@ With ``clamp_first=False`` it applies only where the neuron did not spike.
 Three entry points:
 
 - :func:`lif_scan`: all T steps of one layer at once (layer-wise multi-step
-  execution), with a hand-written backward; the fast path.
+  execution), with a hand-written backward; the fast path. It runs as one fused
+  kernel per layer where one applies (C on the CPU, built on first use; Triton
+  on CUDA; :mod:`saec.runtime.kernels`), else as torch ops (:func:`scan_backend`).
 - :func:`lif_scan_autograd`: the same maths as a plain loop of torch ops whose
   straight-through rules are written with ``detach`` / ``where`` tricks, so that
   autograd derives the gradient; slow, the oracle the fast backward is tested
