@@ -509,11 +509,13 @@ def collect(sweep: Sweep) -> list[dict]:
     return list(rows.values())
 
 
-def _cell(values: list[float], decimals: int) -> str:
+def _cell(values: list[float], decimals: int, seeds_done: int) -> str:
     if not values:
         return "–"
     mean, std = mean_std(values)
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    # Fewer values than finished seeds: the metric was undefined for some (see the table's note).
+    partial = f" (n={len(values)})" if len(values) < seeds_done else ""
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}{partial}"
 
 
 def render_markdown(sweep: Sweep, rows: list[dict]) -> str:
@@ -522,9 +524,10 @@ def render_markdown(sweep: Sweep, rows: list[dict]) -> str:
     lines = [
         f"# Sweep `{sweep.name}`",
         "",
-        f"Sweep file: `{sweep.file}`. Mean ± std (population, ddof 0) over the completed seeds; latent "
-        "ANR/AFR/RAE are per validation batch, averaged over batches (SAE only; – for AE/VAE); "
-        "L_rec is the mean of validation batch means.",
+        f"Sweep file: `{sweep.file}`. Mean ± std (population, ddof 0) over the completed seeds; L_rec is "
+        "the mean of validation batch means; latent ANR/AFR/RAE are per validation batch, averaged over "
+        "batches. – : not applicable (ANR/AFR/RAE of AE/VAE) or undefined (s_intra/s_inter when every "
+        "latent vector is the same, e.g. all zero); (n=k): defined for k of the seeds only.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",
@@ -532,7 +535,7 @@ def render_markdown(sweep: Sweep, rows: list[dict]) -> str:
     for row in rows:
         cells = [row["config"], *(json.dumps(row["grid"][k]) for k in sweep.grid_keys),
                  f"{len(row['seeds_done'])}/{row['seeds']}"]
-        cells += [_cell(row["values"][stem], dec) for _, stem, _, dec in TABLE_COLUMNS]
+        cells += [_cell(row["values"][stem], dec, len(row["seeds_done"])) for _, stem, _, dec in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

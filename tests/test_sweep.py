@@ -304,3 +304,9 @@ out: {tmp_path / 'out'}
     assert re.search(r"\| ae \| 2/2 \| \d+\.\d\d ± \d+\.\d\d \| – \| – \| – \| 0\.\d{3} ± 0\.\d{3} \|", table), table
     again = runner.invoke(app, ["sweep", str(path), "--jobs", "2"])
     assert again.exit_code == 0 and "0 trained, 2 already complete" in again.stdout
+
+
+def test_cells_mark_metrics_defined_for_some_seeds_only():
+    assert S._cell([], 2, 2) == "–"
+    assert S._cell([0.5], 3, 2) == "0.500 ± 0.000 (n=1)"
+    assert S._cell([1.0, 3.0], 2, 2) == "2.00 ± 1.00"
