@@ -286,3 +286,4 @@ def test_spike_synapse_gradients_equal_autograd_for_every_synapse_kind():
             assert torch.equal(gx_fast, gx_plain) and torch.equal(gw_fast, gw_plain)
         for a, b in ((gx_fast, gx_plain), (gw_fast, gw_plain)):  # channels-last backward: fp32 rounding
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item(), msg=name)
+

@@ -129,7 +129,8 @@ def supports(t: Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
+def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    # keyed by process id: a forked child must not reuse its parent's pool, whose threads it lacks
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="saec-lif")
 
 
@@ -148,7 +149,8 @@ def _run(fn, params: LIFParams, n: int, args: tuple) -> None:
     if len(parts) == 1:
         fn(ref, 0, n, *args)
         return
-    futures = [_pool(len(parts)).submit(fn, ref, a, b, *args) for a, b in parts]
+    pool = _pool(len(parts), os.getpid())
+    futures = [pool.submit(fn, ref, a, b, *args) for a, b in parts]
     for f in futures:
         f.result()
 
