@@ -32,7 +32,8 @@ saec variants for measuring one lever at a time, ``saec:`` followed by
 (SAEC_KEEP_FREED_MEMORY=1), ``thp`` (THP_MEM_ALLOC_ENABLE=1), ``float-saves``
 (synapses keep their float input, as plain autograd does), ``no-channels-last``
 (contiguous convolutions), ``reference`` (the autograd-oracle scan and plain
-synapses), ``bf16`` (CPU autocast to bfloat16).
+synapses), ``bf16`` (CPU autocast to bfloat16), ``heap-no-trim-change`` (glibc's mmap
+threshold raised to 1 GiB, its trimming left as it is).
 """
 
 from __future__ import annotations
@@ -86,11 +87,17 @@ def _saec_trainer(name: str, graph, weights, device):
 
     switches = set(name.split(":", 1)[1].split("+")) if ":" in name else set()
     unknown = switches - {"torch-scan", "keep-memory", "float-saves", "no-channels-last", "reference", "bf16",
-                          "thp"}
+                          "thp", "heap-no-trim-change"}
     if unknown:
         raise SystemExit(f"unknown saec switches {sorted(unknown)}")
     if "no-channels-last" in switches:
         fastpath._prefers_channels_last = lambda op, x: False
+    if "heap-no-trim-change" in switches:  # large blocks from the heap, glibc's own trimming kept
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt(-3, 1 << 30)
     if "float-saves" in switches:  # what plain autograd keeps: the float input
         fastpath.spike_synapse = lambda op, w, b, x, x_bool: fastpath.synapse_forward(op, w, b, x)
     model = SpikingAutoencoder(graph).to(device)
