@@ -99,7 +99,13 @@ def _saec_trainer(name: str, graph, weights, device):
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.mallopt(-3, 1 << 30)
     if "float-saves" in switches:  # what plain autograd keeps: the float input
-        fastpath.spike_synapse = lambda op, w, b, x, x_bool: fastpath.synapse_forward(op, w, b, x)
+        def plain_synapse(op, w, b, x, x_bool, lead_dims=1, sample=None):
+            lead = x.shape[:lead_dims]
+            rows = x.reshape(-1, *(sample or x.shape[lead_dims:]))
+            y = fastpath.synapse_forward(op, w, b, rows)
+            return y.reshape(*lead, *y.shape[1:])
+
+        fastpath.spike_synapse = plain_synapse
     model = SpikingAutoencoder(graph).to(device)
     model.load_ir_state_dict({k: v.to(device) for k, v in weights.items()})
     if "reference" in switches:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import math
 import os
 
 import torch
@@ -25,6 +26,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from saec.compiler import ops
+from saec.runtime import pool as buffers
 
 #: "1" lets glibc keep freed memory for reuse (:func:`keep_freed_memory`); off by default.
 ENV_KEEP_FREED_MEMORY = "SAEC_KEEP_FREED_MEMORY"
@@ -92,76 +94,188 @@ def _prefers_channels_last(op: ops.Op, x: Tensor) -> bool:
     return isinstance(op, (ops.Conv2d, ops.ConvTranspose2d)) and x.device.type == "cpu" and x.dim() == 4
 
 
+#: Rows (images x time steps) per chunk are chosen so that a chunk's float input or
+#: output stays under this size: glibc then serves the per-chunk temporaries from its
+#: heap, reusing them, while a whole [T*B, ...] temporary would be a fresh mmap.
+CHUNK_BYTES = 8 << 20
+
+
+#: ... but never fewer rows than this: MKL's matrix product takes another summation path
+#: for very few rows (measured here: bit-identical rows from 64 rows on, not below), and the
+#: spikes must not depend on the chunking.
+MIN_CHUNK_ROWS = 64
+
+
+def _chunks(n: int, in_sample: int, out_sample: int, itemsize: int) -> list[tuple[int, int]]:
+    """Row ranges covering [0, n), each of at least min(n, MIN_CHUNK_ROWS) rows."""
+    per_row = max(in_sample, out_sample, 1) * itemsize
+    rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES // per_row)
+    k = max(1, n // rows)
+    bounds = [i * n // k for i in range(k + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _as_input(t: Tensor, op: ops.Op, sample: tuple[int, ...], dtype: torch.dtype, forward: bool) -> Tensor:
+    """Rows ``t`` [n, *source shape] (float, or bool/uint8 spikes) as ``op``'s input
+    [n, *sample] in ``dtype`` and the layout ``op`` runs in: channels-last where that is
+    faster, except a transposed convolution's forward (contiguous: channels-last rounds
+    differently, and the spikes must not change)."""
+    n = t.shape[0]
+    if t.dtype == torch.bool:
+        t = t.view(torch.uint8)  # uint8 -> float conversion is vectorised, bool's is not
+    if isinstance(op, ops.Linear):
+        if t.is_contiguous():
+            flat = t.reshape(n, -1)
+            return flat if flat.dtype == dtype else flat.to(dtype)
+        return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t).view(n, -1)
+    if tuple(t.shape[1:]) != sample:
+        t = t.reshape(n, *sample)
+    if _prefers_channels_last(op, t) and not (forward and isinstance(op, ops.ConvTranspose2d)):
+        if t.dtype == dtype and (t.is_contiguous(memory_format=torch.channels_last) or t.shape[1] == 1):
+            return channels_last(t)
+        return torch.empty(t.shape, dtype=dtype, device=t.device,
+                           memory_format=torch.channels_last).copy_(t)
+    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype, memory_format=torch.contiguous_format)
+
+
+def _into_rows(dst: Tensor, src: Tensor) -> None:
+    """Copy ``src`` [n, *a] into ``dst`` [n, *b] (same number of elements per row, each in its
+    logical order; layouts may differ)."""
+    if dst.shape == src.shape:
+        dst.copy_(src)
+    elif dst.is_contiguous():
+        dst.view(src.shape).copy_(src)
+    else:
+        dst.copy_(src.reshape(dst.shape))
+
+
 class _SpikeInputSynapse(torch.autograd.Function):
     """A synapse whose input is a spike train; saves the bool spikes, not the float input.
 
-    On the CPU a Conv2d runs channels-last in forward and backward (its forward output
-    is bit-identical to the contiguous layout's, so spikes do not change); a transposed
-    convolution runs forward in the given layout (channels-last would round differently)
-    and backward channels-last (gradients need only agree within fp32 rounding).
-    Under autocast, backward computes in the forward's dtype, as autocast's own
-    convolution backward does, and hands back gradients in the inputs' dtypes.
+    The input arrives in its producer's shape and layout (e.g. channels-last conv
+    spikes before a flatten); the synapse runs over chunks of rows (time steps x
+    images), adapting each chunk to the op's input shape and fastest layout, and
+    writes the result into one [N, ...] output taken from the step's buffer pool
+    (:mod:`saec.runtime.pool`). Backward likewise: per chunk the float input is
+    rebuilt from the bool spikes, the weight gradient accumulated and the input
+    gradient written into a pooled tensor in the producer's shape and layout, so
+    no whole-T float temporary is ever allocated.
+
+    Forward calls the same kernels on the same values as the plain path, row by row
+    (on the CPU a Conv2d runs channels-last, bit-identical to the contiguous layout;
+    a transposed convolution runs forward in the contiguous layout, where channels-last
+    would round differently, and backward channels-last). Under autocast, backward
+    computes in the forward's dtype, as autocast's own convolution backward does, and
+    hands back gradients in the inputs' dtypes.
     """
 
     @staticmethod
-    def forward(ctx, x, x_bool, weight, bias, op):
-        ctx.op, ctx.has_bias, ctx.x_shape, ctx.x_dtype = op, bias is not None, x.shape, x.dtype
+    def forward(ctx, x, x_bool, weight, bias, op, lead, sample):
+        pool = buffers.active()
+        n = math.prod(lead)
+        src = x.reshape(n, *x.shape[len(lead):])  # a view for time-major dense layouts
+        ctx.op, ctx.has_bias, ctx.x_dtype, ctx.pool = op, bias is not None, x.dtype, pool
+        ctx.lead, ctx.sample = lead, sample
         ctx.save_for_backward(x_bool, weight)
-        if isinstance(op, ops.Conv2d) and _prefers_channels_last(op, x):
-            x = channels_last(x)
-        out = synapse_forward(op, weight, bias, x)
+        chunks = _chunks(n, math.prod(sample), _out_numel(op, sample), x.element_size())
+        out = None
+        for a, b in chunks:
+            y = synapse_forward(op, weight, bias, _as_input(src[a:b], op, sample, x.dtype, True))
+            if len(chunks) == 1:  # one chunk: the result is the output
+                out = y
+                break
+            if out is None:
+                out = buffers.empty_strided(pool, (n, *y.shape[1:]), _row_major_strides(y, n), y.dtype,
+                                            y.device)
+            out[a:b].copy_(y)
         ctx.compute_dtype = out.dtype
-        return out
+        return out.reshape(*lead, *out.shape[1:])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x_bool, param = ctx.saved_tensors
-        op = ctx.op
-        weight = param.to(ctx.compute_dtype)
-        grad = grad.to(ctx.compute_dtype)
-        if x_bool.shape != ctx.x_shape:  # kept in its producer's shape (and layout): no copy in forward
-            x_bool = x_bool.reshape(ctx.x_shape)
-        need_x, _, need_w, need_b, _ = ctx.needs_input_grad
+        op, lead, sample, pool = ctx.op, ctx.lead, ctx.sample, ctx.pool
+        n = math.prod(lead)
+        dtype = ctx.compute_dtype
+        weight = param.to(dtype)
+        need_x, _, need_w, need_b, _, _, _ = ctx.needs_input_grad
         need_b = need_b and ctx.has_bias
-        if _prefers_channels_last(op, x_bool):
-            x = torch.empty_like(channels_last(x_bool), dtype=weight.dtype).copy_(x_bool)
-            grad = channels_last(grad)
-        else:
-            x = x_bool.to(weight.dtype)
-            grad = grad.contiguous()
-        if isinstance(op, ops.Linear):
-            # addmm's own backward formulas (same kernels, same results as autograd)
-            gx = grad.mm(weight) if need_x else None
-            gw = grad.t().mm(x) if need_w else None
-            gb = grad.sum(0) if need_b else None
-            return _cast(gx, ctx.x_dtype), None, _cast(gw, param.dtype), _cast(gb, param.dtype), None
+        g_rows = grad.reshape(n, *grad.shape[len(lead):])
+        x_rows = x_bool.reshape(n, *x_bool.shape[len(lead):])
+        gx = buffers.empty_like(pool, x_bool, ctx.x_dtype) if need_x else None
+        gx_rows = gx.reshape(n, *gx.shape[len(lead):]) if need_x else None
+        gw = gb = None
         transposed = isinstance(op, ops.ConvTranspose2d)
-        gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[1 if transposed else 0]] if ctx.has_bias else None,
-            list(op.stride), list(op.padding), [1, 1], transposed,
-            list(op.output_padding) if transposed else [0, 0], 1, [need_x, need_w, need_b])
-        return _cast(gx, ctx.x_dtype), None, _cast(gw, param.dtype), _cast(gb, param.dtype), None
+        for a, b in _chunks(n, math.prod(sample), g_rows[0].numel(), 4):
+            x = _as_input(x_rows[a:b], op, sample, dtype, False)
+            g = g_rows[a:b].to(dtype)
+            if isinstance(op, ops.Linear):
+                # addmm's own backward formulas (same kernels as autograd)
+                g = g.contiguous()
+                gx_c = g.mm(weight) if need_x else None
+                gw_c = g.t().mm(x) if need_w else None
+                gb_c = g.sum(0) if need_b else None
+            else:
+                g = channels_last(g) if _prefers_channels_last(op, g) else g.contiguous()
+                gx_c, gw_c, gb_c = torch.ops.aten.convolution_backward(
+                    g, x, weight, [weight.shape[1 if transposed else 0]] if ctx.has_bias else None,
+                    list(op.stride), list(op.padding), [1, 1], transposed,
+                    list(op.output_padding) if transposed else [0, 0], 1, [need_x, need_w, need_b])
+            if need_x:
+                _into_rows(gx_rows[a:b], gx_c)
+            gw = gw_c if gw is None else (gw.add_(gw_c) if gw_c is not None else gw)
+            gb = gb_c if gb is None else (gb.add_(gb_c) if gb_c is not None else gb)
+        return gx, None, _cast(gw, param.dtype), _cast(gb, param.dtype), None, None, None
+
+
+def _out_numel(op: ops.Op, sample: tuple[int, ...]) -> int:
+    """Elements per row of ``op``'s output for one input row of shape ``sample``."""
+    if isinstance(op, ops.Linear):
+        return op.out_features
+    h, w = sample[-2:]
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel_size, op.stride, op.padding
+    if isinstance(op, ops.ConvTranspose2d):
+        oph, opw = op.output_padding
+        return op.out_channels * ((h - 1) * sh - 2 * ph + kh + oph) * ((w - 1) * sw - 2 * pw + kw + opw)
+    return op.out_channels * ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
+
+
+def _row_major_strides(y: Tensor, n: int) -> tuple[int, ...]:
+    """Strides of an [n, *y.shape[1:]] tensor whose rows have ``y``'s layout (y dense)."""
+    row = y[0].numel()
+    return (row, *y.stride()[1:])
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dtype)
 
 
-def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_bool: Tensor) -> Tensor:
+def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_bool: Tensor,
+                  lead_dims: int = 1, sample: tuple[int, ...] | None = None) -> Tensor:
     """``synapse_forward`` whose backward keeps ``x_bool`` (x as bool) instead of x.
 
     Args:
         op: a Conv2d, ConvTranspose2d or Linear op.
         weight, bias: the synapse's parameters.
-        x: the input spikes [N, ...], float, values 0 or 1.
-        x_bool: the same spikes as a bool tensor, of any shape with x's number of elements
-            in x's logical order (reshaped in backward); not checked: must equal ``x != 0``.
+        x: the input spikes [*lead, *source shape], float, values 0 or 1, in any layout in
+            which the lead dimensions are outermost and each row is dense (contiguous,
+            channels-last): e.g. a LIF layer's spikes [T, B, C, H, W] before a flatten.
+        x_bool: the same spikes as a bool tensor of x's shape (not checked: must equal ``x != 0``).
+        lead_dims: how many leading dimensions of x are rows (T and B: 2).
+        sample: the op's input shape per row (default: x's source shape); x's source
+            shape is reshaped to it (a flatten or unflatten), chunk by chunk.
 
     Returns:
-        The synaptic current [N, ...]; gradients reach x, weight and bias exactly as
-        through ``synapse_forward``.
+        The synaptic current [*lead, *output shape]; gradients reach x (in x's shape and
+        layout), weight and bias as through ``synapse_forward`` (fp32 rounding).
     """
+    lead = tuple(x.shape[:lead_dims])
+    sample = tuple(sample) if sample is not None else tuple(x.shape[lead_dims:])
     if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
-        return synapse_forward(op, weight, bias, x)
-    return _SpikeInputSynapse.apply(x, x_bool, weight, bias, op)
+        rows = x.reshape(math.prod(lead), *x.shape[lead_dims:])
+        y = synapse_forward(op, weight, bias, _as_input(rows, op, sample, x.dtype, True))
+        return y.reshape(*lead, *y.shape[1:])
+    if x_bool.shape != x.shape:
+        x_bool = x_bool.reshape(x.shape)
+    return _SpikeInputSynapse.apply(x, x_bool, weight, bias, op, lead, sample)

@@ -59,6 +59,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from saec.compiler.ops import LIF
+from saec.runtime import pool as buffers
 from saec.runtime.kernels import cpu_lif, cuda_lif
 
 Cumulative = Literal["none", "last", "all"]
@@ -197,14 +198,19 @@ def _scan_forward_kernel(
     x = current if _time_major_dense(current) else current.contiguous()
     T = x.shape[0]
     params = _kernel_params(kernel, op, T, x[0].numel(), cumulative, for_backward, x.dtype)
-    spikes = torch.empty_like(x)
-    u = torch.empty_like(x) if record_potential else None
-    v = torch.empty_like(x) if for_backward and op.surrogate in _MEMBRANE_SURROGATES else None
-    U = None if cumulative == "none" else torch.empty_like(x if cumulative == "all" else x[0])
-    keep = torch.empty_like(x, dtype=torch.bool) if params.reset_cut or params.floor_cut else None
-    gate = torch.empty_like(x, dtype=torch.bool) if params.gate_mode else None
+    pool = buffers.active()  # the training step's reusable buffers (no page faults), if any
+
+    def new(like: Tensor = x, dtype: torch.dtype | None = None) -> Tensor:
+        return buffers.empty_like(pool, like, dtype)
+
+    spikes = new()
+    u = new() if record_potential else None
+    v = new() if for_backward and op.surrogate in _MEMBRANE_SURROGATES else None
+    U = None if cumulative == "none" else new(x if cumulative == "all" else x[0])
+    keep = new(dtype=torch.bool) if params.reset_cut or params.floor_cut else None
+    gate = new(dtype=torch.bool) if params.gate_mode else None
     # The gate of spike_gated is the spike train itself: hand out that very tensor.
-    fired = gate if params.gate_mode == 1 else (torch.empty_like(x, dtype=torch.bool) if bool_spikes else None)
+    fired = gate if params.gate_mode == 1 else (new(dtype=torch.bool) if bool_spikes else None)
     kernel.forward(params, x, spikes, U, u, v, keep, gate, fired if fired is not gate else None)
     return spikes, U, u, _Saved(keep, gate, v), fired if bool_spikes else None
 
@@ -385,7 +391,7 @@ class _LIFScanFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         spikes, U, u, saved, fired = _scan_forward(current, op, cumulative, record_potential, True,
                                                    bool_spikes)
-        ctx.op, ctx.cumulative = op, cumulative
+        ctx.op, ctx.cumulative, ctx.pool = op, cumulative, buffers.active()
         ctx.T, ctx.shape = current.shape[0], current.shape[1:]
         ctx.strides = spikes.stride()  # the kernel's layout (the torch-op scan: contiguous)
         ctx.save_for_backward(saved.keep, saved.gate, saved.v)
@@ -408,14 +414,15 @@ class _LIFScanFunction(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def _in_layout(g: Tensor, like: Tensor, time_stride_zero_ok: bool = True) -> Tensor:
+def _in_layout(g: Tensor, like: Tensor, time_stride_zero_ok: bool = True,
+               pool: buffers.BufferPool | None = None) -> Tensor:
     """``g`` with ``like``'s strides (copied only if needed); a gradient expanded over time
     (stride 0, e.g. from ``spikes.sum(0)``) is kept as it is when its steps have ``like``'s layout."""
     if g.stride() == like.stride():
         return g
     if time_stride_zero_ok and g.dim() == like.dim() and g.stride(0) == 0 and g.stride()[1:] == like.stride()[1:]:
         return g
-    return torch.empty_like(like, dtype=g.dtype).copy_(g)
+    return buffers.empty_like(pool, like, g.dtype).copy_(g)
 
 
 def _scan_backward_kernel(kernel, ctx, g_spikes, g_U, g_u, keep, gate, v) -> Tensor:
@@ -426,20 +433,21 @@ def _scan_backward_kernel(kernel, ctx, g_spikes, g_U, g_u, keep, gate, v) -> Ten
     params = _kernel_params(kernel, op, T, N, ctx.cumulative, True, ref.dtype)
     if g_U is None:
         params.cumulative = 0
-    grad = torch.empty_strided((T, *shape), ctx.strides, dtype=ref.dtype, device=ref.device)
+    pool = ctx.pool
+    grad = buffers.empty_strided(pool, (T, *shape), ctx.strides, ref.dtype, ref.device)
     sg_value, sg = 0.0, None
     if g_spikes is not None:
         surrogate = _surrogate_grad(op, v)
         if isinstance(surrogate, Tensor):
-            sg = _in_layout(surrogate, grad, False)
+            sg = _in_layout(surrogate, grad, False, pool)
         else:
             sg_value = surrogate
     if g_U is not None:
-        g_U = _in_layout(g_U, grad if ctx.cumulative == "all" else grad[0], False)
+        g_U = _in_layout(g_U, grad if ctx.cumulative == "all" else grad[0], False, pool)
     kernel.backward(
         params, grad,
-        None if g_spikes is None else _in_layout(g_spikes, grad), sg_value, sg, gate,
-        None if g_u is None else _in_layout(g_u, grad), g_U, keep)
+        None if g_spikes is None else _in_layout(g_spikes, grad, pool=pool), sg_value, sg, gate,
+        None if g_u is None else _in_layout(g_u, grad, pool=pool), g_U, keep)
     return grad
 
 

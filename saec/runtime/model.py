@@ -31,6 +31,7 @@ from saec.compiler.passes.params import weight_shapes
 from saec.runtime import fastpath, sparse
 from saec.runtime.encoding import poisson_encode
 from saec.runtime.lif import lif_scan, lif_scan_autograd, lif_step
+from saec.runtime.pool import BufferPool, use_pool
 from saec.runtime.readout import max_cumulative_readout
 
 
@@ -144,6 +145,10 @@ class SpikingAutoencoder(nn.Module):
         position = {name: i for i, name in enumerate(self.order)}
         self._last_use = {name: max((position[u] for u in graph.users(name)), default=len(self.order))
                           for name in self.order}
+        self._feeds_synapses_only = {name: bool(graph.users(name)) and all(
+            graph.op(u).has_weights for u in graph.users(name)) for name in self.order}
+        #: reusable large buffers of the training step (CPU; see saec.runtime.pool)
+        self._pool = BufferPool()
         self.reset_parameters()
 
     # ------------------------------------------------------------ parameters
@@ -204,8 +209,16 @@ class SpikingAutoencoder(nn.Module):
         # synapses keep for backward when training, or None (inference)
         binary: dict[str, Tensor | None] = {}
         keep_binary = fast and torch.is_grad_enabled()
+        # flatten / unflatten nodes left to their synapses: the per-row shape they stand for
+        deferred: dict[str, tuple[int, ...]] = {}
         if keep_binary:
             fastpath.keep_freed_memory()
+        with use_pool(self._pool if fast and x.device.type == "cpu" else None):
+            return self._walk(x, out, values, binary, deferred, batch, fast, keep_binary, generator, record,
+                              encoded, record_potentials)
+
+    def _walk(self, x, out, values, binary, deferred, batch, fast, keep_binary, generator, record, encoded,
+              record_potentials) -> NetOutput:
         for index, name in enumerate(self.order):
             op = self.graph.op(name)
             ins = self.graph.inputs(name)
@@ -223,21 +236,26 @@ class SpikingAutoencoder(nn.Module):
             elif op.has_weights:
                 t = h.shape[0]
                 p = self.synapses[module_key(name)]
-                h_flat = h.reshape(t * batch, *h.shape[2:])
                 if ins[0] in binary and keep_binary:
-                    flat = fastpath.spike_synapse(op, p.weight, getattr(p, "bias", None), h_flat, binary[ins[0]])
-                elif ins[0] in binary:  # inference on a spike train
-                    flat = sparse.binary_synapse(op, p.weight, getattr(p, "bias", None), h_flat)
+                    # the producer's spikes in their own shape and layout; the synapse reshapes
+                    # them chunk by chunk (a deferred flatten / unflatten)
+                    y = fastpath.spike_synapse(op, p.weight, getattr(p, "bias", None), h, binary[ins[0]],
+                                               lead_dims=2, sample=deferred.get(ins[0]))
                 else:
-                    flat = apply_synapse(op, p, h_flat)
-                y = flat.reshape(t, batch, *flat.shape[1:])
-            elif isinstance(op, ops.Flatten):
-                y = h.reshape(h.shape[0], batch, -1)
-                if ins[0] in binary:  # same spikes; the synapse reshapes them in backward
-                    binary[name] = binary[ins[0]]
-            elif isinstance(op, ops.Unflatten):
-                y = h.reshape(h.shape[0], batch, *op.shape)
-                if ins[0] in binary:  # same spikes; the synapse reshapes them in backward
+                    h_flat = h.reshape(t * batch, *h.shape[2:])
+                    if ins[0] in binary:  # inference on a spike train
+                        flat = sparse.binary_synapse(op, p.weight, getattr(p, "bias", None), h_flat)
+                    else:
+                        flat = apply_synapse(op, p, h_flat)
+                    y = flat.reshape(t, batch, *flat.shape[1:])
+            elif isinstance(op, (ops.Flatten, ops.Unflatten)):
+                shape = (-1,) if isinstance(op, ops.Flatten) else tuple(op.shape)
+                if ins[0] in binary and keep_binary and self._feeds_synapses_only[name]:
+                    y = h  # the synapses after it take the producer's spikes as they are
+                    deferred[name] = tuple(self.graph.meta(name)["shape"])
+                else:
+                    y = h.reshape(h.shape[0], batch, *shape)
+                if ins[0] in binary:  # same spikes; the synapse reshapes them
                     binary[name] = binary[ins[0]]
             elif isinstance(op, ops.LIF):
                 want = "last" if layer in self.u_last_layers else "none"

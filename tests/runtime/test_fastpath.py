@@ -7,7 +7,8 @@
 - The whole SAE, fast path (fused scan, bool-saving synapses) against the reference
   path (autograd-oracle scan, autograd synapses) for the saec, reference and paper
   semantics: bit-identical spikes in every layer, the same loss, the same gradients
-  (rtol 1e-5, atol 1e-5 x max|g|: channels-last convolution backward sums in another order).
+  (rtol 1e-5, atol 1e-5 x max|g|: channels-last convolution backward sums in another order;
+  5e-5 when the synapses run in row chunks, whose weight gradients are sums of chunk sums).
 - What backward keeps: no float tensor that grows with T besides the readout's U.
 """
 
@@ -27,7 +28,7 @@ import torch
 
 from saec.compiler.ops import LIF
 from saec.compiler.pipeline import compile_spec
-from saec.runtime import fastpath
+from saec.runtime import fastpath, pool
 from saec.runtime.kernels import cpu_lif
 from saec.runtime.lif import lif_scan, scan_backend
 from saec.runtime.model import SpikingAutoencoder
@@ -191,25 +192,37 @@ def _train_pass(model, x, execution):
     return out, loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunked+pooled"])
 @pytest.mark.parametrize("preset", list(PRESETS))
-def test_fast_path_equals_reference_path_on_the_sae(preset):
+def test_fast_path_equals_reference_path_on_the_sae(preset, chunked, monkeypatch):
+    if chunked:  # synapses over row chunks of 64 (T=8 x B=24 = 3 chunks); buffers above 1 KiB pooled
+        monkeypatch.setattr(fastpath, "CHUNK_BYTES", 5000)
+        monkeypatch.setattr(pool, "MIN_POOLED_BYTES", 1024)
     _, graph = compile_spec(str(PRESETS[preset]), ["encoding.timesteps=8"])
     model = SpikingAutoencoder(graph)
     model.reset_parameters(torch.Generator().manual_seed(0))
     with torch.no_grad():  # every layer must spike (the paper's init leaves the decoder silent at T=8)
         for p in model.parameters():
             p.mul_(2.0)
-    x = _images(3)
-    fast, fast_loss, fast_grads = _train_pass(model, x, "fast")
+    x = _images(24 if chunked else 3)
+    first = _train_pass(model, x, "fast")
+    fast, fast_loss, fast_grads = _train_pass(model, x, "fast")  # a second step reuses the pool's buffers
+    if chunked:
+        assert model._pool.hits > 0 and model._pool.nbytes > 0
+    assert torch.equal(first[1], fast_loss)
+    for key, want in first[2].items():
+        assert torch.equal(fast_grads[key], want), key
     ref, ref_loss, ref_grads = _train_pass(model, x, "reference")
     for layer in LAYERS:
         assert torch.equal(fast.trains[layer], ref.trains[layer]), layer
         assert fast.trains[layer].any(), layer
     assert torch.equal(fast_loss, ref_loss)
+    # chunked: weight gradients are sums of per-chunk sums (another order over ~10^5 terms)
+    tol = 5e-5 if chunked else 1e-5
     for key, want in ref_grads.items():
         scale = want.abs().max().item()
         assert scale > 0, key
-        torch.testing.assert_close(fast_grads[key], want, rtol=1e-5, atol=1e-5 * scale, msg=key)
+        torch.testing.assert_close(fast_grads[key], want, rtol=tol, atol=tol * scale, msg=key)
 
 
 def _saved_bytes(model, x, T):
@@ -287,3 +300,33 @@ def test_spike_synapse_gradients_equal_autograd_for_every_synapse_kind():
         for a, b in ((gx_fast, gx_plain), (gw_fast, gw_plain)):  # channels-last backward: fp32 rounding
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item(), msg=name)
 
+
+
+@pytest.mark.parametrize("chunk_bytes", [fastpath.CHUNK_BYTES, 60_000], ids=["one-chunk", "chunks"])
+def test_spike_synapse_takes_the_producers_layout_and_reshapes_rows(chunk_bytes, monkeypatch):
+    """A deferred flatten (channels-last conv spikes -> linear) and unflatten (linear spikes ->
+    transposed conv), run in row chunks: same output and gradients as reshaping first."""
+    monkeypatch.setattr(fastpath, "CHUNK_BYTES", chunk_bytes)
+    gen = torch.Generator().manual_seed(6)
+    _, graph = compile_spec(str(PRESETS["saec"]), ["encoding.timesteps=2"])
+    T, B = 4, 40  # 160 rows: one chunk, or two of 80 (MIN_CHUNK_ROWS = 64)
+    cases = [("latent", (T, B, 32, 20, 20), True, (12800,)), ("deconv1", (T, B, 12800), False, (32, 20, 20))]
+    for name, shape, producer_cl, sample in cases:
+        op = graph.op(name)
+        x = (torch.rand(shape, generator=gen) < 0.2).float()
+        if producer_cl:  # [T, B, C, H, W] whose steps are channels-last, as the LIF scan hands them out
+            x = x.reshape(T * B, *shape[2:]).contiguous(memory_format=torch.channels_last).reshape(shape)
+        w = torch.randn(*((100, 12800) if name == "latent" else (32, 16, 5, 5)), generator=gen) * 0.1
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        xi_strides = xi.stride()
+        y = fastpath.spike_synapse(op, wi, None, xi, x.bool(), lead_dims=2, sample=sample)
+        xp, wp = x.clone().requires_grad_(), w.clone().requires_grad_()
+        yp = fastpath.synapse_forward(op, wp, None, xp.reshape(T * B, *sample))
+        yp = yp.reshape(T, B, *yp.shape[1:])
+        assert torch.equal(y, yp), name
+        g = torch.randn(y.shape, generator=gen)
+        y.backward(g)
+        yp.backward(g)
+        assert xi.grad.shape == x.shape and xi.grad.stride() == xi_strides  # the producer's layout
+        torch.testing.assert_close(xi.grad, xp.grad, rtol=1e-5, atol=1e-5 * xp.grad.abs().max().item())
+        torch.testing.assert_close(wi.grad, wp.grad, rtol=1e-5, atol=1e-5 * wp.grad.abs().max().item())
