@@ -71,10 +71,19 @@ def keep_freed_memory() -> bool:
 
 
 def synapse_forward(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
-    """Conv / transposed conv / linear of ``op`` on x [N, ...] (N = T*B or B)."""
+    """Conv / transposed conv / linear of ``op`` on x [N, ...] (N = T*B or B).
+
+    This function defines saec's numerics for every execution (fast, reference,
+    step by step, inference). On the CPU a transposed convolution always runs
+    channels-last: oneDNN's channels-last kernel is ~1.5x faster than the contiguous
+    one and rounds differently, so it must be the same kernel everywhere for the
+    paths to give bit-identical spikes. (A Conv2d gives the same bits in either layout.)
+    """
     if isinstance(op, ops.Conv2d):
         return F.conv2d(x, weight, bias, stride=op.stride, padding=op.padding)
     if isinstance(op, ops.ConvTranspose2d):
+        if _prefers_channels_last(op, x):
+            x = channels_last(x)
         return F.conv_transpose2d(x, weight, bias, stride=op.stride, padding=op.padding,
                                   output_padding=op.output_padding)
     return F.linear(x, weight, bias)
@@ -115,11 +124,10 @@ def _chunks(n: int, in_sample: int, out_sample: int, itemsize: int) -> list[tupl
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _as_input(t: Tensor, op: ops.Op, sample: tuple[int, ...], dtype: torch.dtype, forward: bool) -> Tensor:
+def _as_input(t: Tensor, op: ops.Op, sample: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """Rows ``t`` [n, *source shape] (float, or bool/uint8 spikes) as ``op``'s input
-    [n, *sample] in ``dtype`` and the layout ``op`` runs in: channels-last where that is
-    faster, except a transposed convolution's forward (contiguous: channels-last rounds
-    differently, and the spikes must not change)."""
+    [n, *sample] in ``dtype`` and the layout ``op`` runs fastest in (channels-last for
+    convolutions on the CPU)."""
     n = t.shape[0]
     if t.dtype == torch.bool:
         t = t.view(torch.uint8)  # uint8 -> float conversion is vectorised, bool's is not
@@ -130,7 +138,7 @@ def _as_input(t: Tensor, op: ops.Op, sample: tuple[int, ...], dtype: torch.dtype
         return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t).view(n, -1)
     if tuple(t.shape[1:]) != sample:
         t = t.reshape(n, *sample)
-    if _prefers_channels_last(op, t) and not (forward and isinstance(op, ops.ConvTranspose2d)):
+    if _prefers_channels_last(op, t):
         if t.dtype == dtype and (t.is_contiguous(memory_format=torch.channels_last) or t.shape[1] == 1):
             return channels_last(t)
         return torch.empty(t.shape, dtype=dtype, device=t.device,
@@ -162,9 +170,9 @@ class _SpikeInputSynapse(torch.autograd.Function):
     no whole-T float temporary is ever allocated.
 
     Forward calls the same kernels on the same values as the plain path, row by row
-    (on the CPU a Conv2d runs channels-last, bit-identical to the contiguous layout;
-    a transposed convolution runs forward in the contiguous layout, where channels-last
-    would round differently, and backward channels-last). Under autocast, backward
+    (on the CPU convolutions run channels-last; for a Conv2d that is bit-identical to
+    the contiguous layout, a transposed convolution runs channels-last in every path,
+    see :func:`synapse_forward`). Under autocast, backward
     computes in the forward's dtype, as autocast's own convolution backward does, and
     hands back gradients in the inputs' dtypes.
     """
@@ -180,7 +188,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
         chunks = _chunks(n, math.prod(sample), _out_numel(op, sample), x.element_size())
         out = None
         for a, b in chunks:
-            y = synapse_forward(op, weight, bias, _as_input(src[a:b], op, sample, x.dtype, True))
+            y = synapse_forward(op, weight, bias, _as_input(src[a:b], op, sample, x.dtype))
             if len(chunks) == 1:  # one chunk: the result is the output
                 out = y
                 break
@@ -208,7 +216,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
         gw = gb = None
         transposed = isinstance(op, ops.ConvTranspose2d)
         for a, b in _chunks(n, math.prod(sample), g_rows[0].numel(), 4):
-            x = _as_input(x_rows[a:b], op, sample, dtype, False)
+            x = _as_input(x_rows[a:b], op, sample, dtype)
             g = g_rows[a:b].to(dtype)
             if isinstance(op, ops.Linear):
                 # addmm's own backward formulas (same kernels as autograd)
@@ -274,7 +282,7 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
     sample = tuple(sample) if sample is not None else tuple(x.shape[lead_dims:])
     if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
         rows = x.reshape(math.prod(lead), *x.shape[lead_dims:])
-        y = synapse_forward(op, weight, bias, _as_input(rows, op, sample, x.dtype, True))
+        y = synapse_forward(op, weight, bias, _as_input(rows, op, sample, x.dtype))
         return y.reshape(*lead, *y.shape[1:])
     if x_bool.shape != x.shape:
         x_bool = x_bool.reshape(x.shape)

@@ -65,8 +65,9 @@ static inline __attribute__((always_inline)) void NAME##_body(                  
     const int overlaps = p->floor_overlaps_spike, cumulative = p->cumulative;                \
     const int reset_cut = p->reset_cut, floor_cut = p->floor_cut, gate_mode = p->gate_mode;  \
     const int need_flags = keep || gate || fired_out;                                        \
-    S up[FBLOCK], Ur[FBLOCK], tu[FBLOCK], tv[FBLOCK];                                        \
-    uint8_t tf[FBLOCK], tb[FBLOCK];                                                          \
+    /* block-local state and per-step values; the flags are kept as S 0/1 (the spikes      \
+       themselves, tb): a uint8_t store in the main loop stops it from vectorising */        \
+    S up[FBLOCK], Ur[FBLOCK], tu[FBLOCK], tv[FBLOCK], tb[FBLOCK];                            \
     for (int64_t nb = n0; nb < n1; nb += FBLOCK) {                                           \
         const int64_t m = (n1 - nb) < FBLOCK ? (n1 - nb) : FBLOCK;                           \
         for (int64_t j = 0; j < m; ++j) { up[j] = (S)0; Ur[j] = (S)0; }                      \
@@ -91,23 +92,26 @@ static inline __attribute__((always_inline)) void NAME##_body(                  
                 s_t[j] = f ? (S)1 : (S)0;                                                    \
                 tu[j] = u;                                                                   \
                 tv[j] = v;                                                                   \
-                tf[j] = (uint8_t)f;                                                          \
-                tb[j] = (uint8_t)(floor_first ? below : floored_after);                      \
+                tb[j] = (floor_first ? below : floored_after) ? (S)1 : (S)0;                 \
                 if (integrate == 0) { S Up = Ur[j] * decay; Ur[j] = Up + u; }                \
                 else { S Uc = Ur[j] + I; Ur[j] = Uc * decay; }                               \
             }                                                                                \
             if (u_rec) for (int64_t j = 0; j < m; ++j) u_rec[row + j] = tu[j];               \
             if (v_rec) for (int64_t j = 0; j < m; ++j) v_rec[row + j] = tv[j];               \
             if (need_flags) {                                                                \
-                if (fired_out) for (int64_t j = 0; j < m; ++j) fired_out[row + j] = tf[j];   \
+                if (fired_out)                                                               \
+                    for (int64_t j = 0; j < m; ++j) fired_out[row + j] = (uint8_t)(s_t[j] != (S)0); \
                 if (keep)                                                                    \
                     for (int64_t j = 0; j < m; ++j)                                          \
-                        keep[row + j] = (uint8_t)(!(reset_cut & tf[j]) & !(floor_cut & tb[j])); \
+                        keep[row + j] = (uint8_t)(!(reset_cut & (s_t[j] != (S)0))            \
+                                                  & !(floor_cut & (tb[j] != (S)0)));         \
                 if (gate) {                                                                  \
-                    if (gate_mode == 1) for (int64_t j = 0; j < m; ++j) gate[row + j] = tf[j]; \
+                    if (gate_mode == 1)                                                      \
+                        for (int64_t j = 0; j < m; ++j) gate[row + j] = (uint8_t)(s_t[j] != (S)0); \
                     else if (gate_mode == 2)                                                 \
-                        for (int64_t j = 0; j < m; ++j) gate[row + j] = (uint8_t)(tf[j] & !tb[j]); \
-                    else for (int64_t j = 0; j < m; ++j) gate[row + j] = (uint8_t)!tb[j];    \
+                        for (int64_t j = 0; j < m; ++j)                                      \
+                            gate[row + j] = (uint8_t)((s_t[j] != (S)0) & (tb[j] == (S)0));   \
+                    else for (int64_t j = 0; j < m; ++j) gate[row + j] = (uint8_t)(tb[j] == (S)0); \
                 }                                                                            \
             }                                                                                \
             if (cumulative == 2) for (int64_t j = 0; j < m; ++j) U_out[row + j] = Ur[j];     \
@@ -115,28 +119,43 @@ static inline __attribute__((always_inline)) void NAME##_body(                  
         if (cumulative == 1)                                                                 \
             for (int64_t j = 0; j < m; ++j) U_out[nb + j] = Ur[j];                           \
     }                                                                                        \
-}                                                                                            \
-                                                                                             \
-void NAME(const lif_params *p, int64_t n0, int64_t n1, const S *restrict cur,                \
-          S *restrict spikes, S *restrict U_out, S *restrict u_rec, S *restrict v_rec,       \
-          uint8_t *restrict keep, uint8_t *restrict gate, uint8_t *restrict fired_out)       \
-{                                                                                            \
-    /* one specialised body per (reset, floor mode); the rest are cheap run-time selects */ \
-    const int ge = p->spike_ge != 0, integ = p->integrate != 0;                              \
-    switch (p->reset * 3 + p->floor) {                                                       \
-    FWD_CASES(NAME, 0) FWD_CASES(NAME, 1) FWD_CASES(NAME, 2)                                 \
-    default: break;                                                                          \
-    }                                                                                        \
 }
 
-#define FWD_CALL(NAME, R, F)                                                                 \
-    case R * 3 + F:                                                                          \
-        NAME##_body(p, n0, n1, cur, spikes, U_out, u_rec, v_rec, keep, gate, fired_out, R, F, ge, integ); \
-        return;
-#define FWD_CASES(NAME, R) FWD_CALL(NAME, R, 0) FWD_CALL(NAME, R, 1) FWD_CALL(NAME, R, 2)
-
+/* float32 (training): one specialised body per (reset, floor mode, spike test, integration),
+ * each a straight-line vectorised loop (with run-time flags gcc leaves some unvectorised). */
 DEFINE_FORWARD(lif_forward_f32, float)
+
+#define FWD_CALL(R, F, G, I)                                                                 \
+    case ((R * 3 + F) * 2 + G) * 2 + I:                                                      \
+        lif_forward_f32_body(p, n0, n1, cur, spikes, U_out, u_rec, v_rec, keep, gate, fired_out, \
+                             R, F, G, I);                                                    \
+        return;
+#define FWD_CASES_GI(R, F) FWD_CALL(R, F, 0, 0) FWD_CALL(R, F, 0, 1) FWD_CALL(R, F, 1, 0) FWD_CALL(R, F, 1, 1)
+#define FWD_CASES(R) FWD_CASES_GI(R, 0) FWD_CASES_GI(R, 1) FWD_CASES_GI(R, 2)
+
+void lif_forward_f32(const lif_params *p, int64_t n0, int64_t n1, const float *restrict cur,
+                     float *restrict spikes, float *restrict U_out, float *restrict u_rec,
+                     float *restrict v_rec, uint8_t *restrict keep, uint8_t *restrict gate,
+                     uint8_t *restrict fired_out)
+{
+    switch (((p->reset * 3 + p->floor) * 2 + (p->spike_ge != 0)) * 2 + (p->integrate != 0)) {
+    FWD_CASES(0) FWD_CASES(1) FWD_CASES(2)
+    default: break;
+    }
+}
+
+/* float64 (tests, analysis): one body with run-time flags (compiles fast; speed is no goal). */
 DEFINE_FORWARD(lif_forward_f64, double)
+
+void lif_forward_f64(const lif_params *p, int64_t n0, int64_t n1, const double *restrict cur,
+                     double *restrict spikes, double *restrict U_out, double *restrict u_rec,
+                     double *restrict v_rec, uint8_t *restrict keep, uint8_t *restrict gate,
+                     uint8_t *restrict fired_out)
+{
+    lif_forward_f64_body(p, n0, n1, cur, spikes, U_out, u_rec, v_rec, keep, gate, fired_out,
+                         p->reset, p->floor, p->spike_ge != 0, p->integrate != 0);
+}
+
 
 /* Backward: the straight-through gradient is a reverse linear recurrence
  *
