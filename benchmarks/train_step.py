@@ -87,9 +87,11 @@ def _saec_trainer(name: str, graph, weights, device):
 
     switches = set(name.split(":", 1)[1].split("+")) if ":" in name else set()
     unknown = switches - {"torch-scan", "keep-memory", "float-saves", "no-channels-last", "reference", "bf16",
-                          "thp", "heap-no-trim-change"}
+                          "thp", "heap-no-trim-change", "ftz"}
     if unknown:
         raise SystemExit(f"unknown saec switches {sorted(unknown)}")
+    if "ftz" in switches:  # flush denormals to zero (this thread, and threads created after)
+        torch.set_flush_denormal(True)
     if "no-channels-last" in switches:
         fastpath._prefers_channels_last = lambda op, x: False
     if "heap-no-trim-change" in switches:  # large blocks from the heap, glibc's own trimming kept

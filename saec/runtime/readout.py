@@ -28,10 +28,26 @@ def max_cumulative_readout(U_all: Tensor, op: MaxCumulativeReadout) -> Tensor:
     if not 0 <= op.t_min <= T:
         raise ValueError(f"t_min must lie in [0, T] = [0, {T}], got {op.t_min}")
     window = U_all[max(op.t_min, 1) - 1:]  # U(t) for t >= max(t_min, 1)
-    # argmax documents first-index ties, which max(dim) does not promise.
-    first = window.argmax(dim=0, keepdim=True)
+    first = _first_argmax(window.detach())
     peak = window.gather(0, first).squeeze(0)
     if op.t_min == 0:
         peak = torch.relu(peak)  # relu's gradient at 0 is 0: U(0) wins the tie
     divisor = T * op.scale if op.divide_by_timesteps else op.scale
     return peak / divisor
+
+
+def _first_argmax(window: Tensor) -> Tensor:
+    """Index of the first maximum over dim 0, [1, B, ...] (int64).
+
+    A step-by-step scan: ``argmax(dim=0)`` (which also keeps the first index) reduces
+    over the outermost dimension ~20x slower on the CPU (11 ms for [16, 64, 1, 28, 28]).
+    NaN never wins a comparison here; the readout's input has none.
+    """
+    with torch.no_grad():
+        best = window[0].clone()
+        first = torch.zeros(window.shape[1:], dtype=torch.int64, device=window.device)
+        for t in range(1, window.shape[0]):
+            better = window[t] > best
+            best = torch.where(better, window[t], best)
+            first.masked_fill_(better, t)
+    return first.unsqueeze(0)

@@ -74,3 +74,12 @@ def test_invalid_t_min_and_shape_are_rejected():
         max_cumulative_readout(U, MaxCumulativeReadout(t_min=5))
     with pytest.raises(ValueError, match=r"\[T, B, \.\.\.\]"):
         max_cumulative_readout(torch.zeros(4), MaxCumulativeReadout())
+
+
+def test_first_argmax_equals_torch_argmax_with_ties():
+    from saec.runtime.readout import _first_argmax
+
+    gen = torch.Generator().manual_seed(2)
+    U = torch.randint(0, 3, (9, 40, 3, 5), generator=gen).float()  # many ties
+    assert torch.equal(_first_argmax(U), U.argmax(dim=0, keepdim=True))
+    assert torch.equal(_first_argmax(U[:1]), torch.zeros(1, 40, 3, 5, dtype=torch.int64))
