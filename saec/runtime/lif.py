@@ -75,6 +75,7 @@ class LIFResult(NamedTuple):
         (``"last"``) or U(1..T) [T, B, ...] (``"all"``).
     u: membrane u(1..T) before the floor rule and the reset, [T, B, ...]
         (only with ``record_potential=True``).
+    counts: the spikes summed over time [B, ...], differentiable (only with ``counts=True``).
     fired: the spikes as bool [T, B, ...], not differentiable (only with
         ``bool_spikes=True``); where backward keeps the spikes anyway (spike_gated
         surrogate) this is the very tensor it keeps, so a consumer that saves it
@@ -85,6 +86,7 @@ class LIFResult(NamedTuple):
     U: Tensor | None = None
     u: Tensor | None = None
     fired: Tensor | None = None
+    counts: Tensor | None = None
 
 
 def _check_args(current: Tensor, op: LIF, cumulative: str) -> None:
@@ -143,16 +145,17 @@ class _Saved(NamedTuple):
 
 def _scan_forward(
     current: Tensor, op: LIF, cumulative: str, record_potential: bool, for_backward: bool,
-    bool_spikes: bool = False,
-) -> tuple[Tensor, Tensor | None, Tensor | None, _Saved, Tensor | None]:
-    """Run the recurrence; return spikes, U, u, what backward needs and the bool spikes."""
+    bool_spikes: bool = False, counts: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None, _Saved, Tensor | None, Tensor | None]:
+    """Run the recurrence; return spikes, U, u, what backward needs, the bool spikes and the
+    spike counts (summed over time)."""
     kernel = _kernel_for(current)
     if kernel is not None:
         return _scan_forward_kernel(kernel, current, op, cumulative, record_potential, for_backward,
-                                    bool_spikes)
+                                    bool_spikes, counts)
     spikes, U, u, saved = _scan_forward_torch(current, op, cumulative, record_potential, for_backward)
     fired = spikes.to(torch.bool) if bool_spikes else None
-    return spikes, U, u, _Saved(**saved), fired
+    return spikes, U, u, _Saved(**saved), fired, spikes.sum(0) if counts else None
 
 
 def _kernel_params(kernel, op: LIF, T: int, N: int, cumulative: str, for_backward: bool,
@@ -186,8 +189,8 @@ def _kernel_params(kernel, op: LIF, T: int, N: int, cumulative: str, for_backwar
 
 def _scan_forward_kernel(
     kernel, current: Tensor, op: LIF, cumulative: str, record_potential: bool, for_backward: bool,
-    bool_spikes: bool,
-) -> tuple[Tensor, Tensor | None, Tensor | None, _Saved, Tensor | None]:
+    bool_spikes: bool, counts: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None, _Saved, Tensor | None, Tensor | None]:
     """The fused scan: one kernel call per layer, every output written once.
 
     The kernel treats each time step as a flat block of N elements, so any layout in which
@@ -211,8 +214,14 @@ def _scan_forward_kernel(
     gate = new(dtype=torch.bool) if params.gate_mode else None
     # The gate of spike_gated is the spike train itself: hand out that very tensor.
     fired = gate if params.gate_mode == 1 else (new(dtype=torch.bool) if bool_spikes else None)
-    kernel.forward(params, x, spikes, U, u, v, keep, gate, fired if fired is not gate else None)
-    return spikes, U, u, _Saved(keep, gate, v), fired if bool_spikes else None
+    fired_out = fired if fired is not gate else None
+    if kernel is cpu_lif:  # the C scan sums the spikes on the way (no extra pass over memory)
+        count = new(x[0]) if counts else None
+        kernel.forward(params, x, spikes, U, u, v, keep, gate, fired_out, count)
+    else:
+        kernel.forward(params, x, spikes, U, u, v, keep, gate, fired_out)
+        count = spikes.sum(0) if counts else None
+    return spikes, U, u, _Saved(keep, gate, v), fired if bool_spikes else None, count
 
 
 def _time_major_dense(x: Tensor) -> bool:
@@ -387,31 +396,36 @@ class _LIFScanFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, current, op, cumulative, record_potential, bool_spikes):
+    def forward(ctx, current, op, cumulative, record_potential, bool_spikes, counts):
         ctx.set_materialize_grads(False)
-        spikes, U, u, saved, fired = _scan_forward(current, op, cumulative, record_potential, True,
-                                                   bool_spikes)
+        spikes, U, u, saved, fired, count = _scan_forward(current, op, cumulative, record_potential, True,
+                                                          bool_spikes, counts)
         ctx.op, ctx.cumulative, ctx.pool = op, cumulative, buffers.active()
         ctx.T, ctx.shape = current.shape[0], current.shape[1:]
         ctx.strides = spikes.stride()  # the kernel's layout (the torch-op scan: contiguous)
         ctx.save_for_backward(saved.keep, saved.gate, saved.v)
         if fired is not None:
             ctx.mark_non_differentiable(fired)
-        return spikes, U, u, fired
+        return spikes, U, u, fired, count
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_spikes, g_U, g_u, _g_fired):
+    def backward(ctx, g_spikes, g_U, g_u, _g_fired, g_count):
         keep, gate, v = ctx.saved_tensors
+        if g_count is not None:  # counts = spikes summed over time: its gradient reaches every step
+            if g_spikes is None:
+                g_spikes = g_count.unsqueeze(0).expand(ctx.T, *g_count.shape)
+            else:
+                g_spikes = torch.add(g_spikes, g_count, out=buffers.empty_like(ctx.pool, g_spikes))
         if g_spikes is None and g_U is None and g_u is None:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         ref = next(g for g in (g_spikes, g_U, g_u) if g is not None)
         kernel = _kernel_for(ref)
         if kernel is not None:
             grad = _scan_backward_kernel(kernel, ctx, g_spikes, g_U, g_u, keep, gate, v)
         else:
             grad = _scan_backward_torch(ctx, g_spikes, g_U, g_u, keep, gate, v)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def _in_layout(g: Tensor, like: Tensor, time_stride_zero_ok: bool = True,
@@ -511,6 +525,7 @@ def lif_scan(
     cumulative: Cumulative = "none",
     record_potential: bool = False,
     bool_spikes: bool = False,
+    counts: bool = False,
 ) -> LIFResult:
     """Run a LIF layer over all T time steps at once.
 
@@ -521,19 +536,23 @@ def lif_scan(
             or "all" (U(1..T)).
         record_potential: also return u(1..T) (before the floor rule and the reset).
         bool_spikes: also return the spikes as a bool tensor (``LIFResult.fired``).
+        counts: also return the spikes summed over time (``LIFResult.counts``, differentiable;
+            the C scan sums them on the way).
 
     Returns:
-        :class:`LIFResult` (spikes, U, u, fired). Gradients reach ``current`` from the
-        spikes (through the surrogate), from U and from the recorded u, by the
+        :class:`LIFResult` (spikes, U, u, fired, counts). Gradients reach ``current`` from the
+        spikes and counts (through the surrogate), from U and from the recorded u, by the
         hand-written recurrence of :class:`_LIFScanFunction`. Runs as a fused
         kernel where one applies (see :func:`scan_backend`), else as torch ops.
     """
     _check_args(current, op, cumulative)
     if torch.is_grad_enabled() and current.requires_grad:
-        spikes, U, u, fired = _LIFScanFunction.apply(current, op, cumulative, record_potential, bool_spikes)
+        spikes, U, u, fired, count = _LIFScanFunction.apply(current, op, cumulative, record_potential,
+                                                            bool_spikes, counts)
     else:
-        spikes, U, u, _, fired = _scan_forward(current, op, cumulative, record_potential, False, bool_spikes)
-    return LIFResult(spikes, U, u, fired)
+        spikes, U, u, _, fired, count = _scan_forward(current, op, cumulative, record_potential, False,
+                                                      bool_spikes, counts)
+    return LIFResult(spikes, U, u, fired, count)
 
 
 # ---------------------------------------------------------------- autograd oracle
@@ -628,6 +647,7 @@ def lif_scan_autograd(
     cumulative: Cumulative = "none",
     record_potential: bool = False,
     bool_spikes: bool = False,
+    counts: bool = False,
 ) -> LIFResult:
     """:func:`lif_scan` as a plain loop of :func:`lif_step`; autograd builds the gradient.
 
@@ -646,4 +666,5 @@ def lif_scan_autograd(
     U_out = None if cumulative == "none" else (U if cumulative == "last" else torch.stack(Us))
     spikes = torch.stack(spikes)
     fired = spikes.detach().to(torch.bool) if bool_spikes else None
-    return LIFResult(spikes, U_out, torch.stack(us) if record_potential else None, fired)
+    return LIFResult(spikes, U_out, torch.stack(us) if record_potential else None, fired,
+                     spikes.sum(0) if counts else None)

@@ -265,14 +265,17 @@ class SpikingAutoencoder(nn.Module):
                 keep_state = record_potentials and layer in record
                 if keep_state:
                     want = "all"
-                scan = lif_scan if fast else lif_scan_autograd
                 if h.dtype in (torch.bfloat16, torch.float16):
                     h = h.float()  # under autocast: synapses in low precision, the LIF recurrence in fp32
-                res = scan(h, op, cumulative=want, record_potential=keep_state, bool_spikes=keep_binary)
+                if fast:
+                    res = lif_scan(h, op, cumulative=want, record_potential=keep_state, bool_spikes=keep_binary,
+                                   counts=True)
+                else:
+                    res = lif_scan_autograd(h, op, cumulative=want, record_potential=keep_state)
                 y = res.spikes
                 if fast:
                     binary[name] = res.fired
-                out.counts[layer] = y.sum(0)
+                out.counts[layer] = res.counts if res.counts is not None else y.sum(0)
                 if want == "last":
                     out.u_last[layer] = res.U
                 elif want == "all":

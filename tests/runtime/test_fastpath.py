@@ -54,10 +54,11 @@ def _ops():
 def _run(op, x, cumulative, backend):
     with scan_backend(backend):
         xi = x.clone().requires_grad_()
-        res = lif_scan(xi, op, cumulative=cumulative, record_potential=True, bool_spikes=True)
+        res = lif_scan(xi, op, cumulative=cumulative, record_potential=True, bool_spikes=True, counts=True)
+        assert torch.equal(res.counts, res.spikes.sum(0))
         gen = torch.Generator().manual_seed(5)
         loss = sum((torch.randn(t.shape, generator=gen, dtype=t.dtype) * t).sum()
-                   for t in res[:3] if t is not None)
+                   for t in (res.spikes, res.U, res.u, res.counts) if t is not None)
         (g,) = torch.autograd.grad(loss, xi)
     return res, g
 
@@ -330,3 +331,25 @@ def test_spike_synapse_takes_the_producers_layout_and_reshapes_rows(chunk_bytes,
         assert xi.grad.shape == x.shape and xi.grad.stride() == xi_strides  # the producer's layout
         torch.testing.assert_close(xi.grad, xp.grad, rtol=1e-5, atol=1e-5 * xp.grad.abs().max().item())
         torch.testing.assert_close(wi.grad, wp.grad, rtol=1e-5, atol=1e-5 * wp.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_counts_carry_the_gradient_of_summed_spikes(backend):
+    """The scan's counts output has the gradient of ``spikes.sum(0)`` (alone and next to a spike
+    gradient), checked against the autograd oracle in float64."""
+    from saec.runtime.lif import lif_scan_autograd
+
+    op = LIF(decay=0.9, surrogate="fast_sigmoid", slope=2.0)
+    x = torch.randn(6, 4, 30, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 1.5 + 0.3
+    w = torch.linspace(-1, 1, 30, dtype=torch.float64)
+    grads = []
+    for scan in (lif_scan, lif_scan_autograd):
+        for with_spikes in (False, True):
+            with scan_backend(backend):
+                xi = x.clone().requires_grad_()
+                res = scan(xi, op, counts=True)
+                loss = (res.counts * w).square().sum() + (res.spikes[2:] * w).sum() * with_spikes
+                grads.append(torch.autograd.grad(loss, xi)[0])
+    assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[2], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[1], grads[3], rtol=1e-12, atol=1e-12)

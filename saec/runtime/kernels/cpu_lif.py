@@ -57,7 +57,7 @@ class LIFParams(ctypes.Structure):
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
-_FORWARD_ARGS = [ctypes.POINTER(LIFParams), _I64, _I64] + [_P] * 8
+_FORWARD_ARGS = [ctypes.POINTER(LIFParams), _I64, _I64] + [_P] * 9
 _BACKWARD_ARGS = [ctypes.POINTER(LIFParams), _I64, _I64, _P, _I64, ctypes.c_double, _P, _P, _P, _I64, _P,
                   _P, _P]
 
@@ -164,11 +164,13 @@ def _suffix(t: Tensor) -> str:
 
 
 def forward(params: LIFParams, current: Tensor, spikes: Tensor, U: Tensor | None, u: Tensor | None,
-            v: Tensor | None, keep: Tensor | None, gate: Tensor | None, fired: Tensor | None) -> None:
-    """Run the forward scan; every tensor is contiguous [T, N] (U: [N] for ``cumulative`` "last")."""
+            v: Tensor | None, keep: Tensor | None, gate: Tensor | None, fired: Tensor | None,
+            counts: Tensor | None = None) -> None:
+    """Run the forward scan; every tensor is contiguous [T, N] (U: [N] for ``cumulative`` "last";
+    counts: [N], the spikes summed over time)."""
     fn = getattr(library(), f"lif_forward_{_suffix(current)}")
     _run(fn, params, params.N, (current.data_ptr(), spikes.data_ptr(), _ptr(U), _ptr(u), _ptr(v), _ptr(keep),
-                                _ptr(gate), _ptr(fired)))
+                                _ptr(gate), _ptr(fired), _ptr(counts)))
 
 
 def backward(params: LIFParams, grad: Tensor, g_spikes: Tensor | None, sg_value: float, sg: Tensor | None,

@@ -54,6 +54,7 @@ static inline __attribute__((always_inline)) void NAME##_body(                  
           const lif_params *p, int64_t n0, int64_t n1, const S *restrict cur,                \
           S *restrict spikes, S *restrict U_out, S *restrict u_rec, S *restrict v_rec,       \
           uint8_t *restrict keep, uint8_t *restrict gate, uint8_t *restrict fired_out,       \
+          S *restrict count_out,                                                             \
           const int reset, const int floor_mode, const int spike_ge, const int integrate)    \
 {                                                                                            \
     /* Every parameter in a local: the uint8_t stores below may alias *p (char types alias    \
@@ -67,10 +68,10 @@ static inline __attribute__((always_inline)) void NAME##_body(                  
     const int need_flags = keep || gate || fired_out;                                        \
     /* block-local state and per-step values; the flags are kept as S 0/1 (the spikes      \
        themselves, tb): a uint8_t store in the main loop stops it from vectorising */        \
-    S up[FBLOCK], Ur[FBLOCK], tu[FBLOCK], tv[FBLOCK], tb[FBLOCK];                            \
+    S up[FBLOCK], Ur[FBLOCK], tu[FBLOCK], tv[FBLOCK], tb[FBLOCK], cnt[FBLOCK];               \
     for (int64_t nb = n0; nb < n1; nb += FBLOCK) {                                           \
         const int64_t m = (n1 - nb) < FBLOCK ? (n1 - nb) : FBLOCK;                           \
-        for (int64_t j = 0; j < m; ++j) { up[j] = (S)0; Ur[j] = (S)0; }                      \
+        for (int64_t j = 0; j < m; ++j) { up[j] = (S)0; Ur[j] = (S)0; cnt[j] = (S)0; }       \
         for (int64_t t = 0; t < T; ++t) {                                                    \
             const int64_t row = t * N + nb;                                                  \
             const S *restrict I_t = cur + row;                                               \
@@ -89,7 +90,9 @@ static inline __attribute__((always_inline)) void NAME##_body(                  
                 const int floored_after = floor_after & below & !(overlaps & f);             \
                 if (floor_after) nxt = floored_after ? fv : nxt;                             \
                 up[j] = nxt;                                                                 \
-                s_t[j] = f ? (S)1 : (S)0;                                                    \
+                const S spike = f ? (S)1 : (S)0;                                             \
+                s_t[j] = spike;                                                              \
+                cnt[j] = cnt[j] + spike;  /* exact: integers far below 2^24 */               \
                 tu[j] = u;                                                                   \
                 tv[j] = v;                                                                   \
                 tb[j] = (floor_first ? below : floored_after) ? (S)1 : (S)0;                 \
@@ -118,6 +121,8 @@ static inline __attribute__((always_inline)) void NAME##_body(                  
         }                                                                                    \
         if (cumulative == 1)                                                                 \
             for (int64_t j = 0; j < m; ++j) U_out[nb + j] = Ur[j];                           \
+        if (count_out)                                                                       \
+            for (int64_t j = 0; j < m; ++j) count_out[nb + j] = cnt[j];                      \
     }                                                                                        \
 }
 
@@ -128,7 +133,7 @@ DEFINE_FORWARD(lif_forward_f32, float)
 #define FWD_CALL(R, F, G, I)                                                                 \
     case ((R * 3 + F) * 2 + G) * 2 + I:                                                      \
         lif_forward_f32_body(p, n0, n1, cur, spikes, U_out, u_rec, v_rec, keep, gate, fired_out, \
-                             R, F, G, I);                                                    \
+                             count_out, R, F, G, I);                                         \
         return;
 #define FWD_CASES_GI(R, F) FWD_CALL(R, F, 0, 0) FWD_CALL(R, F, 0, 1) FWD_CALL(R, F, 1, 0) FWD_CALL(R, F, 1, 1)
 #define FWD_CASES(R) FWD_CASES_GI(R, 0) FWD_CASES_GI(R, 1) FWD_CASES_GI(R, 2)
@@ -136,7 +141,7 @@ DEFINE_FORWARD(lif_forward_f32, float)
 void lif_forward_f32(const lif_params *p, int64_t n0, int64_t n1, const float *restrict cur,
                      float *restrict spikes, float *restrict U_out, float *restrict u_rec,
                      float *restrict v_rec, uint8_t *restrict keep, uint8_t *restrict gate,
-                     uint8_t *restrict fired_out)
+                     uint8_t *restrict fired_out, float *restrict count_out)
 {
     switch (((p->reset * 3 + p->floor) * 2 + (p->spike_ge != 0)) * 2 + (p->integrate != 0)) {
     FWD_CASES(0) FWD_CASES(1) FWD_CASES(2)
@@ -150,9 +155,9 @@ DEFINE_FORWARD(lif_forward_f64, double)
 void lif_forward_f64(const lif_params *p, int64_t n0, int64_t n1, const double *restrict cur,
                      double *restrict spikes, double *restrict U_out, double *restrict u_rec,
                      double *restrict v_rec, uint8_t *restrict keep, uint8_t *restrict gate,
-                     uint8_t *restrict fired_out)
+                     uint8_t *restrict fired_out, double *restrict count_out)
 {
-    lif_forward_f64_body(p, n0, n1, cur, spikes, U_out, u_rec, v_rec, keep, gate, fired_out,
+    lif_forward_f64_body(p, n0, n1, cur, spikes, U_out, u_rec, v_rec, keep, gate, fired_out, count_out,
                          p->reset, p->floor, p->spike_ge != 0, p->integrate != 0);
 }
 
