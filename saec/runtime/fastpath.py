@@ -83,10 +83,36 @@ def synapse_forward(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor) 
         return F.conv2d(x, weight, bias, stride=op.stride, padding=op.padding)
     if isinstance(op, ops.ConvTranspose2d):
         if _prefers_channels_last(op, x):
+            if op.out_channels == 1 and tuple(op.stride) == (1, 1):
+                return _single_output_transposed(op, weight, bias, x)
             x = channels_last(x)
         return F.conv_transpose2d(x, weight, bias, stride=op.stride, padding=op.padding,
                                   output_padding=op.output_padding)
     return F.linear(x, weight, bias)
+
+
+def _single_output_transposed(op: ops.ConvTranspose2d, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+    """A stride-1 transposed convolution to one channel (the SAE's output layer), on the CPU.
+
+    oneDNN runs this shape at ~7 GFLOP/s (one output channel leaves its kernels
+    idle); as one matrix product, taps [k*k, C] x spikes [C, N*H*W], and k*k shifted
+    adds in a fixed order it takes ~1/3 of the time (benchmarks/README.md, lever log).
+    Differentiable (the reference path's autograd runs through it).
+    """
+    n, c, h, w = x.shape
+    kh, kw = op.kernel_size
+    ph, pw = op.padding
+    x_hwc = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view for channels-last x
+    taps = weight.reshape(c, kh * kw).t().matmul(x_hwc.t())  # [k*k, N*H*W]: sum over input channels
+    taps = taps.view(kh, kw, n, h, w)
+    full = torch.zeros(n, h + kh - 1, w + kw - 1, dtype=taps.dtype, device=x.device)
+    for i in range(kh):
+        for j in range(kw):
+            full[:, i:i + h, j:j + w] += taps[i, j]
+    out = full[:, ph:h + kh - 1 - ph, pw:w + kw - 1 - pw].unsqueeze(1)
+    if bias is not None:
+        out = out + bias.view(1, 1, 1, 1)
+    return out
 
 
 def channels_last(x: Tensor) -> Tensor:
