@@ -204,7 +204,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, x_bool, weight, bias, op, lead, sample):
+    def forward(ctx, x, x_bool, weight, bias, op, lead, sample, contiguous_out):
         pool = buffers.active()
         n = math.prod(lead)
         src = x.reshape(n, *x.shape[len(lead):])  # a view for time-major dense layouts
@@ -216,11 +216,11 @@ class _SpikeInputSynapse(torch.autograd.Function):
         for a, b in chunks:
             y = synapse_forward(op, weight, bias, _as_input(src[a:b], op, sample, x.dtype))
             if len(chunks) == 1:  # one chunk: the result is the output
-                out = y
+                out = y.contiguous() if contiguous_out else y
                 break
             if out is None:
-                out = buffers.empty_strided(pool, (n, *y.shape[1:]), _row_major_strides(y, n), y.dtype,
-                                            y.device)
+                strides = _row_major_strides(y.contiguous() if contiguous_out else y, n)
+                out = buffers.empty_strided(pool, (n, *y.shape[1:]), strides, y.dtype, y.device)
             out[a:b].copy_(y)
         ctx.compute_dtype = out.dtype
         return out.reshape(*lead, *out.shape[1:])
@@ -233,7 +233,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
         n = math.prod(lead)
         dtype = ctx.compute_dtype
         weight = param.to(dtype)
-        need_x, _, need_w, need_b, _, _, _ = ctx.needs_input_grad
+        need_x, _, need_w, need_b = ctx.needs_input_grad[:4]
         need_b = need_b and ctx.has_bias
         g_rows = grad.reshape(n, *grad.shape[len(lead):])
         x_rows = x_bool.reshape(n, *x_bool.shape[len(lead):])
@@ -260,7 +260,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
                 _into_rows(gx_rows[a:b], gx_c)
             gw = gw_c if gw is None else (gw.add_(gw_c) if gw_c is not None else gw)
             gb = gb_c if gb is None else (gb.add_(gb_c) if gb_c is not None else gb)
-        return gx, None, _cast(gw, param.dtype), _cast(gb, param.dtype), None, None, None
+        return gx, None, _cast(gw, param.dtype), _cast(gb, param.dtype), None, None, None, None
 
 
 def _out_numel(op: ops.Op, sample: tuple[int, ...]) -> int:
@@ -286,7 +286,8 @@ def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 
 
 def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_bool: Tensor,
-                  lead_dims: int = 1, sample: tuple[int, ...] | None = None) -> Tensor:
+                  lead_dims: int = 1, sample: tuple[int, ...] | None = None,
+                  contiguous_out: bool = False) -> Tensor:
     """``synapse_forward`` whose backward keeps ``x_bool`` (x as bool) instead of x.
 
     Args:
@@ -299,6 +300,8 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
         lead_dims: how many leading dimensions of x are rows (T and B: 2).
         sample: the op's input shape per row (default: x's source shape); x's source
             shape is reshaped to it (a flatten or unflatten), chunk by chunk.
+        contiguous_out: return the current in the contiguous layout even where the op
+            computes channels-last (for spikes that a linear layer reads next).
 
     Returns:
         The synaptic current [*lead, *output shape]; gradients reach x (in x's shape and
@@ -309,7 +312,8 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
     if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
         rows = x.reshape(math.prod(lead), *x.shape[lead_dims:])
         y = synapse_forward(op, weight, bias, _as_input(rows, op, sample, x.dtype))
+        y = y.contiguous() if contiguous_out else y
         return y.reshape(*lead, *y.shape[1:])
     if x_bool.shape != x.shape:
         x_bool = x_bool.reshape(x.shape)
-    return _SpikeInputSynapse.apply(x, x_bool, weight, bias, op, lead, sample)
+    return _SpikeInputSynapse.apply(x, x_bool, weight, bias, op, lead, sample, contiguous_out)

@@ -147,6 +147,14 @@ class SpikingAutoencoder(nn.Module):
                           for name in self.order}
         self._feeds_synapses_only = {name: bool(graph.users(name)) and all(
             graph.op(u).has_weights for u in graph.users(name)) for name in self.order}
+        # synapses whose LIF layer's spikes a Linear reads next (through a flatten): their current
+        # is kept contiguous, so the spikes need no layout change before the matrix product
+        def linear_reads(node: str) -> bool:
+            return any(isinstance(graph.op(u), ops.Linear) or (isinstance(graph.op(u), ops.Flatten)
+                                                                and linear_reads(u)) for u in graph.users(node))
+
+        self._feeds_linear = {name: graph.op(name).has_weights and any(
+            isinstance(graph.op(u), ops.LIF) and linear_reads(u) for u in graph.users(name)) for name in self.order}
         #: reusable large buffers of the training step (CPU; see saec.runtime.pool)
         self._pool = BufferPool()
         self.reset_parameters()
@@ -240,7 +248,8 @@ class SpikingAutoencoder(nn.Module):
                     # the producer's spikes in their own shape and layout; the synapse reshapes
                     # them chunk by chunk (a deferred flatten / unflatten)
                     y = fastpath.spike_synapse(op, p.weight, getattr(p, "bias", None), h, binary[ins[0]],
-                                               lead_dims=2, sample=deferred.get(ins[0]))
+                                               lead_dims=2, sample=deferred.get(ins[0]),
+                                               contiguous_out=self._feeds_linear[name])
                 else:
                     h_flat = h.reshape(t * batch, *h.shape[2:])
                     if ins[0] in binary:  # inference on a spike train
