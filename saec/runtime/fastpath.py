@@ -204,7 +204,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, x_bool, weight, bias, op, lead, sample, contiguous_out):
+    def forward(ctx, x, x_bool, weight, bias, op, lead, sample, contiguous_out, out_sample):
         pool = buffers.active()
         n = math.prod(lead)
         src = x.reshape(n, *x.shape[len(lead):])  # a view for time-major dense layouts
@@ -215,11 +215,18 @@ class _SpikeInputSynapse(torch.autograd.Function):
         out = None
         for a, b in chunks:
             y = synapse_forward(op, weight, bias, _as_input(src[a:b], op, sample, x.dtype))
+            if out_sample is not None:  # a linear's output as [n, C, H, W], stored channels-last
+                y = y.view(y.shape[0], *out_sample)
             if len(chunks) == 1:  # one chunk: the result is the output
-                out = y.contiguous() if contiguous_out else y
+                out = (y.contiguous(memory_format=torch.channels_last) if out_sample is not None
+                       else y.contiguous() if contiguous_out else y)
                 break
             if out is None:
-                strides = _row_major_strides(y.contiguous() if contiguous_out else y, n)
+                if out_sample is not None:
+                    c, h, w = out_sample
+                    strides = (h * w * c, 1, w * c, c)
+                else:
+                    strides = _row_major_strides(y.contiguous() if contiguous_out else y, n)
                 out = buffers.empty_strided(pool, (n, *y.shape[1:]), strides, y.dtype, y.device)
             out[a:b].copy_(y)
         ctx.compute_dtype = out.dtype
@@ -246,7 +253,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
             g = g_rows[a:b].to(dtype)
             if isinstance(op, ops.Linear):
                 # addmm's own backward formulas (same kernels as autograd)
-                g = g.contiguous()
+                g = g.reshape(g.shape[0], -1) if g.dim() > 2 else g.contiguous()
                 gx_c = g.mm(weight) if need_x else None
                 gw_c = g.t().mm(x) if need_w else None
                 gb_c = g.sum(0) if need_b else None
@@ -260,7 +267,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
                 _into_rows(gx_rows[a:b], gx_c)
             gw = gw_c if gw is None else (gw.add_(gw_c) if gw_c is not None else gw)
             gb = gb_c if gb is None else (gb.add_(gb_c) if gb_c is not None else gb)
-        return gx, None, _cast(gw, param.dtype), _cast(gb, param.dtype), None, None, None, None
+        return gx, None, _cast(gw, param.dtype), _cast(gb, param.dtype), None, None, None, None, None
 
 
 def _out_numel(op: ops.Op, sample: tuple[int, ...]) -> int:
@@ -287,7 +294,7 @@ def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 
 def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_bool: Tensor,
                   lead_dims: int = 1, sample: tuple[int, ...] | None = None,
-                  contiguous_out: bool = False) -> Tensor:
+                  contiguous_out: bool = False, out_sample: tuple[int, int, int] | None = None) -> Tensor:
     """``synapse_forward`` whose backward keeps ``x_bool`` (x as bool) instead of x.
 
     Args:
@@ -302,6 +309,9 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
             shape is reshaped to it (a flatten or unflatten), chunk by chunk.
         contiguous_out: return the current in the contiguous layout even where the op
             computes channels-last (for spikes that a linear layer reads next).
+        out_sample: for a Linear, return its output per row as this (C, H, W) shape,
+            channels-last (an unflatten moved before the LIF layer, for spikes that a
+            convolution reads next).
 
     Returns:
         The synaptic current [*lead, *output shape]; gradients reach x (in x's shape and
@@ -312,8 +322,13 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
     if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
         rows = x.reshape(math.prod(lead), *x.shape[lead_dims:])
         y = synapse_forward(op, weight, bias, _as_input(rows, op, sample, x.dtype))
+        if out_sample is not None:
+            y = y.view(y.shape[0], *out_sample).contiguous(memory_format=torch.channels_last)
         y = y.contiguous() if contiguous_out else y
         return y.reshape(*lead, *y.shape[1:])
     if x_bool.shape != x.shape:
         x_bool = x_bool.reshape(x.shape)
-    return _SpikeInputSynapse.apply(x, x_bool, weight, bias, op, lead, sample, contiguous_out)
+    if out_sample is not None and not isinstance(op, ops.Linear):
+        raise ValueError("out_sample applies to Linear synapses only")
+    return _SpikeInputSynapse.apply(x, x_bool, weight, bias, op, lead, sample, contiguous_out,
+                                    None if out_sample is None else tuple(out_sample))

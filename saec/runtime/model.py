@@ -155,6 +155,22 @@ class SpikingAutoencoder(nn.Module):
 
         self._feeds_linear = {name: graph.op(name).has_weights and any(
             isinstance(graph.op(u), ops.LIF) and linear_reads(u) for u in graph.users(name)) for name in self.order}
+        # linear synapses whose LIF layer feeds an unflatten into convolutions: in fast training
+        # they hand out their current already unflattened and channels-last (the LIF layer is
+        # elementwise, so it may run before the unflatten), and the convolutions read the spikes
+        # without a layout change
+        self._unflatten_early = {}
+        for name in self.order:
+            users = graph.users(name)
+            if not (isinstance(graph.op(name), ops.Linear) and len(users) == 1
+                    and isinstance(graph.op(users[0]), ops.LIF)):
+                continue
+            after = graph.users(users[0])
+            if (len(after) == 1 and isinstance(graph.op(after[0]), ops.Unflatten)
+                    and len(graph.op(after[0]).shape) == 3 and graph.users(after[0])
+                    and all(isinstance(graph.op(u), (ops.Conv2d, ops.ConvTranspose2d))
+                            for u in graph.users(after[0]))):
+                self._unflatten_early[name] = tuple(graph.op(after[0]).shape)
         #: reusable large buffers of the training step (CPU; see saec.runtime.pool)
         self._pool = BufferPool()
         self.reset_parameters()
@@ -249,7 +265,8 @@ class SpikingAutoencoder(nn.Module):
                     # them chunk by chunk (a deferred flatten / unflatten)
                     y = fastpath.spike_synapse(op, p.weight, getattr(p, "bias", None), h, binary[ins[0]],
                                                lead_dims=2, sample=deferred.get(ins[0]),
-                                               contiguous_out=self._feeds_linear[name])
+                                               contiguous_out=self._feeds_linear[name],
+                                               out_sample=self._unflatten_early.get(name))
                 else:
                     h_flat = h.reshape(t * batch, *h.shape[2:])
                     if ins[0] in binary:  # inference on a spike train
@@ -284,17 +301,23 @@ class SpikingAutoencoder(nn.Module):
                 y = res.spikes
                 if fast:
                     binary[name] = res.fired
-                out.counts[layer] = res.counts if res.counts is not None else y.sum(0)
+                # what the user sees has the layer's own shape (the layer may have run unflattened)
+                shape = tuple(self.graph.meta(name)["shape"])
+
+                def own(t: Tensor, lead: int) -> Tensor:
+                    return t if tuple(t.shape[lead:]) == shape else t.reshape(*t.shape[:lead], *shape)
+
+                out.counts[layer] = own(res.counts if res.counts is not None else y.sum(0), 1)
                 if want == "last":
-                    out.u_last[layer] = res.U
+                    out.u_last[layer] = own(res.U, 1)
                 elif want == "all":
-                    values[name + ":U"] = res.U
+                    values[name + ":U"] = own(res.U, 2)
                     if layer in self.u_last_layers:
-                        out.u_last[layer] = res.U[-1]
+                        out.u_last[layer] = own(res.U[-1], 1)
                 if layer in record:
-                    out.trains[layer] = y
+                    out.trains[layer] = own(y, 2)
                 if keep_state:
-                    out.potentials[layer], out.cumulative[layer] = res.u, res.U
+                    out.potentials[layer], out.cumulative[layer] = own(res.u, 2), own(res.U, 2)
             elif isinstance(op, ops.ReLU):
                 y = torch.relu(h)
                 out.counts[layer] = y[0]
