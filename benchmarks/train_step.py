@@ -87,9 +87,13 @@ def _saec_trainer(name: str, graph, weights, device):
 
     switches = set(name.split(":", 1)[1].split("+")) if ":" in name else set()
     unknown = switches - {"torch-scan", "keep-memory", "float-saves", "no-channels-last", "reference", "bf16",
-                          "thp", "heap-no-trim-change", "ftz"}
+                          "thp", "heap-no-trim-change", "ftz", "no-pool", "omp-active"}
     if unknown:
         raise SystemExit(f"unknown saec switches {sorted(unknown)}")
+    if "no-pool" in switches:  # no buffer pool: every large tensor freshly allocated
+        from saec.runtime import pool
+
+        pool.MIN_POOLED_BYTES = 1 << 62
     if "ftz" in switches:  # flush denormals to zero (this thread, and threads created after)
         torch.set_flush_denormal(True)
     if "no-channels-last" in switches:
@@ -202,6 +206,10 @@ def _worker_main(args: argparse.Namespace) -> None:
     """Serve ``step`` / ``done`` commands on stdin; answer one JSON line each on stdout."""
     out = sys.stdout
     sys.stdout = sys.stderr  # anything a framework prints must not break the protocol
+    switches = args.worker.split(":", 1)[1].split("+") if ":" in args.worker else []
+    if args.worker.split(":")[0] == "saec" and "omp-active" not in switches:
+        # as the saec command line does (saec/cli.py), before torch loads its OpenMP runtime
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(args.threads)

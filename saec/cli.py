@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
+
+# A training step runs a few large torch ops and saec's own C kernels in worker threads;
+# OpenMP workers that spin after each torch op (GNU OpenMP's default) steal those threads'
+# cores: 5-7 % of a step on 2 cores (benchmarks/README.md, lever log). A default only: the
+# user's setting wins. Effective because torch, and with it the OpenMP runtime, loads later.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from saec.spec.errors import SpecError
 
