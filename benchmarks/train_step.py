@@ -105,10 +105,12 @@ def _saec_trainer(name: str, graph, weights, device):
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.mallopt(-3, 1 << 30)
     if "float-saves" in switches:  # what plain autograd keeps: the float input
-        def plain_synapse(op, w, b, x, x_bool, lead_dims=1, sample=None):
+        def plain_synapse(op, w, b, x, x_bool, lead_dims=1, sample=None, contiguous_out=False, out_sample=None):
             lead = x.shape[:lead_dims]
             rows = x.reshape(-1, *(sample or x.shape[lead_dims:]))
             y = fastpath.synapse_forward(op, w, b, rows)
+            if out_sample is not None:
+                y = y.view(y.shape[0], *out_sample)
             return y.reshape(*lead, *y.shape[1:])
 
         fastpath.spike_synapse = plain_synapse

@@ -55,3 +55,13 @@ def test_unknown_saec_switch_is_refused():
                            "--timesteps", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "unknown saec switches ['warp-speed']" in done.stderr + done.stdout
+
+
+def test_every_saec_switch_runs():
+    """The lever switches of benchmarks/README.md's lever log (a broken one would fail only
+    in the long benchmark run)."""
+    names = ["saec:torch-scan+float-saves+no-channels-last+no-pool+omp-active+ftz", "saec:reference",
+             "saec:keep-memory+heap-no-trim-change", "saec:bf16"]
+    done = _run("--frameworks", *names, "--timesteps", "2", "--rounds", "1")
+    rows = [line.split("|")[2].strip() for line in done.stdout.splitlines() if line.startswith("| 2 |")]
+    assert rows == names
