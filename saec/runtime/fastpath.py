@@ -1,15 +1,21 @@
-"""Training fast path: synapses that keep their binary input as bool, channels-last
-convolutions, and an opt-in allocator setting that stops large per-step tensors from
-page-faulting.
+"""Training fast path: synapses that keep their binary input as bool, run over row
+chunks into pooled outputs, in the layout each layer runs fastest in.
 
 Every synapse input of the SAE is a spike train (the Poisson encoding, then
 each layer's spikes), so the conv / linear weight gradient needs only 0/1
 values. Autograd would keep the float input (4 bytes per neuron and step); a
 :class:`_SpikeInputSynapse` keeps the bool spikes the LIF scan hands out (1
 byte, and the very tensor the scan's own backward keeps for ``spike_gated``),
-and rebuilds the float input in backward. Forward and backward call the same
-ATen kernels as autograd does (``convolution`` / ``convolution_backward``,
-``addmm`` / ``mm``), so results are bit-identical to the plain path.
+and rebuilds the float input in backward, chunk by chunk. It takes its input in
+the producer's shape and layout (a flatten or unflatten is applied per chunk),
+and writes its output and input gradient into tensors from the step's buffer
+pool (:mod:`saec.runtime.pool`), so a training step allocates no fresh large
+tensors. Forward calls the same kernels as the plain path on the same rows
+(:func:`synapse_forward` defines saec's numerics for every path), so spikes are
+bit-identical; gradients agree within fp32 rounding (weight gradients are sums
+of chunk sums).
+
+An opt-in allocator setting (:func:`keep_freed_memory`) is kept for measurements.
 """
 
 from __future__ import annotations
