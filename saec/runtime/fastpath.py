@@ -217,24 +217,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
         ctx.op, ctx.has_bias, ctx.x_dtype, ctx.pool = op, bias is not None, x.dtype, pool
         ctx.lead, ctx.sample = lead, sample
         ctx.save_for_backward(x_bool, weight)
-        chunks = _chunks(n, math.prod(sample), _out_numel(op, sample), x.element_size())
-        out = None
-        for a, b in chunks:
-            y = synapse_forward(op, weight, bias, _as_input(src[a:b], op, sample, x.dtype))
-            if out_sample is not None:  # a linear's output as [n, C, H, W], stored channels-last
-                y = y.view(y.shape[0], *out_sample)
-            if len(chunks) == 1:  # one chunk: the result is the output
-                out = (y.contiguous(memory_format=torch.channels_last) if out_sample is not None
-                       else y.contiguous() if contiguous_out else y)
-                break
-            if out is None:
-                if out_sample is not None:
-                    c, h, w = out_sample
-                    strides = (h * w * c, 1, w * c, c)
-                else:
-                    strides = _row_major_strides(y.contiguous() if contiguous_out else y, n)
-                out = buffers.empty_strided(pool, (n, *y.shape[1:]), strides, y.dtype, y.device)
-            out[a:b].copy_(y)
+        out = _forward_rows(op, weight, bias, src, sample, contiguous_out, out_sample, pool)
         ctx.compute_dtype = out.dtype
         return out.reshape(*lead, *out.shape[1:])
 
@@ -274,6 +257,32 @@ class _SpikeInputSynapse(torch.autograd.Function):
             gw = gw_c if gw is None else (gw.add_(gw_c) if gw_c is not None else gw)
             gb = gb_c if gb is None else (gb.add_(gb_c) if gb_c is not None else gb)
         return gx, None, _cast(gw, param.dtype), _cast(gb, param.dtype), None, None, None, None, None
+
+
+def _forward_rows(op: ops.Op, weight: Tensor, bias: Tensor | None, src: Tensor, sample: tuple[int, ...],
+                  contiguous_out: bool, out_sample: tuple[int, int, int] | None,
+                  pool: buffers.BufferPool | None) -> Tensor:
+    """The synapse on rows ``src`` [n, *source shape], chunk by chunk, into one [n, ...] output
+    (from ``pool``); see :class:`_SpikeInputSynapse` and :func:`spike_synapse` for the layouts."""
+    n = src.shape[0]
+    chunks = _chunks(n, math.prod(sample), _out_numel(op, sample), src.element_size())
+    out = None
+    for a, b in chunks:
+        y = synapse_forward(op, weight, bias, _as_input(src[a:b], op, sample, src.dtype))
+        if out_sample is not None:  # a linear's output as [n, C, H, W], stored channels-last
+            y = y.view(y.shape[0], *out_sample)
+        if len(chunks) == 1:  # one chunk: the result is the output
+            return (y.contiguous(memory_format=torch.channels_last) if out_sample is not None
+                    else y.contiguous() if contiguous_out else y)
+        if out is None:
+            if out_sample is not None:
+                c, h, w = out_sample
+                strides = (h * w * c, 1, w * c, c)
+            else:
+                strides = _row_major_strides(y.contiguous() if contiguous_out else y, n)
+            out = buffers.empty_strided(pool, (n, *y.shape[1:]), strides, y.dtype, y.device)
+        out[a:b].copy_(y)
+    return out
 
 
 def _out_numel(op: ops.Op, sample: tuple[int, ...]) -> int:
@@ -325,12 +334,10 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
     """
     lead = tuple(x.shape[:lead_dims])
     sample = tuple(sample) if sample is not None else tuple(x.shape[lead_dims:])
-    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):  # inference
         rows = x.reshape(math.prod(lead), *x.shape[lead_dims:])
-        y = synapse_forward(op, weight, bias, _as_input(rows, op, sample, x.dtype))
-        if out_sample is not None:
-            y = y.view(y.shape[0], *out_sample).contiguous(memory_format=torch.channels_last)
-        y = y.contiguous() if contiguous_out else y
+        y = _forward_rows(op, weight, bias, rows, sample, contiguous_out,
+                          None if out_sample is None else tuple(out_sample), buffers.active())
         return y.reshape(*lead, *y.shape[1:])
     if x_bool.shape != x.shape:
         x_bool = x_bool.reshape(x.shape)

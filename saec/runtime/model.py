@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from saec.compiler import ops
 from saec.compiler.graph import IRGraph
 from saec.compiler.passes.params import weight_shapes
-from saec.runtime import fastpath, sparse
+from saec.runtime import fastpath
 from saec.runtime.encoding import poisson_encode
 from saec.runtime.lif import lif_scan, lif_scan_autograd, lif_step
 from saec.runtime.pool import BufferPool, use_pool
@@ -260,7 +260,7 @@ class SpikingAutoencoder(nn.Module):
             elif op.has_weights:
                 t = h.shape[0]
                 p = self.synapses[module_key(name)]
-                if ins[0] in binary and keep_binary:
+                if ins[0] in binary:
                     # the producer's spikes in their own shape and layout; the synapse reshapes
                     # them chunk by chunk (a deferred flatten / unflatten)
                     y = fastpath.spike_synapse(op, p.weight, getattr(p, "bias", None), h, binary[ins[0]],
@@ -268,15 +268,11 @@ class SpikingAutoencoder(nn.Module):
                                                contiguous_out=self._feeds_linear[name],
                                                out_sample=self._unflatten_early.get(name))
                 else:
-                    h_flat = h.reshape(t * batch, *h.shape[2:])
-                    if ins[0] in binary:  # inference on a spike train
-                        flat = sparse.binary_synapse(op, p.weight, getattr(p, "bias", None), h_flat)
-                    else:
-                        flat = apply_synapse(op, p, h_flat)
+                    flat = apply_synapse(op, p, h.reshape(t * batch, *h.shape[2:]))
                     y = flat.reshape(t, batch, *flat.shape[1:])
             elif isinstance(op, (ops.Flatten, ops.Unflatten)):
                 shape = (-1,) if isinstance(op, ops.Flatten) else tuple(op.shape)
-                if ins[0] in binary and keep_binary and self._feeds_synapses_only[name]:
+                if ins[0] in binary and self._feeds_synapses_only[name]:
                     y = h  # the synapses after it take the producer's spikes as they are
                     deferred[name] = tuple(self.graph.meta(name)["shape"])
                 else:
