@@ -214,8 +214,12 @@ def test_fast_path_equals_reference_path_on_the_sae(preset, chunked, monkeypatch
     for key, want in first[2].items():
         assert torch.equal(fast_grads[key], want), key
     ref, ref_loss, ref_grads = _train_pass(model, x, "reference")
+    model.execution = "fast"
+    with torch.no_grad():  # inference runs the same chunked synapses without autograd
+        infer = model(x, generator=torch.Generator().manual_seed(1), record=set(LAYERS))
     for layer in LAYERS:
         assert torch.equal(fast.trains[layer], ref.trains[layer]), layer
+        assert torch.equal(infer.trains[layer], ref.trains[layer]), layer
         assert fast.trains[layer].any(), layer
     assert torch.equal(fast_loss, ref_loss)
     # chunked: weight gradients are sums of per-chunk sums (another order over ~10^5 terms)
