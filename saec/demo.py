@@ -21,9 +21,14 @@ Usage: ``python -m saec.demo [--out DIR] [--data-dir DIR] [--epochs N] [--timest
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
+
+# as the saec command line does (saec/cli.py): OpenMP workers must not spin on the cores the
+# C LIF kernels use; a default only, set before torch loads its OpenMP runtime
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 #: The demo's short schedule (paper: T=100, 10 epochs of 60,000 images): 4 x 79 steps at T=8.
 #: Measured on the 2-core machine: validation L_rec 52.0 against 81.5 for an all-zero output
