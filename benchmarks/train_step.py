@@ -33,7 +33,9 @@ saec variants for measuring one lever at a time, ``saec:`` followed by
 (synapses keep their float input, as plain autograd does), ``no-channels-last``
 (contiguous convolutions), ``reference`` (the autograd-oracle scan and plain
 synapses), ``bf16`` (CPU autocast to bfloat16), ``heap-no-trim-change`` (glibc's mmap
-threshold raised to 1 GiB, its trimming left as it is).
+threshold raised to 1 GiB, its trimming left as it is), ``no-pool`` (no buffer pool:
+every large tensor freshly allocated), ``omp-active`` (the saec worker does not set
+OMP_WAIT_POLICY=PASSIVE), ``ftz`` (flush denormals to zero).
 """
 
 from __future__ import annotations

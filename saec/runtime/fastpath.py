@@ -147,8 +147,11 @@ CHUNK_BYTES = 8 << 20
 MIN_CHUNK_ROWS = 64
 
 
-def _chunks(n: int, in_sample: int, out_sample: int, itemsize: int) -> list[tuple[int, int]]:
-    """Row ranges covering [0, n), each of at least min(n, MIN_CHUNK_ROWS) rows."""
+def _chunks(n: int, in_sample: int, out_sample: int, itemsize: int, device: torch.device) -> list[tuple[int, int]]:
+    """Row ranges covering [0, n), each of at least min(n, MIN_CHUNK_ROWS) rows; one range off
+    the CPU (CUDA's caching allocator already reuses memory, and small kernels cost launches)."""
+    if device.type != "cpu":
+        return [(0, n)]
     per_row = max(in_sample, out_sample, 1) * itemsize
     rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES // per_row)
     k = max(1, n // rows)
@@ -237,7 +240,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
         gx_rows = gx.reshape(n, *gx.shape[len(lead):]) if need_x else None
         gw = gb = None
         transposed = isinstance(op, ops.ConvTranspose2d)
-        for a, b in _chunks(n, math.prod(sample), g_rows[0].numel(), 4):
+        for a, b in _chunks(n, math.prod(sample), g_rows[0].numel(), 4, grad.device):
             x = _as_input(x_rows[a:b], op, sample, dtype)
             g = g_rows[a:b].to(dtype)
             if isinstance(op, ops.Linear):
@@ -265,7 +268,7 @@ def _forward_rows(op: ops.Op, weight: Tensor, bias: Tensor | None, src: Tensor, 
     """The synapse on rows ``src`` [n, *source shape], chunk by chunk, into one [n, ...] output
     (from ``pool``); see :class:`_SpikeInputSynapse` and :func:`spike_synapse` for the layouts."""
     n = src.shape[0]
-    chunks = _chunks(n, math.prod(sample), _out_numel(op, sample), src.element_size())
+    chunks = _chunks(n, math.prod(sample), _out_numel(op, sample), src.element_size(), src.device)
     out = None
     for a, b in chunks:
         y = synapse_forward(op, weight, bias, _as_input(src[a:b], op, sample, src.dtype))
