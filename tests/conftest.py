@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,14 @@ def mnist_root() -> Path:
     ).exists():
         pytest.skip(f"MNIST test set not found at {MNIST_ROOT}")
     return MNIST_ROOT
+
+
+@pytest.fixture(autouse=True)
+def interactive_sigint():
+    """Ctrl-C behaves as in a terminal, whatever the test run inherited: a shell that starts
+    pytest in the background (``... &``, nohup) makes SIGINT ignored, and Python and its
+    child processes then keep ignoring it."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
