@@ -31,8 +31,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 #: The demo's short schedule (paper: T=100, 10 epochs of 60,000 images): 4 x 79 steps at T=8.
-#: Measured on the 2-core machine: validation L_rec 52.0 against 81.5 for an all-zero output
-#: (first 1,000 MNIST test images), 613 s of CPU time. Chosen on measurements (GPU runs, same
+#: Measured on the 2-core machine: validation L_rec 49.99 against 81.5 for an all-zero output
+#: (first 1,000 MNIST test images), 2.5 min wall, 245 s of CPU time. Chosen on measurements (GPU runs, same
 #: seed): T=16 learns no faster per epoch and costs twice as much; T=4 leaves the network
 #: silent (L_rec stays at the all-zero value); lr 2e-3 stalls (77.6 after 3 epochs at T=16);
 #: batches of 16 or 32 reach the same ~50 in the same compute but less stably. Reconstructions
