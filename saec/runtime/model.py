@@ -175,6 +175,11 @@ class SpikingAutoencoder(nn.Module):
         self._pool = BufferPool()
         self.reset_parameters()
 
+    def release_buffers(self) -> None:
+        """Give back the large buffers the fast path keeps for reuse between steps
+        (:mod:`saec.runtime.pool`); the next forward allocates afresh."""
+        self._pool.clear()
+
     # ------------------------------------------------------------ parameters
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         for name in self.order:

@@ -477,6 +477,7 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
                            if "val_latent_anr" in row else "") + f" ({elapsed:.1f} s)")
                 checkpoint()
             final: dict[str, Any] = {}
+            model.release_buffers()  # the training step's pooled buffers; evaluation has its own sizes
             if dist.main:
                 from saec.runtime.report import finish_run
 

@@ -210,6 +210,9 @@ def test_fast_path_equals_reference_path_on_the_sae(preset, chunked, monkeypatch
     fast, fast_loss, fast_grads = _train_pass(model, x, "fast")  # a second step reuses the pool's buffers
     if chunked:
         assert model._pool.hits > 0 and model._pool.nbytes > 0
+        held = model._pool.nbytes
+        model.release_buffers()
+        assert model._pool.nbytes == 0 < held
     assert torch.equal(first[1], fast_loss)
     for key, want in first[2].items():
         assert torch.equal(fast_grads[key], want), key
