@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from saec.compiler import ops
+from saec.compiler.passes.shapes import output_shape
 from saec.runtime import pool as buffers
 
 #: "1" lets glibc keep freed memory for reuse (:func:`keep_freed_memory`); off by default.
@@ -268,7 +269,8 @@ def _forward_rows(op: ops.Op, weight: Tensor, bias: Tensor | None, src: Tensor, 
     """The synapse on rows ``src`` [n, *source shape], chunk by chunk, into one [n, ...] output
     (from ``pool``); see :class:`_SpikeInputSynapse` and :func:`spike_synapse` for the layouts."""
     n = src.shape[0]
-    chunks = _chunks(n, math.prod(sample), _out_numel(op, sample), src.element_size(), src.device)
+    out_numel = math.prod(output_shape(op, sample, "synapse"))  # the compiler's shape rules
+    chunks = _chunks(n, math.prod(sample), out_numel, src.element_size(), src.device)
     out = None
     for a, b in chunks:
         y = synapse_forward(op, weight, bias, _as_input(src[a:b], op, sample, src.dtype))
@@ -281,23 +283,13 @@ def _forward_rows(op: ops.Op, weight: Tensor, bias: Tensor | None, src: Tensor, 
             if out_sample is not None:
                 c, h, w = out_sample
                 strides = (h * w * c, 1, w * c, c)
+            elif contiguous_out:
+                strides = buffers.contiguous_strides((n, *y.shape[1:]))
             else:
-                strides = _row_major_strides(y.contiguous() if contiguous_out else y, n)
+                strides = _row_major_strides(y, n)
             out = buffers.empty_strided(pool, (n, *y.shape[1:]), strides, y.dtype, y.device)
         out[a:b].copy_(y)
     return out
-
-
-def _out_numel(op: ops.Op, sample: tuple[int, ...]) -> int:
-    """Elements per row of ``op``'s output for one input row of shape ``sample``."""
-    if isinstance(op, ops.Linear):
-        return op.out_features
-    h, w = sample[-2:]
-    (kh, kw), (sh, sw), (ph, pw) = op.kernel_size, op.stride, op.padding
-    if isinstance(op, ops.ConvTranspose2d):
-        oph, opw = op.output_padding
-        return op.out_channels * ((h - 1) * sh - 2 * ph + kh + oph) * ((w - 1) * sw - 2 * pw + kw + opw)
-    return op.out_channels * ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
 
 
 def _row_major_strides(y: Tensor, n: int) -> tuple[int, ...]:

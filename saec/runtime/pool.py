@@ -15,7 +15,7 @@ storage (the storage's use count), so a tensor the caller still holds (saved
 for backward, returned to the user) is never handed out twice.
 
 The pool is active inside :func:`use_pool` (the model's forward sets it);
-autograd Functions remember it for their backward. Outside, :func:`empty`
+autograd Functions remember it for their backward. Outside, :func:`empty_strided`
 falls back to ``torch.empty_strided``.
 """
 
@@ -34,7 +34,8 @@ MIN_POOLED_BYTES = 1 << 20
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
 
 
-def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """Strides of a contiguous tensor of ``shape``."""
     strides, step = [], 1
     for n in reversed(shape):
         strides.append(step)
@@ -81,14 +82,6 @@ class BufferPool:
             bucket.append(base)
             self.misses += 1
         return base.view(dtype).as_strided(tuple(shape), tuple(strides))
-
-    def empty(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
-        """A contiguous uninitialised tensor from the pool."""
-        return self.empty_strided(shape, _contiguous_strides(shape), dtype, device)
-
-    def empty_like(self, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """An uninitialised tensor with ``like``'s shape and strides (a dense layout)."""
-        return self.empty_strided(like.shape, like.stride(), dtype or like.dtype, like.device)
 
     @property
     def nbytes(self) -> int:
