@@ -153,8 +153,8 @@ class LIF(Op):
     decay: float = 0.99  # per-step membrane decay factor, dimensionless in [0, 1]
     threshold: float = 1.0  # firing threshold, in units of the input current
     reset: Reset = "zero"  # zero: u'=0; subtract: u'=u-threshold; none: keep u
-    lower_bound: float | None = -1.0  # floor of the membrane; None: no floor
-    lower_bound_mode: LowerBoundMode = "revive"  # clamp: set to lower_bound; revive: set to +threshold
+    lower_bound: float | None = None  # floor of the membrane; None: no floor
+    lower_bound_mode: LowerBoundMode = "clamp"  # clamp: set to lower_bound; revive: set to +threshold
     clamp_first: bool = True  # apply the lower-bound rule before the spike test
     spike_when: SpikeWhen = "gt"  # ge: u >= threshold (paper Eq. 3); gt: u > threshold
     integrate: Integrate = "current"  # what the cumulative potential U sums

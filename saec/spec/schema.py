@@ -60,10 +60,11 @@ class LIFSpec(Strict):
         "zero", description="After a spike: zero sets u'=0; subtract sets u'=u-threshold; none keeps u."
     )
     lower_bound: float | None = Field(
-        -1.0, description="Floor of the membrane potential (current units); null disables the floor."
+        None, description="Floor of the membrane potential (current units); null disables the floor (default: "
+        "NIR and the chips run it exactly). The `reference` and `paper` presets set -1."
     )
     lower_bound_mode: Literal["clamp", "revive"] = Field(
-        "revive",
+        "clamp",
         description="What happens below the floor: clamp sets u'=lower_bound (paper Eq. 4); revive sets u' to "
         "+threshold (published code; revives strongly inhibited neurons).",
     )
@@ -264,7 +265,8 @@ class Spec(Strict):
     preset: Literal["saec", "reference", "paper"] = Field(
         "saec",
         description="Fills every unset semantic field: reference = the published code exactly; paper = the printed "
-        "equations; saec = published code without its encoder-scale bug (default).",
+        "equations; saec = published code without its 'revive' floor and encoder-scale bug: deployable to NIR "
+        "and chips (default).",
     )
     latent: str = Field(description="Name of the layer holding the latent representation.")
     input: InputSpec = Field(description="Input shape.")

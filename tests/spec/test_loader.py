@@ -99,7 +99,9 @@ def test_resolved_yaml_round_trips(tmp_path):
     loaded = load_spec(SPECS / "sae_sparse.yaml")
     text = resolved_yaml(loaded.spec)
     data = yaml.safe_load(text)
-    assert data["neuron"]["lower_bound_mode"] == "revive"  # every default written out
+    # every default written out, the deployable default's "no floor" included
+    assert data["neuron"]["lower_bound_mode"] == "clamp" and data["neuron"]["lower_bound"] is None
+    assert "lower_bound" in data["neuron"] and data["surrogate"]["type"] == "spike_gated"
     path = tmp_path / "resolved.yaml"
     path.write_text(text)
     assert load_spec(path).spec == loaded.spec
