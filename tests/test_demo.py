@@ -58,6 +58,7 @@ def test_demo_reruns_into_the_same_folder(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"run folder:      {out}" in printed and "reconstructions:" in printed
     assert f"(all-zero output on the same images: {second['zero_rec_loss']:.2f})" in printed
+    assert f"latent layer:    {second['latent_neurons_90pct']} of 100 neurons carry 90 % of its spikes" in printed
     assert second["rec_loss"] == first["rec_loss"] and math.isfinite(second["rec_loss"])
     assert json.loads((out / A.EVAL).read_text())["rec_loss"] == second["rec_loss"]
     assert second["figure"].is_file()

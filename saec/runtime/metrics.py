@@ -253,6 +253,39 @@ def summarize_neuron_rates(
     return summary
 
 
+def spike_concentration(spikes_per_neuron: Any, share: float = 0.9) -> dict[str, float | int]:
+    """How many neurons do a layer's work: ANR calls a layer healthy when one neuron fires.
+
+    Args:
+        spikes_per_neuron: total spike count of each neuron over the evaluated set [N] (>= 0).
+        share: the fraction of all spikes the smallest carrying set must hold (0 < share <= 1).
+
+    Returns:
+        dict with ``neurons_for_share`` (the fewest neurons, taken from the most active down,
+        whose spikes are at least ``share`` of the layer's spikes; 0 when the layer is silent),
+        ``effective_neurons`` (exp of the Shannon entropy, in nats, of the spike distribution
+        p_i = s_i / sum s over neurons: N for uniform activity, 1 when one neuron carries all
+        spikes, 0 when silent), ``share`` and ``n_neurons``.
+    """
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    s = _to_numpy(spikes_per_neuron).astype(np.float64, copy=False).reshape(-1)
+    if s.size == 0:
+        raise ValueError("spikes_per_neuron holds no neurons")
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError("spikes_per_neuron must be finite and non-negative")
+    total = float(s.sum())
+    if total == 0.0:
+        return {"neurons_for_share": 0, "effective_neurons": 0.0, "share": share, "n_neurons": int(s.size)}
+    ranked = np.sort(s)[::-1].cumsum()
+    # a relative tolerance so that share=1 and exact shares are not missed by rounding of the cumsum
+    needed = int(np.searchsorted(ranked, share * total * (1.0 - 1e-12), side="left")) + 1
+    p = s[s > 0] / total
+    entropy = float(-(p * np.log(p)).sum())
+    return {"neurons_for_share": min(needed, int(s.size)), "effective_neurons": float(np.exp(entropy)),
+            "share": share, "n_neurons": int(s.size)}
+
+
 def firing_rate_summary(
     counts: Any, timesteps: int, bursting_threshold: float = DEFAULT_BURSTING_THRESHOLD
 ) -> dict[str, float | int]:
@@ -421,7 +454,8 @@ class BatchAccumulator:
             ``{layer: {"anr", "inp", "afr", "rae"`` (means over batches),
             ``"spikes_per_example"`` (whole set), ``"n_batches"``,
             ``"n_examples"``, ``"firing_rates"`` (summarize_neuron_rates
-            over the whole set)}, ..., "total": {"spikes_per_example"}}``.
+            over the whole set), ``"neurons_90pct_spikes"``, ``"effective_neurons"``
+            (spike_concentration over the whole set)}, ..., "total": {"spikes_per_example"}}``.
         """
         if not self._layers:
             raise ValueError("no batches added yet")
@@ -444,6 +478,9 @@ class BatchAccumulator:
                     self.neuron_rates(name), self.bursting_threshold
                 ),
             }
+            concentration = spike_concentration(tally.neuron_spikes, 0.9)
+            out[name]["neurons_90pct_spikes"] = concentration["neurons_for_share"]
+            out[name]["effective_neurons"] = concentration["effective_neurons"]
         out["total"] = {"spikes_per_example": total}
         return out
 

@@ -364,3 +364,53 @@ def test_clustermap_selection():
     assert not np.array_equal(idx, M.clustermap_selection(labels, per_class=10, seed=1))
     with pytest.raises(ValueError, match="class 3 has 2 examples, fewer than per_class = 10"):
         M.clustermap_selection(np.array([0] * 10 + [3] * 2), per_class=10)
+
+
+# --------------------------------------------------------------------------
+# spike concentration: how many neurons carry the spikes
+
+
+def test_spike_concentration_one_neuron_does_the_work():
+    # 100 neurons all "active" (ANR 1) but one carries 95 % of the spikes
+    s = np.ones(100)
+    s[7] = 99 * 19.0  # 1881 of 1980 spikes = 0.95
+    c = M.spike_concentration(s, 0.9)
+    assert c["neurons_for_share"] == 1
+    p = s / s.sum()
+    assert c["effective_neurons"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-12)
+    assert 1.0 < c["effective_neurons"] < 2.0
+
+
+def test_spike_concentration_uniform_and_exact_shares():
+    c = M.spike_concentration(np.full(10, 3.0), 0.9)
+    assert c["neurons_for_share"] == 9  # 9 x 3 = 27 of 30 spikes is exactly 90 %
+    assert c["effective_neurons"] == pytest.approx(10.0, rel=1e-12)
+    assert M.spike_concentration(np.full(10, 3.0), 1.0)["neurons_for_share"] == 10
+    # 0.91 needs a tenth neuron
+    assert M.spike_concentration(np.full(10, 3.0), 0.91)["neurons_for_share"] == 10
+    c = M.spike_concentration(np.array([0, 0, 5, 0, 45]), 0.9)
+    assert c["neurons_for_share"] == 1 and c["n_neurons"] == 5
+
+
+def test_spike_concentration_silent_layer_and_bad_input():
+    c = M.spike_concentration(np.zeros(4))
+    assert c["neurons_for_share"] == 0 and c["effective_neurons"] == 0.0
+    with pytest.raises(ValueError, match="share"):
+        M.spike_concentration(np.ones(3), 0.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        M.spike_concentration(np.array([1.0, -1.0]))
+
+
+def test_layer_tally_reports_spike_concentration():
+    counts = np.zeros((4, 5))
+    counts[:, 0] = 8  # neuron 0: 32 spikes
+    counts[0, 1:] = 1  # neurons 1..4: 1 spike each, so every neuron is active (ANR 1)
+    acc = M.BatchAccumulator(timesteps=8)
+    acc.update({"latent": counts[:2]})
+    acc.update({"latent": counts[2:]})
+    res = acc.result()["latent"]
+    assert res["anr"] == pytest.approx(0.6)  # batch 1: 5 of 5 active; batch 2: 1 of 5
+    # 32 of 36 spikes = 0.889 < 0.9, so a second neuron is needed: 33 / 36 = 0.917
+    assert res["neurons_90pct_spikes"] == 2
+    p = np.array([32, 1, 1, 1, 1]) / 36
+    assert res["effective_neurons"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-12)
