@@ -10,7 +10,7 @@ What is written (``RUN/export/``):
   ``LIF`` (``IF`` when decay = 1). The graph's input is the spike train (the
   Poisson encoder stays outside); its output is the output layer's spikes.
   Written to a temporary name, read back with ``nir.read(type_check=True)``,
-  then renamed.
+  then renamed. The ends are ``input`` / ``output`` (:func:`nir_names`).
 - ``golden.nir``: NIR data (``nir.write_data``): the input spike train of a
   few validation images (saec's Poisson encoder, fixed seed) and the spikes
   saec computes for it at every neuron node and at the output, so any
@@ -30,9 +30,13 @@ NIR's ``tau dv/dt = (v_leak - v) + r I`` with
                 = nextafter(threshold, 0) in float32  (saec's ``ge``: u >= threshold)
     v_reset = 0
 
-and v = u exactly in real arithmetic. Everything NIR cannot carry (the
-membrane floor, the readout, the encoder, dt, ...) is written into the
-graph's metadata and listed by :attr:`NirExport.not_carried`.
+and v = u exactly in real arithmetic. Neuron rules NIR's LIF cannot express
+(a membrane floor, reset ``subtract`` / ``none``: :func:`nir_blockers`) make
+:func:`export_nir` refuse, naming the spec field and the layers, unless
+``approximate``; the readout, the encoder and dt are written into the graph's
+metadata and listed by :attr:`NirExport.not_carried`. Every export simulates
+the written file with saec's NIR simulator on the golden input and compares
+whole spike trains (:attr:`NirExport.agreement`).
 """
 
 from __future__ import annotations
