@@ -364,7 +364,8 @@ def test_simulate_is_a_check_that_fails_on_one_spike_moved_in_time(exported, tmp
     """Same spike counts per (example, neuron), one spike one step later: exit 1, the layer named."""
     def move_one_spike(trains):
         latent = trains["latent.lif"].copy()
-        b, t, n = next((b, t, n) for b, t, n in np.argwhere(latent) if t + 1 < latent.shape[1] and not latent[b, t + 1, n])
+        b, t, n = next((b, t, n) for b, t, n in np.argwhere(latent)
+                       if t + 1 < latent.shape[1] and not latent[b, t + 1, n])
         latent[b, t, n], latent[b, t + 1, n] = False, True
         return {**trains, "latent.lif": latent}
 

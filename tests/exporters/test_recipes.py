@@ -125,4 +125,5 @@ def test_recipes_read_the_files_saec_export_writes(workdir):
     for name in RECIPES:
         for path in re.findall(r'f"\{RUN\}/([^"]+)"', recipe(name)):
             assert (workdir / "runs" / "sae_dense" / path).is_file(), (name, path)
-    assert set(nir.read_data(str(workdir / "runs" / "sae_dense" / "export" / "golden.nir")).nodes) >= {"input", "output"}
+    golden = nir.read_data(str(workdir / "runs" / "sae_dense" / "export" / "golden.nir"))
+    assert set(golden.nodes) >= {"input", "output"}
