@@ -281,7 +281,18 @@ def test_stats_json_of_a_trained_run(trained_run):
     assert total["activation_sparsity"] == pytest.approx(1 - total["firing_rate"])
     assert total["energy_joules_per_inference"] == pytest.approx(total["synops_per_example"] * 0.9e-12)
     assert total["ann_energy_joules_per_inference"] == pytest.approx(13_260_800 * 4.6e-12)
-    assert set(stats["definitions"]) >= {"synops_per_example", "activation_sparsity", "sources"}
+    # Connection sparsity and footprint over the SAE's weights (no biases, no buffers), from the weights themselves.
+    _, trained = load_model(trained_run)
+    weights = trained.ir_state_dict()
+    zeros = {name: int((weights[f"{name}.weight"] == 0).sum()) for name in layers}
+    for name, layer in layers.items():
+        assert layer["zero_weights"] == zeros[name]
+        assert layer["connection_sparsity"] == zeros[name] / layer["weights"]
+        assert layer["parameter_bytes"] == 4 * layer["weights"]
+    assert total["connection_sparsity"] == sum(zeros.values()) / 2_586_400
+    assert total["footprint_bytes"] == 4 * 2_586_400 == total["parameter_bytes"]
+    assert set(stats["definitions"]) >= {"synops_per_example", "activation_sparsity", "sources",
+                                         "connection_sparsity", "footprint_bytes"}
     assert "Horowitz" in stats["energy_per_operation"]["source"]
     # Same encoding noise as the run's evaluation, so the same spikes.
     spec, model = load_model(trained_run)
