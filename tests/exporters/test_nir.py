@@ -378,6 +378,22 @@ def test_simulate_is_a_check_that_fails_on_one_spike_moved_in_time(exported, tmp
     assert result.stdout.strip().endswith("check FAILED: 1 of 5 nodes differ from the golden spikes (latent.lif)")
 
 
+def test_simulate_exit_status_in_a_shell_script(exported, exported_clamped):
+    """What a CI script sees: the process's exit status, 0 for an exact export, 1 for an approximate one."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def status(run: Path) -> int:
+        return subprocess.run([sys.executable, "-m", "saec", "simulate", str(run / "export" / X.MODEL_FILE),
+                               "--input", str(run / "export" / X.GOLDEN_FILE), "-o", str(run / "sim.npz")],
+                              cwd=REPO, capture_output=True, timeout=300).returncode
+
+    assert status(exported) == 0
+    assert status(exported_clamped[0]) == 1
+
+
 def test_simulate_of_an_approximate_export_exits_1(exported_clamped):
     run, _ = exported_clamped
     result = runner.invoke(app, ["simulate", str(run / "export" / X.MODEL_FILE),
@@ -396,6 +412,16 @@ def test_simulate_reads_golden_files_with_the_old_end_names(exported, tmp_path):
     result = runner.invoke(app, ["simulate", str(exported / "export" / X.MODEL_FILE), "--input", str(legacy)])
     assert result.exit_code == 0, result.output
     assert re.search(r"^  output +\d[\d,]* +\d[\d,]* +0 of [\d,]+  identical$", result.stdout, re.M), result.stdout
+    # and a model file with the old end names, checked against either golden file
+    graph = nir.read(exported / "export" / X.MODEL_FILE)
+    ends = {"input": "_input", "output": "_output"}
+    old_graph = nir.NIRGraph(nodes={ends.get(k, k): v for k, v in graph.nodes.items()},
+                             edges=[(ends.get(a, a), ends.get(b, b)) for a, b in graph.edges], metadata=graph.metadata)
+    nir.write(tmp_path / "legacy_model.nir", old_graph)
+    for golden in (legacy, exported / "export" / X.GOLDEN_FILE):
+        result = runner.invoke(app, ["simulate", str(tmp_path / "legacy_model.nir"), "--input", str(golden)])
+        assert result.exit_code == 0, result.output
+        assert "check passed: all 5 nodes reproduce the golden spikes exactly" in result.stdout
 
 
 def test_simulate_with_golden_data_of_another_graph_names_the_file(exported, tmp_path):
