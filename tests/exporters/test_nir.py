@@ -681,6 +681,23 @@ def test_exact_export_says_its_check_passed(exported):
     assert "DIFFERS" not in result.stdout and "--approximate" not in result.stderr
 
 
+def test_onnx_exports_the_floor_that_nir_refuses_exactly(exported_clamped):
+    """The same floored run: ONNX expresses the revive floor, so its export needs no --approximate and
+    reproduces saec's spike trains in every layer on the golden input."""
+    from saec.exporters.onnx import compare_with_runtime
+
+    run, _ = exported_clamped
+    result = runner.invoke(app, ["export", str(run), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    spikes = read_input_spikes(run / "export" / X.GOLDEN_FILE, (1, 28, 28))
+    _, model = load_model(run)
+    agreement = compare_with_runtime(run / "export" / "model.onnx", model, torch.from_numpy(spikes))
+    assert agreement.spikes_exact, agreement.train_mismatches
+    assert all(v > 0 for v in agreement.spikes.values())
+    # and the floor acts here: saec's NIR simulation (no floor) differs from these trains
+    assert "DIFFERS" in exported_clamped[1].stdout
+
+
 def test_approximate_is_for_nir_only(exported):
     assert_one_line(runner.invoke(app, ["export", str(exported), "--format", "onnx", "--approximate"]),
                     r"--approximate: --approximate applies to --format nir only \(onnx exports the network exactly\)")
