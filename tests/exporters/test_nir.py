@@ -218,6 +218,15 @@ def test_ge_threshold_is_written_one_float32_step_below():
     assert list(u > thr) == [False, True]  # strict > on float32 is u >= 1
 
 
+def test_a_threshold_that_float32_cannot_place_is_refused():
+    """A scaled threshold that rounds to 0 has no float32 value below it that `>=` could use."""
+    from saec.compiler.errors import CompileError
+
+    assert X._strict_threshold(np.float32(0.0), "gt") == 0.0
+    with pytest.raises(CompileError, match=r"no float32 threshold reproduces spike_when='ge' at v = 0.0"):
+        X._strict_threshold(np.float32(0.0), "ge")
+
+
 @pytest.mark.parametrize("decay", [0.5, 0.9, 0.99])
 @pytest.mark.parametrize("spike_when", ["gt", "ge"])
 def test_norse_threshold_compares_like_the_spike_rule_in_norses_float32(decay, spike_when):
