@@ -66,7 +66,7 @@ GOLDEN_FILE = "golden.nir"
 #: node of the same name (e.g. the synapse of a layer called ``output``) is renamed
 #: (:func:`nir_names`) and the mapping recorded in the graph metadata ``renamed_nodes``.
 INPUT_NODE, OUTPUT_NODE = "input", "output"
-#: The ends' names in files written by saec before 0.2 (still read).
+#: The ends' names in files written by earlier saec versions (still read).
 LEGACY_END_NAMES = {"_input": INPUT_NODE, "_output": OUTPUT_NODE}
 #: Ops with no NIR node: the encoder (the graph's input is its spike train) and the readout.
 OUTSIDE_NIR = (ops.PoissonEncode, ops.MaxCumulativeReadout)
