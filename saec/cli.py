@@ -127,15 +127,42 @@ def train_cmd(
         typer.echo(f"reconstructions: {run_dir / 'figures' / 'reconstructions.png'}")
 
 
-def _export_nir(run: Path, *, target: str, examples: int, seed: int, data_dir: Optional[Path]) -> None:
-    from saec.exporters.nir import export_nir
+AGREEMENT_HEADERS = ("node", "golden spikes", "NIR spikes", "positions (t, example, neuron) that differ", "")
 
-    result = export_nir(run, target=target, examples=examples, seed=seed, data_dir=data_dir)
+
+def _echo_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], err: bool = False) -> None:
+    """A plain fixed-width table (first and last column left-aligned, numbers right), readable in CI logs."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    last = len(headers) - 1
+    for row in [headers, *rows]:
+        cells = [str(c).ljust(w) if i in (0, last) else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        typer.echo("  " + "  ".join(cells).rstrip(), err=err)
+
+
+def _export_nir(run: Path, *, target: str, examples: int, seed: int, data_dir: Optional[Path],
+                approximate: bool = False) -> None:
+    from saec.exporters.nir import export_nir
+    from saec.exporters.nir_import import agreement_rows
+
+    result = export_nir(run, target=target, examples=examples, seed=seed, data_dir=data_dir,
+                        approximate=approximate)
     typer.echo(f"NIR graph written to {result.model} ({result.nodes} nodes; nir.read type check passed)")
     if result.target_model is not None:
         typer.echo(f"{target} variant written to {result.target_model}")
     typer.echo(f"golden data written to {result.golden} ({result.golden_examples} examples, "
                f"{result.golden_spikes} output spikes)")
+    if result.approximated:
+        typer.echo("warning: --approximate: written WITHOUT semantics NIR cannot express:", err=True)
+        for item in result.approximated:
+            typer.echo(f"  - {item}", err=True)
+    positions = sum(r["entries"] for r in result.agreement.values())
+    differ = sum(r["mismatches"] for r in result.agreement.values())
+    if result.approximated or not result.exact:
+        typer.echo("spike agreement of saec's NIR simulation of model.nir with saec (golden.nir), whole trains:")
+        _echo_table(AGREEMENT_HEADERS, agreement_rows(result.agreement))
+    typer.echo(f"check: saec's NIR simulation of {result.model.name} on the golden input: "
+               + ("identical spike trains in every layer" if result.exact else
+                  f"{differ:,} of {positions:,} spike positions differ from saec"))
     typer.echo("warning: NIR does not carry these (they are in the graph metadata):", err=True)
     for item in result.not_carried:
         typer.echo(f"  - {item}", err=True)
@@ -162,17 +189,26 @@ def export_cmd(
     examples: int = typer.Option(4, "--examples", help="NIR only: validation images in golden.nir."),
     seed: int = typer.Option(0, "--seed", help="NIR only: seed of the Poisson encoder for golden.nir."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding MNIST (for golden.nir)."),
+    approximate: bool = typer.Option(False, "--approximate",
+                                     help="NIR only: export a network whose neurons NIR cannot express exactly "
+                                          "(a membrane floor, reset subtract/none) without those rules, and print "
+                                          "per-layer spike agreement with saec on the golden input."),
 ) -> None:
     """Export the trained network in RUN to RUN/export/.
 
     --format nir writes model.nir (standard NIR, checked with nir.read's type
-    check) and golden.nir (an input spike train and saec's spikes for it), and
-    warns about what NIR does not carry. --format onnx writes model.onnx.
+    check) and golden.nir (an input spike train and saec's spikes for it),
+    checks the file by simulating it on the golden input, and warns about what
+    NIR does not carry. A network NIR cannot express exactly is refused unless
+    --approximate. --format onnx writes model.onnx.
     """
     exporter = EXPORT_FORMATS.get(format_)
     if exporter is None:
         raise SpecError(f"unknown format {format_!r}; use one of {', '.join(EXPORT_FORMATS)}", path="--format")
-    exporter(run, target=target, examples=examples, seed=seed, data_dir=data_dir)
+    if approximate and format_ != "nir":
+        raise SpecError(f"--approximate applies to --format nir only ({format_} exports the network exactly)",
+                        path="--approximate")
+    exporter(run, target=target, examples=examples, seed=seed, data_dir=data_dir, approximate=approximate)
 
 
 @app.command("simulate")
@@ -189,27 +225,50 @@ def simulate_cmd(
     """Simulate the NIR graph MODEL with saec's runtime on an input spike train.
 
     Writes every neuron node's spikes (LI: potential) and the output, keyed by
-    NIR node name. With a golden .nir as input, also compares with its spikes.
+    NIR node name. With a golden .nir as input it is a check: it prints, per
+    layer, the spike counts and the positions (t, example, neuron) where the
+    simulated spike trains differ from the golden ones, and exits 1 when any
+    layer differs, 0 when all agree (2: bad input).
     """
-    from saec.exporters.nir_import import (agreement, golden_reference, nir_input_shape, read_input_spikes,
-                                           read_nir, simulate_nir, write_simulation)
+    from saec.exporters.nir_import import (agreement, agreement_rows, golden_reference, nir_input_shape,
+                                           read_input_spikes, read_nir, simulate_nir, write_simulation)
 
     graph = read_nir(model)
+    reference = golden_reference(input_)
     spikes = read_input_spikes(input_, nir_input_shape(graph))
     result = simulate_nir(graph, spikes, dt=dt)
+    T, B = spikes.shape[:2]
+    simulated = {k: v.reshape(T, B, -1) for k, v in result.items()}
+    if reference is not None:
+        compared = {k: reference[k] for k in simulated if k in reference}  # graph order
+        if not compared:
+            raise SpecError(f"the golden data name none of the graph's neuron or output nodes "
+                            f"({', '.join(sorted(simulated))})", file=str(input_))
+        for node, want in compared.items():
+            if want.shape != simulated[node].shape:
+                raise SpecError(f"golden node `{node}` holds [T, B, neurons] = {list(want.shape)}, the graph gives "
+                                f"{list(simulated[node].shape)}", file=str(input_))
     out = output or input_.with_name(f"{input_.stem}.simulated.npz")
     try:
         write_simulation(out, result)
     except OSError as exc:
         raise SpecError(f"cannot write: {exc.strerror}", file=str(out)) from None
-    T, B = spikes.shape[:2]
-    typer.echo(f"simulated {T} steps x {B} examples; output: {int((result['_output'] != 0).sum())} spikes")
+    from saec.exporters.nir import OUTPUT_NODE
+
+    typer.echo(f"simulated {T} steps x {B} examples; output: {int((result[OUTPUT_NODE] != 0).sum())} spikes")
     typer.echo(f"spikes written to {out}")
-    reference = golden_reference(input_)
-    if reference is not None:
-        for node, r in agreement(reference, {k: v.reshape(T, B, -1) for k, v in result.items()}).items():
-            if node != "_input":
-                typer.echo(f"  {node}: {r['mismatches']} mismatches ({r['reference_spikes']} golden spikes)")
+    if reference is None:
+        return
+    report = agreement(compared, simulated)
+    typer.echo(f"agreement with {input_.name}, whole spike trains:")
+    _echo_table(("node", "golden spikes", "simulated spikes", "positions (t, example, neuron) that differ", ""),
+                agreement_rows(report))
+    differing = [node for node, r in report.items() if r["mismatches"]]
+    if differing:
+        typer.echo(f"check FAILED: {len(differing)} of {len(report)} nodes differ from the golden spikes "
+                   f"({', '.join(differing)})")
+        raise typer.Exit(1)
+    typer.echo(f"check passed: all {len(report)} nodes reproduce the golden spikes exactly")
 
 
 @app.command("eval")

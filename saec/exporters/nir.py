@@ -10,7 +10,7 @@ What is written (``RUN/export/``):
   ``LIF`` (``IF`` when decay = 1). The graph's input is the spike train (the
   Poisson encoder stays outside); its output is the output layer's spikes.
   Written to a temporary name, read back with ``nir.read(type_check=True)``,
-  then renamed.
+  then renamed. The ends are ``input`` / ``output`` (:func:`nir_names`).
 - ``golden.nir``: NIR data (``nir.write_data``): the input spike train of a
   few validation images (saec's Poisson encoder, fixed seed) and the spikes
   saec computes for it at every neuron node and at the output, so any
@@ -30,9 +30,13 @@ NIR's ``tau dv/dt = (v_leak - v) + r I`` with
                 = nextafter(threshold, 0) in float32  (saec's ``ge``: u >= threshold)
     v_reset = 0
 
-and v = u exactly in real arithmetic. Everything NIR cannot carry (the
-membrane floor, the readout, the encoder, dt, ...) is written into the
-graph's metadata and listed by :attr:`NirExport.not_carried`.
+and v = u exactly in real arithmetic. Neuron rules NIR's LIF cannot express
+(a membrane floor, reset ``subtract`` / ``none``: :func:`nir_blockers`) make
+:func:`export_nir` refuse, naming the spec field and the layers, unless
+``approximate``; the readout, the encoder and dt are written into the graph's
+metadata and listed by :attr:`NirExport.not_carried`. Every export simulates
+the written file with saec's NIR simulator on the golden input and compares
+whole spike trains (:attr:`NirExport.agreement`).
 """
 
 from __future__ import annotations
@@ -58,8 +62,12 @@ DT = 1e-4
 TARGETS = ("standard", "snntorch", "norse")
 MODEL_FILE = "model.nir"
 GOLDEN_FILE = "golden.nir"
-#: NIR names of the graph ends (saec layer names cannot start with ``_``).
-INPUT_NODE, OUTPUT_NODE = "_input", "_output"
+#: NIR names of the graph ends: what NIR consumers such as snn-mlir require. An inner
+#: node of the same name (e.g. the synapse of a layer called ``output``) is renamed
+#: (:func:`nir_names`) and the mapping recorded in the graph metadata ``renamed_nodes``.
+INPUT_NODE, OUTPUT_NODE = "input", "output"
+#: The ends' names in files written by earlier saec versions (still read).
+LEGACY_END_NAMES = {"_input": INPUT_NODE, "_output": OUTPUT_NODE}
 #: Ops with no NIR node: the encoder (the graph's input is its spike train) and the readout.
 OUTSIDE_NIR = (ops.PoissonEncode, ops.MaxCumulativeReadout)
 
@@ -72,8 +80,33 @@ def target_file(target: str) -> str:
 # ---------------------------------------------------------------- neuron parameters
 def lif_threshold(op: ops.LIF) -> np.float32:
     """v_threshold (float32) whose strict ``v > v_threshold`` reproduces the op's spike test."""
-    thr = np.float32(op.threshold)
-    return np.nextafter(thr, np.float32(0)) if op.spike_when == "ge" else thr
+    return _strict_threshold(np.float32(op.threshold), op.spike_when)
+
+
+def _strict_threshold(v_at_threshold: np.float32, spike_when: str) -> np.float32:
+    """The float32 threshold for NIR's strict ``>`` given the float32 value v takes when u == threshold.
+
+    ``ge`` needs the float32 step below *that* value: taken before a scaling it can be
+    rounded away (float32(nextafter(1, 0) * 0.01) == float32(0.01)).
+    """
+    v = np.float32(v_at_threshold)
+    thr = np.nextafter(v, np.float32(0)) if spike_when == "ge" else v
+    # Checked in float32: u == threshold (v) must spike for `ge` and must not for `gt`.
+    if bool(v > thr) != (spike_when == "ge"):
+        raise CompileError(f"no float32 threshold reproduces spike_when={spike_when!r} at v = {float(v)!r}")
+    return thr
+
+
+def norse_gain(tau: np.ndarray) -> np.float32:
+    """The float32 factor Norse 1.1's LIF multiplies its input by: ``dt * (1 / tau)`` (its own arithmetic).
+
+    ``norse.torch.from_nir`` keeps ``tau_mem_inv = 1 / tensor(tau).float()`` and steps
+    ``v += dt * tau_mem_inv * (I + v_leak - v)``; from rest a current I gives ``v = gain * I``.
+    """
+    import torch
+
+    tau_mem_inv = 1 / torch.from_numpy(np.asarray(tau).reshape(-1)[:1]).float()
+    return np.float32((DT * tau_mem_inv).item())
 
 
 def _full(shape: tuple[int, ...], value: float, dtype=np.float64) -> np.ndarray:
@@ -87,18 +120,20 @@ def _neuron_metadata(op: ops.Op) -> dict[str, Any]:
 
 
 def _lif_node(name: str, op: ops.LIF, in_shape, shape, weights, target: str) -> nir.NIRNode:
-    if op.reset != "zero":
-        raise CompileError(f"reset {op.reset!r} has no NIR equivalent (NIR neurons reset to v_reset)", node=name)
+    # reset "subtract" / "none" and a membrane floor are refused (or approximated) before this: nir_blockers.
     thr = float(lif_threshold(op))
     if op.decay == 1.0:  # no leak: NIR IF, dv/dt = r I, so r = 1/dt makes one Euler step add I
         return nir.IF(r=_full(shape, 1.0 / DT), v_threshold=_full(shape, thr, np.float32),
                       v_reset=_full(shape, 0.0, np.float32), metadata=_neuron_metadata(op))
     leak = 1.0 - op.decay
     r = 1.0 / leak
+    tau = _full(shape, DT / leak)
     if target == "norse":
-        # Norse's LIF ignores r: use the equivalent r = 1, which scales v (and the threshold) by 1 - decay.
-        r, thr = 1.0, thr * leak
-    return nir.LIF(tau=_full(shape, DT / leak), r=_full(shape, r), v_leak=_full(shape, 0.0),
+        # Norse's LIF ignores r: use the equivalent r = 1, which scales v (and the threshold) by 1 - decay,
+        # with the scale computed as Norse computes it and the float32 step below taken after scaling.
+        v_at_threshold = np.float32(norse_gain(tau) * np.float32(op.threshold))
+        r, thr = 1.0, float(_strict_threshold(v_at_threshold, op.spike_when))
+    return nir.LIF(tau=tau, r=_full(shape, r), v_leak=_full(shape, 0.0),
                    v_threshold=_full(shape, thr, np.float32), v_reset=_full(shape, 0.0, np.float32),
                    metadata=_neuron_metadata(op))
 
@@ -153,6 +188,40 @@ NODE_MAP: dict[type, Callable[..., nir.NIRNode]] = {
 }
 
 
+def nir_names(graph: IRGraph) -> dict[str, str]:
+    """NIR node name of every IR node that becomes a NIR node (the ends: ``input`` / ``output``).
+
+    An inner node named like an end (``output``: the synapse of the SAE's layer ``output``)
+    becomes ``<name>.<op type>`` (``output.conv2d``), made unique.
+    """
+    taken = set(graph.order())
+    names: dict[str, str] = {}
+    for name in graph.order():
+        op = graph.op(name)
+        if isinstance(op, ops.Input):
+            names[name] = INPUT_NODE
+        elif isinstance(op, ops.Output):
+            names[name] = OUTPUT_NODE
+        elif isinstance(op, OUTSIDE_NIR):
+            continue
+        elif name in (INPUT_NODE, OUTPUT_NODE):
+            new, i = f"{name}.{op.type}", 1
+            while new in taken:
+                i += 1
+                new = f"{name}.{op.type}{i}"
+            taken.add(new)
+            names[name] = new
+        else:
+            names[name] = name
+    return names
+
+
+def renamed_nodes(graph: IRGraph) -> dict[str, str]:
+    """NIR name -> IR node name for inner nodes :func:`nir_names` renamed (written as metadata ``renamed_nodes``)."""
+    return {new: old for old, new in nir_names(graph).items()
+            if new != old and not isinstance(graph.op(old), (ops.Input, ops.Output))}
+
+
 def ir_to_nir(graph: IRGraph, weights: Mapping[str, Any], *, target: str = "standard",
               metadata: Mapping[str, Any] | None = None) -> nir.NIRGraph:
     """The NIR graph of a lowered IR graph (type-checked by ``nir``).
@@ -160,12 +229,14 @@ def ir_to_nir(graph: IRGraph, weights: Mapping[str, Any], *, target: str = "stan
     Args:
         graph: an IR graph every node of which NIR can express (after the
             ``nir`` flow for a compiled spec); the encoder and the readout are skipped.
+            Neuron semantics NIR cannot carry (:func:`nir_blockers`) are not refused
+            here: their LIF is written as if they were absent (``--approximate``).
         weights: weights keyed ``<node>.weight`` / ``<node>.bias`` (numpy-readable).
         target: one of :data:`TARGETS`.
         metadata: the graph's metadata (str / number / bool / dict values only).
     Returns:
-        A NIR graph named like the IR: ``_input``, one node per synapse and
-        neuron, ``_output``. Type-checked, except a ``snntorch`` / ``norse``
+        A NIR graph named like the IR (:func:`nir_names`): ``input``, one node per
+        synapse and neuron, ``output``. Type-checked, except a ``snntorch`` / ``norse``
         graph with a Flatten: its dims are shifted past the batch axis for
         that importer, which NIR's own type check (rightly) rejects.
     Raises:
@@ -174,6 +245,7 @@ def ir_to_nir(graph: IRGraph, weights: Mapping[str, Any], *, target: str = "stan
     """
     if target not in TARGETS:
         raise ValueError(f"unknown NIR target {target!r}; use one of {', '.join(TARGETS)}")
+    names = nir_names(graph)
     nodes: dict[str, nir.NIRNode] = {}
     edges: list[tuple[str, str]] = []
     alias: dict[str, str] = {}  # IR node -> NIR node carrying its value
@@ -196,10 +268,14 @@ def ir_to_nir(graph: IRGraph, weights: Mapping[str, Any], *, target: str = "stan
         if make is None:
             raise CompileError(f"a {op.type} node has no NIR equivalent", node=name)
         in_shape = tuple(int(v) for v in graph.meta(ins[0])["shape"])
-        nodes[name] = make(name, op, in_shape, shape, weights, target)
-        edges.append((src, name))
-        alias[name] = name
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(metadata or {}), type_check=type_checks(graph, target))
+        nodes[names[name]] = make(name, op, in_shape, shape, weights, target)
+        edges.append((src, names[name]))
+        alias[name] = names[name]
+    meta = dict(metadata or {})
+    renamed = renamed_nodes(graph)
+    if renamed:
+        meta["renamed_nodes"] = renamed
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=type_checks(graph, target))
 
 
 def type_checks(graph: IRGraph, target: str) -> bool:
@@ -208,6 +284,40 @@ def type_checks(graph: IRGraph, target: str) -> bool:
 
 
 # ---------------------------------------------------------------- what NIR does not carry
+@dataclass(frozen=True)
+class Blocker:
+    """Neuron semantics NIR's LIF cannot express, on some layers."""
+
+    field: str  # the LIF spec field: "lower_bound" or "reset"
+    layers: tuple[str, ...]  # spec layer names, in graph order
+    reason: str  # why NIR cannot carry it, one clause
+
+
+def nir_blockers(graph: IRGraph) -> list[Blocker]:
+    """What in ``graph``'s neurons NIR cannot express exactly, grouped by spec field and rule.
+
+    NIR's LIF (and IF) has no floor on the membrane and always resets to ``v_reset``
+    after a spike (../shared/docs/NIR.md), so a ``lower_bound`` (either mode) and a
+    ``reset`` of ``subtract`` or ``none`` cannot be carried. ``spike_when: ge`` can
+    (one float32 step below the threshold) and the max-over-time readout is
+    post-processing described in the metadata, so neither is a blocker.
+    """
+    found: dict[tuple[str, str], list[str]] = {}
+    for n in graph.nodes(ops.LIF):
+        op, layer = graph.op(n), graph.meta(n)["layer"]
+        if op.lower_bound is not None:
+            rule = (f"u < {op.lower_bound:g} is set to +threshold" if op.lower_bound_mode == "revive"
+                    else f"u < {op.lower_bound:g} is clamped to {op.lower_bound:g}")
+            found.setdefault(("lower_bound", f"NIR's LIF has no membrane floor ({rule})"), []).append(layer)
+        if op.reset == "subtract":
+            found.setdefault(("reset", "NIR's LIF resets to v_reset after a spike; it cannot subtract the "
+                                       "threshold (reset: subtract)"), []).append(layer)
+        elif op.reset == "none":
+            found.setdefault(("reset", "NIR's LIF always resets to v_reset after a spike (reset: none keeps "
+                                       "the potential)"), []).append(layer)
+    return [Blocker(field, tuple(layers), reason) for (field, reason), layers in found.items()]
+
+
 def not_carried(graph: IRGraph) -> list[str]:
     """What a NIR consumer of ``graph`` will not see, one sentence each (also in the metadata)."""
     lifs = [graph.op(n) for n in graph.nodes(ops.LIF)]
@@ -224,6 +334,9 @@ def not_carried(graph: IRGraph) -> list[str]:
         rule = "set to +threshold" if op.lower_bound_mode == "revive" else "clamped"
         items.append(f"the membrane floor (u < {op.lower_bound:g} is {rule}) on layers {', '.join(floored)}: "
                      "NIR has none, so other simulators differ wherever it acts")
+    reset = sorted({graph.meta(n)["layer"] for n in graph.nodes(ops.LIF) if graph.op(n).reset != "zero"})
+    if reset:
+        items.append(f"the reset rule (not to zero) on layers {', '.join(reset)}: NIR neurons reset to v_reset")
     if any(o.spike_when == "ge" for o in lifs):
         items.append("spiking at u >= threshold: written as v_threshold = nextafter(threshold, 0), "
                      "exact in float32 only")
@@ -325,15 +438,22 @@ def write_golden(path: Path, spikes: Mapping[str, np.ndarray]) -> None:
 
 
 def read_golden(path: str | Path) -> dict[str, np.ndarray]:
-    """Spike trains of a golden file: node name -> bool [B, T, neurons]."""
+    """Spike trains of a golden file: node name -> bool [B, T, neurons].
+
+    The ends are returned as ``input`` / ``output`` also from files that name them ``_input`` / ``_output``.
+    """
     data = nir.read_data(str(path))
-    return {name: node.observables["spikes"].data for name, node in data.nodes.items()}
+    trains = {name: node.observables["spikes"].data for name, node in data.nodes.items()}
+    for old, new in LEGACY_END_NAMES.items():
+        if old in trains and new not in trains:
+            trains[new] = trains.pop(old)
+    return trains
 
 
 # ---------------------------------------------------------------- the run export
 @dataclass
 class NirExport:
-    """What :func:`export_nir` wrote and what the file does not carry."""
+    """What :func:`export_nir` wrote, what the file does not carry, and how closely it reproduces saec."""
 
     model: Path
     golden: Path
@@ -342,6 +462,16 @@ class NirExport:
     nodes: int
     golden_examples: int
     golden_spikes: int  # output spikes in the golden data
+    #: semantics written approximately (``approximate=True``), one sentence each; empty for an exact export
+    approximated: list[str]
+    #: NIR node -> agreement of saec's NIR simulation of ``model`` with the golden spikes
+    #: (:func:`saec.exporters.nir_import.agreement`: whole spike trains, every (t, example, neuron))
+    agreement: dict[str, dict[str, int]]
+
+    @property
+    def exact(self) -> bool:
+        """Every golden spike train reproduced, position by position."""
+        return not any(r["mismatches"] for r in self.agreement.values())
 
 
 def _spec_error(run: Path, graph: IRGraph, exc: CompileError) -> SpecError:
@@ -355,9 +485,35 @@ def _spec_error(run: Path, graph: IRGraph, exc: CompileError) -> SpecError:
     return SpecError(f"cannot export to NIR: {message}", file=str(spec_file))
 
 
+def _blocker_path(spec, blocker: Blocker) -> tuple:
+    """Spec path that sets ``blocker``'s field: a layer's own neuron override, else the default ``neuron``."""
+    for i, layer in enumerate(spec.layers):
+        override = getattr(layer, "neuron", None)
+        if layer.name in blocker.layers and override is not None and getattr(override, blocker.field) is not None:
+            return ("layers", i, "neuron", blocker.field)
+    return ("neuron", blocker.field)
+
+
+def _blocker_error(run: Path, blockers: list[Blocker]) -> SpecError:
+    from saec.spec.loader import load_spec
+
+    loaded = load_spec(run / "spec.yaml")
+    first = blockers[0]
+    fix = ("train with neuron.lower_bound: null" if first.field == "lower_bound" else "train with neuron.reset: zero")
+    more = "".join(f"; and {b.field} on layers {', '.join(b.layers)}" for b in blockers[1:])
+    return loaded.error(_blocker_path(loaded.spec, first),
+                        f"cannot export to NIR exactly: {first.reason} on layers {', '.join(first.layers)}{more}; "
+                        f"{fix} for deployment, or pass --approximate to export anyway with a per-layer spike "
+                        "agreement table")
+
+
 def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, seed: int = 0,
-               data_dir: str | Path | None = None) -> NirExport:
+               data_dir: str | Path | None = None, approximate: bool = False) -> NirExport:
     """Export a trained run to NIR, with golden data; see the module docstring.
+
+    The written ``model.nir`` is then simulated by saec's NIR simulator
+    (:func:`saec.exporters.nir_import.simulate_nir`) on the golden input and
+    compared with the golden spikes, train by train (:attr:`NirExport.agreement`).
 
     Args:
         run: the run folder (``spec.yaml``, ``ir.json``, ``model.safetensors``).
@@ -366,12 +522,17 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
         examples: validation images in the golden data (the first ones).
         seed: seed of the Poisson encoder for the golden input.
         data_dir: folder holding MNIST, overriding the spec's data roots.
+        approximate: export a network with semantics NIR cannot express
+            (:func:`nir_blockers`) anyway, without them; the golden data stay saec's spikes.
     Returns:
         :class:`NirExport`.
     Raises:
-        SpecError: not a run, no weights, a network NIR cannot express, data missing.
+        SpecError: not a run, no weights, a network NIR cannot express (without
+            ``approximate``: names the spec field and the layers), data missing.
+            Nothing is written then.
     """
     from saec.compiler.passes.lower_nir import lower_for_nir
+    from saec.exporters.nir_import import agreement, simulate_nir
     from saec.runtime import artifacts as A
     from saec.runtime.data import DataError, make_splits
     from saec.runtime.train import load_model
@@ -388,6 +549,10 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
     if graph.attrs.get("kind") != "sae":
         raise SpecError(f"cannot export to NIR: kind {graph.attrs.get('kind')} has no spiking neurons; NIR export "
                         "needs a spiking auto-encoder (kind: sae)", file=str(run / A.SPEC), path="kind")
+    blockers = nir_blockers(graph)
+    if blockers and not approximate:
+        raise _blocker_error(run, blockers)
+    approximated = [f"{b.field} on layers {', '.join(b.layers)}: {b.reason}; written without it" for b in blockers]
     try:
         lowered, weights = lower_for_nir(graph, model.ir_state_dict())
         graphs = {t: ir_to_nir(lowered, weights, target=t, metadata=graph_metadata(lowered, t))
@@ -406,6 +571,8 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
         g.metadata["golden"] = {"file": GOLDEN_FILE, "examples": int(images.shape[0]), "seed": seed,
                                 "images": f"the first {images.shape[0]} images of {val.name}",
                                 "encoder": "saec.runtime.encoding.poisson_encode, torch.Generator().manual_seed(seed)"}
+        if approximated:
+            g.metadata["approximated"] = " | ".join(approximated)
 
     export_dir = run / A.EXPORT
     model_path = export_dir / MODEL_FILE
@@ -414,9 +581,15 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
     if target_path is not None:
         write_checked(target_path, graphs[target], type_check=type_checks(lowered, target))
     write_golden(export_dir / GOLDEN_FILE, spikes)
+    # What a NIR consumer of the written file computes, against saec: whole trains, every layer.
+    simulated = simulate_nir(model_path, spikes[INPUT_NODE])
+    T, B = spikes[INPUT_NODE].shape[:2]
+    report = agreement({k: v.reshape(T, B, -1) for k, v in spikes.items() if k != INPUT_NODE},
+                       {k: v.reshape(T, B, -1) for k, v in simulated.items()})
     return NirExport(model=model_path, golden=export_dir / GOLDEN_FILE, target_model=target_path,
                      not_carried=not_carried(lowered), nodes=len(graphs["standard"].nodes),
-                     golden_examples=int(images.shape[0]), golden_spikes=int(spikes[OUTPUT_NODE].sum()))
+                     golden_examples=int(images.shape[0]), golden_spikes=int(spikes[OUTPUT_NODE].sum()),
+                     approximated=approximated, agreement=report)
 
 
 def golden_spikes(graph: IRGraph, weights: Mapping[str, Any], images, seed: int) -> dict[str, np.ndarray]:
@@ -428,7 +601,7 @@ def golden_spikes(graph: IRGraph, weights: Mapping[str, Any], images, seed: int)
         images: float tensor [B, *input shape] in [0, 1].
         seed: seed of the encoder's ``torch.Generator``.
     Returns:
-        ``_input`` (the encoded train), every LIF node and ``_output``: [T, B, *shape] float 0/1.
+        ``input`` (the encoded train), every LIF node (by NIR name) and ``output``: [T, B, *shape] float 0/1.
     """
     import torch
 
@@ -443,11 +616,12 @@ def golden_spikes(graph: IRGraph, weights: Mapping[str, Any], images, seed: int)
     lif_nodes = list(graph.nodes(ops.LIF))
     with torch.no_grad():
         out = model(images, encoded=train, record={graph.meta(n)["layer"] for n in lif_nodes})
+    names = nir_names(graph)
     spikes = {INPUT_NODE: train.numpy()}
     for n in lif_nodes:
-        spikes[n] = out.trains[graph.meta(n)["layer"]].numpy()
+        spikes[names[n]] = out.trains[graph.meta(n)["layer"]].numpy()
     (output,) = graph.nodes(ops.Output)
-    spikes[OUTPUT_NODE] = spikes[_producer(graph, output)]
+    spikes[OUTPUT_NODE] = spikes[names[_producer(graph, output)]]
     return spikes
 
 

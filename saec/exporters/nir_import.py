@@ -320,7 +320,7 @@ def read_input_spikes(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
             data = read_golden(path)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise SpecError(f"not a NIR data file ({_first_line(exc)})", file=str(path)) from None
-        if INPUT_NODE not in data:
+        if INPUT_NODE not in data:  # read_golden also maps a legacy `_input`
             raise SpecError(f"NIR data file has no `{INPUT_NODE}` node to take the input from", file=str(path))
         spikes = data[INPUT_NODE]  # [B, T, neurons]
         return np.ascontiguousarray(spikes.transpose(1, 0, 2).reshape(spikes.shape[1], spikes.shape[0], *shape))
@@ -362,7 +362,7 @@ def simulate_nir(graph_or_path: nir.NIRGraph | str | Path, spikes: Any, *, dt: f
         dtype: ``float32`` (what importers compute in) or ``float64``.
     Returns:
         Node name -> [T, B, *shape] arrays: the output node's value under
-        ``_output`` (the graph's Output name as well), and every neuron
+        ``output`` (the graph's Output name as well), and every neuron
         node's spikes (LIF, IF) or potential (LI).
     Raises:
         SpecError: unreadable graph, unsupported node, input of the wrong shape.
@@ -386,12 +386,21 @@ def simulate_nir(graph_or_path: nir.NIRGraph | str | Path, spikes: Any, *, dt: f
         out = model(train[0], encoded=train, record={*neurons, out_node})
     result = {n: out.trains[n].numpy() for n in neurons}
     result[out_node] = out.trains[out_node].numpy()
-    result[OUTPUT_NODE] = result[out_node]
+    result.setdefault(OUTPUT_NODE, result[out_node])  # unless an inner node of a foreign graph has that name
     return result
 
 
 def agreement(reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]) -> dict[str, dict[str, int]]:
-    """Per node in both: entries, spikes in each, spikes in both (``matched``) and entries that differ."""
+    """Whole spike trains compared position by position, per node in both.
+
+    Args:
+        reference, other: node name -> spike trains of the same size (e.g. [T, B, neurons]);
+            an entry is a spike where it is > 0.
+    Returns:
+        node -> ``entries`` (positions (t, example, neuron)), ``reference_spikes`` and
+        ``spikes`` (counts in each), ``matched`` (spikes in both) and ``mismatches``
+        (positions that differ: a spike moved in time counts twice, equal counts do not hide it).
+    """
     report = {}
     for node in reference:
         if node in other:
@@ -411,10 +420,28 @@ def nir_input_shape(graph: nir.NIRGraph) -> tuple[int, ...]:
 
 
 def golden_reference(path: str | Path) -> dict[str, np.ndarray] | None:
-    """Spike trains [T, B, neurons] of a golden ``.nir`` data file, or None for other files."""
+    """Spike trains [T, B, neurons] of a golden ``.nir`` data file, or None for other files.
+
+    Raises:
+        SpecError: a ``.nir`` file that is not NIR data (names the file).
+    """
     if Path(path).suffix != ".nir":
         return None
-    return {name: np.ascontiguousarray(v.transpose(1, 0, 2)) for name, v in read_golden(path).items()}
+    try:
+        trains = read_golden(path)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise SpecError(f"not a NIR data file ({_first_line(exc)})", file=str(path)) from None
+    return {name: np.ascontiguousarray(v.transpose(1, 0, 2)) for name, v in trains.items()}
+
+
+def agreement_rows(report: Mapping[str, Mapping[str, int]]) -> list[tuple[str, str, str, str, str]]:
+    """Table rows (node, reference spikes, simulated spikes, positions that differ, verdict) of :func:`agreement`."""
+    rows = []
+    for node, r in report.items():
+        verdict = "identical" if r["mismatches"] == 0 else "DIFFERS"
+        rows.append((node, f"{r['reference_spikes']:,}", f"{r['spikes']:,}",
+                     f"{r['mismatches']:,} of {r['entries']:,}", verdict))
+    return rows
 
 
 def write_simulation(path: str | Path, result: Mapping[str, np.ndarray]) -> None:

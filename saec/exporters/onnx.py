@@ -25,8 +25,9 @@ lands within an ulp of the threshold can spike in one and not the other;
 Graph interface (``T`` fixed, batch dimension ``batch`` symbolic unless fixed):
 
 - SAE: input ``spikes`` float [T, batch, C, H, W] (the encoded input train);
-  outputs ``x_hat`` [batch, C, H, W] and ``counts.<layer>`` [batch, *shape]
-  (spikes over the T steps) for every spiking layer.
+  outputs ``x_hat`` [batch, C, H, W], and for every spiking layer its spike
+  train ``spikes.<layer>`` [T, batch, *shape] (0/1) and ``counts.<layer>``
+  [batch, *shape] (spikes over the T steps).
 - AE / VAE (T = 1, no encoding; the VAE in eval mode: z = mu): input ``x``
   [batch, C, H, W]; outputs ``x_hat``, ``activations.<layer>`` for every
   ReLU layer and, for the VAE, ``mu`` and ``logvar``.
@@ -66,6 +67,11 @@ RECONSTRUCTION_OUTPUT = "x_hat"
 def counts_output(layer: str) -> str:
     """Name of the graph output holding a spiking layer's spike counts."""
     return f"counts.{layer}"
+
+
+def train_output(layer: str) -> str:
+    """Name of the graph output holding a spiking layer's spike train [T, batch, *shape]."""
+    return f"spikes.{layer}"
 
 
 def activations_output(layer: str) -> str:
@@ -139,9 +145,9 @@ class _Lowering:
     values: dict[str, str]
     #: cumulative potential U(1..T) [T, batch, ...] of LIF nodes feeding a readout
     cumulative: dict[str, str]
-    #: graph inputs and outputs: (name, per-example shape, leading dims)
+    #: graph inputs and outputs: (name, per-example shape[, leading dims before the batch])
     inputs: list[tuple[str, tuple[int, ...], tuple[int | str, ...]]]
-    outputs: list[tuple[str, tuple[int, ...]]]
+    outputs: list[tuple]
 
 
 def _shape(lo: _Lowering, node: str) -> tuple[int, ...]:
@@ -242,7 +248,11 @@ def _lower_lif(lo: _Lowering, name: str, op: ops.LIF, h: str) -> str:
                 U = emit.node("Mul", [summed, decay], f"{step}.U")
             Us.append(U)
             U_prev = U
-    train = spikes[0] if T == 1 else emit.node("Concat", spikes, f"{name}.spikes", axis=0)
+    if T == 1:
+        train = emit.node("Identity", spikes, f"{name}.spikes", name=train_output(layer))
+    else:
+        train = emit.node("Concat", spikes, f"{name}.spikes", name=train_output(layer), axis=0)
+    lo.outputs.append((train_output(layer), _shape(lo, name), (T,)))
     emit.node("ReduceSum", [train, emit.shape(f"{name}.time_axis", (0,))], f"{name}.counts",
               name=counts_output(layer), keepdims=0)
     lo.outputs.append((counts_output(layer), _shape(lo, name)))
@@ -353,7 +363,7 @@ def build_onnx_model(graph: IRGraph, weights: dict[str, torch.Tensor | np.ndarra
     onnx_graph = helper.make_graph(
         lo.emit.nodes, f"saec_{graph.attrs.get('name', 'model')}",
         inputs=[_value_info(n, (*lead, b, *shape)) for n, shape, lead in lo.inputs],
-        outputs=[_value_info(n, (b, *shape)) for n, shape in lo.outputs],
+        outputs=[_value_info(o[0], (*(o[2] if len(o) > 2 else ()), b, *o[1])) for o in lo.outputs],
         initializer=lo.emit.initializers,
         doc_string=f"saec {kind} network unrolled over T={T} time steps (layer-wise); see saec.exporters.onnx",
     )
@@ -443,6 +453,8 @@ class OnnxAgreement:
     error scales with the magnitude of their terms, not of their result.
 
     Attributes:
+        train_mismatches: SAE: positions (t, example, neuron) of the whole spike train that
+            differ, per layer (a spike moved in time counts twice).
         count_mismatches: SAE: entries (example, neuron) whose spike count differs, per layer.
         spikes: SAE: spikes per layer in the PyTorch run.
         neurons: entries compared per layer (batch * neurons).
@@ -453,6 +465,7 @@ class OnnxAgreement:
             |x_hat_torch| >= 1e-3 * max |x_hat_torch| (for the record).
     """
 
+    train_mismatches: dict[str, int]
     count_mismatches: dict[str, int]
     spikes: dict[str, int]
     neurons: dict[str, int]
@@ -463,7 +476,20 @@ class OnnxAgreement:
 
     @property
     def spikes_exact(self) -> bool:
-        return not any(self.count_mismatches.values())
+        """Every layer's whole spike train identical (not only the counts)."""
+        return not any(self.train_mismatches.values()) and not any(self.count_mismatches.values())
+
+
+def spike_train_mismatches(have: np.ndarray, want: np.ndarray) -> int:
+    """Positions (t, example, neuron) where two spike trains [T, B, ...] differ (0/1 values).
+
+    Raises:
+        ValueError: the shapes differ.
+    """
+    have, want = np.asarray(have), np.asarray(want)
+    if have.shape != want.shape:
+        raise ValueError(f"spike trains of shapes {list(have.shape)} and {list(want.shape)} cannot be compared")
+    return int(np.count_nonzero((have > 0) != (want > 0)))
 
 
 def _normwise_rel_err(have: np.ndarray, want: np.ndarray) -> float:
@@ -490,16 +516,17 @@ def compare_with_runtime(onnx_model: onnx.ModelProto | str | Path, model, inputs
     sae = model.kind == "sae"
     with torch.inference_mode():
         x = torch.zeros(inputs.shape[1:]) if sae else inputs
-        ref = model(x.float(), encoded=inputs.float() if sae else None)
+        record = {model.graph.meta(n)["layer"] for n in model.graph.nodes(ops.LIF)} if sae else frozenset()
+        ref = model(x.float(), encoded=inputs.float() if sae else None, record=record)
     model.train(was_training)
     got = run_onnx(onnx_model, {SPIKES_INPUT if sae else IMAGE_INPUT: inputs.float().numpy()})
-    mismatches, spikes, neurons, act_err = {}, {}, {}, {}
+    trains, mismatches, spikes, neurons, act_err = {}, {}, {}, {}, {}
     for layer, want in ref.counts.items():
         want_np = want.float().numpy()
         neurons[layer] = int(want_np.size)
         if sae:
-            have = got[counts_output(layer)]
-            mismatches[layer] = int(np.count_nonzero(have != want_np))
+            trains[layer] = spike_train_mismatches(got[train_output(layer)], ref.trains[layer].float().numpy())
+            mismatches[layer] = int(np.count_nonzero(got[counts_output(layer)] != want_np))
             spikes[layer] = int(want_np.sum())
         else:
             act_err[layer] = _normwise_rel_err(got[activations_output(layer)], want_np)
@@ -507,7 +534,7 @@ def compare_with_runtime(onnx_model: onnx.ModelProto | str | Path, model, inputs
     err = np.abs(have_x - want_x)
     big = np.abs(want_x) >= 1e-3 * np.abs(want_x).max(initial=0.0)
     entry = float((err[big] / np.abs(want_x[big])).max()) if big.any() and want_x.any() else 0.0
-    return OnnxAgreement(mismatches, spikes, neurons, act_err, float(err.max(initial=0.0)),
+    return OnnxAgreement(trains, mismatches, spikes, neurons, act_err, float(err.max(initial=0.0)),
                          _normwise_rel_err(have_x, want_x), entry)
 
 
@@ -524,5 +551,5 @@ def onnx_input_shape(graph: IRGraph, timesteps: int | None = None, batch: int = 
 __all__ = [
     "OPSET", "IR_VERSION", "MODEL_FILE", "SPIKES_INPUT", "IMAGE_INPUT", "RECONSTRUCTION_OUTPUT", "OnnxAgreement",
     "activations_output", "build_onnx_model", "compare_with_runtime", "counts_output", "export_onnx",
-    "onnx_input_shape", "run_onnx",
+    "onnx_input_shape", "run_onnx", "spike_train_mismatches", "train_output",
 ]

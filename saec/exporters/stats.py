@@ -27,6 +27,12 @@ Definitions (also written into ``stats.json``, block ``definitions``):
 - **Firing rate** of a neuron: spikes / T averaged over the examples; a layer's
   rate is the mean over its neurons. **Dead**: no spike for any evaluated
   example; **bursting**: rate >= 0.9 (:mod:`saec.runtime.metrics`).
+- **Connection sparsity** follows NeuroBench (``ConnectionSparsity``): zero
+  weights / all weights over the layers with weights (biases not counted).
+  NeuroBench 2.3 visits Linear and Conv layers only; saec counts its
+  transposed convolutions too (the same definition).
+- **Memory footprint** follows NeuroBench (``Footprint``): bytes of every
+  parameter and buffer of the network as stored (weights and biases, fp32).
 - **Energy**: synaptic operations only, E = ACs * E_AC + MACs * E_MAC with
   32-bit float energies at 45 nm (:data:`HOROWITZ_45NM_FP32`); memory
   access, neuron updates and the encoder are not counted.
@@ -93,6 +99,15 @@ DEFINITIONS = {
     "bursting": f"Neurons with firing rate >= {DEFAULT_BURSTING_THRESHOLD} spikes per step.",
     "spikes_per_example": "Spikes of the layer over all T steps, averaged over examples (AE/VAE: non-zero outputs).",
     "weight_bytes_int8": "Weight count * 1 byte (an 8-bit quantisation estimate; scales and zero points not counted).",
+    "zero_weights": "Weights (not biases) of the layer that are exactly 0.",
+    "connection_sparsity": (
+        "NeuroBench ConnectionSparsity: zero weights / all weights, over the layers with weights (biases not "
+        "counted); NeuroBench 2.3 visits Linear and Conv layers only, saec also its transposed convolutions. "
+        "Exact here; NeuroBench rounds to 4 decimals."),
+    "parameter_bytes": "Bytes of the layer's stored tensors: weight and bias (if any), as stored (fp32).",
+    "footprint_bytes": (
+        "NeuroBench Footprint: bytes of every parameter and buffer of the network (numel * element size), "
+        "biases included."),
     "energy_joules_per_inference": (
         "Synaptic operations only: Effective_ACs * E_AC + Effective_MACs * E_MAC per example; memory access, "
         "neuron updates and the encoder are not counted."),
@@ -101,7 +116,8 @@ DEFINITIONS = {
         "neurobench": ("J. Yik et al., \"The NeuroBench framework for benchmarking neuromorphic computing "
                        "algorithms and systems\", Nature Communications 16, 1545 (2025); metric definitions of "
                        "the NeuroBench harness (neurobench.readthedocs.io, workload metrics 'Synaptic Operations' "
-                       "and 'Activation Sparsity')."),
+                       "and 'Activation Sparsity', static metrics 'Connection Sparsity' and 'Footprint'; "
+                       "neurobench 2.3.0)."),
         "energy": HOROWITZ_45NM_FP32.source,
     },
 }
@@ -169,6 +185,30 @@ def activation_sparsity(spikes: dict[str, float], neurons: dict[str, int], times
     if possible == 0:
         raise ValueError("no neuron outputs to measure sparsity over")
     return (possible - sum(spikes.values())) / possible
+
+
+def connection_sparsity(weights) -> float:
+    """NeuroBench connection sparsity: zero weights / all weights over the given weight tensors.
+
+    Args:
+        weights: the weight tensors of the layers with weights (no biases).
+    Returns:
+        A fraction in [0, 1] (unrounded; NeuroBench rounds to 4 decimals).
+    Raises:
+        ValueError: no weights at all.
+    """
+    zeros = total = 0
+    for w in weights:
+        zeros += int(torch.count_nonzero(torch.as_tensor(w) == 0))
+        total += int(torch.as_tensor(w).numel())
+    if total == 0:
+        raise ValueError("no weights to measure connection sparsity over")
+    return zeros / total
+
+
+def footprint_bytes(tensors) -> int:
+    """NeuroBench footprint: sum of numel * element size (bytes) over the tensors (parameters and buffers)."""
+    return sum(int(t.numel()) * int(t.element_size()) for t in tensors)
 
 
 # ---------------------------------------------------------------- graph reading
@@ -294,9 +334,14 @@ def measure_stats(model, data, *, batch_size: int = 64, seed: int = 0, device: t
         else:
             macs += synops
         n_weights = int(meta.get("params", 0))
+        weight = weights[f"{c.node}.weight"]
+        stored = [t for key, t in weights.items() if key.rsplit(".", 1)[0] == c.node]  # weight, bias
         entry: dict[str, Any] = {
             "neurons": 0, "synapses": int(meta["synapses"]), "weights": n_weights,
             "weight_bytes_fp32": 4 * n_weights, "weight_bytes_int8": n_weights,
+            "zero_weights": int(torch.count_nonzero(weight == 0)),
+            "connection_sparsity": connection_sparsity([weight]),
+            "parameter_bytes": footprint_bytes(stored),
             "firing_rate": None, "dead": None, "bursting": None, "spikes_per_example": None,
             "synops_per_example": synops, "synop_kind": "AC" if c.binary_input else "MAC",
             "presynaptic": "input spikes" if isinstance(graph.op(c.source), ops.PoissonEncode)
@@ -346,6 +391,10 @@ def measure_stats(model, data, *, batch_size: int = 64, seed: int = 0, device: t
             "dense_macs_per_example": int(dense_macs),
             "synops_per_dense_mac": synops / dense_macs if dense_macs else None,
             "activation_sparsity": activation_sparsity(spikes_total, neurons, T, examples) if neurons else None,
+            "zero_weights": int(total("zero_weights")),
+            "connection_sparsity": connection_sparsity([weights[f"{c.node}.weight"] for c in connections]),
+            "parameter_bytes": int(total("parameter_bytes")),
+            "footprint_bytes": footprint_bytes([*model.parameters(), *model.buffers()]),
             "energy_joules_per_inference": acs * energy.ac_joules + macs * energy.mac_joules,
             "ann_energy_joules_per_inference": dense_macs * energy.mac_joules,
         },
@@ -442,6 +491,10 @@ def print_stats(stats: dict[str, Any], console=None) -> None:
                   f"equivalent ANN: {_si(tot['dense_macs_per_example'])} MACs")
     if tot["activation_sparsity"] is not None:
         console.print(f"activation sparsity (NeuroBench): {tot['activation_sparsity']:.4f}")
+    if tot.get("connection_sparsity") is not None:
+        console.print(f"connection sparsity (NeuroBench): {tot['connection_sparsity']:.4f} "
+                      f"({tot['zero_weights']:,} zero weights); memory footprint (NeuroBench, "
+                      f"parameters + buffers): {tot['footprint_bytes']:,} bytes")
     e = stats["energy_per_operation"]
     console.print(f"energy per inference (synaptic ops only): {_si(tot['energy_joules_per_inference'], 'J')} "
                   f"vs ANN {_si(tot['ann_energy_joules_per_inference'], 'J')} "

@@ -56,6 +56,8 @@ readout: {type: max_cumulative_potential, scale: 0.5}
 data: {dataset: mnist5k, validation: {source: split, fraction: 0.02}}
 """
 NO_CLAMP = ("neuron.lower_bound=null",)
+#: The published code's floor (preset `reference`): u < -1 is set to +threshold. NIR cannot express it.
+REVIVE = ("neuron.lower_bound=-1", "neuron.lower_bound_mode=revive")
 
 
 def make_run(folder: Path, spec_text: str, overrides=(), *, gain: float = 3.0, seed: int = 0) -> Path:
@@ -87,10 +89,11 @@ def exported(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported_clamped(tmp_path_factory) -> tuple[Path, str]:
-    """A run with the default floor (u < -1 is set to +threshold), exported; and the warning printed."""
-    run = make_run(tmp_path_factory.mktemp("clamp") / "run", TINY)
-    return run, export(run, "--target", "norse").stderr
+def exported_clamped(tmp_path_factory) -> tuple[Path, object]:
+    """A run with the published code's floor (u < -1 is set to +threshold), exported with --approximate;
+    and the command's result."""
+    run = make_run(tmp_path_factory.mktemp("clamp") / "run", TINY, REVIVE)
+    return run, export(run, "--target", "norse", "--approximate")
 
 
 def golden_trains(run: Path) -> dict[str, np.ndarray]:
@@ -100,13 +103,35 @@ def golden_trains(run: Path) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- third-party runners
 def run_importer(net, spikes: np.ndarray) -> np.ndarray:
     """Step a nirtorch-built module over spikes [B, T, *shape]; output spikes bool [B, T, neurons]."""
+    return run_importer_layers(net, spikes)[X.OUTPUT_NODE]
+
+
+def run_importer_layers(net, spikes: np.ndarray) -> dict[str, np.ndarray]:
+    """Step a nirtorch-built module over spikes [B, T, *shape]; the spike train of every LIF node and the
+    output, bool [B, T, neurons], keyed by NIR node name (the importers name modules with `_` for `.`)."""
     x = torch.from_numpy(spikes.astype(np.float32))
+    recorded: dict[str, list[np.ndarray]] = {}
+
+    def recorder(node: str):
+        def hook(module, inputs, output):
+            z = output[0] if isinstance(output, tuple) else output
+            recorded.setdefault(node, []).append(z.detach().reshape(x.shape[0], -1).numpy())
+        return hook
+
+    handles = [module.register_forward_hook(recorder(name.replace("_lif", ".lif")))
+               for name, module in net.named_modules() if name.endswith("_lif")]
     state, outs = None, []
-    with torch.no_grad():
-        for t in range(x.shape[1]):
-            out, state = net(x[:, t], state)
-            outs.append(out.reshape(x.shape[0], -1).numpy())
-    return np.stack(outs, 1) > 0
+    try:
+        with torch.no_grad():
+            for t in range(x.shape[1]):
+                out, state = net(x[:, t], state)
+                outs.append(out.reshape(x.shape[0], -1).numpy())
+    finally:
+        for handle in handles:
+            handle.remove()
+    trains = {node: np.stack(v, 1) > 0 for node, v in recorded.items()}
+    trains[X.OUTPUT_NODE] = np.stack(outs, 1) > 0
+    return trains
 
 
 def snntorch_net(path: Path):
@@ -138,10 +163,14 @@ def test_export_writes_a_type_checked_standard_graph(exported):
     path = exported / "export" / X.MODEL_FILE
     graph = nir.read(path, type_check=True)
     kinds = {name: type(node).__name__ for name, node in graph.nodes.items()}
-    assert kinds == {"_input": "Input", "conv1": "Conv2d", "conv1.lif": "LIF", "latent": "Conv2d",
-                     "latent.lif": "LIF", "fc_dec": "Conv2d", "fc_dec.lif": "LIF", "output": "Conv2d",
-                     "output.lif": "LIF", "_output": "Output"}
-    assert graph.edges[-1] == ("output.lif", "_output")
+    # The ends are `input` / `output` (snn-mlir requires these); the output layer's synapse, IR node
+    # `output`, is renamed and the mapping recorded.
+    assert kinds == {"input": "Input", "conv1": "Conv2d", "conv1.lif": "LIF", "latent": "Conv2d",
+                     "latent.lif": "LIF", "fc_dec": "Conv2d", "fc_dec.lif": "LIF", "output.conv2d": "Conv2d",
+                     "output.lif": "LIF", "output": "Output"}
+    assert graph.edges[0] == ("input", "conv1") and graph.edges[-1] == ("output.lif", "output")
+    assert ("output.conv2d", "output.lif") in graph.edges
+    assert graph.metadata["renamed_nodes"] == {"output.conv2d": "output"}
     lif = graph.nodes["latent.lif"]
     assert lif.tau.shape == (8, 1, 1)  # full activation shape of the lowered latent layer
     np.testing.assert_allclose(lif.tau, X.DT / (1 - 0.9), rtol=1e-15)
@@ -159,22 +188,26 @@ def test_export_weights_are_the_lowered_trained_weights(exported):
     graph = nir.read(exported / "export" / X.MODEL_FILE)
     _, model = load_model(exported)
     w = model.ir_state_dict()
-    np.testing.assert_array_equal(graph.nodes["output"].weight,
+    np.testing.assert_array_equal(graph.nodes["output.conv2d"].weight,
                                   w["output.weight"].numpy().transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
     np.testing.assert_array_equal(graph.nodes["latent"].weight, w["latent.weight"].numpy().reshape(8, 2, 24, 24))
     assert np.all(graph.nodes["conv1"].bias == 0) and list(graph.nodes["fc_dec"].padding) == [23, 23]
 
 
 def test_export_warns_what_nir_does_not_carry(exported_clamped):
-    run, stderr = exported_clamped
-    lines = stderr.strip().splitlines()
-    assert lines[0] == "warning: NIR does not carry these (they are in the graph metadata):"
+    run, result = exported_clamped
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "warning: --approximate: written WITHOUT semantics NIR cannot express:"
+    assert lines[1] == ("  - lower_bound on layers conv1, latent, fc_dec, output: NIR's LIF has no membrane floor "
+                        "(u < -1 is set to +threshold); written without it")
+    assert lines[2] == "warning: NIR does not carry these (they are in the graph metadata):"
     text = " ".join(lines)
     for needle in ("the readout", "the Poisson encoder", "dt = 0.0001 s",
                    "the membrane floor (u < -1 is set to +threshold) on layers conv1, fc_dec, latent, output"):
         assert needle in text
     meta = nir.read(run / "export" / X.MODEL_FILE).metadata
     assert "membrane floor" in meta["not_carried"] and meta["neuron"]["lower_bound"] == -1.0
+    assert "lower_bound on layers conv1, latent, fc_dec, output" in meta["approximated"]
 
 
 def test_ge_threshold_is_written_one_float32_step_below():
@@ -183,6 +216,49 @@ def test_ge_threshold_is_written_one_float32_step_below():
     assert thr < np.float32(1.0) and np.nextafter(thr, np.float32(2)) == np.float32(1.0)
     u = np.array([thr, 1.0], dtype=np.float32)
     assert list(u > thr) == [False, True]  # strict > on float32 is u >= 1
+
+
+def test_a_threshold_that_float32_cannot_place_is_refused():
+    """A scaled threshold that rounds to 0 has no float32 value below it that `>=` could use."""
+    from saec.compiler.errors import CompileError
+
+    assert X._strict_threshold(np.float32(0.0), "gt") == 0.0
+    with pytest.raises(CompileError, match=r"no float32 threshold reproduces spike_when='ge' at v = 0.0"):
+        X._strict_threshold(np.float32(0.0), "ge")
+
+
+@pytest.mark.parametrize("decay", [0.5, 0.9, 0.99])
+@pytest.mark.parametrize("spike_when", ["gt", "ge"])
+def test_norse_threshold_compares_like_the_spike_rule_in_norses_float32(decay, spike_when):
+    """Norse (r ignored) sees v = gain * u with its own float32 gain dt * (1/tau); at u == threshold its v
+    must exceed the written threshold for `ge` and not for `gt`. The step below is taken after scaling:
+    before it, float32(nextafter(1, 0) * 0.01) == float32(0.01) and `>=` was lost."""
+    import norse.torch
+
+    lowered_tau = np.full((1,), X.DT / (1 - decay))
+    graph = nir.NIRGraph(nodes={
+        "input": nir.Input(input_type={"input": np.array([1])}),
+        "lif": X._lif_node("lif", ops.LIF(decay=decay, threshold=1.0, spike_when=spike_when, lower_bound=None),
+                           (1,), (1,), {}, "norse"),
+        "output": nir.Output(output_type={"output": np.array([1])})},
+        edges=[("input", "lif"), ("lif", "output")])
+    np.testing.assert_array_equal(graph.nodes["lif"].tau, lowered_tau)
+    assert np.all(graph.nodes["lif"].r == 1.0)
+    v_at_threshold = np.float32(X.norse_gain(lowered_tau) * np.float32(1.0))
+    thr = np.float32(graph.nodes["lif"].v_threshold.reshape(-1)[0])
+    assert bool(v_at_threshold > thr) == (spike_when == "ge")
+    if decay == 0.99:  # the old order: step below 1, then scale (in float64), then round to the float32 file
+        old = np.float32(float(np.nextafter(np.float32(1.0), np.float32(0))) * (1 - decay))
+        assert old == np.float32(1 - decay) and not v_at_threshold > old
+    # And in Norse itself: one step from rest with a current of exactly the threshold (and just below it).
+    logging.disable(logging.WARNING)
+    try:
+        net = norse.torch.from_nir(graph, dt=X.DT)
+    finally:
+        logging.disable(logging.NOTSET)
+    with torch.no_grad():
+        z, _ = net(torch.tensor([[1.0], [1.0 - 1 / 16]]), None)
+    assert z.reshape(-1).tolist() == [1.0 if spike_when == "ge" else 0.0, 0.0]
 
 
 def test_golden_data_is_saecs_encoder_and_trained_model(exported):
@@ -266,17 +342,107 @@ def test_simulate_cli_writes_spikes_and_compares_with_golden(exported, tmp_path)
     result = runner.invoke(app, ["simulate", str(exported / "export" / X.MODEL_FILE),
                                  "--input", str(exported / "export" / X.GOLDEN_FILE), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert re.search(r"_output: 0 mismatches \(\d+ golden spikes\)", result.stdout)
+    gold = golden_trains(exported)
+    for node in ("conv1.lif", "latent.lif", "fc_dec.lif", "output.lif", "output"):
+        n = gold[node].size
+        assert re.search(rf"^  {re.escape(node)} +{int(gold[node].sum()):,} +{int(gold[node].sum()):,} +0 of {n:,}"
+                         r"  identical$", result.stdout, re.M), result.stdout
+    assert result.stdout.strip().endswith("check passed: all 5 nodes reproduce the golden spikes exactly")
     saved = np.load(out)
-    assert set(saved.files) == {"conv1.lif", "latent.lif", "fc_dec.lif", "output.lif", "_output"}
-    # and from a plain .npy [T, *shape] train (no batch axis)
+    assert set(saved.files) == {"conv1.lif", "latent.lif", "fc_dec.lif", "output.lif", "output"}
+    # and from a plain .npy [T, *shape] train (no batch axis): no golden, so no check
     npy = tmp_path / "one.npy"
     spikes = read_input_spikes(exported / "export" / X.GOLDEN_FILE, (1, 28, 28))
     np.save(npy, spikes[:, 0])
     result = runner.invoke(app, ["simulate", str(exported / "export" / X.MODEL_FILE), "--input", str(npy)])
     assert result.exit_code == 0, result.output
+    assert "check" not in result.stdout
     single = np.load(tmp_path / "one.simulated.npz")
-    np.testing.assert_array_equal(single["_output"][:, 0], saved["_output"][:, 0])
+    np.testing.assert_array_equal(single["output"][:, 0], saved["output"][:, 0])
+
+
+def _golden_with(run: Path, path: Path, change) -> Path:
+    """A copy of the run's golden file with ``change(node -> [B, T, N] bool)`` applied."""
+    trains = change(golden_trains(run))
+    nir.write_data(path, nir.NIRGraphData(nodes={
+        k: nir.NIRNodeData(observables={"spikes": nir.TimeGriddedData(data=v, dt=X.DT)}) for k, v in trains.items()}))
+    return path
+
+
+def test_simulate_is_a_check_that_fails_on_one_spike_moved_in_time(exported, tmp_path):
+    """Same spike counts per (example, neuron), one spike one step later: exit 1, the layer named."""
+    def move_one_spike(trains):
+        latent = trains["latent.lif"].copy()
+        b, t, n = next((b, t, n) for b, t, n in np.argwhere(latent)
+                       if t + 1 < latent.shape[1] and not latent[b, t + 1, n])
+        latent[b, t, n], latent[b, t + 1, n] = False, True
+        return {**trains, "latent.lif": latent}
+
+    moved = _golden_with(exported, tmp_path / "moved.nir", move_one_spike)
+    assert np.array_equal(golden_trains(exported)["latent.lif"].sum(1), X.read_golden(moved)["latent.lif"].sum(1))
+    result = runner.invoke(app, ["simulate", str(exported / "export" / X.MODEL_FILE), "--input", str(moved)])
+    assert result.exit_code == 1, result.output
+    assert re.search(r"^  latent.lif +\d+ +\d+ +2 of 256  DIFFERS$", result.stdout, re.M), result.stdout
+    assert re.search(r"^  conv1.lif .* identical$", result.stdout, re.M)
+    assert result.stdout.strip().endswith("check FAILED: 1 of 5 nodes differ from the golden spikes (latent.lif)")
+
+
+def test_simulate_exit_status_in_a_shell_script(exported, exported_clamped):
+    """What a CI script sees: the process's exit status, 0 for an exact export, 1 for an approximate one."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def status(run: Path) -> int:
+        return subprocess.run([sys.executable, "-m", "saec", "simulate", str(run / "export" / X.MODEL_FILE),
+                               "--input", str(run / "export" / X.GOLDEN_FILE), "-o", str(run / "sim.npz")],
+                              cwd=REPO, capture_output=True, timeout=300).returncode
+
+    assert status(exported) == 0
+    assert status(exported_clamped[0]) == 1
+
+
+def test_simulate_of_an_approximate_export_exits_1(exported_clamped):
+    run, _ = exported_clamped
+    result = runner.invoke(app, ["simulate", str(run / "export" / X.MODEL_FILE),
+                                 "--input", str(run / "export" / X.GOLDEN_FILE)])
+    assert result.exit_code == 1, result.output
+    assert "check FAILED" in result.stdout and "DIFFERS" in result.stdout
+
+
+def test_simulate_reads_golden_files_with_the_old_end_names(exported, tmp_path):
+    """Files written before the ends were renamed call them `_input` / `_output`: still read and checked."""
+    legacy = _golden_with(exported, tmp_path / "legacy.nir",
+                          lambda t: {{"input": "_input", "output": "_output"}.get(k, k): v for k, v in t.items()})
+    assert set(nir.read_data(str(legacy)).nodes) >= {"_input", "_output"}
+    np.testing.assert_array_equal(read_input_spikes(legacy, (1, 28, 28)),
+                                  read_input_spikes(exported / "export" / X.GOLDEN_FILE, (1, 28, 28)))
+    result = runner.invoke(app, ["simulate", str(exported / "export" / X.MODEL_FILE), "--input", str(legacy)])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^  output +\d[\d,]* +\d[\d,]* +0 of [\d,]+  identical$", result.stdout, re.M), result.stdout
+    # and a model file with the old end names, checked against either golden file
+    graph = nir.read(exported / "export" / X.MODEL_FILE)
+    ends = {"input": "_input", "output": "_output"}
+    old_graph = nir.NIRGraph(nodes={ends.get(k, k): v for k, v in graph.nodes.items()},
+                             edges=[(ends.get(a, a), ends.get(b, b)) for a, b in graph.edges], metadata=graph.metadata)
+    nir.write(tmp_path / "legacy_model.nir", old_graph)
+    for golden in (legacy, exported / "export" / X.GOLDEN_FILE):
+        result = runner.invoke(app, ["simulate", str(tmp_path / "legacy_model.nir"), "--input", str(golden)])
+        assert result.exit_code == 0, result.output
+        assert "check passed: all 5 nodes reproduce the golden spikes exactly" in result.stdout
+
+
+def test_simulate_with_golden_data_of_another_graph_names_the_file(exported, tmp_path):
+    other = _golden_with(exported, tmp_path / "other.nir",
+                         lambda t: {("input" if k == "input" else f"x{k}"): v for k, v in t.items()})
+    assert_one_line(runner.invoke(app, ["simulate", str(exported / "export" / X.MODEL_FILE), "--input", str(other)]),
+                    r"other.nir: the golden data name none of the graph's neuron or output nodes")
+    fewer = _golden_with(exported, tmp_path / "fewer.nir",
+                         lambda t: {k: (v[:, :, :5] if k == "latent.lif" else v) for k, v in t.items()})
+    assert_one_line(runner.invoke(app, ["simulate", str(exported / "export" / X.MODEL_FILE), "--input", str(fewer)]),
+                    r"fewer.nir: golden node `latent.lif` holds \[T, B, neurons\] = \[8, 4, 5\], the graph gives "
+                    r"\[8, 4, 8\]")
 
 
 def nir_reference(x: np.ndarray, dt: float) -> dict[str, np.ndarray]:
@@ -361,7 +527,7 @@ def test_flatten_and_affine_export_runs_in_snntorch_with_its_target():
     weights = {"fc.weight": gen.normal(0, 0.6, (4, 18)).astype(np.float32),
                "fc.bias": np.array([0.2, 0.0, -0.1, 0.3], dtype=np.float32)}
     x = (gen.random((5, 3, 2, 3, 3)) < 0.5).astype(np.float32)
-    saec_out = simulate_nir(X.ir_to_nir(ir, weights), x)["_output"]
+    saec_out = simulate_nir(X.ir_to_nir(ir, weights), x)[X.OUTPUT_NODE]
     got = run_importer(snntorch_net_from(X.ir_to_nir(ir, weights, target="snntorch")), x.transpose(1, 0, 2, 3, 4))
     np.testing.assert_array_equal(got, saec_out.transpose(1, 0, 2) > 0)
     assert 0 < saec_out.sum() < saec_out.size
@@ -469,6 +635,128 @@ def test_simulate_with_a_bad_input_file(exported, tmp_path):
     assert_one_line(runner.invoke(app, ["simulate", model, "--input", str(wrong)]),
                     r"wrong.npy: input spikes must be \[T, B, 1x28x28\] or \[T, 1x28x28\] for this graph, "
                     r"got \[4, 2, 28, 27\]")
+
+
+# ---------------------------------------------------------------- semantics NIR cannot express
+@pytest.mark.parametrize("overrides, pattern", [
+    (REVIVE, r"spec.yaml:\d+: neuron.lower_bound: cannot export to NIR exactly: NIR's LIF has no membrane floor "
+             r"\(u < -1 is set to \+threshold\) on layers conv1, latent, fc_dec, output; train with "
+             r"neuron.lower_bound: null for deployment, or pass --approximate to export anyway"),
+    (("neuron.lower_bound=-0.5", "neuron.lower_bound_mode=clamp"),
+     r"spec.yaml:\d+: neuron.lower_bound: cannot export to NIR exactly: NIR's LIF has no membrane floor "
+     r"\(u < -0.5 is clamped to -0.5\) on layers conv1, latent, fc_dec, output;"),
+    (NO_CLAMP + ("neuron.reset=subtract",),
+     r"spec.yaml:\d+: neuron.reset: cannot export to NIR exactly: NIR's LIF resets to v_reset after a spike; it "
+     r"cannot subtract the threshold \(reset: subtract\) on layers conv1, latent, fc_dec, output; train with "
+     r"neuron.reset: zero"),
+    (NO_CLAMP + ("layers.latent.neuron={reset: none}",),
+     r"spec.yaml:\d+: layers.latent.neuron.reset: cannot export to NIR exactly: NIR's LIF always resets to v_reset "
+     r"after a spike \(reset: none keeps the potential\) on layers latent;"),
+    (REVIVE + ("neuron.reset=subtract",),
+     r"neuron.lower_bound: .* on layers conv1, latent, fc_dec, output; and reset on layers conv1, latent, fc_dec, "
+     r"output; train with neuron.lower_bound: null"),
+], ids=["revive", "clamp", "subtract", "layer_override_none", "two_fields"])
+def test_export_refuses_semantics_nir_cannot_express(tmp_path, overrides, pattern):
+    run = make_run(tmp_path / "run", TINY, overrides)
+    for target in ("standard", "norse"):
+        assert_one_line(runner.invoke(app, ["export", str(run), "--format", "nir", "--target", target]), pattern)
+    assert not (run / "export").exists()  # nothing written
+
+
+def test_approximate_export_prints_the_agreement_it_measured(exported_clamped):
+    """The table's numbers are those of saec's NIR simulation of the written file against the golden trains."""
+    run, result = exported_clamped
+    gold = golden_trains(run)
+    spikes = read_input_spikes(run / "export" / X.GOLDEN_FILE, (1, 28, 28))
+    simulated = simulate_nir(run / "export" / X.MODEL_FILE, spikes)
+    total = differ = 0
+    for node in ("conv1.lif", "latent.lif", "fc_dec.lif", "output.lif", "output"):
+        T, B = simulated[node].shape[:2]
+        got = simulated[node].reshape(T, B, -1).transpose(1, 0, 2) > 0
+        n_diff, n = int((got != gold[node]).sum()), got.size
+        total, differ = total + n, differ + n_diff
+        verdict = "DIFFERS" if n_diff else "identical"
+        assert re.search(rf"^  {re.escape(node)} +{int(gold[node].sum()):,} +{int(got.sum()):,} +{n_diff:,} of "
+                         rf"{n:,}  {verdict}$", result.stdout, re.M), (node, result.stdout)
+    assert differ > 0  # the floor acts on this network
+    assert f"check: saec's NIR simulation of model.nir on the golden input: {differ:,} of {total:,} spike " \
+           "positions differ from saec" in result.stdout
+
+
+def test_exact_export_says_its_check_passed(exported):
+    result = export(exported)
+    assert "check: saec's NIR simulation of model.nir on the golden input: identical spike trains in every layer" \
+        in result.stdout
+    assert "DIFFERS" not in result.stdout and "--approximate" not in result.stderr
+
+
+def test_onnx_exports_the_floor_that_nir_refuses_exactly(exported_clamped):
+    """The same floored run: ONNX expresses the revive floor, so its export needs no --approximate and
+    reproduces saec's spike trains in every layer on the golden input."""
+    from saec.exporters.onnx import compare_with_runtime
+
+    run, _ = exported_clamped
+    result = runner.invoke(app, ["export", str(run), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    spikes = read_input_spikes(run / "export" / X.GOLDEN_FILE, (1, 28, 28))
+    _, model = load_model(run)
+    agreement = compare_with_runtime(run / "export" / "model.onnx", model, torch.from_numpy(spikes))
+    assert agreement.spikes_exact, agreement.train_mismatches
+    assert all(v > 0 for v in agreement.spikes.values())
+    # and the floor acts here: saec's NIR simulation (no floor) differs from these trains
+    assert "DIFFERS" in exported_clamped[1].stdout
+
+
+def test_approximate_is_for_nir_only(exported):
+    assert_one_line(runner.invoke(app, ["export", str(exported), "--format", "onnx", "--approximate"]),
+                    r"--approximate: --approximate applies to --format nir only \(onnx exports the network exactly\)")
+
+
+# ---------------------------------------------------------------- gt / ge end to end, ties on the threshold
+def dyadic_run(folder: Path, decay: float, spike_when: str) -> Path:
+    """A no-floor run whose weights are multiples of 1/16: sums of them are exact in float32, so potentials
+    land exactly on the threshold 1.0 (at step 0 for any decay; at every step when decay is dyadic)."""
+    from safetensors.numpy import load_file, save_file
+
+    run = make_run(folder, TINY, (f"neuron.decay={decay}", f"neuron.spike_when={spike_when}"))
+    weights = load_file(run / A.WEIGHTS)
+    save_file({k: (np.round(v * 16) / 16).astype(np.float32) for k, v in weights.items()}, run / A.WEIGHTS)
+    export(run, "--target", "norse")
+    return run
+
+
+@pytest.fixture(scope="module", params=[0.5, 0.99], ids=["decay0.5", "decay0.99"])
+def dyadic_runs(request, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp(f"dyadic{request.param}")
+    return {rule: dyadic_run(folder / rule, request.param, rule) for rule in ("gt", "ge")}
+
+
+LIF_NODES = ("conv1.lif", "latent.lif", "fc_dec.lif", "output.lif")
+
+
+def test_dyadic_weights_put_potentials_on_the_threshold(dyadic_runs):
+    """Same weights and input: `gt` and `ge` differ only where u == threshold, so their golden trains differ
+    (in the first layer at step 0, and after it): the comparisons below are not vacuous."""
+    gt, ge = golden_trains(dyadic_runs["gt"]), golden_trains(dyadic_runs["ge"])
+    np.testing.assert_array_equal(gt[X.INPUT_NODE], ge[X.INPUT_NODE])
+    assert (gt["conv1.lif"][:, 0] != ge["conv1.lif"][:, 0]).sum() > 0
+    assert (gt["conv1.lif"][:, 1:] != ge["conv1.lif"][:, 1:]).sum() > 0
+
+
+@pytest.mark.parametrize("rule", ["gt", "ge"])
+def test_snntorch_and_norse_reproduce_every_spike_train_of_gt_and_ge(dyadic_runs, rule):
+    """snnTorch on model.nir, Norse on model.norse.nir: every LIF layer's spike train and the output,
+    position by position (t, example, neuron)."""
+    run = dyadic_runs[rule]
+    gold = golden_trains(run)
+    spikes, _ = golden_input(run)
+    for name, net in (("snntorch", snntorch_net(run / "export" / X.MODEL_FILE)),
+                      ("norse", norse_net(run / "export" / "model.norse.nir"))):
+        trains = run_importer_layers(net, spikes)
+        assert set(trains) == {*LIF_NODES, X.OUTPUT_NODE}, name
+        for node in (*LIF_NODES, X.OUTPUT_NODE):
+            assert gold[node].any(), node
+            np.testing.assert_array_equal(trains[node], gold[node], err_msg=f"{name}: {node} ({rule})")
 
 
 # ---------------------------------------------------------------- the paper's SAE

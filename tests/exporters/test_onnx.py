@@ -20,7 +20,8 @@ from saec.cli import app
 from saec.compiler import ops
 from saec.compiler.pipeline import compile_spec
 from saec.exporters.onnx import (IMAGE_INPUT, IR_VERSION, OPSET, RECONSTRUCTION_OUTPUT, SPIKES_INPUT, activations_output,
-                                 build_onnx_model, compare_with_runtime, counts_output, export_onnx, run_onnx)
+                                 build_onnx_model, compare_with_runtime, counts_output, export_onnx, run_onnx,
+                                 spike_train_mismatches, train_output)
 from saec.runtime import artifacts as A
 from saec.runtime.model import SpikingAutoencoder
 from saec.spec.errors import SpecError
@@ -77,15 +78,6 @@ def random_train(T: int, batch: int, shape: tuple[int, ...], rate: float = 0.4, 
     return (torch.rand((T, batch, *shape), generator=torch.Generator().manual_seed(seed)) < rate).float()
 
 
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy that also outputs the named intermediate values (shape left to the runtime)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for name in names:
-        copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return copy
-
-
 @pytest.mark.parametrize("quantized", [False, True], ids=["float_weights", "half_integer_weights"])
 @pytest.mark.parametrize("semantics", sorted(SEMANTICS))
 def test_tiny_sae_spike_trains_identical_to_runtime(tmp_path, semantics, quantized):
@@ -105,13 +97,12 @@ def test_tiny_sae_spike_trains_identical_to_runtime(tmp_path, semantics, quantiz
     layers = [graph.meta(n)["layer"] for n in graph.nodes(ops.LIF)]
     with torch.inference_mode():
         ref = model(torch.zeros(3, 1, 8, 8), encoded=train, record=set(layers))
-    # The concatenated spike train of node `<layer>.lif` is the ONNX value `<layer>.lif.spikes`.
-    got = run_onnx(with_outputs(onnx_model, [f"{layer}.lif.spikes" for layer in layers]),
-                   {SPIKES_INPUT: train.numpy()})
+    # Every spiking layer's whole spike train is a graph output, `spikes.<layer>` [T, batch, *shape].
+    got = run_onnx(onnx_model, {SPIKES_INPUT: train.numpy()})
     for layer in layers:
         want = ref.trains[layer].numpy()
         assert 0 < want.sum() < want.size, f"{layer}: silent or saturated layer makes the check vacuous"
-        np.testing.assert_array_equal(got[f"{layer}.lif.spikes"], want, err_msg=layer)
+        np.testing.assert_array_equal(got[train_output(layer)], want, err_msg=layer)
         np.testing.assert_array_equal(got[counts_output(layer)], ref.counts[layer].numpy(), err_msg=layer)
     want_x = ref.x_hat.numpy()
     assert np.abs(want_x).max() > 0
@@ -125,8 +116,14 @@ def test_unrolled_timesteps_and_fixed_batch(tmp_path):
     onnx.checker.check_model(onnx_model, full_check=True)
     dims = [d.dim_value for d in onnx_model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [3, 2, 1, 8, 8]
+    trains = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in onnx_model.graph.output
+              if o.name.startswith("spikes.")}
+    assert trains == {train_output("conv1"): [3, 2, 4, 8, 8], train_output("conv2"): [3, 2, 6, 3, 3],
+                      train_output("latent"): [3, 2, 8], train_output("fc_dec"): [3, 2, 54],
+                      train_output("deconv1"): [3, 2, 4, 8, 8], train_output("output"): [3, 2, 1, 8, 8]}
     agreement = compare_with_runtime(onnx_model, model, random_train(3, 2, (1, 8, 8), seed=5))
-    assert agreement.spikes_exact, agreement.count_mismatches
+    assert agreement.spikes_exact, agreement.train_mismatches
+    assert set(agreement.train_mismatches) == set(agreement.spikes)
     assert sum(agreement.spikes.values()) > 0
     assert agreement.x_hat_rel_err <= X_HAT_RTOL
 
@@ -159,6 +156,38 @@ def test_ae_and_vae_export_with_one_step(tmp_path, kind):
         np.testing.assert_allclose(got["logvar"], ref.logvar.numpy(), rtol=0,
                                    atol=X_HAT_RTOL * ref.logvar.abs().max().item())
         assert activations_output("fc_dec") in got
+
+
+def test_train_comparison_sees_a_spike_moved_in_time():
+    """Equal counts per (example, neuron), one spike one step later: 2 positions differ."""
+    want = np.zeros((4, 2, 3), dtype=np.float32)
+    want[1, 0, 2] = want[3, 1, 0] = 1.0
+    moved = want.copy()
+    moved[1, 0, 2], moved[2, 0, 2] = 0.0, 1.0
+    assert np.array_equal(moved.sum(0), want.sum(0))
+    assert spike_train_mismatches(moved, want) == 2 and spike_train_mismatches(want, want) == 0
+    with pytest.raises(ValueError, match=r"shapes \[4, 2, 3\] and \[4, 2, 2\]"):
+        spike_train_mismatches(want, want[..., :2])
+
+
+def test_compare_with_runtime_fails_a_model_whose_trains_differ_with_equal_counts(tmp_path):
+    """An ONNX model whose output layer's train is reversed in time (same counts): spikes_exact is False."""
+    model = tiny_model(tmp_path, "sae")
+    onnx_model = build_onnx_model(model.graph, model.ir_state_dict())
+    name = train_output("output")
+    (producer,) = [n for n in onnx_model.graph.node if name in n.output]
+    producer.output[list(producer.output).index(name)] = "output.train_in_order"
+    steps = onnx.numpy_helper.from_array(np.arange(4, -1, -1, dtype=np.int64), "reversed_steps")
+    onnx_model.graph.initializer.append(steps)
+    at = list(onnx_model.graph.node).index(producer) + 1  # before the counts' ReduceSum reads it
+    onnx_model.graph.node.insert(at, onnx.helper.make_node("Gather", ["output.train_in_order", "reversed_steps"],
+                                                           [name], axis=0))
+    onnx.checker.check_model(onnx_model, full_check=True)
+    train = random_train(5, 3, (1, 8, 8))
+    agreement = compare_with_runtime(onnx_model, model, train)
+    assert agreement.count_mismatches["output"] == 0 and agreement.train_mismatches["output"] > 0
+    assert not agreement.spikes_exact
+    assert all(agreement.train_mismatches[layer] == 0 for layer in agreement.train_mismatches if layer != "output")
 
 
 def test_ae_rejects_timesteps(tmp_path):
@@ -201,7 +230,7 @@ def test_export_onnx_writes_checked_model_that_matches_runtime(interrupted_run):
     assert props["timesteps"] == "4" and props["kind"] == "sae" and len(props["spec_sha256"]) == 64
     _, model = load_model(interrupted_run)
     agreement = compare_with_runtime(path, model, random_train(4, 2, (1, 28, 28), rate=0.2, seed=3))
-    assert agreement.spikes_exact, agreement.count_mismatches
+    assert agreement.spikes_exact, agreement.train_mismatches
     assert sum(agreement.spikes.values()) > 0
     assert agreement.x_hat_rel_err <= X_HAT_RTOL
     assert not list(path.parent.glob(".*tmp*")), "temporary file left behind"
@@ -257,5 +286,5 @@ def test_paper_sae_t16_onnxruntime_reproduces_spikes_on_mnist():
     train = poisson_encode(images, graph.op(enc), generator=torch.Generator().manual_seed(100))
     agreement = compare_with_runtime(onnx_model, model, train)
     assert all(agreement.spikes[layer] > 0 for layer in agreement.spikes)
-    assert agreement.spikes_exact, agreement.count_mismatches
+    assert agreement.spikes_exact, agreement.train_mismatches
     assert agreement.x_hat_rel_err <= X_HAT_RTOL

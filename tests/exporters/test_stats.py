@@ -16,8 +16,8 @@ from saec.compiler import ops
 from saec.compiler.passes.cost import synapses
 from saec.compiler.passes.shapes import output_shape
 from saec.compiler.pipeline import compile_spec
-from saec.exporters.stats import (DEFINITIONS, HOROWITZ_45NM_FP32, activation_sparsity, fan_out, measure_stats,
-                                  run_stats, synaptic_operations)
+from saec.exporters.stats import (DEFINITIONS, HOROWITZ_45NM_FP32, activation_sparsity, connection_sparsity, fan_out,
+                                  footprint_bytes, measure_stats, run_stats, synaptic_operations)
 from saec.runtime import artifacts as A
 from saec.runtime.data import ImageSet
 from saec.runtime.model import SpikingAutoencoder
@@ -114,6 +114,85 @@ def test_activation_sparsity_hand_case():
     assert activation_sparsity({"a": 0.0}, {"a": 4}, timesteps=5, examples=2) == 1.0
 
 
+def test_connection_sparsity_and_footprint_hand_cases():
+    a = torch.ones(3, 4)
+    a[0, :3] = 0.0  # 3 zeros of 12
+    b = torch.ones(2, 1, 2, 2)
+    b[1, 0, 1, 1] = 0.0  # 1 zero of 8
+    assert connection_sparsity([a, b]) == 4 / 20
+    assert connection_sparsity([torch.ones(5)]) == 0.0 and connection_sparsity([torch.zeros(2, 2)]) == 1.0
+    with pytest.raises(ValueError, match="no weights"):
+        connection_sparsity([])
+    # bytes as stored: 12 float32 + 3 float64 + 7 int8
+    assert footprint_bytes([a, torch.zeros(3, dtype=torch.float64), torch.zeros(7, dtype=torch.int8)]) == 48 + 24 + 7
+
+
+def _tiny_ae(tmp_path):
+    spec = tmp_path / "tiny_ae.yaml"
+    spec.write_text("""\
+name: tiny_ae
+kind: ae
+latent: latent
+input: {shape: [1, 4, 4]}
+layers:
+  - {name: flat, type: flatten}
+  - {name: latent, type: linear, out_features: 3}
+  - {name: fc_dec, type: linear, out_features: 16}
+  - {name: unflat, type: unflatten, shape: [1, 4, 4]}
+""")
+    _, graph = compile_spec(str(spec), [])
+    model = SpikingAutoencoder(graph)
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    return model
+
+
+def test_stats_connection_sparsity_and_footprint_of_hand_set_weights(tmp_path):
+    """latent: 16x3 weights with 12 zeros (+3 biases); fc_dec: 3x16 weights with 6 zeros (+16 biases)."""
+    model = _tiny_ae(tmp_path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.5)
+        state = model.ir_state_dict()
+        state["latent.weight"][:, :4] = 0.0  # 3 x 4 = 12 zeros
+        state["fc_dec.weight"][:2, :3] = 0.0  # 2 x 3 = 6 zeros
+        state["fc_dec.bias"][:] = 0.0  # a zero bias is not a zero connection
+    images = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    stats = measure_stats(model, ImageSet(images, torch.zeros(2, dtype=torch.long), "hand"), batch_size=2)
+    latent, fc_dec, total = stats["layers"]["latent"], stats["layers"]["fc_dec"], stats["total"]
+    assert (latent["zero_weights"], latent["connection_sparsity"]) == (12, 12 / 48)
+    assert (fc_dec["zero_weights"], fc_dec["connection_sparsity"]) == (6, 6 / 48)
+    assert latent["parameter_bytes"] == 4 * (48 + 3) and fc_dec["parameter_bytes"] == 4 * (48 + 16)
+    assert total["zero_weights"] == 18 and total["connection_sparsity"] == 18 / 96
+    assert total["parameter_bytes"] == 4 * (48 + 3 + 48 + 16)
+    assert total["footprint_bytes"] == 4 * (48 + 3 + 48 + 16)  # no buffers in this network
+    assert {"connection_sparsity", "footprint_bytes", "zero_weights", "parameter_bytes"} <= set(DEFINITIONS)
+
+
+def test_connection_sparsity_and_footprint_equal_neurobenchs_own_metrics(tmp_path):
+    """On hand-built torch layers (NeuroBench visits Linear/Conv; a BatchNorm adds buffers) and on saec's network."""
+    nb_static = pytest.importorskip(
+        "neurobench.metrics.static",
+        reason="neurobench not installed: pip install --no-deps neurobench==2.3.0 (it needs snntorch, installed)")
+    from neurobench.models import TorchModel
+
+    gen = torch.Generator().manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 10),
+                              torch.nn.BatchNorm1d(10), torch.nn.Linear(10, 5, bias=False))
+    with torch.no_grad():
+        for layer in (net[0], net[2], net[4]):
+            w = torch.randn(layer.weight.shape, generator=gen)
+            layer.weight.copy_(torch.where(w.abs() < 0.7, torch.zeros_like(w), w))
+    weights = [net[0].weight, net[2].weight, net[4].weight]
+    ours = connection_sparsity(weights)
+    assert 0.3 < ours < 0.7
+    assert round(ours, 4) == nb_static.ConnectionSparsity()(TorchModel(net))
+    assert footprint_bytes([*net.parameters(), *net.buffers()]) == nb_static.Footprint()(TorchModel(net))
+    model = _tiny_ae(tmp_path)
+    stats = measure_stats(model, ImageSet(torch.rand(2, 1, 4, 4, generator=gen), torch.zeros(2, dtype=torch.long),
+                                          "rand"), batch_size=2)
+    assert stats["total"]["footprint_bytes"] == nb_static.Footprint()(TorchModel(model))
+
+
 # ---------------------------------------------------------------- AE on hand-made images
 def test_ae_stats_count_macs_from_nonzero_pixels(tmp_path):
     spec = tmp_path / "tiny_ae.yaml"
@@ -202,7 +281,18 @@ def test_stats_json_of_a_trained_run(trained_run):
     assert total["activation_sparsity"] == pytest.approx(1 - total["firing_rate"])
     assert total["energy_joules_per_inference"] == pytest.approx(total["synops_per_example"] * 0.9e-12)
     assert total["ann_energy_joules_per_inference"] == pytest.approx(13_260_800 * 4.6e-12)
-    assert set(stats["definitions"]) >= {"synops_per_example", "activation_sparsity", "sources"}
+    # Connection sparsity and footprint over the SAE's weights (no biases, no buffers), from the weights themselves.
+    _, trained = load_model(trained_run)
+    weights = trained.ir_state_dict()
+    zeros = {name: int((weights[f"{name}.weight"] == 0).sum()) for name in layers}
+    for name, layer in layers.items():
+        assert layer["zero_weights"] == zeros[name]
+        assert layer["connection_sparsity"] == zeros[name] / layer["weights"]
+        assert layer["parameter_bytes"] == 4 * layer["weights"]
+    assert total["connection_sparsity"] == sum(zeros.values()) / 2_586_400
+    assert total["footprint_bytes"] == 4 * 2_586_400 == total["parameter_bytes"]
+    assert set(stats["definitions"]) >= {"synops_per_example", "activation_sparsity", "sources",
+                                         "connection_sparsity", "footprint_bytes"}
     assert "Horowitz" in stats["energy_per_operation"]["source"]
     # Same encoding noise as the run's evaluation, so the same spikes.
     spec, model = load_model(trained_run)
