@@ -11,6 +11,7 @@ import torch
 from saec import demo
 from saec.runtime import artifacts as A
 from saec.runtime import data
+from tests.runtime.test_data import tiny_mnist
 
 
 def test_all_zero_rec_loss_by_hand():
@@ -23,12 +24,20 @@ def test_all_zero_rec_loss_by_hand():
     assert demo.all_zero_rec_loss(images, 64) == pytest.approx(2.0)
 
 
-def test_validation_on_the_mnist_test_set_when_found(mnist_root):
+def test_validation_on_the_mnist_test_set_when_found(tmp_path, monkeypatch):
+    # A stand-in MNIST test set (IDX files of 6 random images): the choice depends on the files, not the digits.
+    mnist_root = tmp_path / "mnist"
+    tiny_mnist(mnist_root / "MNIST" / "raw", "test")
     overrides, text = demo.validation_overrides(str(mnist_root))
     assert "data.validation.source=test" in overrides
     assert f"data.validation.limit={demo.VALIDATION_IMAGES}" in overrides
     assert f"data.validation.root={mnist_root}" in overrides
     assert text.startswith("the first 1000 MNIST test images")
+    # Without --data-dir: found where the command line looks first, $SAEC_MNIST_ROOT.
+    monkeypatch.setenv("SAEC_MNIST_ROOT", str(mnist_root))
+    overrides, _ = demo.validation_overrides(None)
+    assert f"data.validation.root={mnist_root.resolve()}" in overrides
+    assert "data.validation.source=test" in overrides
 
 
 def test_validation_falls_back_to_a_held_out_split(tmp_path, monkeypatch):

@@ -761,11 +761,11 @@ def test_snntorch_and_norse_reproduce_every_spike_train_of_gt_and_ge(dyadic_runs
 
 # ---------------------------------------------------------------- the paper's SAE
 @pytest.mark.slow
-def test_paper_sae_export_is_reproduced_by_snntorch_and_norse(tmp_path, mnist_root):
+def test_paper_sae_export_is_reproduced_by_snntorch_and_norse(tmp_path):
     """specs/sae.yaml at T = 20 without the floor: every output spike of 16 validation images, exactly."""
     run = make_run(tmp_path / "sae", (SPECS / "sae.yaml").read_text(),
                    ("encoding.timesteps=20", "neuron.lower_bound=null", "data.dataset=mnist5k",
-                    f"data.validation.root={mnist_root}"), gain=1.0)
+                    "data.validation.source=split"), gain=1.0)
     export(run, "--target", "norse", "--examples", "16")
     spikes, reference = golden_input(run)
     snn = run_importer(snntorch_net(run / "export" / X.MODEL_FILE), spikes)

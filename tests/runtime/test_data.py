@@ -25,11 +25,11 @@ from saec.runtime.data import (
     read_idx,
 )
 
-MNIST_ROOT = Path(saec.__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-needs_mnist = pytest.mark.skipif(
-    not (MNIST_ROOT / "MNIST" / "raw").is_dir(),
-    reason=f"MNIST test set not found at {MNIST_ROOT}/MNIST/raw (see shared/data/README.md)",
-)
+from tests.conftest import MNIST_ROOT
+from tests.conftest import needs_mnist_test_set as needs_mnist
+
+# The last place default_mnist_root looks: beside the checkout.
+SIBLING_MNIST = Path(saec.__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:
@@ -80,20 +80,37 @@ def test_real_mnist_test_set():
     assert set(test.labels.tolist()) == set(range(10))
 
 
+def _real_raw_folder() -> Path:
+    """The folder of the real test set's IDX files (MNIST/raw, raw or the root itself)."""
+    return next(folder for folder in (MNIST_ROOT / "MNIST" / "raw", MNIST_ROOT / "raw", MNIST_ROOT)
+                if any(folder.glob("t10k-images-idx3-ubyte*")))
+
+
 @needs_mnist
-def test_real_mnist_raw_folder_and_gz_read_alike():
-    raw = MNIST_ROOT / "MNIST" / "raw"
-    plain = read_idx(raw / "t10k-labels-idx1-ubyte")
-    packed = read_idx(raw / "t10k-labels-idx1-ubyte.gz")
-    assert torch.equal(plain, packed)
+def test_real_mnist_raw_folder_and_gz_read_alike(tmp_path):
+    raw = _real_raw_folder()
+    plain_file, packed_file = raw / "t10k-labels-idx1-ubyte", raw / "t10k-labels-idx1-ubyte.gz"
+    # A folder with only one of the two forms: make the other, byte for byte the same content.
+    if not plain_file.is_file():
+        plain_file = tmp_path / plain_file.name
+        plain_file.write_bytes(gzip.decompress(packed_file.read_bytes()))
+    if not packed_file.is_file():
+        packed_file = tmp_path / packed_file.name
+        packed_file.write_bytes(gzip.compress(plain_file.read_bytes()))
+    plain = read_idx(plain_file)
+    packed = read_idx(packed_file)
+    assert plain.shape == (10_000,) and torch.equal(plain, packed)
     # root pointing directly at the raw folder
     assert len(load_images("mnist", "test", raw)) == 10_000
 
 
 @needs_mnist
-def test_test_split_alone_is_enough_but_train_is_reported_missing():
+def test_test_split_alone_is_enough_but_train_is_reported_missing(tmp_path):
+    for path in _real_raw_folder().glob("t10k-*"):  # the test set alone, whatever else MNIST_ROOT holds
+        (tmp_path / path.name).symlink_to(path)
+    assert len(load_images("mnist", "test", tmp_path)) == 10_000
     with pytest.raises(DataError, match="MNIST train set not found"):
-        load_images("mnist", "train", MNIST_ROOT)
+        load_images("mnist", "train", tmp_path)
 
 
 def test_default_root_prefers_environment(tmp_path, monkeypatch):
@@ -104,7 +121,7 @@ def test_default_root_prefers_environment(tmp_path, monkeypatch):
 def test_default_root_skips_missing_environment_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("SAEC_MNIST_ROOT", str(tmp_path / "absent"))
     monkeypatch.chdir(tmp_path)
-    expected = MNIST_ROOT.resolve() if MNIST_ROOT.is_dir() else None
+    expected = SIBLING_MNIST.resolve() if SIBLING_MNIST.is_dir() else None
     assert default_mnist_root() == expected
 
 

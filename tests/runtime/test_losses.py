@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch.autograd import gradcheck
 
-import saec
 from saec.runtime.losses import (
     activity_penalty,
     kl_divergence,
@@ -19,8 +17,7 @@ from saec.runtime.losses import (
     reconstruction_loss,
     total_loss,
 )
-
-MNIST_ROOT = Path(saec.__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+from tests.conftest import MNIST_ROOT, needs_mnist_test_set
 
 
 def f64(values) -> torch.Tensor:
@@ -161,7 +158,7 @@ def test_gradient_of_l2_penalty_is_twice_the_weight():
 # ------------------------------------------------------------------ the MNIST baseline
 
 
-@pytest.mark.skipif(not (MNIST_ROOT / "MNIST" / "raw").is_dir(), reason=f"MNIST test set not found at {MNIST_ROOT}")
+@needs_mnist_test_set
 def test_all_zero_reconstruction_of_the_mnist_test_set():
     from saec.runtime.data import iterate_batches, load_images
 

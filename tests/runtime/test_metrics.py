@@ -1,13 +1,12 @@
 """Metrics on hand-built cases whose answers are worked out in the comments."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import pdist
 
 from saec.runtime import metrics as M
+from tests.conftest import MNIST_ROOT, needs_mnist_test_set
 
 T = 4
 # 3 examples x 4 neurons, T = 4. Neurons 0 and 2 never fire (dead), neuron 3
@@ -340,14 +339,11 @@ def test_reconstruction_loss_stats_by_hand():
         M.reconstruction_loss_stats([], batch_size=2)
 
 
-_MNIST_TEST_IMAGES = (
-    Path(__file__).resolve().parents[3] / "shared/data/mnist/MNIST/raw/t10k-images-idx3-ubyte"
-)
-
-
-@pytest.mark.skipif(not _MNIST_TEST_IMAGES.exists(), reason="MNIST test set not present")
+@needs_mnist_test_set
 def test_all_zero_output_on_mnist_test_set():
-    x = np.fromfile(_MNIST_TEST_IMAGES, dtype=np.uint8, offset=16).reshape(-1, 784) / 255.0
+    from saec.runtime.data import load_images
+
+    x = load_images("mnist", "test", MNIST_ROOT).images.reshape(-1, 784).double().numpy()
     s = M.reconstruction_loss_stats((x**2).sum(axis=1), batch_size=64)
     assert s["per_example_mean"] == pytest.approx(89.34, abs=0.005)
     assert s["batch_mean"] == pytest.approx(89.46, abs=0.005)
