@@ -13,11 +13,14 @@ import torch
 from saec.compiler.ops import LIF
 from saec.runtime.lif import LIFResult, lif_scan, lif_scan_autograd, lif_step
 
+# The printed equations: a true clamp at -1 (Eq. 4), applied after the spike test.
 PAPER = LIF(
-    spike_when="ge", lower_bound_mode="clamp", clamp_first=False, integrate="potential",
+    spike_when="ge", lower_bound=-1.0, lower_bound_mode="clamp", clamp_first=False, integrate="potential",
     surrogate="straight_through", reset_grad="pass", clamp_grad="pass", decay_grad=True,
 )
-REFERENCE = LIF()  # the schema defaults: the published code's behaviour
+# The published code's behaviour: below -1 the membrane is revived to +threshold (the schema's
+# default has no floor, so the rule is stated here).
+REFERENCE = LIF(lower_bound=-1.0, lower_bound_mode="revive")
 
 MARGIN = 1e-3  # inputs whose potentials come this close to a decision boundary are redrawn
 
