@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
+import statistics
 import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from saec import sweep as S
@@ -283,6 +286,61 @@ def test_mean_std_is_population_std():
 
 
 # ------------------------------------------------------------------ end to end (real training processes)
+def test_real_sweep_of_two_tiny_sae_runs_tabulates_their_eval_json(tmp_path):
+    """Two `saec train` processes (a 2-channel SAE, T = 2, one epoch of 2 steps on the embedded subset,
+    seeds 0 and 1), then the table against the runs' own eval.json, recomputed here."""
+    tiny = {"layers.conv1.out_channels": 2, "layers.conv2.out_channels": 2, "layers.latent.out_features": 12,
+            "layers.fc_dec.out_features": 800, "layers.unflat.shape": "[2, 20, 20]",
+            "layers.deconv1.out_channels": 2, "encoding.timesteps": 2,
+            # Full-scale encoding and readout: the latent layer fires within 2 steps, so every column is defined.
+            "encoding.scale": 1.0, "readout.scale": 1.0, "data.dataset": "mnist5k", "data.train_limit": 32,
+            "data.validation": "{source: split, limit: 32}", "training.epochs": 1, "training.max_steps": 2,
+            "training.batch_size": 16}
+    path = write_sweep(tmp_path, "name: tiny\nbase: SPECS/sae_dense.yaml\nset:\n"
+                       + "".join(f"  {key}: {value}\n" for key, value in tiny.items())
+                       + f"seeds: [0, 1]\nout: {tmp_path / 'out'}\n")
+    result = runner.invoke(app, ["sweep", str(path), "--jobs", "2"])
+    assert result.exit_code == 0, result.output
+    assert "2 trained, 0 already complete, 0 failed" in result.stdout
+
+    folders = [tmp_path / "out" / "sae_dense" / f"seed{seed}" for seed in (0, 1)]
+    evals = [json.loads((folder / A.EVAL).read_text()) for folder in folders]
+    for seed, folder in enumerate(folders):  # each run trained what the sweep asked for
+        spec = yaml.safe_load((folder / A.SPEC).read_text())
+        assert spec["training"]["seed"] == seed and spec["encoding"]["timesteps"] == 2
+        assert {layer["name"]: layer for layer in spec["layers"]}["latent"]["out_features"] == 12
+    per_seed = {
+        "rec_loss": [e["rec_loss"] for e in evals],
+        "latent_anr": [e["layers"][e["latent_layer"]]["anr"] for e in evals],
+        "latent_afr": [e["layers"][e["latent_layer"]]["afr"] for e in evals],
+        "latent_rae": [e["layers"][e["latent_layer"]]["rae"] for e in evals],
+        "s_intra_inter_euclidean": [e["s_intra_inter"]["euclidean"] for e in evals],
+    }
+    for stem, values in per_seed.items():
+        assert all(isinstance(v, float) and math.isfinite(v) for v in values), (stem, values)
+    assert per_seed["rec_loss"][0] != per_seed["rec_loss"][1]  # two different runs, not one tabulated twice
+
+    def cell(values: list[float], decimals: int) -> str:
+        return f"{statistics.fmean(values):.{decimals}f} ± {statistics.pstdev(values):.{decimals}f}"
+
+    decimals = {"rec_loss": 2, "latent_anr": 3, "latent_afr": 3, "latent_rae": 3, "s_intra_inter_euclidean": 3}
+    expected_row = "| sae_dense | 2/2 | " + " | ".join(cell(v, decimals[k]) for k, v in per_seed.items()) + " |"
+    assert expected_row in (tmp_path / "out" / "table.md").read_text().splitlines()
+    (row,) = csv.DictReader((tmp_path / "out" / "table.csv").open())
+    assert (row["config"], row["seeds_done"], row["seeds"]) == ("sae_dense", "2", "2")
+    for stem, values in per_seed.items():
+        assert float(row[f"{stem}_mean"]) == pytest.approx(statistics.fmean(values), rel=1e-12, abs=1e-15)
+        assert float(row[f"{stem}_std"]) == pytest.approx(statistics.pstdev(values), rel=1e-9, abs=1e-15)
+        assert row[f"{stem}_n"] == "2"
+    runs = list(csv.DictReader((tmp_path / "out" / "runs.csv").open()))
+    assert [(r["seed"], r["complete"]) for r in runs] == [("0", "True"), ("1", "True")]
+    for r, i in zip(runs, (0, 1)):
+        assert {stem: float(r[stem]) for stem in per_seed} == {stem: v[i] for stem, v in per_seed.items()}
+
+    again = runner.invoke(app, ["sweep", str(path), "--jobs", "2"])
+    assert again.exit_code == 0 and "0 trained, 2 already complete" in again.stdout
+
+
 @pytest.mark.slow
 def test_real_sweep_of_two_tiny_runs_then_resume_skips(tmp_path):
     small = ["layers.conv1.out_channels: 2", "layers.conv2.out_channels: 2", "layers.latent.out_features: 12",
