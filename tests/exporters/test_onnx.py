@@ -237,9 +237,33 @@ def test_export_onnx_writes_checked_model_that_matches_runtime(interrupted_run):
 
 
 def test_export_cli_onnx(interrupted_run):
+    """The file `saec export` writes, run by onnxruntime itself, gives saec's spike counts and x_hat."""
+    import onnxruntime as ort
+
+    from saec.runtime.train import load_model
+
+    path = interrupted_run / A.EXPORT / "model.onnx"
+    path.unlink(missing_ok=True)
     result = runner.invoke(app, ["export", str(interrupted_run), "--format", "onnx"])
     assert result.exit_code == 0, result.output
-    assert (interrupted_run / A.EXPORT / "model.onnx").is_file()
+    assert path.is_file()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    train = random_train(4, 3, (1, 28, 28), rate=0.2, seed=11)
+    (only_input,) = session.get_inputs()
+    assert only_input.name == SPIKES_INPUT
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(names, {SPIKES_INPUT: train.numpy().astype(np.float32)})))
+    _, model = load_model(interrupted_run)
+    model.eval()
+    with torch.inference_mode():
+        ref = model(torch.zeros(train.shape[1:]), encoded=train)
+    assert {counts_output(layer) for layer in ref.counts} <= set(got)
+    for layer, counts in ref.counts.items():
+        np.testing.assert_array_equal(got[counts_output(layer)], counts.numpy(), err_msg=layer)
+    assert sum(int(c.sum()) for c in ref.counts.values()) > 0
+    want = ref.x_hat.double().numpy()
+    assert got[RECONSTRUCTION_OUTPUT].shape == want.shape and np.abs(want).max() > 0
+    assert np.abs(got[RECONSTRUCTION_OUTPUT] - want).max() <= X_HAT_RTOL * np.abs(want).max()
 
 
 def test_export_cli_missing_run_is_one_line_exit_2(tmp_path):
