@@ -1,13 +1,17 @@
 """benchmarks/train_step.py --smoke: every framework trains a few tiny steps and the report
-ends with the one-line summary (the real benchmark never runs in tests)."""
+ends with the one-line summary (the real benchmark never runs in tests); each saec switch
+changes what it claims to (observed by switch_probe.py in the worker's own code)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -65,3 +69,92 @@ def test_every_saec_switch_runs():
     done = _run("--frameworks", *names, "--timesteps", "2", "--rounds", "1")
     rows = [line.split("|")[2].strip() for line in done.stdout.splitlines() if line.startswith("| 2 |")]
     assert rows == names
+
+
+# ---------------------------------------------------------------- each switch changes what it claims
+PROBE = REPO / "tests" / "benchmarks" / "switch_probe.py"
+# Four worker processes instead of twelve: switches grouped so that within a group no switch moves another's
+# observation. Each switch alone was probed once to see what it moves besides its own: torch-scan also drops
+# the channels-last saves and most pooled buffers, float-saves a few pooled buffers, reference the fused scan
+# and the C kernel calls; so no-pool and no-channels-last sit apart from torch-scan and float-saves.
+PROBE_RUNS = ("saec", "saec:float-saves+thp+ftz+omp-active+torch-scan+keep-memory",
+              "saec:reference+heap-no-trim-change", "saec:no-channels-last+bf16+no-pool")
+# What the worker may inherit that a switch sets: the probe starts without it.
+SWITCH_ENVIRONMENT = ("OMP_WAIT_POLICY", "SAEC_KEEP_FREED_MEMORY", "SAEC_NATIVE_KERNELS", "THP_MEM_ALLOC_ENABLE")
+
+
+@pytest.fixture(scope="module")
+def observed() -> dict[str, dict]:
+    """switch_probe.py's observations for each of PROBE_RUNS, keyed by switch ("" for plain saec)."""
+    env = {k: v for k, v in os.environ.items() if k not in SWITCH_ENVIRONMENT}
+    procs = {name: subprocess.Popen([sys.executable, str(PROBE), name], cwd=REPO, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in PROBE_RUNS}
+    by_switch = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        result = json.loads(out.strip().splitlines()[-1])
+        assert [set(r) for r in result["replies"]] == [{"ready"}, {"seconds", "cpu_seconds"},
+                                                       {"seconds", "cpu_seconds"}, {"peak_mb", "loss"}]
+        assert math.isfinite(result["replies"][-1]["loss"])
+        for switch in name.split(":", 1)[1].split("+") if ":" in name else [""]:
+            by_switch[switch] = result
+    return by_switch
+
+
+def test_every_switch_has_a_probe(observed):
+    source = SCRIPT.read_text()
+    accepted = set(re.findall(r'"([a-z0-9-]+)"', re.search(r"unknown = switches - \{(.*?)\}", source, re.S)[1]))
+    assert accepted == set(observed) - {""}
+
+
+def test_no_pool_allocates_every_large_buffer_afresh(observed):
+    base, switched = observed[""], observed["no-pool"]
+    # Plain saec: the second step's large buffers all come back from the pool; no-pool: all are new.
+    assert base["pool_hits"] > 0 and base["fresh_pool_tensors"] == 0
+    assert switched["pool_hits"] == 0 and switched["fresh_pool_tensors"] >= base["pool_hits"]
+
+
+def test_float_saves_keeps_float_inputs_instead_of_bool_spikes(observed):
+    base, switched = observed[""]["saved"], observed["float-saves"]["saved"]
+    moved = base["bool"] - switched["bool"]
+    assert moved > 0 and switched["float32"] - base["float32"] == moved
+
+
+def test_thp_aligns_large_blocks_to_pages(observed):
+    assert not observed[""]["thp_aligned"] and observed["thp"]["thp_aligned"]
+
+
+def test_ftz_flushes_denormals(observed):
+    assert not observed[""]["denormal_flushed"] and observed["ftz"]["denormal_flushed"]
+
+
+def test_omp_active_leaves_the_wait_policy_unset(observed):
+    assert observed[""]["omp_wait_policy"] == "PASSIVE" and observed["omp-active"]["omp_wait_policy"] is None
+
+
+def test_reference_runs_without_the_fused_scan(observed):
+    assert observed[""]["lif_scan_nodes"] > 0 and observed["reference"]["lif_scan_nodes"] == 0
+
+
+def test_bf16_computes_in_bfloat16(observed):
+    assert "bfloat16" not in observed[""]["computed"] and observed["bf16"]["computed"].get("bfloat16", 0) > 0
+    # The loss is still reported in float32 and close to plain saec's (same weights and images).
+    assert observed["bf16"]["replies"][-1]["loss"] == pytest.approx(observed[""]["replies"][-1]["loss"], rel=1e-2)
+
+
+def test_torch_scan_never_calls_the_c_kernel(observed):
+    if observed[""]["c_scan_calls"] == 0:
+        pytest.skip("no C compiler: the C scan is not built, so plain saec does not call it either")
+    assert observed["torch-scan"]["c_scan_calls"] == 0
+
+
+def test_channels_last_switch_makes_convolutions_contiguous(observed):
+    assert observed[""]["saved"]["channels_last_4d"] > 0 and observed["no-channels-last"]["saved"]["channels_last_4d"] == 0
+
+
+def test_keep_memory_and_heap_switch_move_large_blocks_to_the_heap(observed):
+    base, keep, heap = observed[""], observed["keep-memory"], observed["heap-no-trim-change"]
+    assert not base["heap_64mib"]  # glibc mmaps a 64 MiB block afresh and unmaps it on free
+    assert keep["heap_64mib"] and keep["heap_kept_after_free"]  # from the heap, and kept there once freed
+    assert heap["heap_64mib"] and heap["heap_trimmed_after_free"]  # from the heap; glibc trims it on free
