@@ -13,7 +13,8 @@ the switch code (tests/benchmarks/test_bench_smoke.py reads them):
 - ``fresh_pool_bytes``: large tensors (at least ``POOL_FROM_BYTES``) the buffer pool
   allocated afresh in the second step, and ``pool_hits``: those it handed out again;
 - ``saved``: what autograd saved in the second step (counts by dtype, channels-last
-  4-D tensors), ``lif_scan_nodes``: fused LIF scan nodes in the graph of x_hat;
+  4-D tensors), ``computed``: the dtypes of every aten op's results in that step,
+  ``lif_scan_nodes``: fused LIF scan nodes in the graph of x_hat;
 - ``denormal_flushed``: whether 1e-39 * 1 comes out as 0 (flush-to-zero on);
 - ``thp_aligned``: whether 4 MiB tensors start on 2 MiB (huge-page) boundaries;
 - ``heap_64mib``: whether a 64 MiB block comes from glibc's heap (not a fresh mmap), and
@@ -114,7 +115,6 @@ def probe(name: str) -> dict:
                     names.append(type(node).__name__)
                     todo.extend(fn for fn, _ in node.next_functions)
                 observed["lif_scan_nodes"] = sum("LIFScan" in n for n in names)
-                observed["x_hat_dtype"] = str(out.x_hat.dtype)
                 observed["pool_hits"] = model._pool.hits
             return real_objective(model, out, x)
 
@@ -126,7 +126,7 @@ def probe(name: str) -> dict:
 
         if self.count != 1:  # the first step fills the pool
             return real_step(self)
-        saved = {"float32": 0, "bfloat16": 0, "bool": 0, "other": 0, "channels_last_4d": 0, "float32_4d_or_more": 0}
+        saved = {"float32": 0, "bfloat16": 0, "bool": 0, "other": 0, "channels_last_4d": 0}
 
         def pack(t):
             key = str(t.dtype).replace("torch.", "")
