@@ -1,5 +1,6 @@
-"""Run figures: each file is a valid PNG of a sane size; what the reconstruction figure and the rate
-histograms draw (images, per-image L_rec, bar heights and bins) against values computed here; clustermap edge cases."""
+"""Run figures: each file is a valid PNG of a sane size; what the reconstruction figure, the rate
+histograms and the latent raster draw (images, per-image L_rec, bar heights and bins, spike marks) against
+values computed here; clustermap edge cases."""
 
 from __future__ import annotations
 
@@ -194,3 +195,24 @@ def test_run_figures_histogram_every_layer_rate_of_the_evaluation(tmp_path, imag
         counts, edges = np.histogram(r, bins=np.linspace(0.0, max(r.max(), 1 / 4), 41))
         np.testing.assert_allclose([b.get_height() for b in ax.patches], counts / r.size, rtol=0, atol=1e-12)
         np.testing.assert_allclose([b.get_x() for b in ax.patches], edges[:-1], rtol=0, atol=1e-12)
+
+
+def test_latent_raster_marks_each_spike_of_each_class_example(tmp_path, images, drawn):
+    model = _model("sae_dense.yaml", ["encoding.timesteps=4", "neuron.threshold=0.3"])
+    F.latent_raster_figure(model, images, tmp_path / "raster.png", seed=2)
+    (fig,) = drawn
+    labels = images.labels.numpy()
+    first = [int(np.flatnonzero(labels == c)[0]) for c in range(10)]
+    model.eval()
+    with torch.no_grad():
+        out = model(images.images[first], generator=torch.Generator().manual_seed(2), record=frozenset({"latent"}))
+    train = out.trains["latent"].reshape(4, 10, -1).numpy()  # [T, example, neuron]
+    assert train.sum() > 0
+    panels = _grid(fig, 2, 5)
+    for c in range(10):
+        ax = panels[c // 5][c % 5]
+        (marks,) = ax.collections
+        t, neuron = np.nonzero(train[:, c, :])
+        expected = sorted(zip((t + 1).tolist(), neuron.tolist()))  # steps drawn from 1 to T
+        assert sorted(map(tuple, marks.get_offsets().tolist())) == expected, c
+        assert ax.get_title().startswith(f"digit {c}: {len(t)} spikes, {len(np.unique(neuron))}/12 active")
