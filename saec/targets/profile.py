@@ -1,8 +1,8 @@
 """Hardware target profiles: limits and number formats of a chip, as data, each fact with its source.
 
 A profile is a YAML file in ``saec/targets/profiles/`` (or any path). Every block
-carries ``source``: the file of the vendor's package the facts come from (see the
-project's TARGETS.md), so a reader can check each number. The fit check
+carries ``source``: the vendor package, version and file the facts come from, so a
+reader can check each number. The fit check
 (:mod:`saec.targets.fit`) reads only this model; adding a target is adding a file,
 plus a quantiser where its neuron or number format is new.
 """
