@@ -94,21 +94,34 @@ def layer_dimensions(graph: IRGraph, node: str) -> dict[str, int]:
     return dims
 
 
-def _kind_problems(op: ops.Op, profile: Profile) -> list[str]:
-    """Why ``op`` cannot run as one of the target's layer kinds ([] when it can)."""
+def _kind_problems(op: ops.Op, profile: Profile, dims: dict[str, int] | None) -> list[str]:
+    """Why ``op`` cannot run as one of the target's layer kinds ([] when it can).
+
+    ``dims`` are the layer dimensions of a synapse op (channels as the chip counts them), else None.
+    """
     kinds = profile.layers.kinds
     rule = kinds.get(op.type)
     if rule is None:
         return [f"{op.type} is not among {profile.name}'s layer kinds ({', '.join(kinds)}; "
                 f"{profile.layers.source})"]
     problems = []
+    source = rule.source or profile.layers.source
     kernel, stride = getattr(op, "kernel_size", None), getattr(op, "stride", None)
+    if kernel is not None and rule.max_kernel is not None and max(kernel) > rule.max_kernel:
+        problems.append(f"kernel {kernel[0]}x{kernel[1]} is larger than {profile.name}'s {rule.max_kernel} "
+                        f"({source})")
+    if kernel is not None and rule.kernel_sizes is not None and not set(kernel) <= set(rule.kernel_sizes):
+        problems.append(f"kernel {kernel[0]}x{kernel[1]}: {profile.name} runs {op.type} with kernels "
+                        f"{', '.join(map(str, rule.kernel_sizes))} only ({source})")
+    if rule.max_channels is not None and dims is not None and max(dims["c_in"], dims["c_out"]) > rule.max_channels:
+        problems.append(f"{max(dims['c_in'], dims['c_out']):,} channels, more than {profile.name}'s "
+                        f"{rule.max_channels:,} ({source})")
     if rule.square_kernel and kernel is not None and kernel[0] != kernel[1]:
         problems.append(f"kernel {kernel[0]}x{kernel[1]} is not square; {profile.name} takes square kernels only "
-                        f"({profile.layers.source})")
+                        f"({source})")
     if rule.stride_equals_kernel and stride is not None and tuple(stride) != tuple(kernel):
         problems.append(f"stride {stride[0]}x{stride[1]} differs from the kernel {kernel[0]}x{kernel[1]}; "
-                        f"{profile.name} pools with stride == kernel ({profile.layers.source})")
+                        f"{profile.name} pools with stride == kernel ({source})")
     if rule.max_stride is not None and stride is not None and max(stride) > rule.max_stride:
         problems.append(f"stride {stride[0]}x{stride[1]}: {profile.name} runs {op.type} as {rule.runs_as} "
                         f"only up to stride {rule.max_stride}")
@@ -266,15 +279,14 @@ def check_fit(graph: IRGraph, profile: Profile) -> FitReport:
             violations.append(Violation(name, f"{op.type} is not a spiking neuron; {profile.name} runs spiking "
                                               f"(LIF) networks only"))
             continue
-        kind_problems = _kind_problems(op, profile)
-        violations.extend(Violation(name, p) for p in kind_problems)
-        if not isinstance(op, SYNAPSE_OPS):
+        dims = layer_dimensions(graph, name) if isinstance(op, SYNAPSE_OPS) else None
+        violations.extend(Violation(name, p) for p in _kind_problems(op, profile, dims))
+        if dims is None:
             continue
         meta = graph.meta(name)
-        dims = layer_dimensions(graph, name)
         row = LayerFit(layer=meta.get("layer", name), node=name, op=op.type, neurons=dims["neurons"],
                        synapses=dims["synapses"], weights=dims["weights"])
-        if not kind_problems:
+        if op.type in profile.layers.kinds:  # memory of an op the chip cannot run would mean nothing
             row.memory = {m: evaluate(tree, dims) for m, tree in memories.items()}
         rows.append(row)
         by_layer[row.layer] = row

@@ -84,6 +84,10 @@ class LayerKind(_Strict):
     square_kernel: bool = Field(False, description="Kernels must be square.")
     stride_equals_kernel: bool = Field(False, description="Stride must equal the kernel (pooling).")
     max_stride: int | None = Field(None, ge=1, description="Largest stride (None: any).")
+    max_kernel: int | None = Field(None, ge=1, description="Largest kernel side in pixels (None: any).")
+    kernel_sizes: list[int] | None = Field(None, min_length=1, description="The only kernel sides allowed (None: any).")
+    max_channels: int | None = Field(None, ge=1, description="Most input or output channels (None: any).")
+    source: str | None = Field(None, min_length=1, description="Vendor file of these rules when not the block's.")
 
 
 class LayerRules(_Cited):

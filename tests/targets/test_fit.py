@@ -81,7 +81,7 @@ def test_paper_sae_on_speck_names_the_leak_and_the_latent_kernel_memory():
     err = result.stderr.strip()
     assert err.startswith(f"error: {PAPER_SAE}:{conv1}: layers.conv1: LIF leak (decay 0.99) is not supported: "
                           "speck has no leak, its neurons integrate and fire (decay must be 1; sinabs 3.1.3"), err
-    assert err.endswith("(and 11 more problems)") and "\n" not in err
+    assert err.endswith("(and 12 more problems)") and "\n" not in err
     # every problem is one located line in the report; the latent linear is the TARGETS.md example
     lines = result.stdout.splitlines()
     (kernel,) = [line for line in lines if f":{latent}: layers.latent: linear needs" in line]
@@ -90,7 +90,9 @@ def test_paper_sae_on_speck_names_the_leak_and_the_latent_kernel_memory():
                                      "any speck core holds (64 Ki;")
     assert sum(": LIF leak (decay 0.99) is not supported" in line for line in lines if PAPER_SAE in line) == 6
     assert any("layers.deconv1: conv_transpose2d is not among speck's layer kinds" in line for line in lines)
-    assert "speck: does not fit: 12 problems" in lines
+    assert any(line.startswith(f"  {PAPER_SAE}:{latent + 1}: layers.fc_dec: 12,800 channels, more than speck's 1,023")
+               for line in lines)
+    assert "speck: does not fit: 13 problems" in lines
 
 
 def test_paper_sae_on_xylo_names_784_inputs():
@@ -239,3 +241,31 @@ def test_compile_with_a_target_does_not_import_torch():
             "assert r.exit_code == 0, r.output; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
+
+
+def test_speck_pooling_and_kernel_rules(tmp_path):
+    base = (SPECS / "targets" / "speck_ae.yaml").read_text()
+    text = base.replace("{name: pool1, type: sum_pool2d, kernel_size: 2}", "{name: pool1, type: sum_pool2d, kernel_size: 3}")
+    # 24x24 -> pool 3: 8x8 -> conv2 k3: 6x6 -> pool 2: 3x3 -> latent 3x3 -> four +6 decoders: 27x27; k8 makes 28
+    text = text.replace("{name: conv2, type: conv2d, out_channels: 16, kernel_size: 5}",
+                        "{name: conv2, type: conv2d, out_channels: 16, kernel_size: 3}")
+    text = text.replace("out_channels: 1, kernel_size: 7, padding: 6}", "out_channels: 1, kernel_size: 8, padding: 7}")
+    found = dict(_violations(tmp_path, text, "speck"))
+    assert found["pool1"].startswith("kernel 3x3: speck runs sum_pool2d with kernels 1, 2, 4 only (sinabs 3.1.3")
+    small = FITTING["speck"].replace(  # 16 -> pool k2 stride 1: 15 -> conv2 k2 p1: 16
+        "  - {name: conv2, type: conv2d, out_channels: 1, kernel_size: 3, padding: 1}",
+        "  - {name: pool1, type: sum_pool2d, kernel_size: 2, stride: 1}\n"
+        "  - {name: conv2, type: conv2d, out_channels: 1, kernel_size: 2, padding: 1}")
+    found = _violations(tmp_path, small.replace("kernel_size: 3, padding: 1}", "kernel_size: 17, padding: 8}"), "speck")
+    assert ("pool1", "stride 1x1 differs from the kernel 2x2; speck pools with stride == kernel (sinabs 3.1.3 "
+                     "sinabs/backend/dynapcnn/dynapcnn_layer.py (stride == kernel); sinabs docs/speck/faqs/"
+                     "available_algorithmic_operation.md (pooling kernel 1, 2 or 4))") in found
+    assert any(node == "conv1" and m.startswith("kernel 17x17 is larger than speck's 15 (sinabs") for node, m in found)
+
+
+def test_speck_channel_limit(tmp_path):
+    text = FITTING["speck"].replace("out_channels: 4,", "out_channels: 1024,")
+    found = _violations(tmp_path, text, "speck")
+    assert ("conv1", "1,024 channels, more than speck's 1,023 (sinabs 3.1.3 sinabs/backend/dynapcnn/dynapcnn_layer.py "
+                     "(square kernels); sinabs docs/speck/faqs/available_algorithmic_operation.md (kernel < 16, "
+                     "channels < 1024))") in found

@@ -17,7 +17,7 @@ def _sources(model) -> list[tuple[str, str]]:
 
     def walk(obj, path):
         if hasattr(type(obj), "model_fields"):
-            if "source" in type(obj).model_fields:
+            if "source" in type(obj).model_fields and obj.source is not None:  # optional on layer kinds
                 found.append((path, obj.source))
             for name in type(obj).model_fields:
                 walk(getattr(obj, name), f"{path}.{name}" if path else name)
