@@ -179,7 +179,12 @@ def neuron_fit(lif: ops.LIF, profile: Profile) -> tuple[str, list[str]]:
     if lif.spike_when not in n.spike_when:
         ours = ">" if lif.spike_when == "gt" else ">="
         theirs = ">" if n.spike_when[0] == "gt" else ">="
-        if n.integer_state:
+        if n.integer_state and lif.reset == "subtract":
+            problems.append(f"spike test u {ours} th with reset by subtraction is not expressible: {profile.name} "
+                            f"spikes when v {theirs} its threshold register and subtracts that register, so "
+                            f"moving the threshold by 1 LSB would change the reset; use spike_when: "
+                            f"{n.spike_when[0]} ({n.source})")
+        elif n.integer_state:
             lsb = "+ 1 LSB" if lif.spike_when == "gt" else "- 1 LSB"
             notes.append(f"u {ours} th runs as u {theirs} th {lsb} (integer state)")
         else:

@@ -144,6 +144,8 @@ class Profile(_Strict):
     io: IOLimits
     cores: CoreModel | None = Field(None, description="Per-core memories (None: see cores_unknown).")
     cores_unknown: str | None = Field(None, description="Why per-core limits are not modelled, with the source.")
+    quantizer: str | None = Field(None, description="Name of the quantiser for this chip's formats "
+                                                    "(saec.targets.quantize.QUANTIZERS; None: none yet).")
 
     @model_validator(mode="after")
     def _cores_or_why_not(self) -> "Profile":

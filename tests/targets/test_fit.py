@@ -27,7 +27,7 @@ kind: sae
 latent: conv1
 input: {shape: [1, 16, 16]}
 encoding: {timesteps: 4}
-neuron: {decay: 1.0, reset: subtract}
+neuron: {decay: 1.0, reset: zero}
 layers:
   - {name: conv1, type: conv2d, out_channels: 4, kernel_size: 3, padding: 1}
   - {name: conv2, type: conv2d, out_channels: 1, kernel_size: 3, padding: 1}
@@ -38,7 +38,7 @@ kind: sae
 latent: hidden
 input: {shape: [1, 2, 4]}
 encoding: {timesteps: 4}
-neuron: {decay: 0.875, reset: subtract}
+neuron: {decay: 0.875, reset: subtract, spike_when: ge}
 layers:
   - {name: flat, type: flatten}
   - {name: hidden, type: linear, out_features: 16}
@@ -269,3 +269,13 @@ def test_speck_channel_limit(tmp_path):
     assert ("conv1", "1,024 channels, more than speck's 1,023 (sinabs 3.1.3 sinabs/backend/dynapcnn/dynapcnn_layer.py "
                      "(square kernels); sinabs docs/speck/faqs/available_algorithmic_operation.md (kernel < 16, "
                      "channels < 1024))") in found
+
+
+def test_a_shifted_spike_test_with_subtraction_is_refused(tmp_path):
+    # the chip would subtract its register th + 1, saec subtracts th: not the same network
+    text = FITTING["speck"].replace("reset: zero}", "reset: subtract}")
+    found = _violations(tmp_path, text, "speck")
+    assert found[0][0] == "conv1.lif"
+    assert found[0][1].startswith("spike test u > th with reset by subtraction is not expressible: speck spikes when "
+                                  "v >= its threshold register and subtracts that register")
+    assert found[0][1].split(" (sinabs")[0].endswith("use spike_when: ge")
