@@ -143,12 +143,55 @@ class QuantizedNetwork:
                 out[layer] = y.astype(np.uint8)
                 if name == last_lif:
                     out[f"{layer}:v"] = np.stack(potentials)
+                    out[f"{layer}:current"] = h  # the chip's integer input current a_in, [T, B, ...]
             elif isinstance(op, (ops.MaxCumulativeReadout, ops.Output)):
                 y = h
             else:
                 raise SpecError(f"the integer simulation has no rule for {op.type}", path=name)
             values[name] = y
         return out
+
+
+    def reconstruct(self, spikes: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Simulate, then read the reconstruction out on the host as saec's readout does.
+
+        The readout (paper Eq. 8) takes the output layer's cumulative potential U, which no chip
+        keeps: it is computed here in float64 from the chip's integer input current of the output
+        layer, I = a_in / scale (+ bias), and the chip's decay: U(t) = decay (U(t-1) + I(t)).
+
+        Args:
+            spikes: [T, B, *input shape] of 0/1.
+        Returns:
+            (the simulation's result, see :meth:`simulate`; x_hat [B, *input shape] float64).
+        Raises:
+            SpecError: the output layer integrates its potential (``integrate: potential``) or the
+                graph has no max-cumulative readout.
+        """
+        sim = self.simulate(spikes)
+        readouts = list(self.graph.nodes(ops.MaxCumulativeReadout))
+        last_lif = list(self.graph.nodes(ops.LIF))[-1]
+        op = self.graph.op(last_lif)
+        if not readouts:
+            raise SpecError("the graph has no max_cumulative_potential readout to reconstruct with", path="readout")
+        if op.integrate != "current":
+            raise SpecError("the quantised readout supports integrate: current only (U sums the input current)",
+                            path="neuron.integrate")
+        q = next(layer for layer in self.layers.values() if layer.neuron == last_lif)
+        current = sim[f"{self.graph.meta(last_lif)['layer']}:current"] / q.scale
+        if q.bias is not None:
+            current = current + (q.bias / q.scale / self._bias_unit(q)).reshape((-1,) + (1,) * (current.ndim - 3))
+        readout = self.graph.op(readouts[0])
+        cumulative = np.zeros(current.shape[1:])
+        history = []
+        for t in range(current.shape[0]):
+            cumulative = q.decay * (cumulative + current[t])
+            history.append(cumulative)
+        window = np.stack(history)[max(readout.t_min, 1) - 1:]
+        peak = window.max(axis=0)
+        if readout.t_min == 0:
+            peak = np.maximum(peak, 0.0)
+        divisor = current.shape[0] * readout.scale if readout.divide_by_timesteps else readout.scale
+        return sim, peak / divisor
 
 
 # ---------------------------------------------------------------- integer synapses

@@ -181,3 +181,19 @@ def test_loihi_tiny_weights_keep_the_threshold_in_17_bits(tmp_path):
     q = quantize(graph, weights, load_profile("loihi")).layers["conv1"]
     assert q.scale == 2 ** 16 and q.threshold == 2 ** 16 <= 2 ** 17 - 1
     assert np.abs(q.weight).max() == 16  # 2**-12 * 2**16: precision lost, range kept
+
+
+@pytest.mark.parametrize("target", ["loihi", "speck"])
+def test_quantised_reconstruction_equals_the_float_runtimes(tmp_path, target):
+    neuron = "{decay: 0.5}" if target == "loihi" else "{decay: 1.0, reset: subtract, spike_when: ge}"
+    graph, weights = _dyadic_model(tmp_path, POOLED, neuron)
+    qnet = quantize(graph, weights, load_profile(target))
+    encoded = _encoded(tuple(graph.meta("_input")["shape"]))
+    _, x_hat = qnet.reconstruct(encoded)
+    model = SpikingAutoencoder(qnet.chip_graph())
+    model.load_ir_state_dict({k: torch.from_numpy(v).float() for k, v in qnet.dequantized_weights().items()})
+    with torch.no_grad():
+        out = model(torch.zeros((3, 1, 8, 8)), encoded=torch.from_numpy(encoded).float())
+    assert x_hat.shape == (3, 1, 8, 8) and x_hat.max() > 0
+    # U is exact in both (dyadic); the division by T * scale = 1.2 rounds in float32 there
+    np.testing.assert_allclose(x_hat, out.x_hat.numpy(), rtol=2e-7, atol=0)
