@@ -75,3 +75,19 @@ def test_sum_pool_layer_rules_are_located(tmp_path):
         compile_spec(str(spec))
     assert err.value.path == "regularizers.a1.layers[0]"
     assert "layer 'pool2' has no spiking neurons to regularise" in str(err.value)
+
+
+@pytest.mark.parametrize("target", sorted(TARGET_SPECS))
+def test_target_specs_export_to_nir_exactly(target):
+    """The vendors' importers read NIR: neither spec uses semantics NIR cannot carry."""
+    from saec.compiler.passes.lower_nir import lower_for_nir
+    from saec.exporters.nir import ir_to_nir, nir_blockers
+
+    _, graph = compile_spec(str(SPECS / "targets" / TARGET_SPECS[target]), ["encoding.timesteps=2"])
+    assert nir_blockers(graph) == []
+    model = SpikingAutoencoder(graph)
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    lowered, weights = lower_for_nir(graph, {k: v.numpy() for k, v in model.ir_state_dict().items()})
+    kinds = {type(node).__name__ for node in ir_to_nir(lowered, weights).nodes.values()}
+    assert kinds == ({"Input", "Conv2d", "IF", "SumPool2d", "Output"} if target == "speck"
+                     else {"Input", "Conv2d", "LIF", "Output"})
