@@ -279,3 +279,18 @@ def test_a_shifted_spike_test_with_subtraction_is_refused(tmp_path):
     assert found[0][1].startswith("spike test u > th with reset by subtraction is not expressible: speck spikes when "
                                   "v >= its threshold register and subtracts that register")
     assert found[0][1].split(" (sinabs")[0].endswith("use spike_when: ge")
+
+
+def test_readme_fit_report_examples_are_real_output(monkeypatch):
+    """Each `$ saec compile ... -q` example in the README's fit-report section prints its error line as shown."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Hardware targets: fit reports")[1].split("\n## ")[0]
+    lines = section.splitlines()
+    examples = [(lines[i][2:].split(), lines[i + 1]) for i in range(len(lines) - 1)
+                if lines[i].startswith("$ saec compile") and lines[i].endswith(" -q")]
+    assert len(examples) == 2
+    monkeypatch.chdir(REPO)
+    for argv, shown in examples:
+        result = runner.invoke(app, argv[1:])
+        assert result.exit_code == 2
+        assert result.stderr.strip() == shown, argv

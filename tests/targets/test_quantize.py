@@ -197,3 +197,15 @@ def test_quantised_reconstruction_equals_the_float_runtimes(tmp_path, target):
     assert x_hat.shape == (3, 1, 8, 8) and x_hat.max() > 0
     # U is exact in both (dyadic); the division by T * scale = 1.2 rounds in float32 there
     np.testing.assert_allclose(x_hat, out.x_hat.numpy(), rtol=2e-7, atol=0)
+
+
+def test_the_targets_package_does_not_import_torch():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys; import saec.targets.quantize, saec.targets.fit, saec.targets.profile; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"
