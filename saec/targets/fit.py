@@ -83,7 +83,8 @@ def layer_dimensions(graph: IRGraph, node: str) -> dict[str, int]:
     op, meta = graph.op(node), graph.meta(node)
     (src,) = graph.inputs(node)
     in_shape, out_shape = tuple(graph.meta(src)["shape"]), tuple(meta["shape"])
-    dims = {"neurons": math.prod(out_shape), "synapses": meta.get("synapses", 0), "weights": meta.get("params", 0)}
+    dims = {"neurons": math.prod(out_shape), "synapses": meta.get("synapses", 0), "weights": meta.get("params", 0),
+            "has_bias": int(op.bias)}
     if isinstance(op, ops.Linear):
         before = tuple(graph.meta(graph.inputs(src)[0])["shape"]) if isinstance(graph.op(src), ops.Flatten) else ()
         c_in, kh, kw = before if len(before) == 3 else (op.in_features, 1, 1)

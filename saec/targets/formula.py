@@ -21,6 +21,7 @@ LAYER_DIMENSIONS = {
     "h_in": "input height", "w_in": "input width",
     "h_out": "output height (before any pooling)", "w_out": "output width (before any pooling)",
     "neurons": "neurons of the layer", "synapses": "connections of the layer", "weights": "weight count",
+    "has_bias": "1 when the layer has a bias, else 0",
 }
 
 

@@ -81,7 +81,7 @@ def test_paper_sae_on_speck_names_the_leak_and_the_latent_kernel_memory():
     err = result.stderr.strip()
     assert err.startswith(f"error: {PAPER_SAE}:{conv1}: layers.conv1: LIF leak (decay 0.99) is not supported: "
                           "speck has no leak, its neurons integrate and fire (decay must be 1; sinabs 3.1.3"), err
-    assert err.endswith("(and 12 more problems)") and "\n" not in err
+    assert err.endswith("(and 11 more problems)") and "\n" not in err
     # every problem is one located line in the report; the latent linear is the TARGETS.md example
     lines = result.stdout.splitlines()
     (kernel,) = [line for line in lines if f":{latent}: layers.latent: linear needs" in line]
@@ -92,7 +92,8 @@ def test_paper_sae_on_speck_names_the_leak_and_the_latent_kernel_memory():
     assert any("layers.deconv1: conv_transpose2d is not among speck's layer kinds" in line for line in lines)
     assert any(line.startswith(f"  {PAPER_SAE}:{latent + 1}: layers.fc_dec: 12,800 channels, more than speck's 1,023")
                for line in lines)
-    assert "speck: does not fit: 13 problems" in lines
+    assert "speck: does not fit: 12 problems" in lines
+    assert not any("bias entries" in line for line in lines)  # no layer has a bias: no bias memory
 
 
 def test_paper_sae_on_xylo_names_784_inputs():
@@ -138,8 +139,8 @@ def test_speck_report_gives_memories_cores_and_the_spike_test(tmp_path):
     result = _compile(_spec(tmp_path, FITTING["speck"]), "--target", "speck")
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  conv")}
     # conv1: kernel 1 * 2**(4 + 2) = 64, neurons 4 * 2**(4 + 4) = 1 Ki; conv2: 4 * 2**(4 + 0), 1 * 2**8
-    assert "kernel 64, neuron 1 Ki, bias 4" in rows["conv1"]
-    assert "kernel 64, neuron 256, bias 1" in rows["conv2"]
+    assert "kernel 64, neuron 1 Ki, bias 0" in rows["conv1"]  # no bias: none stored (sinabs' memory_summary)
+    assert "kernel 64, neuron 256, bias 0" in rows["conv2"]
     assert all("core " in row for row in rows.values())
     assert "yes (u > th runs as u >= th + 1 LSB (integer state))" in rows["conv1"]
 
@@ -294,3 +295,10 @@ def test_readme_fit_report_examples_are_real_output(monkeypatch):
         result = runner.invoke(app, argv[1:])
         assert result.exit_code == 2
         assert result.stderr.strip() == shown, argv
+
+
+def test_speck_bias_memory_counts_only_layers_with_a_bias(tmp_path):
+    text = FITTING["speck"].replace("kernel_size: 3, padding: 1}\n  - {name: conv2", "kernel_size: 3, padding: 1, bias: true}\n  - {name: conv2")
+    _, graph = compile_spec(_spec(tmp_path, text))
+    rows = {r.layer: r for r in check_fit(graph, load_profile("speck")).layers}
+    assert rows["conv1"].memory["bias"] == 4 and rows["conv2"].memory["bias"] == 0

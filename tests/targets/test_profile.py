@@ -95,7 +95,7 @@ def test_a_fact_without_its_source_is_refused(tmp_path):
 
 
 def test_a_formula_that_is_not_integer_arithmetic_is_refused(tmp_path):
-    path = _speck_with(tmp_path, "formula: c_out\n", "formula: __import__('os').getcwd()\n")
+    path = _speck_with(tmp_path, "formula: c_out * has_bias\n", "formula: __import__('os').getcwd()\n")
     with pytest.raises(SpecError) as err:
         load_profile(path)
     assert err.value.path == "cores.memories.bias.formula"
