@@ -238,7 +238,9 @@ def loihi_cuba_step(v: np.ndarray, a_in: np.ndarray, q: QuantizedLayer) -> tuple
     spike where v > vth << 6; spiking neurons reset to 0.
     """
     u = a_in.astype(np.int64) << LOIHI_ACT_SHIFT
-    u = (u + LOIHI_UV_LIMIT) % (2 * LOIHI_UV_LIMIT) - LOIHI_UV_LIMIT  # 24-bit wrap
+    # lava's 24-bit wrap, written as lava writes it (its second test reads the unwrapped value)
+    wrapped = np.where(u > LOIHI_UV_LIMIT, u - 2 * LOIHI_UV_LIMIT, u)
+    u = np.where(wrapped <= -LOIHI_UV_LIMIT, u + 2 * LOIHI_UV_LIMIT, wrapped)
     v = loihi_decay(v, q.decay_register) + u
     if q.bias is not None:
         v = v + q.bias.reshape((-1,) + (1,) * (v.ndim - 2))
@@ -306,7 +308,8 @@ def quantize_loihi(graph: IRGraph, weights: dict[str, np.ndarray], profile: Prof
                                       decay=decay, decay_register=dv, reset=op.reset,
                                       spike_at=(vth << LOIHI_VTH_SHIFT) + 1, float_threshold=vth / scale)
     return QuantizedNetwork("loihi", graph, layers, loihi_cuba_step,
-                            notes=["u decays fully each step (du = 4096): saec's current is the step's input"])
+                            notes=["u decays fully each step: du register 4095, plus lava's ds_offset 1 = 4096 "
+                                   "(saec's current is the step's input)"])
 
 
 def quantize_speck(graph: IRGraph, weights: dict[str, np.ndarray], profile: Profile) -> QuantizedNetwork:

@@ -140,6 +140,10 @@ def test_loihi_arithmetic_follows_lavas_fixed_point_model():
     # v > vth << 6 spikes and resets to 0; exactly vth << 6 does not spike
     v, fired = loihi_cuba_step(np.zeros((1, 2), dtype=np.int64), np.array([[10, 11]]), q)
     assert fired.tolist() == [[False, True]] and v.tolist() == [[640, 0]]
+    # u wraps as lava wraps it: above 2**23 by 2**24; exactly 2**23 stays (lava's test is strict)
+    v, _ = loihi_cuba_step(np.zeros((1, 2), dtype=np.int64), np.array([[2 ** 17 + 1, 2 ** 17]]),
+                           QuantizedLayer(**{**q.__dict__, "spike_at": 2 ** 30}))
+    assert v.tolist() == [[(2 ** 23 + 64) - 2 ** 24, 2 ** 23 - 1]]  # the second: 2**23, then v's clip
     # v saturates at +-(2**23 - 1)
     v, _ = loihi_cuba_step(np.array([[-(LOIHI_UV_LIMIT - 1)]]), np.array([[-32768]]),
                            QuantizedLayer(**{**q.__dict__, "decay_register": 0}))
