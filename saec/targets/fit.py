@@ -107,10 +107,13 @@ def _kind_problems(op: ops.Op, profile: Profile, dims: dict[str, int] | None) ->
                 f"{profile.layers.source})"]
     problems = []
     source = rule.source or profile.layers.source
-    kernel, stride = getattr(op, "kernel_size", None), getattr(op, "stride", None)
+    # a linear layer's kernel is the map it reads (layer_dimensions): the chip's kernel rules apply to it too
+    kernel = (dims["kh"], dims["kw"]) if dims is not None else getattr(op, "kernel_size", None)
+    stride = getattr(op, "stride", None)
+    seen_as = " (the linear layer as a convolution over the map it reads)" if isinstance(op, ops.Linear) else ""
     if kernel is not None and rule.max_kernel is not None and max(kernel) > rule.max_kernel:
-        problems.append(f"kernel {kernel[0]}x{kernel[1]} is larger than {profile.name}'s {rule.max_kernel} "
-                        f"({source})")
+        problems.append(f"kernel {kernel[0]}x{kernel[1]}{seen_as} is larger than {profile.name}'s "
+                        f"{rule.max_kernel} ({source})")
     if kernel is not None and rule.kernel_sizes is not None and not set(kernel) <= set(rule.kernel_sizes):
         problems.append(f"kernel {kernel[0]}x{kernel[1]}: {profile.name} runs {op.type} with kernels "
                         f"{', '.join(map(str, rule.kernel_sizes))} only ({source})")
@@ -118,8 +121,8 @@ def _kind_problems(op: ops.Op, profile: Profile, dims: dict[str, int] | None) ->
         problems.append(f"{max(dims['c_in'], dims['c_out']):,} channels, more than {profile.name}'s "
                         f"{rule.max_channels:,} ({source})")
     if rule.square_kernel and kernel is not None and kernel[0] != kernel[1]:
-        problems.append(f"kernel {kernel[0]}x{kernel[1]} is not square; {profile.name} takes square kernels only "
-                        f"({source})")
+        problems.append(f"kernel {kernel[0]}x{kernel[1]}{seen_as} is not square; {profile.name} takes square "
+                        f"kernels only ({source})")
     if rule.stride_equals_kernel and stride is not None and tuple(stride) != tuple(kernel):
         problems.append(f"stride {stride[0]}x{stride[1]} differs from the kernel {kernel[0]}x{kernel[1]}; "
                         f"{profile.name} pools with stride == kernel ({source})")
