@@ -61,22 +61,52 @@ def compile_cmd(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the IR as JSON to this file."),
     set_: Optional[List[str]] = SetOption,
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing on success."),
+    target: Optional[str] = typer.Option(
+        None, "--target", help="Check that the network fits this chip (loihi, speck, xylo, or a profile "
+                               "file) and print its fit report; exit 2 with located lines if it does not."),
 ) -> None:
     """Validate SPEC, build the graph IR, run the analysis passes and print a summary."""
     from saec.compiler.pipeline import compile_spec, summarize
     from saec.reporting import print_compile_summary
 
+    profile = None
+    if target is not None:
+        from saec.targets.profile import load_profile
+
+        profile = load_profile(target)  # a bad target name stops before the spec is read
     loaded, graph = compile_spec(str(spec), set_ or [])
     summary = summarize(graph)
+    if not quiet:
+        print_compile_summary(loaded, graph, summary)
+    if profile is not None:
+        _check_target_fit(loaded, graph, profile, quiet)  # a graph that does not fit writes no IR
     if output is not None:
         try:
             _atomic_write_text(output, graph.to_json(summary) + "\n")
         except OSError as exc:
             raise SpecError(f"cannot write: {exc.strerror}", file=str(output)) from None
-    if not quiet:
-        print_compile_summary(loaded, graph, summary)
-        if output is not None:
+        if not quiet:
             typer.echo(f"IR written to {output}")
+
+
+def _check_target_fit(loaded, graph, profile, quiet: bool) -> None:
+    """Print the fit report of ``graph`` on ``profile``; a graph that does not fit raises the first
+    problem located in the spec, with the count of the others (the loader's style)."""
+    from saec.targets.fit import check_fit, format_fit_report
+
+    report = check_fit(graph, profile)
+    located = [loaded.error(tuple(graph.meta(v.node).get("spec_path", ())), v.message) for v in report.violations]
+    if not quiet:
+        for line in format_fit_report(report, profile):
+            typer.echo(line)
+        for err in located:
+            typer.echo(f"  {err}")
+    if located:
+        first = located[0]
+        more = len(located) - 1
+        if more:
+            first.message += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise SpecError(first.message, file=first.file, line=first.line, path=first.path)
 
 
 @app.command("train")

@@ -29,6 +29,10 @@ def _describe_op(op: ops.Op) -> str:
         return f"{op.type}({op.in_channels}->{op.out_channels}, k{k}{extra}{', bias' if op.bias else ''})"
     if isinstance(op, ops.Linear):
         return f"linear({op.in_features}->{op.out_features}{', bias' if op.bias else ''})"
+    if isinstance(op, ops.SumPool2d):
+        k = "x".join(map(str, op.kernel_size))
+        extra = "" if op.stride == op.kernel_size else f", stride {op.stride[0]}"
+        return f"sum_pool2d(k{k}{extra})"
     if isinstance(op, ops.PoissonEncode):
         return f"poisson(T={op.timesteps}, s={op.scale:g}, noise={op.noise:g})"
     if isinstance(op, ops.MaxCumulativeReadout):

@@ -54,6 +54,10 @@ def _synapse_op(spec: S.Spec, layer, shape: tuple[int, ...], name: str) -> ops.O
         return ops.Conv2d(**common)
     if isinstance(layer, S.FlattenSpec):
         return ops.Flatten()
+    if isinstance(layer, S.SumPool2dSpec):
+        kernel = _pair(layer.kernel_size)
+        return ops.SumPool2d(kernel_size=kernel, stride=kernel if layer.stride is None else _pair(layer.stride),
+                             padding=_pair(layer.padding))
     return ops.Unflatten(shape=tuple(layer.shape))
 
 
@@ -97,7 +101,7 @@ def build_ir(spec: S.Spec) -> IRGraph:
         prev = graph.add(layer.name, op, (prev,), layer=layer.name, spec_path=path)
         shape = new_shape
         prev_layer = layer.name
-        if isinstance(op, (ops.Flatten, ops.Unflatten)) or not layer.spiking:
+        if isinstance(op, (ops.Flatten, ops.Unflatten, ops.SumPool2d)) or not layer.spiking:
             if layer.name == spec.latent:
                 latent_node = prev
             continue

@@ -221,6 +221,7 @@ class _Connection:
     op: ops.Op
     in_shape: tuple[int, ...]
     source: str  # IR node producing the presynaptic values
+    pools: tuple[str, ...]  # sum-pool nodes between source and node, in order (each spike stays one event)
     fanout: Tensor
     events: Tensor  # running sum over steps and examples, float64 [*in_shape]
     binary_input: bool  # spikes (AC) or real values (MAC)
@@ -229,10 +230,31 @@ class _Connection:
 _EVENT_SOURCES = (ops.PoissonEncode, ops.Input, ops.LIF, ops.ReLU, ops.Reparameterize)
 
 
-def _presynaptic_source(graph: IRGraph, node: str) -> str:
-    """The node whose outputs drive ``node``, looking through reshapes."""
+def _sum_pools_before(graph: IRGraph, node: str) -> tuple[str, ...]:
+    """The sum-pool nodes between ``node`` and its presynaptic source, source side first."""
+    pools: list[str] = []
     src = graph.inputs(node)[0]
-    while isinstance(graph.op(src), (ops.Flatten, ops.Unflatten)):
+    while isinstance(graph.op(src), (ops.Flatten, ops.Unflatten, ops.SumPool2d)):
+        if isinstance(graph.op(src), ops.SumPool2d):
+            pools.insert(0, src)
+        src = graph.inputs(src)[0]
+    return tuple(pools)
+
+
+def _pooled(graph: IRGraph, pools: tuple[str, ...], values: Tensor) -> Tensor:
+    """Events per neuron [B, ...] carried through sum pools: a pooled position receives every spike of its window."""
+    for name in pools:
+        op = graph.op(name)
+        in_shape = tuple(graph.meta(graph.inputs(name)[0])["shape"])
+        values = torch.nn.functional.avg_pool2d(values.reshape(-1, *in_shape), op.kernel_size, op.stride,
+                                                op.padding, divisor_override=1)
+    return values
+
+
+def _presynaptic_source(graph: IRGraph, node: str) -> str:
+    """The node whose outputs drive ``node``, looking through reshapes and sum pools."""
+    src = graph.inputs(node)[0]
+    while isinstance(graph.op(src), (ops.Flatten, ops.Unflatten, ops.SumPool2d)):
         src = graph.inputs(src)[0]
     if not isinstance(graph.op(src), _EVENT_SOURCES):
         raise SpecError(f"layer `{graph.meta(node).get('layer', node)}`: its input comes from "
@@ -297,7 +319,7 @@ def measure_stats(model, data, *, batch_size: int = 64, seed: int = 0, device: t
         in_shape = tuple(graph.meta(graph.inputs(node)[0])["shape"])
         connections.append(_Connection(
             node=node, layer=graph.meta(node)["layer"], op=op, in_shape=in_shape, source=source,
-            fanout=fan_out(op, in_shape, weights[f"{node}.weight"]),
+            pools=_sum_pools_before(graph, node), fanout=fan_out(op, in_shape, weights[f"{node}.weight"]),
             events=torch.zeros(in_shape, dtype=torch.float64),
             binary_input=isinstance(graph.op(source), (ops.PoissonEncode, ops.LIF))))
     neurons_of = _activation_nodes(graph)
@@ -314,7 +336,8 @@ def measure_stats(model, data, *, batch_size: int = 64, seed: int = 0, device: t
             out = model(x, generator=gen, record={"_encode"} if sae else frozenset())
             examples += x.shape[0]
             for c in connections:
-                c.events += _events_of(graph, c.source, out, x).reshape(-1, *c.in_shape).sum(0)
+                events = _pooled(graph, c.pools, _events_of(graph, c.source, out, x))
+                c.events += events.reshape(-1, *c.in_shape).sum(0)
             # AE / VAE: an activation "fires" when it is non-zero (one step).
             acc.update({layer: (v if sae else (v != 0)).to(torch.float64).cpu() for layer, v in out.counts.items()})
     model.train(was_training)

@@ -385,6 +385,8 @@ class SpikingAutoencoder(nn.Module):
                 elif isinstance(op, ops.LIF):
                     y, state[name] = lif_step(h, state.get(name), op)
                     trains.setdefault(self.graph.meta(name)["layer"], []).append(y)
+                elif isinstance(op, ops.SumPool2d):
+                    y = F.avg_pool2d(h, op.kernel_size, op.stride, op.padding, divisor_override=1)  # window sums
                 else:
                     y = h
                 values[name] = y

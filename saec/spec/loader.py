@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from saec.spec.errors import SpecError, format_path
 from saec.spec.presets import preset_values
-from saec.spec.schema import FlattenSpec, LinearSpec, Spec, UnflattenSpec, rule_violations
+from saec.spec.schema import FlattenSpec, LinearSpec, Spec, SumPool2dSpec, UnflattenSpec, rule_violations
 
 SET_SOURCE = "--set"
 
@@ -352,7 +352,8 @@ def _check_penalty_layers(loaded: LoadedSpec) -> None:
         pen = getattr(spec.regularizers, term)
         for j, lname in enumerate((pen.layers or []) if pen else []):
             layer = spec.layer(lname)
-            if isinstance(layer, (FlattenSpec, UnflattenSpec)) or not layer.spiking or spec.kind != "sae":
+            if isinstance(layer, (FlattenSpec, UnflattenSpec, SumPool2dSpec)) or not layer.spiking \
+                    or spec.kind != "sae":
                 raise loaded.error(("regularizers", term, "layers", j),
                                    f"layer {lname!r} has no spiking neurons to regularise")
 

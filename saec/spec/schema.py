@@ -141,8 +141,17 @@ class UnflattenSpec(_LayerBase):
     )
 
 
+class SumPool2dSpec(_LayerBase):
+    """Sum pooling (no neurons): each output is the sum of its window; chips such as Speck pool this way."""
+
+    type: Literal["sum_pool2d"] = Field(description="Layer kind: sum pooling (no neurons, no weights).")
+    kernel_size: PositiveInt | Pair = Field(description="Window in pixels (k or [kh, kw]).")
+    stride: PositiveInt | Pair | None = Field(None, description="Stride in pixels; null = the window (no overlap).")
+    padding: NonNegInt | PairNonNeg = Field(0, description="Zero padding in pixels on each side.")
+
+
 LayerSpec = Annotated[
-    Union[Conv2dSpec, ConvTranspose2dSpec, LinearSpec, FlattenSpec, UnflattenSpec],
+    Union[Conv2dSpec, ConvTranspose2dSpec, LinearSpec, FlattenSpec, UnflattenSpec, SumPool2dSpec],
     Field(discriminator="type"),
 ]
 

@@ -328,3 +328,38 @@ def test_stats_cli_untrained_run_is_one_line_exit_2(trained_run, tmp_path):
 def test_stats_bad_examples_is_a_spec_error(trained_run):
     with pytest.raises(SpecError, match="--examples"):
         run_stats(trained_run, examples=0)
+
+
+def test_synaptic_operations_through_a_sum_pool(tmp_path):
+    """A conv after a sum pool receives every spike of the pooled window as one event at the pooled
+    position (the DYNAP-CNN way): its synaptic operations are the pooled counts x fan-out."""
+    from saec.runtime.evaluate import EVAL_SEED_OFFSET
+
+    spec = tmp_path / "pooled.yaml"
+    spec.write_text("""\
+name: pooled
+kind: sae
+latent: conv1
+input: {shape: [1, 4, 4]}
+encoding: {timesteps: 5, scale: 1.0}
+neuron: {decay: 1.0, threshold: 0.5}
+layers:
+  - {name: conv1, type: conv2d, out_channels: 2, kernel_size: 1}
+  - {name: pool, type: sum_pool2d, kernel_size: 2}
+  - {name: conv2, type: conv2d, out_channels: 3, kernel_size: 3, padding: 1}
+  - {name: up, type: conv_transpose2d, out_channels: 1, kernel_size: 3}
+""")
+    _, graph = compile_spec(str(spec), [])
+    model = SpikingAutoencoder(graph)
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.synapses["conv1"].weight.fill_(1.0)  # every input spike makes conv1 spike
+    images = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    stats = measure_stats(model, ImageSet(images, torch.zeros(2, dtype=torch.long), "hand"), batch_size=2)
+    with torch.inference_mode():
+        out = model(images, generator=torch.Generator().manual_seed(EVAL_SEED_OFFSET))
+    pooled = F.avg_pool2d(out.counts["conv1"].double(), 2, divisor_override=1)  # [B, 2, 2, 2]
+    weight = model.ir_state_dict()["conv2.weight"]
+    literal = F.conv2d(pooled, (weight != 0).double(), padding=1).sum().item()
+    assert pooled.sum() > 0
+    assert stats["layers"]["conv2"]["synops_per_example"] == pytest.approx(literal / 2, rel=1e-12)

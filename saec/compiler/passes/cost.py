@@ -31,6 +31,11 @@ def synapses(op: ops.Op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) 
                 * _taps(in_shape[2], out_shape[2], kw, sw, pw))
     if isinstance(op, ops.Linear):
         return op.in_features * op.out_features
+    if isinstance(op, ops.SumPool2d):
+        # each channel's window sums its own channel only: a depthwise conv with a kernel of ones
+        (kh, kw), (sh, sw), (ph, pw) = op.kernel_size, op.stride, op.padding
+        return (out_shape[0] * _taps(out_shape[1], in_shape[1], kh, sh, ph)
+                * _taps(out_shape[2], in_shape[2], kw, sw, pw))
     return 0
 
 
@@ -42,6 +47,8 @@ def macs(op: ops.Op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> i
         return math.prod(in_shape) * op.out_channels * math.prod(op.kernel_size)
     if isinstance(op, ops.Linear):
         return op.in_features * op.out_features
+    if isinstance(op, ops.SumPool2d):
+        return math.prod(out_shape) * math.prod(op.kernel_size)  # additions, counted as MACs with weight 1
     return 0
 
 
