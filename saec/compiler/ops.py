@@ -145,7 +145,7 @@ class LIF(Op):
     U(t)  = decay * U(t-1) + u(t)        (``integrate="potential"``, Eq. 7)
     U(t)  = decay * (U(t-1) + I(t))      (``integrate="current"``, published code)
 
-    Backward fields describe the straight-through gradient; see REFERENCE.md.
+    Backward fields describe the straight-through gradient; see docs/semantics.md.
     """
 
     type: ClassVar[str] = "lif"

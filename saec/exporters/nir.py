@@ -17,7 +17,7 @@ What is written (``RUN/export/``):
   toolchain can check itself.
 - ``model.<target>.nir`` for ``target`` ``snntorch`` / ``norse``: the same
   network in an equivalent NIR parametrisation that the target's importer
-  (with its known bugs, ../shared/docs/NIR.md) runs exactly. ``model.nir``
+  (with its known bugs, docs/deployment.md) runs exactly. ``model.nir``
   stays standard.
 
 Time: NIR neurons are continuous-time and carry no dt. One saec step is one
@@ -297,7 +297,7 @@ def nir_blockers(graph: IRGraph) -> list[Blocker]:
     """What in ``graph``'s neurons NIR cannot express exactly, grouped by spec field and rule.
 
     NIR's LIF (and IF) has no floor on the membrane and always resets to ``v_reset``
-    after a spike (../shared/docs/NIR.md), so a ``lower_bound`` (either mode) and a
+    after a spike (docs/deployment.md), so a ``lower_bound`` (either mode) and a
     ``reset`` of ``subtract`` or ``none`` cannot be carried. ``spike_when: ge`` can
     (one float32 step below the threshold) and the max-over-time readout is
     post-processing described in the metadata, so neither is a blocker.

@@ -1,6 +1,6 @@
 """Leaky integrate-and-fire kernels: pure functions over an immutable ``LIF`` record.
 
-One time step (REFERENCE.md, "One time step"; u'(0) = 0, U(0) = 0)::
+One time step (docs/semantics.md, "One time step"; u'(0) = 0, U(0) = 0)::
 
     u(t)   = decay * u'(t-1) + I(t)
     v(t)   = floor rule applied to u(t)   if clamp_first else u(t)

@@ -9,7 +9,7 @@ with the layer's neurons flattened into ``i`` (an input of shape
 [B, C, H, W] is flattened to [B, C*H*W]). ``spike_counts`` turns spike
 trains [T, B, ...] into counts.
 
-Definitions (REFERENCE.md, "Metrics"; paper Tables 6-8, section 3.2):
+Definitions (the paper's Tables 6-8 and section 3.2, as its published code computes them):
 
 - active neuron: non-zero count for at least one example of the batch.
 - ANR = N_active / N;  INP = 1 - ANR.

@@ -2,7 +2,7 @@
 
 NIR has no transposed convolution and no reshape back from flat to C x H x W,
 so three rewrites turn every synapse of an auto-encoder into a ``Conv2d``
-(../shared/docs/NIR.md). Each is exact in real arithmetic; float64 runs of the
+(docs/deployment.md). Each is exact in real arithmetic; float64 runs of the
 graph before and after give identical spikes (tests/exporters/test_lower_nir.py).
 
 - :func:`lower_conv_transpose`: ConvTranspose2d(w), stride 1, padding p ==
