@@ -41,17 +41,29 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except SpecError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {_capped(str(exc))}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:  # a file the user named cannot be read or written (permissions, full disk)
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            typer.echo(f"error: {_capped(where + (exc.strerror or str(exc)))}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
 
 
+#: Longest error line printed (a SpecError's message is capped at 600 characters; paths add the rest).
+MAX_ERROR_CHARS = 800
+
+
+def _capped(line: str) -> str:
+    line = " ".join(line.split())
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 5] + " [...]"
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from saec.runtime.artifacts import write_text
+
+    write_text(path, text)
 
 
 @app.command("compile")
@@ -126,7 +138,7 @@ def train_cmd(
     With --resume DIR, continue an interrupted run and end with the same
     weights as an uninterrupted one.
     """
-    from saec.runtime.train import TrainingDiverged, TrainingInterrupted, load_run, train
+    from saec.runtime.train import RunWriteFailed, TrainingDiverged, TrainingInterrupted, load_run, train
 
     if resume is not None:
         if spec is not None or set_:
@@ -150,6 +162,9 @@ def train_cmd(
         raise typer.Exit(130) from None
     except TrainingDiverged as exc:
         typer.echo(f"saec: training diverged: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except RunWriteFailed as exc:
+        typer.echo(f"saec: {_capped(str(exc))}", err=True)
         raise typer.Exit(1) from None
     if metrics:
         typer.echo(f"run folder: {run_dir}")

@@ -34,6 +34,8 @@ import torch
 from saec.compiler import ops
 from saec.compiler.graph import IRGraph
 from saec.runtime import artifacts as A
+from saec.runtime.checkpoint import CHECKPOINTS, MANIFEST, RunLock, load_checkpoint, read_manifest, \
+    write_checkpoint
 from saec.runtime.data import ImageSet, batch_indices, make_splits
 from saec.runtime.encoding import poisson_encode
 from saec.runtime.evaluate import evaluate
@@ -54,6 +56,10 @@ class TrainingInterrupted(RuntimeError):
     """Ctrl-C: a resumable checkpoint was written (or, on a second Ctrl-C, the last one was kept)."""
 
 
+class RunWriteFailed(RuntimeError):
+    """Writing the run folder failed mid-run (full disk, permissions); the last complete checkpoint is kept."""
+
+
 class _StopRequested(Exception):
     """Internal: stop at this step boundary and write a checkpoint."""
 
@@ -72,6 +78,7 @@ class _CtrlC:
     def __init__(self, log: Callable[[str], None]) -> None:
         self.log = log
         self.requested = False
+        self.immediate = False  # set where there is no step to finish (the final evaluation)
         self._previous: Any = None
         self._installed = False
 
@@ -82,7 +89,8 @@ class _CtrlC:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.requested or self.immediate:
+            self.requested = True
             raise KeyboardInterrupt
         self.requested = True
         self.log("Ctrl-C: finishing this step, then writing a checkpoint (Ctrl-C again to stop without one)")
@@ -240,27 +248,79 @@ def _write_run_header(out: Path, spec: Spec, graph: IRGraph) -> None:
 
 
 def load_run(run: Path) -> tuple[Spec, IRGraph]:
-    """The resolved spec and IR of a run folder (SpecError when it is not one)."""
+    """The resolved spec and IR of a run folder, checked against each other.
+
+    Raises:
+        SpecError: not a run folder, a damaged ``ir.json``, or a ``spec.yaml`` edited after the run was
+            compiled (its sha256 differs from the one ``ir.json`` records); each names the file.
+    """
+    import hashlib
+
     run = Path(run)
+    if not run.is_dir():
+        raise SpecError("not a saec run folder (no such folder)", file=str(run))
     for name in (A.SPEC, A.IR):
         if not (run / name).is_file():
             raise SpecError(f"not a saec run folder (no {name})", file=str(run))
     spec = load_spec(run / A.SPEC).spec
+    ir_path = run / A.IR
+    doc = A.load_json(ir_path)
     try:
-        graph = IRGraph.read_json(run / A.IR)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SpecError(f"corrupt IR: {exc}", file=str(run / A.IR)) from None
+        graph = IRGraph.from_dict(doc) if isinstance(doc, dict) else None
+    except Exception as exc:  # noqa: BLE001 - any malformed node is "a damaged ir.json", named as such
+        raise A.ArtifactError(ir_path, f"not a saec IR ({A._short(exc)})") from None
+    if graph is None:
+        raise A.ArtifactError(ir_path, f"not a saec IR (a JSON {type(doc).__name__}, not an object)")
+    recorded = graph.attrs.get("spec_sha256")
+    actual = hashlib.sha256(resolved_yaml(spec).encode()).hexdigest()
+    if recorded != actual:
+        raise A.ArtifactError(run / A.SPEC, f"does not match the run's IR (sha256 {actual[:12]}..., {A.IR} records "
+                                            f"{str(recorded)[:12]}...): spec.yaml or ir.json was edited after "
+                                            "the run was compiled, so the folder no longer describes its model")
+    from saec.compiler.pipeline import compile_loaded
+    from saec.spec.loader import LoadedSpec
+
+    rebuilt = compile_loaded(LoadedSpec(spec, str(run / A.SPEC)))
+    structure = [(n["name"], n["op"], n["inputs"]) for n in rebuilt.to_dict()["nodes"]]
+    if structure != [(n["name"], n["op"], n["inputs"]) for n in graph.to_dict()["nodes"]]:
+        raise A.ArtifactError(ir_path, f"its graph differs from the one {A.SPEC} compiles to (edited or damaged)")
     return spec, graph
 
 
+def check_weights(path: Path, weights: dict[str, torch.Tensor], model: SpikingAutoencoder, *,
+                  finite: bool = True) -> None:
+    """Refuse weights that do not fit ``model`` (keys, shapes, dtype) or, with ``finite``, hold NaN/inf.
+
+    Raises:
+        ArtifactError: naming ``path`` and the first offending tensor.
+    """
+    expected = {k: v for k, v in model.ir_state_dict().items()}
+    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise A.ArtifactError(path, "tensors do not match the run's IR"
+                                    + (f"; missing {', '.join(missing)}" if missing else "")
+                                    + (f"; unexpected {', '.join(extra[:5])}" if extra else ""))
+    for key, want in expected.items():
+        got = weights[key]
+        if tuple(got.shape) != tuple(want.shape):
+            raise A.ArtifactError(path, f"tensor {key} has shape {list(got.shape)}, the IR needs {list(want.shape)}")
+        if not got.is_floating_point():
+            raise A.ArtifactError(path, f"tensor {key} has dtype {got.dtype}, not a floating-point type")
+        if finite and not torch.isfinite(got).all():
+            raise A.ArtifactError(path, f"tensor {key} holds NaN or infinite values; the run diverged or the "
+                                        "file was damaged")
+
+
 def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[Spec, SpikingAutoencoder]:
-    """A trained model from a run folder (weights from model.safetensors)."""
+    """A trained model from a run folder (weights from model.safetensors, checked: keys, shapes, finite)."""
     spec, graph = load_run(run)
     weights = Path(run) / A.WEIGHTS
     if not weights.is_file():
         raise SpecError(f"no trained weights ({A.WEIGHTS}); train or resume this run first", file=str(run))
     model = SpikingAutoencoder(graph)
-    model.load_ir_state_dict(A.load_weights(weights))
+    state = A.load_weights(weights)
+    check_weights(weights, state, model)
+    model.load_ir_state_dict(state)
     return spec, model.to(device)
 
 
@@ -268,7 +328,7 @@ def _refuse_existing_run(out: Path, force: bool) -> None:
     """A fresh run may not overwrite another run's files unless ``force``."""
     if out.exists() and not out.is_dir():
         raise SpecError("exists and is not a folder; give --out a folder for the run", file=str(out))
-    held = [name for name in (A.SPEC, A.IR, A.WEIGHTS, A.TRAIN_STATE) if (out / name).exists()]
+    held = [name for name in (A.SPEC, A.IR, A.WEIGHTS, A.TRAIN_STATE, MANIFEST) if (out / name).exists()]
     if held and not force:
         raise SpecError(f"already holds a run ({', '.join(held)}); use --resume to continue it, --force to "
                         "overwrite it, or --out for a new folder", file=str(out))
@@ -276,9 +336,9 @@ def _refuse_existing_run(out: Path, force: bool) -> None:
 
 def _clear_run(out: Path) -> None:
     """Remove the artifacts of an earlier run in ``out`` (``--force``), so none outlives the new run."""
-    for stale in (A.TRAIN_STATE, A.WEIGHTS, A.METRICS, A.EVAL, A.STATS):
+    for stale in (MANIFEST, A.TRAIN_STATE, A.WEIGHTS, A.METRICS, A.EVAL, A.STATS):
         (out / stale).unlink(missing_ok=True)
-    for folder in (A.FIGURES, A.EXPORT):  # drawn from or exported from the old weights
+    for folder in (A.FIGURES, A.EXPORT, CHECKPOINTS):  # drawn from or exported from the old weights
         shutil.rmtree(out / folder, ignore_errors=True)
 
 
@@ -306,18 +366,46 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
     Returns:
         The final evaluation metrics (also in ``out/eval.json``).
     Raises:
-        SpecError: bad input (existing run folder, data missing, bad device).
+        SpecError: bad input (existing run folder, data missing, bad device, a folder in use by another
+            process, a folder that cannot be written, a damaged checkpoint).
         TrainingDiverged: NaN/inf loss or weights; the last checkpoint is left as it was.
         TrainingInterrupted: Ctrl-C (or ``stop_after_steps``); a checkpoint was written.
+        RunWriteFailed: writing failed mid-run (full disk); the last complete checkpoint is kept.
     """
     out = Path(out)
     dev = resolve_device(device)
+    if out.exists() and not out.is_dir():
+        raise SpecError("exists and is not a folder; give --out a folder for the run", file=str(out))
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 alone writes, and holds the lock
+        return _train(spec, graph, out, data_dir=data_dir, device=dev, resume=resume, force=force,
+                      progress=progress, log=log, stop_after_steps=stop_after_steps)
+    try:
+        lock = RunLock(out, "train")
+        lock.acquire()
+    except OSError as exc:
+        raise SpecError(f"cannot write the run folder: {exc.strerror or exc}", file=str(out)) from None
+    try:
+        if lock.took_over:
+            log(f"took over the lock of a process that is gone (pid {lock.took_over.get('pid')})")
+        return _train(spec, graph, out, data_dir=data_dir, device=dev, resume=resume, force=force,
+                      progress=progress, log=log, stop_after_steps=stop_after_steps)
+    finally:
+        lock.release()
+
+
+def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, device: torch.device,
+           resume: bool, force: bool, progress: bool, log: Callable[[str], None],
+           stop_after_steps: int | None) -> dict[str, Any]:
+    """:func:`train` once the run folder is locked."""
+    dev = device
     t = spec.training
     state = None
+    checkpoint_on_disk = None
     if resume:
-        if not (out / A.TRAIN_STATE).is_file():
+        checkpoint_on_disk = load_checkpoint(out, repair=int(os.environ.get("RANK", "0")) == 0)
+        if checkpoint_on_disk is None:
             raise SpecError(f"nothing to resume (no {A.TRAIN_STATE})", file=str(out))
-        state = A.load_torch(out / A.TRAIN_STATE)
+        state = checkpoint_on_disk[2]
         if state.get("format") != STATE_FORMAT:
             raise SpecError(f"{A.TRAIN_STATE} has format {state.get('format')!r}, this saec writes {STATE_FORMAT}; "
                             "cannot resume it", file=str(out))
@@ -364,15 +452,23 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
     sums: dict[str, float] = {}  # running sums of the logged terms over the current epoch
     count = 0
     if state is not None:
-        weights_meta = A.weights_metadata(out / A.WEIGHTS)
-        if int(weights_meta.get("global_step", -1)) != state["global_step"]:
+        saved_weights, weights_meta, _ = checkpoint_on_disk
+        if str(weights_meta.get("global_step")) != str(state["global_step"]):
             raise SpecError("model.safetensors and train_state.pt disagree (different steps); cannot resume",
                             file=str(out))
-        model.load_ir_state_dict({k: v.to(dev) for k, v in A.load_weights(out / A.WEIGHTS).items()})
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        noise.set_state(state["noise_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        if weights_meta.get("spec_sha256", "") != str(graph.attrs.get("spec_sha256", "")):
+            raise A.ArtifactError(out / A.WEIGHTS, "was trained from another spec than the run's spec.yaml "
+                                                   "(spec_sha256 differs); cannot resume")
+        check_weights(out / A.WEIGHTS, saved_weights, model)
+        model.load_ir_state_dict({k: v.to(dev) for k, v in saved_weights.items()})
+        try:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            noise.set_state(state["noise_rng"])
+            torch.set_rng_state(state["torch_rng"])
+        except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as exc:
+            raise A.ArtifactError(out / A.TRAIN_STATE, f"its optimizer or random state does not fit this run "
+                                                       f"({A._short(exc)})") from None
         epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
         global_step, history = state["global_step"], list(state["history"])
         sums, count = dict(state["epoch_sums"]), state["epoch_count"]
@@ -380,15 +476,21 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
             sample_noise.manual_seed(t.seed + 1 + 7 * dist.rank + 1_000_003 * global_step)
         log(f"resuming {out} at epoch {epoch + 1}, step {step_in_epoch} (global step {global_step})")
     elif dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        _clear_run(out)
-        _write_run_header(out, spec, graph)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            _clear_run(out)
+            _write_run_header(out, spec, graph)
+        except OSError as exc:
+            raise SpecError(f"cannot write the run folder: {exc.strerror or exc}", file=str(out)) from None
 
     def kept_checkpoint() -> str:
         """What a stopped run leaves to resume from, for messages."""
-        if (out / A.TRAIN_STATE).is_file():
-            step = A.load_torch(out / A.TRAIN_STATE)["global_step"]
-            return f"the last good checkpoint (global step {step}) in {out} was kept"
+        try:
+            manifest = read_manifest(out)
+        except SpecError:
+            manifest = None
+        if manifest is not None:
+            return f"the last good checkpoint (global step {manifest.get('global_step')}) in {out} was kept"
         return f"no checkpoint had been written to {out} yet"
 
     def checkpoint(complete: bool = False) -> None:
@@ -400,14 +502,17 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
             raise TrainingDiverged(f"weights {', '.join(bad)} became NaN or infinite by global step {global_step} "
                                    f"(epoch {epoch + 1}); {kept_checkpoint()}; lower training.lr or add "
                                    f"training.grad_clip")
-        A.save_weights(out / A.WEIGHTS, model.ir_state_dict(),
-                       {"global_step": str(global_step), "spec_sha256": str(graph.attrs.get("spec_sha256", ""))})
-        A.save_torch(out / A.TRAIN_STATE, {
-            "format": STATE_FORMAT, "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "global_step": global_step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "noise_rng": noise.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-            "epoch_sums": sums, "epoch_count": count, "complete": complete,
-        })
+        try:
+            write_checkpoint(out, model.ir_state_dict(),
+                             {"global_step": str(global_step), "spec_sha256": str(graph.attrs.get("spec_sha256", ""))},
+                             {"format": STATE_FORMAT, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                              "global_step": global_step, "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict(), "noise_rng": noise.get_state(),
+                              "torch_rng": torch.get_rng_state(), "history": history, "epoch_sums": sums,
+                              "epoch_count": count, "complete": complete})
+        except OSError as exc:
+            raise RunWriteFailed(f"writing the checkpoint at global step {global_step} failed: "
+                                 f"{exc.strerror or exc}; {kept_checkpoint()}") from None
 
     bar = _Progress(progress and dist.main, log)
     if dist.main:
@@ -481,7 +586,11 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
             if dist.main:
                 from saec.runtime.report import finish_run
 
+                ctrl_c.immediate = True  # no step to finish: Ctrl-C stops the final evaluation at once
+                if ctrl_c.requested:
+                    raise KeyboardInterrupt
                 final = finish_run(out, spec, model, val_set, device=dev)
+                ctrl_c.immediate = False
                 checkpoint(complete=True)
         except _StopRequested:
             bar.close()
@@ -491,10 +600,15 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
                                       f"`saec train --resume {out}`") from None
         except KeyboardInterrupt:
             bar.close()
-            how = (f"`saec train --resume {out}` continues from it" if (out / A.TRAIN_STATE).is_file()
+            how = (f"`saec train --resume {out}` continues from it" if (out / MANIFEST).is_file()
                    else "start the run again")
-            raise TrainingInterrupted(f"stopped at once (second Ctrl-C) in epoch {epoch + 1}; {kept_checkpoint()}; "
-                                      f"{how}") from None
+            where = ("during the final evaluation" if ctrl_c.immediate
+                     else f"at once (second Ctrl-C) in epoch {epoch + 1}")
+            raise TrainingInterrupted(f"stopped {where}; {kept_checkpoint()}; {how}") from None
+        except OSError as exc:
+            bar.close()
+            raise RunWriteFailed(f"writing {getattr(exc, 'filename', None) or 'the run folder'} failed: "
+                                 f"{exc.strerror or exc}; {kept_checkpoint()}") from None
         finally:
             bar.close()
     if dist.world > 1:

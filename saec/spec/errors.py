@@ -14,6 +14,10 @@ def format_path(path: tuple) -> str:
     return out
 
 
+#: Longest message a SpecError shows (its location comes on top).
+MAX_MESSAGE_CHARS = 600
+
+
 class SpecError(Exception):
     """Bad user input, located as precisely as we can.
 
@@ -35,4 +39,7 @@ class SpecError(Exception):
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         if self.path:
             where += f"{self.path}: "
-        return where + self.message.replace("\n", " ")
+        message = " ".join(self.message.split())
+        if len(message) > MAX_MESSAGE_CHARS:  # a 10 MB bad value must not become a 10 MB error line
+            message = message[: MAX_MESSAGE_CHARS - 5] + " [...]"
+        return where + message
