@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from saec.spec.errors import SpecError
 
@@ -105,11 +105,25 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    safetensors writes the header from hash maps, so the same tensors and metadata come out in a
+    different key order from one call to the next; sorted keys make identical tensors identical bytes.
+    The data offsets are unchanged; the header is padded with spaces to 8 bytes as the format allows.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
 def _save_weights_file(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> None:
-    # Sorted tensors and metadata: identical tensors give identical bytes (safetensors keeps the
-    # metadata dict's order in its JSON header).
+    from safetensors.torch import save
+
     tensors = {k: state[k].detach().contiguous().cpu() for k in sorted(state)}
-    save_file(tensors, str(path), metadata=dict(sorted((metadata or {}).items())))
+    Path(path).write_bytes(_canonical_safetensors(save(tensors, metadata=dict(metadata or {}))))
     # safetensors creates its file owner-only whatever the umask; match the run's other files.
     umask = os.umask(0)
     os.umask(umask)

@@ -328,7 +328,8 @@ def _refuse_existing_run(out: Path, force: bool) -> None:
     """A fresh run may not overwrite another run's files unless ``force``."""
     if out.exists() and not out.is_dir():
         raise SpecError("exists and is not a folder; give --out a folder for the run", file=str(out))
-    held = [name for name in (A.SPEC, A.IR, A.WEIGHTS, A.TRAIN_STATE, MANIFEST) if (out / name).exists()]
+    # Only trained state is worth protecting: a folder a crash left with just spec.yaml and ir.json restarts.
+    held = [name for name in (A.WEIGHTS, A.TRAIN_STATE, MANIFEST) if (out / name).exists()]
     if held and not force:
         raise SpecError(f"already holds a run ({', '.join(held)}); use --resume to continue it, --force to "
                         "overwrite it, or --out for a new folder", file=str(out))
@@ -340,6 +341,8 @@ def _clear_run(out: Path) -> None:
         (out / stale).unlink(missing_ok=True)
     for folder in (A.FIGURES, A.EXPORT, CHECKPOINTS):  # drawn from or exported from the old weights
         shutil.rmtree(out / folder, ignore_errors=True)
+    for leftover in out.glob(".*.tmp-*"):  # temporaries of a process that was killed
+        leftover.unlink(missing_ok=True)
 
 
 def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None, device: str = "auto",
