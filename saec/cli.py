@@ -76,6 +76,8 @@ def compile_cmd(
     target: Optional[str] = typer.Option(
         None, "--target", help="Check that the network fits this chip (loihi, speck, xylo, or a profile "
                                "file) and print its fit report; exit 2 with located lines if it does not."),
+    force: bool = typer.Option(False, "--force", help="Compile even if training would need more memory than this "
+                                                      "machine has."),
 ) -> None:
     """Validate SPEC, build the graph IR, run the analysis passes and print a summary."""
     from saec.compiler.pipeline import compile_spec, summarize
@@ -86,7 +88,7 @@ def compile_cmd(
         from saec.targets.profile import load_profile
 
         profile = load_profile(target)  # a bad target name stops before the spec is read
-    loaded, graph = compile_spec(str(spec), set_ or [])
+    loaded, graph = compile_spec(str(spec), set_ or [], force=force)
     summary = summarize(graph)
     if not quiet:
         print_compile_summary(loaded, graph, summary)
@@ -130,7 +132,8 @@ def train_cmd(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding MNIST (torchvision layout)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     set_: Optional[List[str]] = SetOption,
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing run in the folder."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing run in the folder; train even if the "
+                                                      "memory estimate exceeds this machine's memory."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train SPEC end to end and write a run folder (weights, metrics, figures).
@@ -151,7 +154,7 @@ def train_cmd(
             raise SpecError("give a SPEC file to train, or --resume RUN_FOLDER")
         from saec.compiler.pipeline import compile_spec
 
-        loaded, graph = compile_spec(str(spec), set_ or [])
+        loaded, graph = compile_spec(str(spec), set_ or [], force=force)
         spec_obj = loaded.spec
         run_dir = out or Path("runs") / spec_obj.name
     try:

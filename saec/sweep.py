@@ -31,6 +31,7 @@ import difflib
 import io
 import itertools
 import json
+import math
 import os
 import re
 import resource
@@ -47,9 +48,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from saec.runtime import artifacts as A
 from saec.spec.errors import SpecError, format_path
-from saec.spec.loader import SET_SOURCE, parse_yaml
+from saec.spec.loader import SET_SOURCE, parse_yaml, read_limited
 
-_NAME = r"^[A-Za-z0-9_.-]+$"
+_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
+#: The most runs one sweep file may expand to (configs x grid points x seeds); a grid of 9 keys x 10
+#: values is a billion runs, and is refused before anything is built.
+MAX_RUNS = 10_000
 _POLL_S = 0.5  # how often running jobs are checked
 _INTERRUPT_GRACE_S = 120.0  # how long interrupted runs get to write their checkpoint
 _EXIT_INTERRUPTED = 130  # `saec train` after Ctrl-C, with a checkpoint written
@@ -228,14 +232,13 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
 
     path = Path(path)
     file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError("no such file", file=file) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read: {exc}", file=file) from None
-    data, lines = parse_yaml(text, file)
+    data, lines = parse_yaml(read_limited(path, "sweep file"), file)
     sweep = _validate(data, file, lines)
+    for where, value in [(("name",), sweep.name), *((("configs", i, "name"), c.name)
+                                                     for i, c in enumerate(sweep.configs))]:
+        if value in (".", ".."):
+            raise SpecError(f"{value!r} is not a folder name of its own", file=file, line=_line_of(lines, where),
+                            path=format_path(where))
     here = path.parent
     name = sweep.name or _folder_part(path.stem)
     names = [c.name for c in sweep.configs]
@@ -257,7 +260,11 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     configs = [(c.name, c.spec or sweep.base, _overrides(c.set, ("configs", i, "set"), lines, file),
                 ("configs", i, "spec") if c.spec else ("base",))
                for i, c in enumerate(sweep.configs)] or [(None, sweep.base, [], ("base",))]
-    points = list(itertools.product(*(sweep.grid[k] for k in grid_keys)))
+    n_runs = max(1, len(sweep.configs)) * math.prod(len(v) for v in sweep.grid.values()) * len(sweep.seeds)
+    if n_runs > MAX_RUNS:
+        raise SpecError(f"expands to {n_runs:,} runs (configurations x grid points x seeds), more than "
+                        f"{MAX_RUNS:,}; split the sweep", file=file, line=_line_of(lines, ("grid",)),
+                        path="grid" if sweep.grid else None)
     out_dir = Path(out) if out is not None else Path(sweep.out) if sweep.out else Path("runs") / "sweeps" / name
 
     runs: list[SweepRun] = []
@@ -267,7 +274,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         if not spec_file.is_file():
             raise SpecError(f"no such spec file {spec_file}", file=file, line=_line_of(lines, spec_where),
                             path=format_path(spec_where))
-        for point in points:
+        for point in itertools.product(*(sweep.grid[k] for k in grid_keys)):  # lazily: never all at once
             grid = tuple(zip(grid_keys, point))
             grid_over = [Override(k, v, _line_of(lines, ("grid", k)), f"grid.{k}") for k, v in grid]
             label = None
@@ -296,14 +303,19 @@ def run_state(run: SweepRun) -> str:
     Raises:
         SpecError: the folder holds a run of a different spec (the sweep file changed).
     """
+    from saec.runtime.checkpoint import MANIFEST
+
     folder = run.folder
-    if not (folder / A.TRAIN_STATE).is_file():
+    if not (folder / A.TRAIN_STATE).is_file() and not (folder / MANIFEST).is_file():
         return "new"
     _check_same_spec(run)
-    state = A.load_torch(folder / A.TRAIN_STATE)
-    if state.get("complete") and (folder / A.EVAL).is_file():
+    if _is_complete(folder):
         return "complete"
     return "resumable"
+
+
+class DamagedRun(SpecError):
+    """A run folder of the sweep cannot be read; the sweep reports it and goes on with the others."""
 
 
 def _check_same_spec(run: SweepRun) -> None:
@@ -313,7 +325,10 @@ def _check_same_spec(run: SweepRun) -> None:
     if not (run.folder / A.SPEC).is_file():
         return
     wanted = compile_spec(str(run.spec_file), run.set_args())[0].spec
-    have = load_spec(run.folder / A.SPEC).spec
+    try:
+        have = load_spec(run.folder / A.SPEC).spec
+    except SpecError as exc:
+        raise DamagedRun(f"damaged run folder, skipped: {exc}", file=str(run.folder)) from None
     if wanted.model_dump() != have.model_dump():
         raise SpecError("holds a run of a different spec than the sweep now asks for; delete the folder or "
                         "change the sweep's `out`", file=str(run.folder))
@@ -387,15 +402,28 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, data_dir: str | None = None, devic
         raise SpecError(f"must be at least 1, got {jobs}", path="--jobs")
     threads = threads_per_job or max(1, available_cores() // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    states = {run.folder: run_state(run) for run in sweep.runs}
-    todo = [r for r in sweep.runs if states[r.folder] != "complete"]
+    logs_dir = sweep.out / "logs"
+    try:
+        logs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"cannot write the sweep's output folder: {exc.strerror or exc}", file=str(sweep.out)) from None
+    states: dict[Path, str] = {}
+    failed: list[tuple[SweepRun, int, Path]] = []
+    for run in sweep.runs:
+        try:
+            states[run.folder] = run_state(run)
+        except DamagedRun as exc:  # reported and left alone; the other runs go on
+            log_path = logs_dir / f"{_folder_part(run.config)}-seed{run.seed}.log"
+            with open(log_path, "a") as fh:
+                fh.write(f"{exc}\n")
+            log(f"FAILED {run.label}: {exc}")
+            failed.append((run, 2, log_path))
+            states[run.folder] = "damaged"
+    todo = [r for r in sweep.runs if states[r.folder] not in ("complete", "damaged")]
     skipped = [r for r in sweep.runs if states[r.folder] == "complete"]
     log(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(skipped)} complete, {len(todo)} to run "
         f"({jobs} at a time, {threads} threads each) -> {sweep.out}")
-    logs_dir = sweep.out / "logs"
-    logs_dir.mkdir(parents=True, exist_ok=True)
     running: dict[subprocess.Popen, tuple[SweepRun, float, Path, Any]] = {}
-    failed: list[tuple[SweepRun, int, Path]] = []
     seconds: dict[str, float] = {}
     ran: list[SweepRun] = []
     t_start = time.perf_counter()
@@ -466,19 +494,19 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, data_dir: str | None = None, devic
 
 # ---------------------------------------------------------------- tables
 def _read_eval(folder: Path) -> dict:
+    """A run's eval.json; {} when it is missing or damaged (the run then counts as not complete)."""
     try:
-        return A.load_json(folder / A.EVAL)
-    except (OSError, ValueError):
+        metrics = A.load_json(folder / A.EVAL)
+    except SpecError:
         return {}
+    return metrics if isinstance(metrics, dict) else {}
 
 
 def _is_complete(folder: Path) -> bool:
-    if not (folder / A.TRAIN_STATE).is_file() or not (folder / A.EVAL).is_file():
-        return False
-    try:
-        return bool(A.load_torch(folder / A.TRAIN_STATE).get("complete"))
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is simply not complete
-        return False
+    """A finished run with a readable eval.json (a damaged one counts as missing: the run is redone)."""
+    from saec.runtime.checkpoint import state_is_complete
+
+    return state_is_complete(folder) and bool(_read_eval(folder))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -94,26 +94,59 @@ def _to_spec_error(exc: CompileError, graph: IRGraph | None, loaded: LoadedSpec)
     return loaded.error(path, message)
 
 
-def compile_loaded(loaded: LoadedSpec, flow: str = "compile") -> IRGraph:
-    """Build the IR of a loaded spec and run ``flow``; errors come back located in the spec."""
+def check_training_memory(loaded: LoadedSpec, graph: IRGraph, available: int | None = None) -> None:
+    """Refuse a network whose training would need more memory than the machine has.
+
+    Raises:
+        SpecError: located at the layer with the largest share, naming the estimate and the way out.
+    """
+    from saec.compiler.passes.memory import estimate_training_memory, human_bytes, machine_memory_bytes
+
+    t = loaded.spec.training
+    estimate = estimate_training_memory(graph, t.batch_size, t.optimizer)
+    limit = machine_memory_bytes() if available is None else available
+    if estimate.total_bytes <= limit:
+        return
+    node = estimate.largest_node
+    path = tuple(graph.meta(node).get("spec_path", ())) if node in graph else ()
+    raise loaded.error(path, f"training would need about {human_bytes(estimate.total_bytes)} (parameters with "
+                             f"gradients and optimizer state {human_bytes(estimate.params_bytes)}, activations "
+                             f"over T={graph.attrs.get('timesteps', 1)} x batch {t.batch_size} "
+                             f"{human_bytes(estimate.activation_bytes)}; this layer holds the most), more than "
+                             f"this machine's {human_bytes(limit)}; shrink the network, T or the batch, or pass "
+                             "--force")
+
+
+def compile_loaded(loaded: LoadedSpec, flow: str = "compile", *, force: bool = False) -> IRGraph:
+    """Build the IR of a loaded spec and run ``flow``; errors come back located in the spec.
+
+    Args:
+        loaded: the validated spec.
+        flow: the passes to run.
+        force: skip the training-memory check (:func:`check_training_memory`).
+    """
     graph = None
     try:
         graph = build_ir(loaded.spec)
         run_flow(graph, flow)
     except CompileError as exc:
         raise _to_spec_error(exc, graph, loaded) from None
+    if not force and flow == "compile":
+        check_training_memory(loaded, graph)
     graph.attrs["source"] = loaded.file
     return graph
 
 
-def compile_spec(path: str, overrides: tuple[str, ...] | list[str] = (), flow: str = "compile"
-                 ) -> tuple[LoadedSpec, IRGraph]:
+def compile_spec(path: str, overrides: tuple[str, ...] | list[str] = (), flow: str = "compile", *,
+                 force: bool = False) -> tuple[LoadedSpec, IRGraph]:
     """Load ``path`` with ``overrides``, build the IR and run ``flow``.
 
+    Args:
+        force: skip the training-memory check.
     Returns:
         (the loaded spec, the compiled graph).
     Raises:
         SpecError: any problem, as one located line.
     """
     loaded = load_spec(path, overrides)
-    return loaded, compile_loaded(loaded, flow)
+    return loaded, compile_loaded(loaded, flow, force=force)

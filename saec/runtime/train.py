@@ -207,7 +207,7 @@ def _make_schedule(spec: Spec, opt: torch.optim.Optimizer):
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
     """The shuffled global batches of one epoch (a generator of its own per epoch)."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)  # any seed < 2**63 (the spec's range)
     return list(batch_indices(n, batch_size, shuffle=True, generator=gen))
 
 
@@ -450,7 +450,7 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
     sample_noise = None
     if dist.world > 1:
         sample_noise = torch.Generator(device=dev)
-        sample_noise.manual_seed(t.seed + 1 + 7 * dist.rank)
+        sample_noise.manual_seed((t.seed + 1 + 7 * dist.rank) % 2**64)
     epoch, step_in_epoch, global_step, history = 0, 0, 0, []
     sums: dict[str, float] = {}  # running sums of the logged terms over the current epoch
     count = 0
@@ -476,7 +476,7 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
         global_step, history = state["global_step"], list(state["history"])
         sums, count = dict(state["epoch_sums"]), state["epoch_count"]
         if sample_noise is not None:  # not checkpointed (per rank): a fresh, distinct stream per rank
-            sample_noise.manual_seed(t.seed + 1 + 7 * dist.rank + 1_000_003 * global_step)
+            sample_noise.manual_seed((t.seed + 1 + 7 * dist.rank + 1_000_003 * global_step) % 2**64)
         log(f"resuming {out} at epoch {epoch + 1}, step {step_in_epoch} (global step {global_step})")
     elif dist.main:
         try:

@@ -60,47 +60,143 @@ _SafeLoader.add_implicit_resolver(
 )
 
 
-def _read_text(path: Path) -> str:
+#: Limits that keep a hostile spec or sweep file from hanging or exhausting the machine.
+MAX_FILE_BYTES = 1 << 20  # 1 MiB: the largest shipped spec is ~3 kB
+MAX_DEPTH = 32  # nesting of mappings and lists (a spec needs 4)
+MAX_NODES = 100_000  # values after alias expansion (a spec has a few hundred)
+MAX_ALIASES = 1_000
+
+
+def read_limited(path: Path, what: str = "spec file") -> str:
+    """The UTF-8 text of a spec or sweep file, refused beyond :data:`MAX_FILE_BYTES` or if not a file.
+
+    Raises:
+        SpecError: missing, a folder or device, too large, unreadable or not UTF-8 (names the file).
+    """
+    file = str(path)
     try:
-        return path.read_text(encoding="utf-8")
+        if path.is_dir():
+            raise SpecError(f"is a directory, not a {what}", file=file)
+        if path.exists() and not path.is_file():  # a FIFO or /dev/zero would block or never end
+            raise SpecError(f"is not a regular file, not a {what}", file=file)
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise SpecError("no such file", file=str(path)) from None
-    except IsADirectoryError:
-        raise SpecError("is a directory, not a spec file", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read: {exc}", file=str(path)) from None
+        raise SpecError("no such file", file=file) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror or exc}", file=file) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise SpecError(f"is larger than {MAX_FILE_BYTES // 1024} KiB; a {what} is a few kB", file=file)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SpecError(f"not UTF-8 text (byte 0x{data[exc.start]:02x})", file=file, line=line) from None
 
 
-def _record_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str) -> None:
-    """Walk the composed YAML tree: line of every path; reject duplicate keys."""
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise SpecError(f"duplicate key {key!r} (first written at line {seen[key]})",
-                                file=file, line=line, path=path + (key,))
-            seen[key] = line
-            lines[path + (key,)] = line
-            _record_lines(value_node, path + (key,), lines, file)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[path + (i,)] = item.start_mark.line + 1
-            _record_lines(item, path + (i,), lines, file)
+def _read_text(path: Path) -> str:
+    return read_limited(path)
+
+
+#: Characters YAML allows in a document (YAML 1.1 "printable"); anything else is located and refused.
+_NOT_PRINTABLE = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
+
+
+def _check_printable(text: str, file: str) -> None:
+    bad = _NOT_PRINTABLE.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        col = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
+        raise SpecError(f"non-printable character U+{ord(bad.group()):04X} at column {col}; remove it",
+                        file=file, line=line)
+
+
+def _check_structure(text: str, file: str) -> None:
+    """Refuse deep nesting and alias floods from the token stream, before anything recursive runs."""
+    depth = aliases = 0
+    openers = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
+               yaml.FlowSequenceStartToken)
+    closers = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+    loader = _SafeLoader(text)
+    try:
+        while loader.check_token():
+            token = loader.get_token()
+            if isinstance(token, openers):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise SpecError(f"nested deeper than {MAX_DEPTH} levels", file=file,
+                                    line=token.start_mark.line + 1)
+            elif isinstance(token, closers):
+                depth -= 1
+            elif isinstance(token, yaml.AliasToken):
+                aliases += 1
+                if aliases > MAX_ALIASES:
+                    raise SpecError(f"more than {MAX_ALIASES} aliases (*name)", file=file,
+                                    line=token.start_mark.line + 1)
+    finally:
+        loader.dispose()
+
+
+def _record_lines(root: yaml.Node, lines: dict[tuple, int], file: str) -> None:
+    """Walk the composed YAML tree (iteratively): line of every path; reject duplicate and non-scalar keys,
+    recursive aliases and documents that aliases expand beyond :data:`MAX_NODES` values."""
+    stack: list[tuple[yaml.Node, tuple, tuple[int, ...]]] = [(root, (), ())]
+    visited = 0
+    while stack:
+        node, path, ancestors = stack.pop()
+        visited += 1
+        if visited > MAX_NODES:
+            raise SpecError(f"expands to more than {MAX_NODES:,} values (aliases repeat whole subtrees)", file=file,
+                            line=node.start_mark.line + 1)
+        if id(node) in ancestors:
+            raise SpecError("a recursive alias (a value that contains itself)", file=file,
+                            line=node.start_mark.line + 1, path=path)
+        lines.setdefault(path, node.start_mark.line + 1)
+        inner = ancestors + (id(node),)
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                line = key_node.start_mark.line + 1
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise SpecError("a mapping key must be a plain name, not a list or mapping", file=file,
+                                    line=line, path=path)
+                key = key_node.value
+                if key in seen:
+                    raise SpecError(f"duplicate key {key!r} (first written at line {seen[key]})",
+                                    file=file, line=line, path=path + (key,))
+                seen[key] = line
+                lines[path + (key,)] = line
+                stack.append((value_node, path + (key,), inner))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[path + (i,)] = item.start_mark.line + 1
+                stack.append((item, path + (i,), inner))
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, dict[tuple, int]]:
-    """Parse YAML text safely; returns (data, {path: line})."""
+    """Parse YAML text safely; returns (data, {path: line}).
+
+    Bounded: non-printable characters, nesting deeper than :data:`MAX_DEPTH`, more than
+    :data:`MAX_ALIASES` aliases, recursive aliases and alias expansion beyond :data:`MAX_NODES`
+    values are refused (located) before anything is constructed.
+    """
+    _check_printable(text, file)
+    try:
+        _check_structure(text, file)
+    except yaml.MarkedYAMLError:
+        pass  # reported, located, by the parse below
     loader = _SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             raise SpecError("the spec is empty", file=file, line=1)
         lines: dict[tuple, int] = {}
-        _record_lines(node, (), lines, file)
-        data = loader.construct_document(node)
+        _record_lines(node, lines, file)
+        try:
+            data = loader.construct_document(node)
+        except (ValueError, OverflowError, TypeError) as exc:  # e.g. an integer of 5,000 digits
+            raise SpecError(f"a value cannot be read: {str(exc).split(';')[0]}", file=file) from None
+        _check_keys_hashable(data, file)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -112,9 +208,25 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[tuple, int]]:
         raise SpecError(problem, file=file, line=line) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"YAML error: {exc}", file=file) from None
+    except RecursionError:  # a safety net: the structure checks above make this unreachable in practice
+        raise SpecError(f"nested too deeply (at most {MAX_DEPTH} levels)", file=file) from None
     finally:
         loader.dispose()
     return data, lines
+
+
+def _check_keys_hashable(data: Any, file: str) -> None:
+    """Keys must be names: a null, number or boolean key is refused too (``--set`` paths are strings)."""
+    stack = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise SpecError(f"a mapping key must be a name, got {key!r}", file=file, path=path)
+                stack.append((item, path + (key,)))
+        elif isinstance(value, list):
+            stack.extend((item, path + (i,)) for i, item in enumerate(value))
 
 
 # ---------------------------------------------------------------- --set
@@ -156,9 +268,10 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> set[tuple]:
     for item in overrides:
         key, raw_value = _split_override(item)
         try:
-            value = yaml.load(raw_value, Loader=_SafeLoader) if raw_value.strip() else None
-        except yaml.YAMLError as exc:
-            raise SpecError(f"cannot parse value {raw_value!r}: {exc}", file=SET_SOURCE, path=key) from None
+            value = parse_yaml(raw_value, SET_SOURCE)[0] if raw_value.strip() else None
+        except SpecError as exc:  # the same bounds as a spec file (aliases, depth, characters)
+            shown = raw_value if len(raw_value) <= 60 else raw_value[:57] + "..."
+            raise SpecError(f"cannot parse value {shown!r}: {exc.message}", file=SET_SOURCE, path=key) from None
         segs = key.split(".")
         if any(not s for s in segs):
             raise SpecError("empty path segment", file=SET_SOURCE, path=key)

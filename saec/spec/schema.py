@@ -20,7 +20,9 @@ PairNonNeg = Annotated[list[NonNegInt], Field(min_length=2, max_length=2)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    # allow_inf_nan=False: every number of a spec is finite (an infinite threshold or a NaN bound would
+    # compile and then silently train nothing).
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
 
 # ------------------------------------------------------------------ input
@@ -235,7 +237,8 @@ class TrainingSpec(Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
     weight_decay: Annotated[float, Field(ge=0.0)] = Field(0.0, description="Optimizer weight decay (not the L2 term).")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="Learning-rate schedule.")
-    seed: NonNegInt = Field(0, description="Seed of weights, data order, encoding noise.")
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = Field(
+        0, description="Seed of weights, data order, encoding noise (0 <= seed < 2**63).")
     grad_clip: GradClipSpec | None = Field(None, description="Gradient clipping; null = none.")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many steps per epoch (short schedules).")
 
@@ -265,8 +268,9 @@ class DataSpec(Strict):
 class Spec(Strict):
     """A whole network and its training, as the user wrote it plus defaults."""
 
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
-        description="Model name; default run folder runs/<name>."
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        description="Model name (letters, digits, _ . -; at most 100 characters; not . or ..); default run folder "
+        "runs/<name>."
     )
     kind: Literal["sae", "ae", "vae"] = Field(
         description="sae: spiking auto-encoder (LIF); ae: ReLU auto-encoder; vae: variational ReLU auto-encoder."
@@ -294,8 +298,28 @@ class Spec(Strict):
 
 
 def rule_violations(spec: Spec) -> list[tuple[tuple, str]]:
-    """Cross-field rules pydantic cannot express: (location, message) pairs."""
+    """Cross-field rules pydantic cannot express: (location, message) pairs.
+
+    Every rule that training relies on is here, so that a spec that compiles also trains.
+    """
     problems: list[tuple[tuple, str]] = []
+    if spec.name in (".", ".."):
+        problems.append((("name",), f"{spec.name!r} is not a folder name of its own; runs/<name> would be the "
+                                    "runs folder or its parent"))
+    synapse_layers = [layer for layer in spec.layers if isinstance(layer, (Conv2dSpec, LinearSpec))]
+    if not synapse_layers:
+        problems.append((("layers",), "no conv2d, conv_transpose2d or linear layer: the network has no weights "
+                                      "to train"))
+    if spec.kind == "sae":
+        T = spec.encoding.timesteps
+        if spec.readout.t_min > T:
+            problems.append((("readout", "t_min"), f"the readout window starts at t_min = {spec.readout.t_min}, "
+                                                   f"after the last time step T = {T} (encoding.timesteps)"))
+        latent = next((layer for layer in spec.layers if layer.name == spec.latent), None)
+        if latent is not None and not (isinstance(latent, (Conv2dSpec, LinearSpec)) and latent.spiking):
+            problems.append((("latent",), f"layer {spec.latent!r} has no spiking neurons; the latent layer of an "
+                                          "sae must be a conv2d, conv_transpose2d or linear layer with spiking: true"))
+        problems += _bound_violations(spec)
     names = [layer.name for layer in spec.layers]
     seen: set[str] = set()
     for i, n in enumerate(names):
@@ -312,4 +336,24 @@ def rule_violations(spec: Spec) -> list[tuple[tuple, str]]:
                 problems.append(
                     (("regularizers", term, "layers", j), f"no layer named {lname!r} (layers: {listing})")
                 )
+    return problems
+
+
+def _bound_violations(spec: Spec) -> list[tuple[tuple, str]]:
+    """The membrane floor lies below the threshold, for the default neuron and every per-layer override."""
+    problems = []
+    base = spec.neuron
+    if base.lower_bound is not None and base.lower_bound >= base.threshold:
+        problems.append((("neuron", "lower_bound"), f"lower_bound {base.lower_bound} must lie below the threshold "
+                                                    f"{base.threshold}"))
+    for i, layer in enumerate(spec.layers):
+        override = getattr(layer, "neuron", None)
+        if override is None or not getattr(layer, "spiking", False):
+            continue
+        bound = override.lower_bound if override.lower_bound is not None else base.lower_bound
+        threshold = override.threshold if override.threshold is not None else base.threshold
+        if bound is not None and bound >= threshold:
+            field = "lower_bound" if override.lower_bound is not None else "threshold"
+            problems.append((("layers", i, "neuron", field), f"lower_bound {bound} must lie below the threshold "
+                                                            f"{threshold} of layer {layer.name!r}"))
     return problems

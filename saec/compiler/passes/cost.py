@@ -8,14 +8,40 @@ from saec.compiler import ops
 from saec.compiler.graph import IRGraph
 
 
+def _sum_positive(a: int, b: int, lo: int, hi: int) -> int:
+    """sum over integer o in [lo, hi] of max(0, a + b*o), in closed form."""
+    if lo > hi:
+        return 0
+    if b == 0:
+        return max(0, a) * (hi - lo + 1)
+    if b > 0:  # positive from the first o with a + b*o > 0
+        lo = max(lo, (-a) // b + 1)
+    else:  # positive up to the last o with a + b*o > 0
+        hi = min(hi, (a - 1) // (-b))
+    if lo > hi:
+        return 0
+    n = hi - lo + 1
+    return a * n + b * (lo + hi) * n // 2
+
+
 def _taps(n_out: int, n_in: int, k: int, stride: int, pad: int) -> int:
-    """Kernel taps along one axis of a conv that land inside the (unpadded) input."""
-    return sum(
-        1
-        for o in range(n_out)
-        for j in range(k)
-        if 0 <= o * stride - pad + j < n_in
-    )
+    """Kernel taps along one axis of a conv that land inside the (unpadded) input.
+
+    The number of pairs (output o, kernel tap j) with 0 <= o*stride - pad + j < n_in. Output o sees the
+    taps j in [max(0, pad - o*stride), min(k, n_in + pad - o*stride)); each bound switches between a
+    constant and a line in o once, so the sum is a few arithmetic series: closed form, whatever the
+    sizes (a loop over outputs would hang on `padding: 1000000000`).
+    """
+    s = stride
+    last_full = (n_in + pad - k) // s  # the last o whose upper bound is k (n_in + pad - o*s >= k)
+    last_padded = -(-pad // s) - 1  # the last o whose lower bound is pad - o*s (> 0)
+    cuts = sorted({-1, n_out - 1, *(c for c in (last_full, last_padded) if -1 <= c < n_out - 1)})
+    total = 0
+    for lo, hi in zip([c + 1 for c in cuts[:-1]], cuts[1:]):
+        upper = (k, 0) if lo <= last_full else (n_in + pad, -s)  # (constant, slope) of the upper bound
+        lower = (pad, -s) if lo <= last_padded else (0, 0)
+        total += _sum_positive(upper[0] - lower[0], upper[1] - lower[1], lo, hi)
+    return total
 
 
 def synapses(op: ops.Op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
