@@ -60,6 +60,16 @@ def _capped(line: str) -> str:
     return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 5] + " [...]"
 
 
+def _naming(file: Path, fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)``, its SpecErrors that name no file re-raised naming ``file``."""
+    try:
+        return fn(*args, **kwargs)
+    except SpecError as exc:
+        if exc.file:
+            raise
+        raise SpecError(exc.message, file=str(file), line=exc.line, path=exc.path) from None
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     from saec.runtime.artifacts import write_text
 
@@ -283,8 +293,8 @@ def simulate_cmd(
 
     graph = read_nir(model)
     reference = golden_reference(input_)
-    spikes = read_input_spikes(input_, nir_input_shape(graph))
-    result = simulate_nir(graph, spikes, dt=dt)
+    spikes = _naming(input_, read_input_spikes, input_, _naming(model, nir_input_shape, graph))
+    result = _naming(model, simulate_nir, graph, spikes, dt=dt)
     T, B = spikes.shape[:2]
     simulated = {k: v.reshape(T, B, -1) for k, v in result.items()}
     if reference is not None:
@@ -330,13 +340,17 @@ def eval_cmd(
 ) -> None:
     """Evaluate the trained run RUN on its validation set; write RUN/eval.json and RUN/figures/.
 
+    With --limit N the results go to RUN/eval_limit<N>.json and RUN/figures_limit<N>/, beside the
+    full evaluation, which is kept.
+
     eval.json holds L_rec, ANR/INP/AFR/RAE, spikes per example and the
     firing-rate distribution of every spiking layer, and s_intra/s_inter of
     the latent layer under five distances (keys: see the README).
     """
     from saec.runtime.report import evaluate_run
 
-    metrics = evaluate_run(run, data_dir=data_dir, device=device, limit=limit, figures=figures)
+    metrics, written = evaluate_run(run, data_dir=data_dir, device=device, limit=limit, figures=figures,
+                                    with_paths=True)
     typer.echo(f"validation L_rec: {metrics['rec_loss']:.3f} (mean of batch means, {metrics['examples']} images)")
     latent = (metrics.get("layers") or {}).get(metrics.get("latent_layer") or "")
     if latent:
@@ -345,7 +359,7 @@ def eval_cmd(
     ratio = (metrics.get("s_intra_inter") or {}).get("euclidean")
     if ratio is not None:
         typer.echo(f"s_intra/s_inter (euclidean): {ratio:.3f}")
-    typer.echo(f"written: {run / 'eval.json'}" + (f", {run / 'figures'}/" if figures else ""))
+    typer.echo(f"written: {written[0]}" + (f", {written[1]}/" if figures else ""))
 
 
 @app.command("sweep")

@@ -6,6 +6,7 @@ into place, so a crash or Ctrl-C never leaves a half-written artifact.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -79,6 +80,11 @@ def _fsync_file(path: Path) -> None:
 
 def _atomic(path: Path, write: Callable[[Path], None], *, durable: bool = False) -> None:
     """Write ``path`` through a temporary name in its folder; the temporary goes on any failure."""
+    for folder in (path.parent, *path.parent.parents):  # mkdir says "File exists" for a file on the way
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
     try:

@@ -20,7 +20,8 @@ from saec.spec.schema import Spec
 
 
 def finish_run(out: Path, spec: Spec, model: SpikingAutoencoder, val_set: ImageSet, *,
-               device: torch.device | str = "cpu", figures: bool = True) -> dict[str, Any]:
+               device: torch.device | str = "cpu", figures: bool = True, eval_name: str = A.EVAL,
+               figures_name: str = A.FIGURES) -> dict[str, Any]:
     """Evaluate ``model`` on ``val_set``; write ``eval.json`` and every figure into the run folder.
 
     Args:
@@ -31,6 +32,7 @@ def finish_run(out: Path, spec: Spec, model: SpikingAutoencoder, val_set: ImageS
         device: where to evaluate.
         figures: also write ``figures/*.png`` (see
             :func:`saec.exporters.figures.write_run_figures`).
+        eval_name, figures_name: where in ``out`` the metrics and the figures go.
 
     Returns:
         The metrics written to ``eval.json`` (keys: :data:`saec.runtime.evaluate.EVAL_KEYS`).
@@ -38,11 +40,11 @@ def finish_run(out: Path, spec: Spec, model: SpikingAutoencoder, val_set: ImageS
     result = evaluate(model, val_set, batch_size=spec.training.batch_size, seed=spec.training.seed,
                       device=device, keep_latents=True)
     metrics = {"run": spec.name, "validation": val_set.name, **result.metrics}
-    A.write_json(Path(out) / A.EVAL, metrics)
+    A.write_json(Path(out) / eval_name, metrics)
     if figures:
         from saec.exporters.figures import write_run_figures
 
-        write_run_figures(Path(out) / A.FIGURES, model, val_set, result, seed=spec.training.seed, device=device)
+        write_run_figures(Path(out) / figures_name, model, val_set, result, seed=spec.training.seed, device=device)
     return metrics
 
 
@@ -79,22 +81,28 @@ def validation_set(spec: Spec, data_dir: str | Path | None = None, limit: int | 
 
 
 def evaluate_run(run: Path, *, data_dir: str | Path | None = None, device: str = "auto",
-                 limit: int | None = None, figures: bool = True) -> dict[str, Any]:
+                 limit: int | None = None, figures: bool = True, with_paths: bool = False
+                 ) -> dict[str, Any] | tuple[dict[str, Any], tuple[Path, Path]]:
     """``saec eval``: recompute ``eval.json`` (and the figures) of a trained run folder.
 
     Args:
         run: the run folder (needs spec.yaml, ir.json and model.safetensors).
         data_dir: overrides the spec's data roots.
         device: ``cpu``, ``cuda`` or ``auto``.
-        limit: evaluate only the first ``limit`` validation images.
-        figures: also rewrite ``figures/*.png``.
+        limit: evaluate only the first ``limit`` validation images; the results then go to
+            ``RUN/eval_limit<N>.json`` and ``RUN/figures_limit<N>/``, and the full evaluation is kept.
+        figures: also rewrite the figures.
+        with_paths: also return (metrics file, figures folder).
 
     Returns:
-        The metrics written to ``RUN/eval.json``.
+        The metrics written to ``RUN/eval.json`` (or ``eval_limit<N>.json``), with ``with_paths``
+        paired with the paths written.
 
     Raises:
-        SpecError: not a run folder, no trained weights, data missing, bad device.
+        SpecError: not a run folder, no trained weights, data missing, bad device, a run in use by
+            another process.
     """
+    from saec.runtime.checkpoint import RunLock
     from saec.runtime.train import load_model, resolve_device
 
     run = Path(run)
@@ -103,4 +111,9 @@ def evaluate_run(run: Path, *, data_dir: str | Path | None = None, device: str =
     dev = resolve_device(device)
     spec, model = load_model(run, dev)
     val = validation_set(spec, data_dir, limit)
-    return finish_run(run, spec, model, val, device=dev, figures=figures)
+    suffix = f"_limit{limit}" if limit is not None else ""
+    written = (run / f"{Path(A.EVAL).stem}{suffix}.json", run / f"{A.FIGURES}{suffix}")
+    with RunLock(run, "eval"):  # eval.json and the figures belong to the run: not while it trains
+        metrics = finish_run(run, spec, model, val, device=dev, figures=figures, eval_name=written[0].name,
+                             figures_name=written[1].name)
+    return (metrics, written) if with_paths else metrics

@@ -40,12 +40,26 @@ class LoadedSpec:
         return _locate(path, self.file, self.lines, self.overridden)
 
     def error(self, path: tuple, message: str) -> SpecError:
-        """A SpecError at ``path`` (indices into ``layers`` shown by name)."""
+        """A SpecError at ``path`` (indices into ``layers`` shown by name).
+
+        When ``--set`` changed something inside ``path`` (``--set layers.conv1.kernel_size=40`` and an
+        error about ``layers.conv1``), the error points at ``--set`` and names the spec's line too.
+        """
         file, line = self.locate(path)
+        inside = sorted(o for o in self.overridden if len(o) > len(path) >= 1 and o[:len(path)] == path)
+        if file != SET_SOURCE and inside:
+            shown = ", ".join(self.display_path(o) for o in inside)
+            message = f"{message} (after --set {shown}; {path_name(self.display_path(path))} is at " \
+                      f"{file}:{line})"
+            file, line = SET_SOURCE, None
         return SpecError(message, file=file, line=line, path=self.display_path(path))
 
     def display_path(self, path: tuple) -> str:
         return _display_path(path, self.spec.model_dump(mode="json"))
+
+
+def path_name(dotted: str) -> str:
+    return dotted or "the spec"
 
 
 # ---------------------------------------------------------------- YAML

@@ -142,10 +142,12 @@ def test_saec_eval_reproduces_the_end_of_training_eval_json(sae_run, tmp_path):
 def test_eval_limit_and_no_figures(sae_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(sae_run, copy, ignore=shutil.ignore_patterns("figures"))
+    full = (copy / "eval.json").read_bytes()
     metrics = evaluate_run(copy, device="cpu", limit=40, figures=False)
     assert metrics["examples"] == 40
-    assert json.loads((copy / "eval.json").read_text())["examples"] == 40
-    assert not (copy / "figures").exists()
+    assert json.loads((copy / "eval_limit40.json").read_text())["examples"] == 40  # beside the full evaluation,
+    assert (copy / "eval.json").read_bytes() == full  # which is kept as it was
+    assert not (copy / "figures").exists() and not (copy / "figures_limit40").exists()
 
 
 def test_ae_eval_json_has_clustering_but_no_spike_metrics(ae_run):
