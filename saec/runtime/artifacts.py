@@ -167,8 +167,23 @@ def weights_metadata(path: Path) -> dict[str, str]:
         raise ArtifactError(path, f"not a readable safetensors file ({_short(exc)})") from None
 
 
+def torch_save(obj: Any, path: Path) -> None:
+    """``torch.save``, with its write failures as OSError (torch reports a full disk as a RuntimeError)."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as exc:
+        import shutil
+
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < (1 << 20)
+        except OSError:
+            full = False
+        raise OSError(errno.ENOSPC if full else errno.EIO,
+                      "No space left on device" if full else f"write failed ({_short(exc)})", str(path)) from None
+
+
 def save_torch(path: Path, obj: Any, *, durable: bool = False) -> None:
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp), durable=durable)
+    _atomic(Path(path), lambda tmp: torch_save(obj, tmp), durable=durable)
 
 
 def load_torch(path: Path) -> Any:

@@ -170,7 +170,7 @@ def write_checkpoint(run: Path, weights: dict[str, torch.Tensor], metadata: dict
         A._save_weights_file(staging / A.WEIGHTS, weights, metadata)
         A._fsync_file(staging / A.WEIGHTS)
         A.write_boundary()
-        torch.save(state, staging / A.TRAIN_STATE)
+        A.torch_save(state, staging / A.TRAIN_STATE)
         A._fsync_file(staging / A.TRAIN_STATE)
         A.write_boundary()
         A._fsync_dir(staging)
