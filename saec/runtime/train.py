@@ -317,6 +317,11 @@ def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[Spec, Spi
     weights = Path(run) / A.WEIGHTS
     if not weights.is_file():
         raise SpecError(f"no trained weights ({A.WEIGHTS}); train or resume this run first", file=str(run))
+    manifest = read_manifest(run)
+    if manifest is not None and A.sha256_file(weights) != manifest["files"][A.WEIGHTS]:
+        raise A.ArtifactError(weights, f"differs from the weights {MANIFEST} records (sha256): the file was changed "
+                                       f"or damaged after training; `saec train --resume {run}` restores it from "
+                                       "the checkpoint if that is intact")
     model = SpikingAutoencoder(graph)
     state = A.load_weights(weights)
     check_weights(weights, state, model)
@@ -413,6 +418,7 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
             raise SpecError(f"{A.TRAIN_STATE} has format {state.get('format')!r}, this saec writes {STATE_FORMAT}; "
                             "cannot resume it", file=str(out))
         if state.get("complete"):
+            check_weights(out / A.WEIGHTS, checkpoint_on_disk[0], SpikingAutoencoder(graph))
             log(f"run {out} is already complete; nothing to do")
             return A.load_json(out / A.EVAL) if (out / A.EVAL).is_file() else {}
     else:

@@ -247,12 +247,25 @@ def test_damaged_weights_are_one_line_naming_the_file(run_copy, reader, damage):
     _corrupt_weights(damage)(target)
     err = one_line_error(runner.invoke(app, READERS[reader](run_copy)))
     assert A.WEIGHTS in err, err
+    # the manifest's hash catches every change first
+    expected = "sha256 differs" if reader == "resume" else f"differs from the weights {C.MANIFEST} records"
+    assert expected in err, err
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("damage", WEIGHT_DAMAGE)
+def test_damaged_weights_without_a_manifest_are_checked_by_content(run_copy, reader, damage):
+    """A run folder from before checkpoint manifests: the weights themselves are checked."""
+    import shutil
+
+    (run_copy / C.MANIFEST).unlink()
+    shutil.rmtree(run_copy / C.CHECKPOINTS)
+    _corrupt_weights(damage)(run_copy / A.WEIGHTS)
+    err = one_line_error(runner.invoke(app, READERS[reader](run_copy)))
     expected = {"truncated": "not a readable safetensors", "empty": "not a readable safetensors",
                 "garbage": "not a readable safetensors", "wrong_shape": "latent.weight has shape [3, 3]",
                 "missing_key": "missing latent.weight", "nan": "NaN or infinite", "inf": "NaN or infinite"}[damage]
-    if reader == "resume":  # the checkpoint's hash catches every change first
-        expected = "sha256 differs"
-    assert expected in err, err
+    assert f"{A.WEIGHTS}: " in err and expected in err, err
 
 
 @pytest.mark.parametrize("damage", STATE_DAMAGE)
@@ -297,6 +310,7 @@ def test_a_comment_in_spec_yaml_is_not_an_edit(run_copy):
 
 
 def test_nan_weights_are_refused_by_load_model(run_copy):
+    (run_copy / C.MANIFEST).unlink()
     _corrupt_weights("nan")(run_copy / A.WEIGHTS)
     with pytest.raises(SpecError, match=r"model.safetensors: tensor latent.weight holds NaN or infinite"):
         load_model(run_copy)
