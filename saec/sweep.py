@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from saec.runtime import artifacts as A
 from saec.spec.errors import SpecError, format_path
 from saec.spec.loader import SET_SOURCE, parse_yaml, read_limited
+from saec.spec.schema import PathText
 
 _NAME = r"^[A-Za-z0-9_.-]{1,100}$"
 #: The most runs one sweep file may expand to (configs x grid points x seeds); a grid of 9 keys x 10
@@ -84,7 +85,7 @@ class SweepConfig(_Strict):
     """One named configuration: a spec file and overrides (a row of the table)."""
 
     name: Annotated[str, Field(pattern=_NAME)] = Field(description="Configuration name (a row of the table).")
-    spec: str | None = Field(None, description="Spec file relative to the sweep file; default: the sweep's base.")
+    spec: PathText | None = Field(None, description="Spec file relative to the sweep file; default: the sweep's base.")
     set: dict[str, Any] = Field(default_factory=dict, description="Overrides for this configuration (dotted keys).")
 
 
@@ -92,14 +93,14 @@ class SweepFile(_Strict):
     """A sweep file as written (paths still relative to the file)."""
 
     name: Annotated[str, Field(pattern=_NAME)] | None = Field(None, description="Sweep name; default: the stem.")
-    base: str | None = Field(None, description="Spec file relative to the sweep file (for configs without spec).")
+    base: PathText | None = Field(None, description="Spec file relative to the sweep file (for configs without spec).")
     set: dict[str, Any] = Field(default_factory=dict, description="Overrides for every run (dotted keys).")
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
         default_factory=dict, description="Dotted key -> values; every combination is run.")
     configs: list[SweepConfig] = Field(default_factory=list, description="Named configurations.")
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = Field(
         default_factory=lambda: [0], description="training.seed of each repetition.")
-    out: str | None = Field(None, description="Output folder; default runs/sweeps/<name> (relative to the cwd).")
+    out: PathText | None = Field(None, description="Output folder; default runs/sweeps/<name> (relative to the cwd).")
 
 
 @dataclass(frozen=True)

