@@ -39,12 +39,12 @@ def test_ctrl_c_during_the_final_evaluation_is_honoured(tmp_path, monkeypatch):
     assert not (out / A.EVAL).exists()
 
 
-def test_set_errors_point_at_set_and_name_the_spec_line(tmp_path):
+def test_errors_in_a_part_set_changed_name_the_set(tmp_path):
     result = runner.invoke(app, ["compile", str(SPECS / "sae_dense.yaml"), "--set", "layers.conv1.kernel_size=40"])
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "error: --set: layers.conv1: kernel 40x40 is larger than its input 28x28; its input `input` gives 1x28x28 "
-        f"(after --set layers.conv1.kernel_size; layers.conv1 is at {SPECS / 'sae_dense.yaml'}:13)")
+        f"error: {SPECS / 'sae_dense.yaml'}:13: layers.conv1: kernel 40x40 is larger than its input 28x28; its input "
+        "`input` gives 1x28x28 (after --set layers.conv1.kernel_size)")
 
 
 def test_simulate_errors_name_the_graph_file(tmp_path):
@@ -115,3 +115,19 @@ def test_unwritable_sweep_out_is_one_line(tmp_path):
     err = result.stderr.strip()
     assert err == f"error: {tmp_path / 'file' / 'out'}: cannot write the sweep's output folder: Not a directory"
     assert json.loads(json.dumps(err))  # one plain line
+
+
+@pytest.mark.parametrize("override", ["layers.latent.neuron={reset: none}",
+                                      "layers.latent.neuron={lower_bound: null, threshold: 0.5}"])
+def test_a_run_folder_spec_compiles_to_its_ir_with_per_layer_neuron_overrides(tmp_path, override):
+    """spec.yaml keeps only the override fields written (unset ones inherit), so load_run's check holds."""
+    from saec.compiler.pipeline import compile_spec
+    from saec.runtime.train import load_run
+    from saec.spec.loader import resolved_yaml
+
+    loaded, graph = compile_spec(str(SPECS / "sae_dense.yaml"), [override])
+    run = tmp_path / "run"
+    A.write_text(run / A.SPEC, resolved_yaml(loaded.spec))
+    A.write_text(run / A.IR, graph.to_json())
+    spec, ir = load_run(run)
+    assert spec == loaded.spec and ir.to_dict()["nodes"] == graph.to_dict()["nodes"]

@@ -43,23 +43,16 @@ class LoadedSpec:
         """A SpecError at ``path`` (indices into ``layers`` shown by name).
 
         When ``--set`` changed something inside ``path`` (``--set layers.conv1.kernel_size=40`` and an
-        error about ``layers.conv1``), the error points at ``--set`` and names the spec's line too.
+        error about ``layers.conv1``), the error stays at the layer's line and names the ``--set``.
         """
         file, line = self.locate(path)
         inside = sorted(o for o in self.overridden if len(o) > len(path) >= 1 and o[:len(path)] == path)
         if file != SET_SOURCE and inside:
-            shown = ", ".join(self.display_path(o) for o in inside)
-            message = f"{message} (after --set {shown}; {path_name(self.display_path(path))} is at " \
-                      f"{file}:{line})"
-            file, line = SET_SOURCE, None
+            message = f"{message} (after --set {', '.join(self.display_path(o) for o in inside)})"
         return SpecError(message, file=file, line=line, path=self.display_path(path))
 
     def display_path(self, path: tuple) -> str:
         return _display_path(path, self.spec.model_dump(mode="json"))
-
-
-def path_name(dotted: str) -> str:
-    return dotted or "the spec"
 
 
 # ---------------------------------------------------------------- YAML
@@ -486,8 +479,16 @@ def _check_penalty_layers(loaded: LoadedSpec) -> None:
 
 
 def resolved_yaml(spec: Spec) -> str:
-    """The spec with every default written out, as YAML (for run folders)."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)
+    """The spec with every default written out, as YAML (for run folders).
+
+    A layer's ``neuron`` override keeps only the fields written: an unset field inherits the default
+    neuron, a field set to null means null (no floor), and the file must compile to the same IR.
+    """
+    data = spec.model_dump(mode="json")
+    for layer, dumped in zip(spec.layers, data["layers"]):
+        if getattr(layer, "neuron", None) is not None:
+            dumped["neuron"] = layer.neuron.model_dump(mode="json", exclude_unset=True)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
 
 
 __all__ = ["LoadedSpec", "SpecError", "load_spec", "apply_overrides", "resolved_yaml", "format_path"]

@@ -10,6 +10,8 @@ where x_hat is near 0.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -57,18 +59,27 @@ SEMANTICS = {
     "subtract_reset": ["neuron.reset=subtract"],
     "no_reset_no_floor": ["neuron.reset=none", "neuron.lower_bound=null"],
     "floor_after_spike_test": ["neuron.clamp_first=false", "neuron.lower_bound_mode=clamp", "neuron.spike_when=ge"],
-    # The floor above the threshold: spiking and the floor rule can coincide.
-    "floor_above_threshold": ["neuron.clamp_first=false", "neuron.lower_bound_mode=clamp", "neuron.lower_bound=1.5"],
+    # The floor above the threshold: spiking and the floor rule can coincide. A spec may not ask for it
+    # (compile refuses lower_bound >= threshold), so the compiled IR's LIF ops are given it (IR_PATCH).
+    "floor_above_threshold": ["neuron.clamp_first=false", "neuron.lower_bound_mode=clamp", "neuron.lower_bound=0.5",
+                              "ir.lif.lower_bound=1.5"],
     # Revived potentials sit exactly on the threshold: only `>=` makes them spike.
     "revive_with_ge": ["neuron.spike_when=ge"],
     "potential_readout_t0": ["neuron.integrate=potential", "readout.t_min=0", "readout.divide_by_timesteps=false"],
 }
 
 
+IR_PATCH = "ir.lif."  # an override of this form sets a field of every LIF op of the compiled IR
+
+
 def tiny_model(tmp_path, kind: str = "sae", overrides: list[str] = (), seed: int = 0) -> SpikingAutoencoder:
     path = tmp_path / f"tiny_{kind}.yaml"
     path.write_text(TINY.format(kind=kind))
-    _, graph = compile_spec(str(path), list(overrides))
+    _, graph = compile_spec(str(path), [o for o in overrides if not o.startswith(IR_PATCH)])
+    for patch in (o for o in overrides if o.startswith(IR_PATCH)):
+        field, value = patch[len(IR_PATCH):].split("=")
+        for node in list(graph.nodes(ops.LIF)):
+            graph.replace_op(node, dataclasses.replace(graph.op(node), **{field: float(value)}))
     model = SpikingAutoencoder(graph)
     model.reset_parameters(torch.Generator().manual_seed(seed))
     return model.eval()
