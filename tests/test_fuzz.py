@@ -83,7 +83,8 @@ def report_counts():
     yield
     for kind, counts in sorted(COUNTS.items()):
         print(f"\nfuzz {kind}: tried {counts['tried']}, exit 0 {counts['ok']}, clean errors {counts['clean']}, "
-              f"tracebacks {counts['traceback']}, hangs {counts['hang']}, data lost {counts['data lost']}")
+              f"tracebacks {counts['traceback']}, hangs {counts['hang']}, data lost {counts['data lost']}"
+              + (" (exit 0 here: compiled and trained one step; clean: refused at compile)" if kind == "trains" else ""))
 
 
 # ---------------------------------------------------------------- hostile values and mutations
@@ -296,6 +297,91 @@ def test_fuzz_run_folders(baseline):
     @given(run_damage())
     def check(damage):
         fuzz_run(baseline[0], damage)
+
+    check()
+
+
+# ---------------------------------------------------------------- a spec that compiles, trains
+#: Plausible values for the fields training depends on: most combinations compile.
+PLAUSIBLE = {
+    ("encoding", "timesteps"): st.integers(1, 6),
+    ("readout", "t_min"): st.integers(0, 7),
+    ("latent",): st.sampled_from(["latent", "fc_dec", "conv1", "output", "flat"]),
+    ("neuron", "lower_bound"): st.one_of(st.none(), st.floats(-3, 2)),
+    ("neuron", "threshold"): st.floats(0.1, 3),
+    ("neuron", "reset"): st.sampled_from(["zero", "subtract", "none"]),
+    ("neuron", "lower_bound_mode"): st.sampled_from(["clamp", "revive"]),
+    ("neuron", "integrate"): st.sampled_from(["potential", "current"]),
+    ("training", "seed"): st.integers(0, 2**63 - 1),
+    ("training", "lr"): st.floats(1e-6, 10),
+    ("training", "optimizer"): st.sampled_from(["adam", "adamw", "sgd"]),
+    ("regularizers", "l2"): st.floats(0, 10),
+    ("preset",): st.sampled_from(["saec", "reference", "paper"]),
+    ("kind",): st.sampled_from(["sae", "ae", "vae"]),
+}
+
+
+@st.composite
+def plausible_specs(draw) -> dict:
+    data = copy.deepcopy(MINI)
+    data["training"].update(epochs=1, max_steps=1)
+    for path, strategy in PLAUSIBLE.items():
+        if draw(st.booleans()):
+            node = data
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = draw(strategy)
+    return data
+
+
+def fuzz_compiles_then_trains(data: dict) -> None:
+    """A spec that compiles trains one step without an error (a NaN loss is a clean stop, exit 1)."""
+    from saec.compiler.pipeline import compile_spec
+    from saec.runtime import report
+    from saec.runtime.train import TrainingDiverged, train
+    from saec.spec.errors import SpecError
+
+    folder = Path(tempfile.mkdtemp(prefix="saec-fuzz-"))
+    try:
+        (folder / "spec.yaml").write_text(_dump(data))
+        COUNTS["trains"]["tried"] += 1
+        try:
+            _, graph = compile_spec(str(folder / "spec.yaml"))
+        except SpecError:
+            COUNTS["trains"]["clean"] += 1
+            return
+        spec = __import__("saec.spec.loader", fromlist=["load_spec"]).load_spec(folder / "spec.yaml").spec
+        real_finish = report.finish_run
+        report.finish_run = lambda out, *a, **k: {}  # the loop and its checkpoint, not the figures
+        try:
+            train(spec, graph, folder / "run", device="cpu", progress=False, log=lambda line: None)
+            COUNTS["trains"]["ok"] += 1
+        except TrainingDiverged:
+            COUNTS["trains"]["ok"] += 1  # a clean, documented stop
+        except Exception:
+            COUNTS["trains"]["traceback"] += 1
+            raise
+        finally:
+            report.finish_run = real_finish
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_fuzz_specs_that_compile_train():
+    @settings(max_examples=4, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(plausible_specs())
+    def check(data):
+        fuzz_compiles_then_trains(data)
+
+    check()
+
+
+@pytest.mark.slow
+def test_fuzz_specs_that_compile_train_larger_budget():
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(plausible_specs())
+    def check(data):
+        fuzz_compiles_then_trains(data)
 
     check()
 

@@ -208,8 +208,12 @@ def publish(run: Path, manifest: dict) -> None:
         A.write_boundary()
     A._fsync_dir(run)
     for old in (run / CHECKPOINTS).iterdir():
-        if old != folder:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+        if old == folder:
+            continue
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
     A.write_boundary()
 
 

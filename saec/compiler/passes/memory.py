@@ -82,6 +82,7 @@ def machine_memory_bytes() -> int:
 
 
 def human_bytes(n: float) -> str:
+    """``n`` bytes in binary units, e.g. ``6.1 GiB``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
