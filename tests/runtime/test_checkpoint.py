@@ -407,3 +407,16 @@ def test_out_under_a_file_is_one_line(tmp_path):
         result = runner.invoke(app, ["train", str(tmp_path / "mini.yaml"), "--out", str(out), "--device", "cpu"])
         err = one_line_error(result)
         assert str(tmp_path / "file") in err and ("not a folder" in err or "Not a directory" in err), err
+
+
+def test_eval_is_refused_while_the_run_trains(run_copy):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_copy)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = (run_copy / A.EVAL).read_bytes()
+        err = one_line_error(runner.invoke(app, ["eval", str(run_copy), "--device", "cpu", "--no-figures"]))
+        assert f"is in use by `saec train` (pid {holder.pid}" in err
+        assert (run_copy / A.EVAL).read_bytes() == before
+    finally:
+        holder.communicate("\n", timeout=30)
