@@ -18,8 +18,7 @@ from typer.testing import CliRunner
 from saec.cli import app
 from saec.runtime import artifacts as A
 from saec.runtime import checkpoint as C
-from saec.runtime import train as train_module
-from saec.runtime.train import RunWriteFailed, TrainingInterrupted, load_model, load_run, train
+from saec.runtime.train import RunWriteFailed, load_model, load_run, train
 from saec.spec.errors import SpecError
 from tests.conftest import REPO
 from tests.runtime.test_train import (MINI_SPEC, assert_same_weights, baseline, light_finish,  # noqa: F401
@@ -194,12 +193,9 @@ def _corrupt_weights(kind: str):
                 tensors["latent.weight"] = tensors["latent.weight"].clone().fill_(float("nan"))
             elif kind == "inf":
                 tensors["conv1.weight"] = tensors["conv1.weight"].clone().fill_(float("inf"))
+            metadata = A.weights_metadata(path)  # the same step and spec hash: only the tensors change
             path.unlink()  # a new file, not the hard-linked checkpoint copy
-            A.save_weights(path, tensors, A.weights_metadata(path.parent / C.MANIFEST) if False else
-                           {"global_step": "6", "spec_sha256": json.loads((path.parent / A.IR).read_text()
-                                                                          if (path.parent / A.IR).exists() else
-                                                                          (path.parents[2] / A.IR).read_text())
-                            ["attrs"]["spec_sha256"]})
+            A.save_weights(path, tensors, metadata)
     return apply
 
 
