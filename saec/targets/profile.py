@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from saec.spec.errors import SpecError
-from saec.spec.loader import _validation_error, parse_yaml
+from saec.spec.loader import _validation_error, parse_yaml, read_limited
 from saec.targets.formula import FormulaError, check_formula
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -177,9 +177,9 @@ def load_profile(name_or_path: str | Path) -> Profile:
         path = PROFILE_DIR / f"{text_name}.yaml"
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"cannot read target profile: {exc.strerror or exc}", file=file) from None
+        text = read_limited(path, "target profile")  # size-bounded; missing, non-UTF-8, a device: one line
+    except SpecError as exc:
+        raise SpecError(f"cannot read target profile: {exc.message}", file=exc.file, line=exc.line) from None
     data, lines = parse_yaml(text, file)
     if not isinstance(data, dict):
         raise SpecError("a target profile must be a mapping (name, neuron, numbers, ...)", file=file, line=1)
