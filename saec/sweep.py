@@ -297,6 +297,34 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     return Sweep(name, path, out_dir, grid_keys, tuple(labels), tuple(sweep.seeds), runs)
 
 
+# ---------------------------------------------------------------- data check
+def check_sweep_data(sweep: Sweep, data_dir: str | None = None) -> None:
+    """Check that every run of ``sweep`` will find its data, before any run starts.
+
+    Each distinct data config is checked once (:func:`saec.runtime.data.check_data`:
+    files present, nothing loaded), so a machine without the data gets one
+    error up front instead of one failed run after another.
+
+    Raises:
+        SpecError: located at the sweep file, naming the configuration and the way out.
+    """
+    from saec.compiler.pipeline import compile_spec
+    from saec.runtime.data import DataError, check_data
+
+    seen: set[str] = set()
+    for run in sweep.runs:
+        data_cfg = compile_spec(str(run.spec_file), run.set_args())[0].spec.data
+        key = json.dumps(data_cfg.model_dump(), sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_data(data_cfg, data_dir)
+        except DataError as exc:
+            raise SpecError(f"{exc} (configuration {run.config}; no run was started)", file=str(sweep.file),
+                            path="data") from None
+
+
 # ---------------------------------------------------------------- run state
 def run_state(run: SweepRun) -> str:
     """``complete``, ``resumable`` (an interrupted run with a checkpoint) or ``new``.
@@ -396,12 +424,14 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, data_dir: str | None = None, devic
         A :class:`SweepOutcome`; the table is written even when some runs failed.
 
     Raises:
-        SpecError: bad ``jobs``, or a run folder holding a different spec.
+        SpecError: bad ``jobs``, a run's data missing (checked for every run before any starts), or a
+            run folder holding a different spec.
         SweepInterrupted: Ctrl-C (after the running jobs checkpointed and the table was written).
     """
     if jobs < 1:
         raise SpecError(f"must be at least 1, got {jobs}", path="--jobs")
     threads = threads_per_job or max(1, available_cores() // jobs)
+    check_sweep_data(sweep, data_dir)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     logs_dir = sweep.out / "logs"
     try:

@@ -2,7 +2,7 @@
 
 The MNIST test set is looked for exactly as the command line looks for it
 (:func:`saec.runtime.data.default_mnist_root`: ``$SAEC_MNIST_ROOT``, then
-``./data/mnist``, then ``shared/data/mnist`` beside the checkout). A fresh
+``./data/mnist``). A fresh
 clone has none of these; only tests whose point is the test set itself need
 it and skip, with the reason in the run's summary (``-rs`` in pyproject.toml).
 Everything else trains and validates on the embedded ``mnist5k`` subset.
@@ -43,8 +43,8 @@ def find_mnist_test_set() -> Path | None:
 
 #: The MNIST test set's root folder, or None (a fresh clone): found once, when the tests are collected.
 MNIST_ROOT = find_mnist_test_set()
-MNIST_MISSING = ("MNIST test set not found where `saec` looks ($SAEC_MNIST_ROOT, ./data/mnist, "
-                 "../shared/data/mnist beside the checkout); set SAEC_MNIST_ROOT to an MNIST folder to run this")
+MNIST_MISSING = ("MNIST test set not found where `saec` looks ($SAEC_MNIST_ROOT, ./data/mnist); "
+                 "set SAEC_MNIST_ROOT to an MNIST folder to run this")
 #: For tests whose point is the real MNIST test set itself.
 needs_mnist_test_set = pytest.mark.skipif(MNIST_ROOT is None, reason=MNIST_MISSING)
 

@@ -171,6 +171,7 @@ def fake_training(tmp_path, monkeypatch):
         return [sys.executable, str(script), str(run.folder), state, behaviour, str(template)]
 
     monkeypatch.setattr(S, "train_command", command)
+    monkeypatch.setattr(S, "check_sweep_data", lambda sweep, data_dir=None: None)  # fake runs read no data
     return failing, slow
 
 
@@ -368,3 +369,31 @@ def test_cells_mark_metrics_defined_for_some_seeds_only():
     assert S._cell([], 2, 2) == "–"
     assert S._cell([0.5], 3, 2) == "0.500 ± 0.000 (n=1)"
     assert S._cell([1.0, 3.0], 2, 2) == "2.00 ± 1.00"
+
+
+def test_missing_data_stops_the_sweep_once_before_any_run(tmp_path, monkeypatch):
+    """No MNIST anywhere: one located error, and no run started (not one failure per run)."""
+    monkeypatch.delenv("SAEC_MNIST_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    started: list = []
+    monkeypatch.setattr(S.subprocess, "Popen", lambda *a, **k: started.append(a) or pytest.fail("a run started"))
+    sweep = S.load_sweep(write_sweep(tmp_path, f"""\
+        name: nodata
+        configs:
+          - {{name: a, spec: SPECS/ae.yaml}}
+          - {{name: b, spec: SPECS/vae.yaml}}
+        seeds: [0, 1]
+        out: {tmp_path / 'out'}
+        """))
+    with pytest.raises(SpecError) as info:
+        S.run_sweep(sweep, jobs=1, log=lambda line: None)
+    message = str(info.value)
+    assert message.startswith(f"{sweep.file}: data: ") and "no run was started" in message
+    assert "--set data.dataset=mnist5k" in message and "configuration a" in message
+    assert not started and not (tmp_path / "out" / "logs").exists()
+
+
+def test_the_embedded_data_sweep_passes_the_data_check_with_nothing_on_disk(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAEC_MNIST_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    S.check_sweep_data(S.load_sweep(SPECS / "sweeps" / "cpu_small.yaml"))

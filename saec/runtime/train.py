@@ -430,7 +430,7 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
     from saec.runtime.data import DataError
 
     try:
-        train_set, val_set = make_splits(spec.data, data_dir, seed=t.seed)
+        train_set, val_set = make_splits(spec.data, data_dir, seed=t.seed, log=log if dist.main else None)
     except DataError as exc:
         raise SpecError(str(exc), path="data") from None
     last = len(train_set) % t.batch_size

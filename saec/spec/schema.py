@@ -246,8 +246,11 @@ class TrainingSpec(Strict):
 
 
 class ValidationSpec(Strict):
-    source: Literal["test", "split"] = Field(
-        "test", description="test: the MNIST test set; split: hold out `fraction` of the training set."
+    source: Literal["auto", "test", "split"] = Field(
+        "auto",
+        description="auto: the MNIST test set when it is found (--data-dir, `root`, $SAEC_MNIST_ROOT, ./data/mnist), "
+        "else hold out `fraction` of the training set and say so in the log; test: the MNIST test set (an error "
+        "when missing); split: hold out `fraction` of the training set.",
     )
     fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.1, description="Held-out fraction for `split`.")
     limit: PositiveInt | None = Field(None, description="Use only the first N validation images.")

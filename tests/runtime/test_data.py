@@ -28,9 +28,6 @@ from saec.runtime.data import (
 from tests.conftest import MNIST_ROOT
 from tests.conftest import needs_mnist_test_set as needs_mnist
 
-# The last place default_mnist_root looks: beside the checkout.
-SIBLING_MNIST = Path(saec.__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
 
 def write_idx(path: Path, array: torch.Tensor) -> None:
     """Write a uint8 tensor as an IDX file (gzipped when the name ends in .gz)."""
@@ -121,8 +118,17 @@ def test_default_root_prefers_environment(tmp_path, monkeypatch):
 def test_default_root_skips_missing_environment_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("SAEC_MNIST_ROOT", str(tmp_path / "absent"))
     monkeypatch.chdir(tmp_path)
-    expected = SIBLING_MNIST.resolve() if SIBLING_MNIST.is_dir() else None
-    assert default_mnist_root() == expected
+    assert default_mnist_root() is None
+    (tmp_path / "data" / "mnist").mkdir(parents=True)
+    assert default_mnist_root() == (tmp_path / "data" / "mnist").resolve()
+
+
+def test_default_root_is_only_the_environment_and_the_working_directory(tmp_path, monkeypatch):
+    """Nothing outside the user's own folders (no ../shared next to a checkout)."""
+    monkeypatch.delenv("SAEC_MNIST_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert data._default_root_candidates() == [Path("data/mnist")]
+    assert default_mnist_root() is None
 
 
 # ------------------------------------------------------------------ IDX files
@@ -375,3 +381,55 @@ def test_image_set_checks_shapes():
         ImageSet(torch.zeros(3, 1, 28, 28), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"\[N, 1, H, W\]"):
         ImageSet(torch.zeros(3, 28, 28), torch.zeros(3, dtype=torch.int64))
+
+
+# ------------------------------------------------------------------ validation source auto
+
+
+def test_auto_validation_uses_the_test_set_when_found(tmp_path):
+    tiny_mnist(tmp_path, "train", n=20, seed=1)
+    test_images, _ = tiny_mnist(tmp_path, "test", n=5, seed=2)
+    notes: list[str] = []
+    train, val = make_splits(data_cfg(root=str(tmp_path), source="auto"), log=notes.append)
+    assert (len(train), len(val)) == (20, 5) and val.name == "mnist/test" and not notes
+    assert torch.equal(val.images[:, 0], test_images.float() / 255)
+
+
+def test_auto_validation_falls_back_to_a_split_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAEC_MNIST_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./data/mnist
+    notes: list[str] = []
+    train, val = make_splits(data_cfg(dataset="mnist5k", source="auto", fraction=0.1), log=notes.append)
+    assert (len(train), len(val)) == (4500, 500) and val.name == "mnist5k/split-val"
+    assert len(notes) == 1 and "held-out 0.1 of the training set" in notes[0] and "--data-dir" in notes[0]
+    # the same folder given explicitly as "test" is an error naming the way out
+    with pytest.raises(DataError, match=r"--set data.validation.source=split"):
+        make_splits(data_cfg(dataset="mnist5k", source="test"))
+
+
+def test_auto_validation_does_not_hide_a_corrupt_test_set(tmp_path):
+    tiny_mnist(tmp_path, "train", n=20)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"<html>404</html>")
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"<html>404</html>")
+    with pytest.raises(DataError, match="not an IDX file"):
+        make_splits(data_cfg(root=str(tmp_path), source="auto"))
+
+
+def test_missing_training_set_advice_is_a_working_set_option(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAEC_MNIST_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as info:
+        load_images("mnist", "train", None)
+    assert "--set data.dataset=mnist5k" in str(info.value) and "SAEC_MNIST_ROOT" in str(info.value)
+
+
+def test_check_data_finds_what_make_splits_needs(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAEC_MNIST_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    data.check_data(data_cfg(dataset="mnist5k", source="auto"))  # nothing needed on disk
+    with pytest.raises(DataError, match="train set"):
+        data.check_data(data_cfg(dataset="mnist", source="auto"))
+    with pytest.raises(DataError, match="test set"):
+        data.check_data(data_cfg(dataset="mnist5k", source="test"))
+    tiny_mnist(tmp_path / "data" / "mnist", "train", n=3)
+    data.check_data(data_cfg(dataset="mnist", source="auto"))
