@@ -21,16 +21,95 @@ import typer
 # user's setting wins. Effective because torch, and with it the OpenMP runtime, loads later.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from typer.core import TyperArgument, TyperGroup
+
 from saec.spec.errors import SpecError
 
+#: One example per command, appended to its --help (the README shows more).
+EXAMPLES: dict[str, str] = {
+    "compile": "saec compile specs/sae_dense.yaml --set layers.latent.out_features=10 -o ir.json",
+    "train": "saec train specs/sae_dense.yaml --set data.dataset=mnist5k --set training.epochs=1 --out runs/try",
+    "eval": "saec eval runs/sae_dense --limit 1000",
+    "export": "saec export runs/sae_dense --format nir --target snntorch",
+    "simulate": "saec simulate runs/sae_dense/export/model.nir --input runs/sae_dense/export/golden.nir",
+    "sweep": "saec sweep specs/sweeps/cpu_small.yaml --jobs 2",
+    "stats": "saec stats runs/sae_dense --examples 256",
+    "schema": "saec schema > saec.schema.json",
+    "report": "saec report runs/sae runs/sae_dense -o compare.html",
+}
+
+#: Value labels shown in --help, by Python type (instead of typer's <path>, <list[str]>, <bool>).
+_METAVARS = {"int": "N", "float": "X", "list[str]": "TEXT", "str": "TEXT"}
+
+
+def _label(param) -> None:
+    """Give ``param`` a plain value label: none for a switch, SPEC for an argument, PATH/N/X/TEXT otherwise."""
+    if isinstance(param, TyperArgument):
+        param.metavar = param.metavar or param.name.upper()
+        param.display_type_rich = lambda ctx: None  # the name says it; no "<path>" after it
+    elif param.metavar is not None:
+        return
+    elif getattr(param, "is_flag", False) or getattr(param, "count", False):
+        param.metavar = ""  # a switch takes no value
+    else:
+        is_path = getattr(getattr(param, "type_descriptor", None), "is_path", False)
+        param.metavar = "PATH" if is_path else _METAVARS.get(param.bare_type(), "TEXT")
+
+
+def _labelled_help(command) -> None:
+    """Make ``command``'s --help option (created lazily by typer) a switch without a value label."""
+    make = command.get_help_option
+
+    def get_help_option(ctx):
+        option = make(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
+
+
+class _SaecGroup(TyperGroup):
+    """The command group: clean option labels and an example under every command's help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _label(param)
+        _labelled_help(self)
+        for name, command in self.commands.items():
+            if name in EXAMPLES and command.help and "Example:" not in command.help:
+                command.help = f"{command.help.rstrip()}\n\nExample: {EXAMPLES[name]}"
+            for param in command.params:
+                _label(param)
+            _labelled_help(command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from saec import __version__
+
+        typer.echo(f"saec {__version__}")
+        raise typer.Exit()
+
+
 app = typer.Typer(
+    cls=_SaecGroup,
     add_completion=False,
     no_args_is_help=True,
     help="saec, the spiking auto-encoder compiler: YAML spec -> graph IR -> training -> NIR/ONNX export.",
     pretty_exceptions_enable=False,
 )
 
-SetOption = typer.Option(None, "--set", help="Override a spec field: dotted.path=VALUE (repeatable).")
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print saec's version and exit.")) -> None:
+    """saec, the spiking auto-encoder compiler: YAML spec -> graph IR -> training -> NIR/ONNX export."""
+
+
+SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",
+                         help="Override a spec field: dotted.path=VALUE, values YAML (repeatable).")
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -90,7 +169,7 @@ def compile_cmd(
                                                       "machine has."),
 ) -> None:
     """Validate SPEC, build the graph IR, run the analysis passes and print a summary."""
-    from saec.compiler.pipeline import compile_spec, summarize
+    from saec import api
     from saec.reporting import print_compile_summary
 
     profile = None
@@ -98,8 +177,8 @@ def compile_cmd(
         from saec.targets.profile import load_profile
 
         profile = load_profile(target)  # a bad target name stops before the spec is read
-    loaded, graph = compile_spec(str(spec), set_ or [], force=force)
-    summary = summarize(graph)
+    compiled = api.compile(spec, set_ or [], force=force)
+    loaded, graph, summary = compiled.loaded, compiled.graph, compiled.summary
     if not quiet:
         print_compile_summary(loaded, graph, summary)
     if profile is not None:
@@ -144,32 +223,32 @@ def train_cmd(
     set_: Optional[List[str]] = SetOption,
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run in the folder; train even if the "
                                                       "memory estimate exceeds this machine's memory."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Show a progress bar on a terminal (one line per epoch is printed anyway)."),
+    logger: str = typer.Option("csv", "--logger", metavar="csv|tensorboard",
+                               help="Per-step log: csv (RUN/steps.csv, always written) or tensorboard (also "
+                                    "RUN/tensorboard/; needs the tensorboard package)."),
 ) -> None:
-    """Train SPEC end to end and write a run folder (weights, metrics, figures).
+    """Train SPEC end to end and write a run folder (weights, metrics, figures, report.html).
 
     With --resume DIR, continue an interrupted run and end with the same
     weights as an uninterrupted one.
     """
-    from saec.runtime.train import RunWriteFailed, TrainingDiverged, TrainingInterrupted, load_run, train
+    from saec import api
+    from saec.runtime.train import RunWriteFailed, TrainingDiverged, TrainingInterrupted
 
-    if resume is not None:
-        if spec is not None or set_:
-            raise SpecError("--resume continues a run as it was specified; give no SPEC or --set with it",
-                            path="--resume")
-        spec_obj, graph = load_run(resume)
-        run_dir = resume
-    else:
-        if spec is None:
-            raise SpecError("give a SPEC file to train, or --resume RUN_FOLDER")
-        from saec.compiler.pipeline import compile_spec
-
-        loaded, graph = compile_spec(str(spec), set_ or [], force=force)
-        spec_obj = loaded.spec
-        run_dir = out or Path("runs") / spec_obj.name
     try:
-        metrics = train(spec_obj, graph, run_dir, data_dir=str(data_dir) if data_dir else None, device=device,
-                        resume=resume is not None, force=force, progress=progress)
+        if resume is not None:
+            if spec is not None or set_:
+                raise SpecError("--resume continues a run as it was specified; give no SPEC or --set with it",
+                                path="--resume")
+            run = api.resume(resume, data_dir=data_dir, device=device, force=force, progress=progress,
+                             logger=logger, log=typer.echo)
+        else:
+            if spec is None:
+                raise SpecError("give a SPEC file to train, or --resume RUN_FOLDER")
+            run = api.train(api.compile(spec, set_ or [], force=force), out, data_dir=data_dir, device=device,
+                            force=force, progress=progress, logger=logger, log=typer.echo)
     except TrainingInterrupted as exc:
         typer.echo(f"saec: {exc}", err=True)
         raise typer.Exit(130) from None
@@ -179,6 +258,7 @@ def train_cmd(
     except RunWriteFailed as exc:
         typer.echo(f"saec: {_capped(str(exc))}", err=True)
         raise typer.Exit(1) from None
+    run_dir, metrics = run.path, run.metrics
     if metrics:
         typer.echo(f"run folder: {run_dir}")
         typer.echo(f"validation L_rec: {metrics['rec_loss']:.3f} (mean of batch means)")
@@ -199,10 +279,10 @@ def _echo_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], err: bool
 
 def _export_nir(run: Path, *, target: str, examples: int, seed: int, data_dir: Optional[Path],
                 approximate: bool = False) -> None:
-    from saec.exporters.nir import export_nir
+    from saec import api
     from saec.exporters.nir_import import agreement_rows
 
-    result = export_nir(run, target=target, examples=examples, seed=seed, data_dir=data_dir,
+    result = api.export(run, "nir", target=target, examples=examples, seed=seed, data_dir=data_dir,
                         approximate=approximate)
     typer.echo(f"NIR graph written to {result.model} ({result.nodes} nodes; nir.read type check passed)")
     if result.target_model is not None:
@@ -227,9 +307,9 @@ def _export_nir(run: Path, *, target: str, examples: int, seed: int, data_dir: O
 
 
 def _export_onnx(run: Path, **_: object) -> None:
-    from saec.exporters.onnx import export_onnx
+    from saec import api
 
-    typer.echo(f"ONNX model written to {export_onnx(run)}")
+    typer.echo(f"ONNX model written to {api.export(run, 'onnx')}")
 
 
 #: --format -> exporter; each takes the run folder and the command's options.
@@ -347,10 +427,10 @@ def eval_cmd(
     firing-rate distribution of every spiking layer, and s_intra/s_inter of
     the latent layer under five distances (keys: see the README).
     """
-    from saec.runtime.report import evaluate_run
+    from saec import api
 
-    metrics, written = evaluate_run(run, data_dir=data_dir, device=device, limit=limit, figures=figures,
-                                    with_paths=True)
+    metrics, written = api.load_run(run).evaluate(data_dir=data_dir, device=device, limit=limit, figures=figures,
+                                                  with_paths=True)
     typer.echo(f"validation L_rec: {metrics['rec_loss']:.3f} (mean of batch means, {metrics['examples']} images)")
     latent = (metrics.get("layers") or {}).get(metrics.get("latent_layer") or "")
     if latent:
@@ -368,7 +448,7 @@ def sweep_cmd(
     sweep_file: Path = typer.Argument(..., help="The sweep YAML (base, set, grid, configs, seeds, out)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at once (separate processes)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding MNIST (torchvision layout)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (for every run)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (for every run)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (overrides the sweep's `out`)."),
     table_only: bool = typer.Option(False, "--table-only", help="Only rewrite the tables from finished runs."),
 ) -> None:
@@ -418,6 +498,29 @@ def stats_cmd(
     path, stats = run_stats(run, data_dir=data_dir, device=device, examples=examples)
     print_stats(stats)
     typer.echo(f"written: {path}")
+
+
+@app.command("report")
+@user_errors
+def report_cmd(
+    runs: List[Path] = typer.Argument(..., help="One run folder, or several to compare."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="Where to write the page (default: RUN/report.html for one run, "
+                                               "./report.html for several)."),
+) -> None:
+    """Write a self-contained HTML report: of one run (spec, IR, curves, figures, stats, export checks),
+    or a page comparing several runs (metrics, overlaid curves, spec differences)."""
+    from saec.reportpage import render_comparison, render_run_report
+
+    if len(runs) == 1:
+        text, path = render_run_report(runs[0]), output or runs[0] / "report.html"
+    else:
+        text, path = render_comparison(runs), output or Path("report.html")
+    try:
+        _atomic_write_text(path, text)
+    except OSError as exc:
+        raise SpecError(f"cannot write: {exc.strerror}", file=str(path)) from None
+    typer.echo(f"report written to {path}")
 
 
 @app.command("schema")

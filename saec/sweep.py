@@ -408,7 +408,7 @@ class SweepOutcome:
     table: Path
 
 
-def run_sweep(sweep: Sweep, *, jobs: int = 1, data_dir: str | None = None, device: str = "cpu",
+def run_sweep(sweep: Sweep, *, jobs: int = 1, data_dir: str | None = None, device: str = "auto",
               log: Callable[[str], None] = print, threads_per_job: int | None = None) -> SweepOutcome:
     """Run every unfinished run of ``sweep`` (``jobs`` at a time), then write the tables.
 

@@ -138,15 +138,17 @@ def compile_loaded(loaded: LoadedSpec, flow: str = "compile", *, force: bool = F
 
 
 def compile_spec(path: str, overrides: tuple[str, ...] | list[str] = (), flow: str = "compile", *,
-                 force: bool = False) -> tuple[LoadedSpec, IRGraph]:
-    """Load ``path`` with ``overrides``, build the IR and run ``flow``.
+                 force: bool = False, text: str | None = None) -> tuple[LoadedSpec, IRGraph]:
+    """Load ``path`` (or the YAML ``text``, errors located at ``path``) with ``overrides``, build the IR
+    and run ``flow``.
 
     Args:
         force: skip the training-memory check.
+        text: the spec's YAML (a spec given as a dict); None = read ``path``.
     Returns:
         (the loaded spec, the compiled graph).
     Raises:
         SpecError: any problem, as one located line.
     """
-    loaded = load_spec(path, overrides)
+    loaded = load_spec(path, overrides, text=text)
     return loaded, compile_loaded(loaded, flow, force=force)

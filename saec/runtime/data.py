@@ -429,13 +429,15 @@ def make_splits(data_cfg: Any, data_dir: str | Path | None = None, *, seed: int 
     if source in ("auto", "test"):
         try:
             val = load_images("mnist", "test", _test_root(data_cfg, data_dir), bool(data_cfg.download))
-        except DataNotFound as exc:
+        except DataNotFound:
             if source == "test":
                 raise
             if log is not None:
-                log(f"validation: no MNIST test set found ({exc.args[0].split(';')[0]}); validating on a "
-                    f"held-out {validation.fraction:g} of the training set instead (data.validation.source: "
-                    "auto); pass --data-dir or set SAEC_MNIST_ROOT to validate on the test set")
+                root = _test_root(data_cfg, data_dir)
+                looked = str(root) if root is not None else ", ".join(map(str, _default_root_candidates()))
+                log(f"validation: no MNIST test set found (looked in {looked}); validating on a held-out "
+                    f"{validation.fraction:g} of the training set instead (data.validation.source: auto); pass "
+                    "--data-dir or set SAEC_MNIST_ROOT to validate on the test set")
     if val is None:
         if seed is None:
             seed = getattr(data_cfg, "seed", None)

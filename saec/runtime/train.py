@@ -342,16 +342,22 @@ def _refuse_existing_run(out: Path, force: bool) -> None:
 
 def _clear_run(out: Path) -> None:
     """Remove the artifacts of an earlier run in ``out`` (``--force``), so none outlives the new run."""
+<<<<<<< HEAD
     for stale in (MANIFEST, A.TRAIN_STATE, A.WEIGHTS, A.METRICS, A.EVAL, A.STATS):
         (out / stale).unlink(missing_ok=True)
     for folder in (A.FIGURES, A.EXPORT, CHECKPOINTS):  # drawn from or exported from the old weights
+=======
+    for stale in (A.TRAIN_STATE, A.WEIGHTS, A.METRICS, A.EVAL, A.STATS, "steps.csv", "report.html"):
+        (out / stale).unlink(missing_ok=True)
+    for folder in (A.FIGURES, A.EXPORT, "tensorboard"):  # drawn from or exported from the old weights
+>>>>>>> ce14ef6 (Python API (saec.compile/train/resume/load_run/export, Run, AutoencoderModule with a typed AutoencoderOutput), CLI compile/train/eval/export go through it; steps.csv per step and --logger tensorboard; report.html per run and saec report; --version, MIT LICENSE, clean --help labels with an example per command, sweep --device auto; README Python API section executed by a test)
         shutil.rmtree(out / folder, ignore_errors=True)
     for leftover in out.glob(".*.tmp-*"):  # temporaries of a process that was killed
         leftover.unlink(missing_ok=True)
 
 
 def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None, device: str = "auto",
-          resume: bool = False, force: bool = False, progress: bool = True,
+          resume: bool = False, force: bool = False, progress: bool = True, logger: str = "csv",
           log: Callable[[str], None] = print, stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train ``graph`` as ``spec.training`` says; write the run folder ``out``.
 
@@ -367,7 +373,9 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         device: ``cpu``, ``cuda`` or ``auto``.
         resume: continue from ``out/train_state.pt``.
         force: overwrite an existing run in ``out``.
-        progress: show a progress bar (on a terminal).
+        progress: show a progress bar (on a terminal; one line per epoch goes to ``log`` either way).
+        logger: ``csv`` (``steps.csv`` only, always written) or ``tensorboard`` (also
+            ``out/tensorboard/``); see :mod:`saec.runtime.steplog`.
         log: where progress lines go.
         stop_after_steps: behave as if Ctrl-C was pressed once this many optimizer
             steps (counted over the whole run) are done (tests).
@@ -380,8 +388,11 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         TrainingInterrupted: Ctrl-C (or ``stop_after_steps``); a checkpoint was written.
         RunWriteFailed: writing failed mid-run (full disk); the last complete checkpoint is kept.
     """
+    from saec.runtime.steplog import StepLog, check_logger
+
     out = Path(out)
     dev = resolve_device(device)
+<<<<<<< HEAD
     if out.exists() and not out.is_dir():
         raise SpecError("exists and is not a folder; give --out a folder for the run", file=str(out))
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 alone writes, and holds the lock
@@ -406,6 +417,9 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
            stop_after_steps: int | None) -> dict[str, Any]:
     """:func:`train` once the run folder is locked."""
     dev = device
+=======
+    check_logger(logger)
+>>>>>>> ce14ef6 (Python API (saec.compile/train/resume/load_run/export, Run, AutoencoderModule with a typed AutoencoderOutput), CLI compile/train/eval/export go through it; steps.csv per step and --logger tensorboard; report.html per run and saec report; --version, MIT LICENSE, clean --help labels with an example per command, sweep --device auto; README Python API section executed by a test)
     t = spec.training
     state = None
     checkpoint_on_disk = None
@@ -524,6 +538,7 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
                                  f"{exc.strerror or exc}; {kept_checkpoint()}") from None
 
     bar = _Progress(progress and dist.main, log)
+    steplog = StepLog(out, resume_from=global_step if state is not None else None, logger=logger) if dist.main else None
     if dist.main:
         log(f"training {spec.name} on {dev} ({len(train_set)} train / {len(val_set)} validation images, "
             f"T={model.timesteps}, batch {t.batch_size}, {t.epochs} epochs) -> {out}")
@@ -541,6 +556,7 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
                         stop = _any_rank(stop, dev)
                     if stop:
                         raise _StopRequested
+                    t_step = time.perf_counter()
                     x, forward_args = _rank_inputs(model, train_set.images, batches[step_in_epoch], dist, noise,
                                                    sample_noise, dev)
                     result = net(x, **forward_args)
@@ -567,6 +583,9 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + v
                     count += 1
+                    if steplog is not None:
+                        steplog.step(epoch=epoch + 1, step=step_in_epoch, global_step=global_step,
+                                     lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - t_step, parts=parts)
                     bar.step(f"loss {parts['loss']:.2f}  rec {parts['rec']:.2f}  rate {rate:.3f}")
                 sched.step()
                 elapsed = time.perf_counter() - t0
@@ -585,6 +604,7 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
                         row["val_latent_anr"] = val["layers"][spec.latent]["anr"]
                     history.append(row)
                     A.write_jsonl(out / A.METRICS, history)
+                    steplog.epoch(row)
                     log(f"epoch {epoch}/{t.epochs}: train loss {row.get('train_loss', float('nan')):.3f}, "
                         f"val L_rec {row['val_rec_loss']:.3f}"
                         + (f", latent ANR {row['val_latent_anr']:.2f}, rate {row['val_spike_rate']:.3f}"
@@ -601,6 +621,9 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
                 final = finish_run(out, spec, model, val_set, device=dev)
                 ctrl_c.immediate = False
                 checkpoint(complete=True)
+                from saec.reportpage import write_run_report
+
+                log(f"report: {write_run_report(out)}")
         except _StopRequested:
             bar.close()
             checkpoint()
@@ -620,6 +643,8 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
                                  f"{exc.strerror or exc}; {kept_checkpoint()}") from None
         finally:
             bar.close()
+            if steplog is not None:
+                steplog.close()
     if dist.world > 1:
         import torch.distributed as tdist
 

@@ -436,19 +436,20 @@ def _resolve_kind_defaults(spec: Spec) -> None:
             layer.bias = spec.kind != "sae" and isinstance(layer, LinearSpec)
 
 
-def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> LoadedSpec:
+def load_spec(path: str | Path, overrides: Iterable[str] = (), *, text: str | None = None) -> LoadedSpec:
     """Load, override, preset-fill and validate a spec file.
 
     Args:
-        path: the YAML file.
+        path: the YAML file; with ``text``, only the name errors are located at.
         overrides: ``KEY=VALUE`` strings (``--set``), applied before validation.
+        text: the YAML itself (e.g. a dict dumped by :func:`saec.api.compile`); None = read ``path``.
     Returns:
         A :class:`LoadedSpec` with every default written in.
     Raises:
         SpecError: for any problem, located at FILE:LINE or at ``--set``.
     """
     file = str(path)
-    data, lines = parse_yaml(_read_text(Path(path)), file)
+    data, lines = parse_yaml(_read_text(Path(path)) if text is None else text, file)
     if not isinstance(data, dict):
         raise SpecError("a spec must be a mapping of fields (name, kind, layers, ...)", file=file, line=1)
     overridden = apply_overrides(data, overrides)
