@@ -87,8 +87,11 @@ def print_compile_summary(loaded: LoadedSpec, graph: IRGraph, summary: dict, con
     console.print(f"MACs per example over T={t} steps (dense): {summary['macs_per_example']:,}; "
                   f"synapses: {summary['synapses']:,}")
     if spec.kind == "sae":
-        (enc,) = graph.nodes(ops.PoissonEncode)
-        console.print(f"encoding: {_describe_op(graph.op(enc))}")
+        encoders = list(graph.nodes(ops.PoissonEncode))
+        if encoders:
+            console.print(f"encoding: {_describe_op(graph.op(encoders[0]))}")
+        else:
+            console.print(f"encoding: none, the input is pre-encoded spike trains (T={spec.encoding.timesteps})")
         lifs = {_describe_op(graph.op(n)) for n in graph.nodes(ops.LIF)}
         console.print("neuron: " + "; ".join(sorted(lifs)))
         console.print(f"semantics: {semantic_line(spec)}")

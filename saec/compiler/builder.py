@@ -78,7 +78,9 @@ def build_ir(spec: S.Spec) -> IRGraph:
     graph = IRGraph()
     prev = graph.add("_input", ops.Input(shape=tuple(spec.input.shape)), spec_path=["input"])
     shape = tuple(spec.input.shape)
-    if spiking:
+    # Pre-encoded spike input (input.kind: spikes) has no encoder: the Input node takes the
+    # spike train [T, B, C, H, W] as it is (as for graphs read from NIR).
+    if spiking and spec.input.kind == "images":
         enc = spec.encoding
         prev = graph.add("_encode", ops.PoissonEncode(
             timesteps=enc.timesteps, scale=enc.scale, noise=enc.noise,
@@ -131,6 +133,7 @@ def build_ir(spec: S.Spec) -> IRGraph:
         latent=spec.latent,
         latent_node=latent_node,
         timesteps=spec.encoding.timesteps if spiking else 1,
+        input_kind=spec.input.kind,  # "spikes": the network takes spike trains [T, B, C, H, W], no encoder
         activation_layers=activations,
         losses={
             "l2": regs.l2,

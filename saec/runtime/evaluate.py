@@ -147,8 +147,8 @@ def evaluate(model: SpikingAutoencoder, data: ImageSet, *, batch_size: int = 64,
     losses: list[np.ndarray] = []
     latents: list[np.ndarray] = []
     for idx in batch_indices(len(data), batch_size, shuffle=False):
-        x = data.images[idx].to(device)
-        out = model(x, generator=gen, record=record)
+        x, encoded = data.batch(idx, device)  # encoded: pre-encoded spike input (events), else None
+        out = model(x, generator=gen, record=record, encoded=encoded)
         per_example = ((out.x_hat - x) ** 2).flatten(1).sum(1)
         losses.append(per_example.double().cpu().numpy())
         if acc is not None:

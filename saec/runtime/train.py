@@ -167,7 +167,7 @@ def _global_batch_means(parts: dict[str, float], n_local: int, device: torch.dev
 
 def _rank_inputs(model: SpikingAutoencoder, images: torch.Tensor, batch: torch.Tensor, dist: Dist,
                  noise: torch.Generator, sample_noise: torch.Generator | None,
-                 device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+                 device: torch.device, spikes: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """This rank's examples of a global ``batch`` and the keyword arguments of its forward pass.
 
     A single process draws the encoding from ``noise`` inside the model. Under DDP every rank encodes
@@ -176,6 +176,11 @@ def _rank_inputs(model: SpikingAutoencoder, images: torch.Tensor, batch: torch.T
     draw from the rank's own ``sample_noise`` instead: the same stream on every rank would give
     the examples of different ranks identical samples.
     """
+    if spikes is not None:  # pre-encoded input (data.dataset: events): no encoder, images are the target
+        mine = slice(None) if dist.world == 1 else slice(dist.rank, None, dist.world)
+        own = batch[mine]
+        encoded = spikes[own].to(device, non_blocking=True).transpose(0, 1).to(torch.float32)
+        return images[own].to(device, non_blocking=True), {"encoded": encoded}
     if dist.world == 1:
         return images[batch].to(device, non_blocking=True), {"generator": noise}
     mine = slice(dist.rank, None, dist.world)
@@ -441,10 +446,12 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
     if dist.world > 1 and dev.type == "cuda":
         dev = torch.device("cuda", dist.local_rank)
 
-    from saec.runtime.data import DataError
+    from saec.runtime.data import DataError, check_input_shape
 
     try:
         train_set, val_set = make_splits(spec.data, data_dir, seed=t.seed, log=log if dist.main else None)
+        for part in (train_set, val_set):
+            check_input_shape(part, spec.input.shape, spec.encoding.timesteps)
     except DataError as exc:
         raise SpecError(str(exc), path="data") from None
     last = len(train_set) % t.batch_size
@@ -558,7 +565,7 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
                         raise _StopRequested
                     t_step = time.perf_counter()
                     x, forward_args = _rank_inputs(model, train_set.images, batches[step_in_epoch], dist, noise,
-                                                   sample_noise, dev)
+                                                   sample_noise, dev, train_set.spikes)
                     result = net(x, **forward_args)
                     loss, parts = objective(model, result, x)
                     parts = {**parts, "loss": float(loss.detach()), "spike_rate": mean_spike_rate(model, result)}

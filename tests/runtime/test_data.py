@@ -379,8 +379,12 @@ def test_batch_indices_epochs_differ_and_validate():
 def test_image_set_checks_shapes():
     with pytest.raises(ValueError, match="labels"):
         ImageSet(torch.zeros(3, 1, 28, 28), torch.zeros(2, dtype=torch.int64))
-    with pytest.raises(ValueError, match=r"\[N, 1, H, W\]"):
+    # any number of channels since own data may be colour; still four dimensions
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
         ImageSet(torch.zeros(3, 28, 28), torch.zeros(3, dtype=torch.int64))
+    assert len(ImageSet(torch.zeros(3, 3, 8, 8), torch.zeros(3, dtype=torch.int64))) == 3
+    with pytest.raises(ValueError, match=r"spikes must be \[N, T, C, H, W\]"):
+        ImageSet(torch.zeros(3, 1, 8, 8), torch.zeros(3, dtype=torch.int64), spikes=torch.zeros(3, 4, 1, 8, 9))
 
 
 # ------------------------------------------------------------------ validation source auto
