@@ -260,7 +260,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
                 _into_rows(gx_rows[a:b], gx_c)
             gw = gw_c if gw is None else (gw.add_(gw_c) if gw_c is not None else gw)
             gb = gb_c if gb is None else (gb.add_(gb_c) if gb_c is not None else gb)
-        return gx, None, _cast(gw, param.dtype), _cast(gb, param.dtype), None, None, None, None, None
+        return gx, None, _like(gw, param), _cast(gb, param.dtype), None, None, None, None, None
 
 
 def _forward_rows(op: ops.Op, weight: Tensor, bias: Tensor | None, src: Tensor, sample: tuple[int, ...],
@@ -300,6 +300,23 @@ def _row_major_strides(y: Tensor, n: int) -> tuple[int, ...]:
 
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dtype)
+
+
+def _like(grad: Tensor | None, param: Tensor) -> Tensor | None:
+    """``grad`` in ``param``'s dtype and exact strides.
+
+    A channels-last convolution backward returns the weight gradient channels-last;
+    for a weight with a size-1 dimension (the one-channel output layer, [C, 1, k, k])
+    that layout has other strides than the contiguous parameter, which autograd's
+    layout contract lets through and DistributedDataParallel then reports ("grad
+    strides do not match bucket view strides") and copies on every step. Weights
+    are small, so one copy here costs nothing and keeps the grad in the param's layout.
+    """
+    if grad is None:
+        return None
+    if grad.dtype == param.dtype and grad.stride() == param.stride():
+        return grad
+    return torch.empty_strided(param.shape, param.stride(), dtype=param.dtype, device=param.device).copy_(grad)
 
 
 def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_bool: Tensor,
