@@ -323,5 +323,23 @@ def export(run: str | Path | Run, format: str = "nir", **options: Any) -> Any:
     if where is None:
         raise SpecError(f"unknown format {format!r}; use one of {', '.join(EXPORTERS)}", path="--format")
     path = run.path if isinstance(run, Run) else Path(run)
+    refuse_spike_input(path, f"saec export --format {format}")
     exporter = getattr(importlib.import_module(where[0]), where[1])
     return exporter(path, **options)
+
+
+def refuse_spike_input(run: str | Path, what: str) -> None:
+    """SpecError when ``run`` was trained on pre-encoded spike input, which ``what`` does not handle yet.
+
+    The exporters and ``saec stats`` draw their inputs with the Poisson encoder
+    (golden data, synaptic-operation counts); a network without one
+    (``input.kind: spikes``) would get wrong inputs, so it is refused in one line.
+    """
+    ir = Path(run) / "ir.json"
+    try:
+        attrs = json.loads(ir.read_text()).get("attrs", {}) if ir.is_file() else {}
+    except (OSError, ValueError):
+        return  # the command itself reports a damaged run
+    if attrs.get("input_kind") == "spikes":
+        raise SpecError(f"{what} does not support networks with pre-encoded spike input (input.kind: spikes) yet; "
+                        "use the Python API's Run.module() on spike trains", file=str(run))

@@ -205,6 +205,15 @@ def test_events_bypass_the_encoder_and_train(tmp_path):
     data = load_custom(run.spec.data, "train", tmp_path / "ev.npz")
     assert torch.equal(data.spikes, torch.from_numpy(spikes.astype(np.uint8)))
     assert torch.equal(data.images, spike_target(data.spikes))
+    # exporters and stats assume a Poisson encoder: refused in one line, not a traceback
+    with pytest.raises(SpecError, match=r"saec export --format onnx does not support networks with pre-encoded"):
+        run.export("onnx")
+    from typer.testing import CliRunner
+
+    from saec.cli import app
+
+    stats = CliRunner().invoke(app, ["stats", str(run.path), "--device", "cpu"])
+    assert stats.exit_code == 2 and "saec stats does not support" in stats.stderr and "\n" not in stats.stderr.strip()
     # the trained module takes the same spike trains [T, B, C, H, W] and uses them as they are
     net = run.module()
     train = data.spikes[:4].transpose(0, 1).float()
