@@ -321,7 +321,9 @@ def check_sweep_data(sweep: Sweep, data_dir: str | None = None) -> None:
         try:
             check_data(data_cfg, data_dir)
         except DataError as exc:
-            raise SpecError(f"{exc} (configuration {run.config}; no run was started)", file=str(sweep.file),
+            # The advice names `--set`, which `saec sweep` does not take: say where it goes in a sweep file.
+            advice = re.sub(r"--set ([\w.]+)=(\S+)", r"`\1: \2` in the sweep file's `set`", str(exc))
+            raise SpecError(f"{advice} (configuration {run.config}; no run was started)", file=str(sweep.file),
                             path="data") from None
 
 

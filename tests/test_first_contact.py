@@ -8,6 +8,7 @@ so nothing of this checkout's data or environment can help.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,9 @@ def test_first_contact_commands_work_with_no_data_beside_them(bare_folder):
     assert "validating on a held-out 0.1 of the training set" in trained.stdout + trained.stderr
     run = bare_folder / "runs" / "sae_dense"
     assert "validation L_rec:" in trained.stdout
+    # stdout is a pipe here, not a terminal: no progress bar, one line per epoch
+    assert re.search(r"^epoch 1/1: train loss [\d.]+, val L_rec [\d.]+", trained.stdout, re.M)
+    assert "\r" not in trained.stdout + trained.stderr
     resolved = yaml.safe_load((run / "spec.yaml").read_text())
     assert resolved["data"]["dataset"] == "mnist5k" and resolved["data"]["validation"]["source"] == "auto"
     assert (run / "eval.json").is_file() and (run / "model.safetensors").is_file()

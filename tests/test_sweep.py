@@ -389,7 +389,11 @@ def test_missing_data_stops_the_sweep_once_before_any_run(tmp_path, monkeypatch)
         S.run_sweep(sweep, jobs=1, log=lambda line: None)
     message = str(info.value)
     assert message.startswith(f"{sweep.file}: data: ") and "no run was started" in message
-    assert "--set data.dataset=mnist5k" in message and "configuration a" in message
+    # the advice fits a sweep file (saec sweep has no --set), and following it works:
+    assert "`data.dataset: mnist5k` in the sweep file's `set`" in message and "--set" not in message
+    assert "--data-dir" in message and "configuration a" in message
+    fixed = write_sweep(tmp_path, sweep.file.read_text().replace("seeds:", "set: {data.dataset: mnist5k}\nseeds:"))
+    S.check_sweep_data(S.load_sweep(fixed))
     assert not started and not (tmp_path / "out" / "logs").exists()
 
 
