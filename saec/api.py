@@ -214,8 +214,10 @@ class Run:
         """
         from saec.runtime.report import evaluate_run
 
-        return evaluate_run(self.path, data_dir=data_dir, device=device, limit=limit, figures=figures,
-                            with_paths=with_paths)
+        result = evaluate_run(self.path, data_dir=data_dir, device=device, limit=limit, figures=figures,
+                              with_paths=with_paths)
+        refresh_report(self.path)
+        return result
 
     def export(self, format: str = "nir", **options: Any) -> Any:
         """Export the trained network to ``RUN/export/`` (``saec export``); see :func:`export`."""
@@ -288,10 +290,13 @@ def resume(path: str | Path, *, data_dir: str | Path | None = None, device: str 
     """
     from saec.runtime.train import train as run_training
 
-    run = load_run(path)
-    run_training(run.spec, run.graph, run.path, data_dir=str(data_dir) if data_dir else None, device=device,
+    from saec.runtime.train import load_run as load_spec_and_graph
+
+    path = Path(path)
+    spec, graph = load_spec_and_graph(path)  # "not a saec run folder (no spec.yaml)" for a wrong folder
+    run_training(spec, graph, path, data_dir=str(data_dir) if data_dir else None, device=device,
                  resume=True, force=force, progress=progress, logger=logger, log=log)
-    return run
+    return Run(path, spec, graph)
 
 
 #: ``format`` -> the exporter's module and function (each takes the run folder first).
@@ -325,7 +330,20 @@ def export(run: str | Path | Run, format: str = "nir", **options: Any) -> Any:
     path = run.path if isinstance(run, Run) else Path(run)
     refuse_spike_input(path, f"saec export --format {format}")
     exporter = getattr(importlib.import_module(where[0]), where[1])
-    return exporter(path, **options)
+    result = exporter(path, **options)
+    refresh_report(path)
+    return result
+
+
+def refresh_report(run: str | Path) -> Path | None:
+    """Rewrite ``RUN/report.html`` when the run has one (after eval, export, stats), so it shows the new files.
+
+    Returns:
+        The report's path, or None when the run has no report (an unfinished run).
+    """
+    from saec.reportpage import REPORT, write_run_report
+
+    return write_run_report(run) if (Path(run) / REPORT).is_file() else None
 
 
 def refuse_spike_input(run: str | Path, what: str) -> None:

@@ -493,13 +493,14 @@ def stats_cmd(
     of the equivalent ANN, activation sparsity and an energy estimate.
     Synaptic operations and activation sparsity follow NeuroBench's definitions.
     """
-    from saec.api import refuse_spike_input
+    from saec.api import refresh_report, refuse_spike_input
     from saec.exporters.stats import print_stats, run_stats
 
     refuse_spike_input(run, "saec stats")
     path, stats = run_stats(run, data_dir=data_dir, device=device, examples=examples)
     print_stats(stats)
-    typer.echo(f"written: {path}")
+    report = refresh_report(run)
+    typer.echo(f"written: {path}" + (f", {report}" if report else ""))
 
 
 @app.command("report")

@@ -96,6 +96,7 @@ def test_run_load_evaluate_and_export(tiny_run):
     assert metrics["examples"] == 8 and metrics == run.metrics
     onnx_path = run.export("onnx")
     assert onnx_path == run.path / "export" / "model.onnx" and onnx_path.is_file()
+    assert "<code>model.onnx</code>" in (run.path / "report.html").read_text()  # the report follows the export
     with pytest.raises(SpecError, match="unknown format 'tflite'"):
         run.export("tflite")
     with pytest.raises(SpecError, match="no such run folder"):

@@ -174,3 +174,20 @@ def test_unknown_logger_and_missing_tensorboard_are_one_line(tmp_path, monkeypat
     with pytest.raises(SpecError, match="--logger: TensorBoard logging needs the tensorboard package: pip install"):
         check_logger("tensorboard")
     assert not (tmp_path / "x").exists()
+
+
+def test_steps_csv_of_a_resumed_run_matches_an_uninterrupted_one(two_runs, tmp_path):
+    from saec.runtime.steplog import StepLog, read_steps
+    from saec.runtime.train import TrainingInterrupted, train
+
+    compiled = saec.compile(SPECS / "sae_dense.yaml", TINY)
+    with pytest.raises(TrainingInterrupted):
+        train(compiled.spec, compiled.graph, tmp_path / "r", device="cpu", log=lambda line: None, stop_after_steps=3)
+    assert len(read_steps(tmp_path / "r" / "steps.csv")) == 3
+    train(compiled.spec, compiled.graph, tmp_path / "r", device="cpu", resume=True, log=lambda line: None)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(read_steps(tmp_path / "r" / "steps.csv")) == strip(read_steps(two_runs[0].path / "steps.csv"))
+    # rows written after the checkpoint a resume starts from (a crash) are dropped
+    log = StepLog(tmp_path / "r", resume_from=2)
+    log.close()
+    assert [r["global_step"] for r in read_steps(tmp_path / "r" / "steps.csv")] == [1.0, 2.0]

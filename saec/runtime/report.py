@@ -59,12 +59,12 @@ def validation_set(spec: Spec, data_dir: str | Path | None = None, limit: int | 
     Raises:
         SpecError: the data is missing (the message names the way out).
     """
-    from saec.runtime.data import DataError, load_images, make_splits
+    from saec.runtime.data import CUSTOM_DATASETS, DataError, load_images, make_splits
 
     data = spec.data
     root = str(data_dir) if data_dir is not None else None
     try:
-        if data.validation.source == "test":
+        if data.validation.source == "test" and data.dataset not in CUSTOM_DATASETS:
             # Only the test set is needed: a machine without the training images can still evaluate.
             # Roots in the order make_splits uses: --data-dir, validation.root, data.root.
             val_root = root if root is not None else (data.validation.root or data.root)

@@ -225,7 +225,14 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(light_finish
         train(spec, graph, out, device="cpu", progress=False, log=lambda line: None)
     assert A.WEIGHTS in snapshot and A.TRAIN_STATE in snapshot
     assert snapshot.pop(LOCK)  # the run folder was locked while training wrote it ...
-    assert folder_bytes(out) == snapshot  # byte for byte: nothing was written after the bad step (... and unlocked)
+    # byte for byte: nothing was written after the bad step (... and unlocked), except the per-step log
+    # (steps.csv), which records every step that ran, up to the last good one (a resume drops the rows
+    # after its checkpoint)
+    after = folder_bytes(out)
+    logged = [int(line.split(",")[2]) for line in after.pop("steps.csv").decode().splitlines()[1:]]
+    snapshot.pop("steps.csv")
+    assert after == snapshot
+    assert logged == list(range(1, STEPS_PER_EPOCH + 2))  # the bad step (global step 5) is not logged
     no_temporary_files(out)
     # the kept checkpoint resumes
     monkeypatch.setattr(train_module, "objective", real_objective)
