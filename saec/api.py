@@ -331,8 +331,25 @@ def export(run: str | Path | Run, format: str = "nir", **options: Any) -> Any:
     refuse_spike_input(path, f"saec export --format {format}")
     exporter = getattr(importlib.import_module(where[0]), where[1])
     result = exporter(path, **options)
+    if format == "nir":
+        _record_nir_check(path, result)
     refresh_report(path)
     return result
+
+
+def _record_nir_check(run: Path, result: Any) -> None:
+    """Write ``RUN/export/nir_check.json``: the NIR export's own check (saec's simulation of model.nir
+    on the golden input against saec's spikes), for the run's report page."""
+    from saec.runtime import artifacts as A
+
+    A.write_json(run / "export" / "nir_check.json", {
+        "check": "saec's NIR simulation of model.nir on golden.nir's input vs saec's own spikes, whole trains",
+        "exact": result.exact,
+        "golden_examples": result.golden_examples,
+        "nodes": {node: {k: int(v) for k, v in r.items()} for node, r in result.agreement.items()},
+        "approximated": list(result.approximated),
+        "not_carried": list(result.not_carried),
+    })
 
 
 def refresh_report(run: str | Path) -> Path | None:

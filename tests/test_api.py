@@ -3,6 +3,7 @@ and the README's "Python API" snippet, executed as written."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -97,6 +98,10 @@ def test_run_load_evaluate_and_export(tiny_run):
     onnx_path = run.export("onnx")
     assert onnx_path == run.path / "export" / "model.onnx" and onnx_path.is_file()
     assert "<code>model.onnx</code>" in (run.path / "report.html").read_text()  # the report follows the export
+    nir_result = run.export("nir", examples=2)
+    check = json.loads((run.path / "export" / "nir_check.json").read_text())
+    assert check["exact"] is nir_result.exact and set(check["nodes"]) == set(nir_result.agreement)
+    assert "nir_check.json" in (run.path / "report.html").read_text()  # the agreement check is on the page
     with pytest.raises(SpecError, match="unknown format 'tflite'"):
         run.export("tflite")
     with pytest.raises(SpecError, match="no such run folder"):
