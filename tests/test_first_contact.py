@@ -73,3 +73,26 @@ def test_explicit_test_validation_without_the_test_set_names_a_working_way_out(b
                        "--set", "data.validation.source=test", *TINY)
     assert refused.returncode == 2, refused.stderr
     assert "--set data.validation.source=split" in refused.stderr and "\n" not in refused.stderr.strip()
+
+
+SHIPPED = sorted(p.relative_to(REPO / "specs").as_posix() for p in (REPO / "specs").rglob("*.yaml")
+                 if p.parent.name != "sweeps")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_spec_stops_with_advice_that_works(name, tmp_path, monkeypatch):
+    """On a machine with no MNIST: the advice of the data error, followed literally, finds the data."""
+    import saec
+    from saec.runtime.data import DataError, check_data
+
+    monkeypatch.delenv("SAEC_MNIST_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    spec = saec.compile(REPO / "specs" / name).spec
+    if spec.data.dataset == "mnist":
+        with pytest.raises(DataError) as info:
+            check_data(spec.data)
+        advice = re.search(r"--set (\S+)=(\S+)", str(info.value))
+        assert advice is not None, str(info.value)
+        spec = saec.compile(REPO / "specs" / name, [f"{advice.group(1)}={advice.group(2)}"]).spec
+    check_data(spec.data)  # the embedded data: nothing needed on disk
+    assert spec.data.dataset == "mnist5k" and spec.data.validation.source == "auto"

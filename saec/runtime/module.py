@@ -91,7 +91,8 @@ class AutoencoderModule(nn.Module):
             :class:`AutoencoderOutput`.
 
         Raises:
-            ValueError: ``x`` has neither shape, or a spike train is given to an AE/VAE.
+            ValueError: ``x`` has neither shape, a spike train given to an AE/VAE, or images given to a
+                network compiled for pre-encoded spike input.
         """
         n = len(self.input_shape)
         spiking = bool(self.spiking_layers)
@@ -105,6 +106,9 @@ class AutoencoderModule(nn.Module):
             out = self.network(train.mean(0), encoded=train, record=record, generator=generator)
             input_spikes = train
         elif x.ndim == n + 1 and tuple(x.shape[1:]) == self.input_shape:
+            if spiking and not self.network.encodes:
+                raise ValueError("this network takes pre-encoded spike trains [T, B, "
+                                 f"{', '.join(map(str, self.input_shape))}] (input.kind: spikes), not images")
             images = x if x.is_floating_point() else x.to(torch.float32)
             out = self.network(images, record=record, generator=generator)
             input_spikes = out.encoded if spiking else None

@@ -219,6 +219,10 @@ def test_events_bypass_the_encoder_and_train(tmp_path):
     train = data.spikes[:4].transpose(0, 1).float()
     out = net(train)
     assert torch.equal(out.input_spikes, train) and out.reconstruction.shape == (4, 1, SIDE, SIDE)
+    with pytest.raises(ValueError, match=r"takes pre-encoded spike trains \[T, B, 1, 12, 12\]"):
+        net(data.images[:4])
+    listing = CliRunner().invoke(app, ["compile", str(tmp_path / "run" / "spec.yaml")])
+    assert listing.exit_code == 0 and "encoding: none, the input is pre-encoded spike trains (T=3)" in listing.stdout
 
 
 def test_spike_target_is_the_max_normalised_count_image():
