@@ -37,7 +37,8 @@ _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; display: block; overflow-x: auto;
+        max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
@@ -170,7 +171,7 @@ def line_chart(series: list[tuple[str, list[float], list[float]]], *, title: str
                      f'<text x="{left - 4}" y="{sy(yv) + 4:.1f}" text-anchor="end">{_e(f"{yv:.4g}")}</text>')
         xv = x0 + (x1 - x0) * i / 4
         parts.append(f'<text x="{sx(xv):.1f}" y="{top + ph + 14}" text-anchor="middle">{_e(f"{xv:.4g}")}</text>')
-    parts.append(f'<text x="{left + pw / 2}" y="{top + ph + 28}" text-anchor="middle">{_e(x_label)}</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{top + ph + 27}" text-anchor="middle">{_e(x_label)}</text>')
     for i, (label, p) in enumerate(pts):
         colour = _COLOURS[i % len(_COLOURS)]
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in p)
@@ -178,7 +179,7 @@ def line_chart(series: list[tuple[str, list[float], list[float]]], *, title: str
         if len(p) <= 40:
             parts.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>' for x, y in p)
         lx = left + (i % 3) * (pw / 3)
-        ly = top + ph + 44 + (i // 3) * 13
+        ly = top + ph + 46 + (i // 3) * 13
         parts.append(f'<rect x="{lx:.1f}" y="{ly - 8}" width="10" height="3" fill="{colour}"/>'
                      f'<text x="{lx + 14:.1f}" y="{ly - 3}">{_e(label)}</text>')
     parts.append("</svg>")
@@ -305,6 +306,7 @@ def render_run_report(run: str | Path) -> str:
     history = _read_jsonl(run / A.METRICS)
     steps = _read_steps(run / "steps.csv")
     figures = sorted((run / A.FIGURES).glob("*.png")) if (run / A.FIGURES).is_dir() else []
+    figures.sort(key=lambda path: path.stem != "reconstructions")  # what a reader looks at first
     headline = ""
     if "rec_loss" in metrics:
         headline = (f"<p>validation L_rec <b>{metrics['rec_loss']:.3f}</b> on {_e(metrics.get('examples'))} "
