@@ -251,3 +251,37 @@ def test_check_input_shape_accepts_matching_data():
     check_input_shape(ImageSet(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.int64)), [1, 4, 4])
     with pytest.raises(DataError, match="examples are 1x4x4 but input.shape is 1x5x5"):
         check_input_shape(ImageSet(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.int64), "x"), [1, 5, 5])
+
+
+@pytest.mark.parametrize("data, extra, at, message", [
+    ("{dataset: torchvision, root: d}", "", "data", "data.torchvision: dataset 'torchvision' needs the class name"),
+    ("{dataset: npz, root: f.npz, torchvision: CIFAR10}", "", "data",
+     "data.torchvision: only used with dataset 'torchvision' (dataset is 'npz')"),
+    ("{dataset: image_folder}", "", "data", "data.root: dataset 'image_folder' needs data.root"),
+    ("{dataset: events, root: e.npz}", "", "input",
+     "input.kind: pre-encoded spike input needs both data.dataset: events and input.kind: spikes (have dataset "
+     "'events', input.kind 'images')"),
+    ("{dataset: npz, root: f.npz}", "kind: spikes", "data",
+     "data.dataset: pre-encoded spike input needs both data.dataset: events and input.kind: spikes (have dataset "
+     "'npz', input.kind 'spikes')"),
+    ("{dataset: events, root: e.npz, transform: {grayscale: true}}", "kind: spikes", "data",
+     "data.transform: spike trains are not images: no grayscale or resize for dataset 'events'"),
+])
+def test_data_rules_are_located_in_the_file(tmp_path, data, extra, at, message):
+    text = TINY_SPEC.replace(f"input: {{shape: [1, {SIDE}, {SIDE}]}}",
+                             f"input: {{shape: [1, {SIDE}, {SIDE}]{', ' + extra if extra else ''}}}")
+    text += f"data: {data}\n"
+    path = tmp_path / "own.yaml"
+    path.write_text(text)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if row.startswith(f"{at}:"))
+    with pytest.raises(SpecError) as info:
+        saec.compile(path)
+    assert str(info.value).startswith(f"{path}:{line}: {message}"), str(info.value)
+
+
+def test_spike_input_needs_a_spiking_network(tmp_path):
+    spec = tiny_spec(dataset="events", root="e.npz")
+    spec["input"]["kind"] = "spikes"
+    spec["kind"] = "ae"
+    with pytest.raises(SpecError, match=r"^<dict>: input.kind: spike input needs a spiking network \(kind: sae\)"):
+        saec.compile(spec)
