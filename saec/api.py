@@ -333,8 +333,47 @@ def export(run: str | Path | Run, format: str = "nir", **options: Any) -> Any:
     result = exporter(path, **options)
     if format == "nir":
         _record_nir_check(path, result)
+    elif not options:  # the model as trained (no other T or batch): check it against saec's runtime
+        _record_onnx_check(path, result)
     refresh_report(path)
     return result
+
+
+#: Validation images onnxruntime runs in ``export/onnx_check.json`` (and the seed of their encoding).
+ONNX_CHECK_EXAMPLES, ONNX_CHECK_SEED = 4, 0
+
+
+def _record_onnx_check(run: Path, onnx_path: Path) -> None:
+    """Write ``RUN/export/onnx_check.json``: onnxruntime against saec's runtime on the first validation
+    images (Poisson-encoded with a fixed seed), whole spike trains and x_hat
+    (:func:`saec.exporters.onnx.compare_with_runtime`). Without the validation data the file says why."""
+    import dataclasses
+
+    import torch
+
+    from saec.compiler import ops
+    from saec.exporters.onnx import compare_with_runtime
+    from saec.runtime import artifacts as A
+    from saec.runtime.encoding import poisson_encode
+    from saec.runtime.report import validation_set
+    from saec.runtime.train import load_model
+
+    file = run / "export" / "onnx_check.json"
+    spec, model = load_model(run)
+    try:
+        images = validation_set(spec, limit=ONNX_CHECK_EXAMPLES).images
+    except SpecError as exc:
+        A.write_json(file, {"check": "onnxruntime vs saec", "skipped": f"no validation images: {exc}"})
+        return
+    encoders = list(model.graph.nodes(ops.PoissonEncode))
+    inputs = (poisson_encode(images, model.graph.op(encoders[0]),
+                             generator=torch.Generator().manual_seed(ONNX_CHECK_SEED)) if encoders else images)
+    agreement = compare_with_runtime(onnx_path, model, inputs)
+    A.write_json(file, {
+        "check": "onnxruntime running model.onnx vs saec's runtime on the same input, whole spike trains and x_hat",
+        "examples": int(images.shape[0]), "encoding_seed": ONNX_CHECK_SEED, "spikes_exact": agreement.spikes_exact,
+        **dataclasses.asdict(agreement),
+    })
 
 
 def _record_nir_check(run: Path, result: Any) -> None:

@@ -98,6 +98,10 @@ def test_run_load_evaluate_and_export(tiny_run):
     onnx_path = run.export("onnx")
     assert onnx_path == run.path / "export" / "model.onnx" and onnx_path.is_file()
     assert "<code>model.onnx</code>" in (run.path / "report.html").read_text()  # the report follows the export
+    onnx_check = json.loads((run.path / "export" / "onnx_check.json").read_text())
+    assert onnx_check["examples"] == 4 and set(onnx_check["train_mismatches"]) == set(run.module().spiking_layers)
+    assert onnx_check["spikes_exact"] is True  # onnxruntime reproduces saec's spike trains on these images
+    assert "onnx_check.json" in (run.path / "report.html").read_text()
     nir_result = run.export("nir", examples=2)
     check = json.loads((run.path / "export" / "nir_check.json").read_text())
     assert check["exact"] is nir_result.exact and set(check["nodes"]) == set(nir_result.agreement)
