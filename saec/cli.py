@@ -97,7 +97,6 @@ app = typer.Typer(
     cls=_SaecGroup,
     add_completion=False,
     no_args_is_help=True,
-    help="saec, the spiking auto-encoder compiler: YAML spec -> graph IR -> training -> NIR/ONNX export.",
     pretty_exceptions_enable=False,
 )
 
@@ -105,7 +104,10 @@ app = typer.Typer(
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print saec's version and exit.")) -> None:
-    """saec, the spiking auto-encoder compiler: YAML spec -> graph IR -> training -> NIR/ONNX export."""
+    """saec, the spiking auto-encoder compiler: YAML spec -> graph IR -> training -> NIR/ONNX export.
+
+    Example: saec train specs/sae_dense.yaml --set data.dataset=mnist5k   (the embedded MNIST subset, no download)
+    """
 
 
 SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",

@@ -22,6 +22,7 @@ def test_version():
 def test_every_command_is_listed_and_has_an_example():
     assert sorted(EXAMPLES) == sorted(COMMANDS)
     listing = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout
+    assert "Example: saec train specs/sae_dense.yaml --set data.dataset=mnist5k" in listing
     for command in COMMANDS:
         assert re.search(rf"│ {command}\s", listing), command
 
