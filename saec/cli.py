@@ -261,7 +261,7 @@ def train_cmd(
         typer.echo(f"saec: {_capped(str(exc))}", err=True)
         raise typer.Exit(1) from None
     run_dir, metrics = run.path, run.metrics
-    if metrics:
+    if metrics and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone reports
         typer.echo(f"run folder: {run_dir}")
         typer.echo(f"validation L_rec: {metrics['rec_loss']:.3f} (mean of batch means)")
         typer.echo(f"reconstructions: {run_dir / 'figures' / 'reconstructions.png'}")
