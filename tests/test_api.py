@@ -94,7 +94,11 @@ def test_run_load_evaluate_and_export(tiny_run):
     assert run.spec == tiny_run.spec and run.trained
     assert len(run.history) == 1 and run.history[0]["epoch"] == 1
     metrics = run.evaluate(device="cpu", limit=8, figures=False)
-    assert metrics["examples"] == 8 and metrics == run.metrics
+    # a limited evaluation goes beside the full one, which it leaves alone
+    assert metrics["examples"] == 8 and metrics == json.loads((run.path / "eval_limit8.json").read_text())
+    assert run.metrics["examples"] == 16
+    full, (metrics_file, _) = run.evaluate(device="cpu", figures=False, with_paths=True)
+    assert metrics_file == run.path / "eval.json" and full == run.metrics
     onnx_path = run.export("onnx")
     assert onnx_path == run.path / "export" / "model.onnx" and onnx_path.is_file()
     assert "<code>model.onnx</code>" in (run.path / "report.html").read_text()  # the report follows the export

@@ -41,6 +41,7 @@ from saec.runtime.encoding import poisson_encode
 from saec.runtime.evaluate import evaluate
 from saec.runtime.model import SpikingAutoencoder
 from saec.runtime.objective import mean_spike_rate, objective
+from saec.runtime.steplog import StepLog, check_logger
 from saec.spec.errors import SpecError
 from saec.spec.loader import load_spec, resolved_yaml
 from saec.spec.schema import Spec
@@ -347,15 +348,9 @@ def _refuse_existing_run(out: Path, force: bool) -> None:
 
 def _clear_run(out: Path) -> None:
     """Remove the artifacts of an earlier run in ``out`` (``--force``), so none outlives the new run."""
-<<<<<<< HEAD
-    for stale in (MANIFEST, A.TRAIN_STATE, A.WEIGHTS, A.METRICS, A.EVAL, A.STATS):
+    for stale in (MANIFEST, A.TRAIN_STATE, A.WEIGHTS, A.METRICS, A.EVAL, A.STATS, "steps.csv", "report.html"):
         (out / stale).unlink(missing_ok=True)
-    for folder in (A.FIGURES, A.EXPORT, CHECKPOINTS):  # drawn from or exported from the old weights
-=======
-    for stale in (A.TRAIN_STATE, A.WEIGHTS, A.METRICS, A.EVAL, A.STATS, "steps.csv", "report.html"):
-        (out / stale).unlink(missing_ok=True)
-    for folder in (A.FIGURES, A.EXPORT, "tensorboard"):  # drawn from or exported from the old weights
->>>>>>> ce14ef6 (Python API (saec.compile/train/resume/load_run/export, Run, AutoencoderModule with a typed AutoencoderOutput), CLI compile/train/eval/export go through it; steps.csv per step and --logger tensorboard; report.html per run and saec report; --version, MIT LICENSE, clean --help labels with an example per command, sweep --device auto; README Python API section executed by a test)
+    for folder in (A.FIGURES, A.EXPORT, CHECKPOINTS, "tensorboard"):  # drawn from or exported from the old weights
         shutil.rmtree(out / folder, ignore_errors=True)
     for leftover in out.glob(".*.tmp-*"):  # temporaries of a process that was killed
         leftover.unlink(missing_ok=True)
@@ -393,16 +388,14 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         TrainingInterrupted: Ctrl-C (or ``stop_after_steps``); a checkpoint was written.
         RunWriteFailed: writing failed mid-run (full disk); the last complete checkpoint is kept.
     """
-    from saec.runtime.steplog import StepLog, check_logger
-
     out = Path(out)
     dev = resolve_device(device)
-<<<<<<< HEAD
+    check_logger(logger)
     if out.exists() and not out.is_dir():
         raise SpecError("exists and is not a folder; give --out a folder for the run", file=str(out))
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 alone writes, and holds the lock
         return _train(spec, graph, out, data_dir=data_dir, device=dev, resume=resume, force=force,
-                      progress=progress, log=log, stop_after_steps=stop_after_steps)
+                      progress=progress, logger=logger, log=log, stop_after_steps=stop_after_steps)
     try:
         lock = RunLock(out, "train")
         lock.acquire()
@@ -412,19 +405,16 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         if lock.took_over:
             log(f"took over the lock of a process that is gone (pid {lock.took_over.get('pid')})")
         return _train(spec, graph, out, data_dir=data_dir, device=dev, resume=resume, force=force,
-                      progress=progress, log=log, stop_after_steps=stop_after_steps)
+                      progress=progress, logger=logger, log=log, stop_after_steps=stop_after_steps)
     finally:
         lock.release()
 
 
 def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, device: torch.device,
-           resume: bool, force: bool, progress: bool, log: Callable[[str], None],
+           resume: bool, force: bool, progress: bool, logger: str, log: Callable[[str], None],
            stop_after_steps: int | None) -> dict[str, Any]:
     """:func:`train` once the run folder is locked."""
     dev = device
-=======
-    check_logger(logger)
->>>>>>> ce14ef6 (Python API (saec.compile/train/resume/load_run/export, Run, AutoencoderModule with a typed AutoencoderOutput), CLI compile/train/eval/export go through it; steps.csv per step and --logger tensorboard; report.html per run and saec report; --version, MIT LICENSE, clean --help labels with an example per command, sweep --device auto; README Python API section executed by a test)
     t = spec.training
     state = None
     checkpoint_on_disk = None
@@ -545,12 +535,14 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
                                  f"{exc.strerror or exc}; {kept_checkpoint()}") from None
 
     bar = _Progress(progress and dist.main, log)
-    steplog = StepLog(out, resume_from=global_step if state is not None else None, logger=logger) if dist.main else None
+    steplog: StepLog | None = None
     if dist.main:
         log(f"training {spec.name} on {dev} ({len(train_set)} train / {len(val_set)} validation images, "
             f"T={model.timesteps}, batch {t.batch_size}, {t.epochs} epochs) -> {out}")
     with _CtrlC(log) as ctrl_c:
         try:
+            if dist.main:  # inside the try: a folder that cannot be written is a RunWriteFailed like the rest
+                steplog = StepLog(out, resume_from=global_step if state is not None else None, logger=logger)
             while epoch < t.epochs:
                 batches = epoch_batches(len(train_set), t.batch_size, t.seed, epoch)
                 n_steps = min(len(batches), t.max_steps or len(batches))
