@@ -411,9 +411,10 @@ def refuse_spike_input(run: str | Path, what: str) -> None:
     """
     ir = Path(run) / "ir.json"
     try:
-        attrs = json.loads(ir.read_text()).get("attrs", {}) if ir.is_file() else {}
+        data = json.loads(ir.read_text()) if ir.is_file() else {}
     except (OSError, ValueError):
         return  # the command itself reports a damaged run
-    if attrs.get("input_kind") == "spikes":
+    attrs = data.get("attrs") if isinstance(data, dict) else None
+    if isinstance(attrs, dict) and attrs.get("input_kind") == "spikes":
         raise SpecError(f"{what} does not support networks with pre-encoded spike input (input.kind: spikes) yet; "
                         "use the Python API's Run.module() on spike trains", file=str(run))

@@ -433,13 +433,13 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, data_dir: str | None = None, devic
     if jobs < 1:
         raise SpecError(f"must be at least 1, got {jobs}", path="--jobs")
     threads = threads_per_job or max(1, available_cores() // jobs)
-    check_sweep_data(sweep, data_dir)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     logs_dir = sweep.out / "logs"
     try:
         logs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpecError(f"cannot write the sweep's output folder: {exc.strerror or exc}", file=str(sweep.out)) from None
+    check_sweep_data(sweep, data_dir)  # before any run starts: one error, not one failed run after another
     states: dict[Path, str] = {}
     failed: list[tuple[SweepRun, int, Path]] = []
     for run in sweep.runs:

@@ -394,7 +394,7 @@ def test_missing_data_stops_the_sweep_once_before_any_run(tmp_path, monkeypatch)
     assert "--data-dir" in message and "configuration a" in message
     fixed = write_sweep(tmp_path, sweep.file.read_text().replace("seeds:", "set: {data.dataset: mnist5k}\nseeds:"))
     S.check_sweep_data(S.load_sweep(fixed))
-    assert not started and not (tmp_path / "out" / "logs").exists()
+    assert not started and not list((tmp_path / "out").rglob("*.log"))
 
 
 def test_the_embedded_data_sweep_passes_the_data_check_with_nothing_on_disk(tmp_path, monkeypatch):
