@@ -2,7 +2,7 @@
 
 Pydantic v2 models with ``extra="forbid"`` and strict numbers. Layers are a
 discriminated union on ``type``. Every deviation of the published code from
-the paper's equations (see ../shared/docs/REFERENCE.md) is its own field; the
+the paper's equations (see docs/semantics.md) is its own field; the
 ``preset`` field fills all of them at once (see :mod:`saec.spec.presets`).
 """
 
