@@ -39,8 +39,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     _, graph = compile_spec(str(REPO / "specs" / "sae_dense.yaml"), [f"encoding.timesteps={args.timesteps}"])
-    root = default_mnist_root() or REPO.parent / "shared" / "data" / "mnist"
-    images = load_images("mnist", "test", root=root).images
+    root = default_mnist_root()  # $SAEC_MNIST_ROOT or ./data/mnist; else the embedded subset
+    images = (load_images("mnist", "test", root=root) if root else load_images("mnist5k", "train")).images
     train_x, val_x = images[: args.batch * args.steps], images[-256:]
     models, opts, gens, times = {}, {}, {}, {"fp32": [], "bf16": []}
     for kind in times:

@@ -60,8 +60,8 @@ def main() -> int:
         from saec.runtime import artifacts
 
         model.load_ir_state_dict(artifacts.load_weights(args.weights))
-    root = default_mnist_root() or REPO.parent / "shared" / "data" / "mnist"
-    x = load_images("mnist", "test", root=root).images[: args.batch]
+    root = default_mnist_root()  # $SAEC_MNIST_ROOT or ./data/mnist; else the embedded subset
+    x = (load_images("mnist", "test", root=root) if root else load_images("mnist5k", "train")).images[: args.batch]
     saec_synapse, pooled_bytes = fastpath.spike_synapse, pool.MIN_POOLED_BYTES
 
     def forward(kind: str):

@@ -69,7 +69,7 @@ def _load_images(data: str | None, count: int):
     if data and data.endswith(".pt"):
         images = torch.load(data)
     else:
-        root = data or default_mnist_root() or REPO.parent / "shared" / "data" / "mnist"
+        root = data or default_mnist_root()  # $SAEC_MNIST_ROOT or ./data/mnist, as saec looks
         try:
             images = load_images("mnist", "test", root=root).images
         except Exception:  # noqa: BLE001 - no MNIST folder: the embedded subset
