@@ -57,7 +57,7 @@ class RunLock:
         self.path = self.folder / LOCK
         self.what = what
         self._fd: int | None = None
-        self._created = False  # the folder was made for the lock: removed again if left empty
+        self._created: list[Path] = []  # folders made for the lock (deepest first): removed again if left empty
         self.took_over: dict | None = None  # the stale holder's record, when there was one
 
     def __enter__(self) -> "RunLock":
@@ -69,8 +69,9 @@ class RunLock:
 
     def acquire(self) -> None:
         if not self.folder.is_dir():
+            missing = [self.folder, *(p for p in self.folder.parents if not p.exists())]
             self.folder.mkdir(parents=True)
-            self._created = True
+            self._created = missing
         for _ in range(20):  # the file can be unlinked by its holder between our open and our flock
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -109,11 +110,11 @@ class RunLock:
             pass
         os.close(self._fd)
         self._fd = None
-        if self._created:
+        for folder in self._created:  # deepest first; a refused run leaves no empty runs/ behind
             try:
-                self.folder.rmdir()  # only succeeds when nothing was written into it
+                folder.rmdir()  # only succeeds when nothing was written into it
             except OSError:
-                pass
+                break
 
 
 def read_holder(path: Path) -> dict:

@@ -416,3 +416,18 @@ def test_eval_is_refused_while_the_run_trains(run_copy):
         assert (run_copy / A.EVAL).read_bytes() == before
     finally:
         holder.communicate("\n", timeout=30)
+
+
+def test_a_lock_on_a_new_folder_leaves_no_empty_folders_behind(tmp_path):
+    """A run refused after locking (bad data, say) must not leave runs/<name>/ or runs/ behind."""
+    from saec.runtime.checkpoint import RunLock
+
+    (tmp_path / "keep").mkdir()
+    with RunLock(tmp_path / "keep" / "runs" / "a" / "b", "train"):
+        assert (tmp_path / "keep" / "runs" / "a" / "b").is_dir()
+    assert not (tmp_path / "keep" / "runs").exists() and (tmp_path / "keep").is_dir()
+    # a folder that received a file stays, with its parents
+    with RunLock(tmp_path / "runs" / "c", "train"):
+        (tmp_path / "runs" / "c" / "model.safetensors").write_bytes(b"x")
+    assert (tmp_path / "runs" / "c" / "model.safetensors").is_file()
+    assert not (tmp_path / "runs" / "c" / "saec.lock").exists()
