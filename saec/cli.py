@@ -515,12 +515,12 @@ def report_cmd(
 ) -> None:
     """Write a self-contained HTML report: of one run (spec, IR, curves, figures, stats, export checks),
     or a page comparing several runs (metrics, overlaid curves, spec differences)."""
-    from saec.reportpage import render_comparison, render_run_report
+    from saec.reportpage import REPORT, render_comparison, render_run_report
 
     if len(runs) == 1:
-        text, path = render_run_report(runs[0]), output or runs[0] / "report.html"
+        text, path = render_run_report(runs[0]), output or runs[0] / REPORT
     else:
-        text, path = render_comparison(runs), output or Path("report.html")
+        text, path = render_comparison(runs), output or Path(REPORT)
     try:
         _atomic_write_text(path, text)
     except OSError as exc:

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from saec.runtime import artifacts as A
 from saec.spec.errors import SpecError
 
-REPORT = "report.html"
+REPORT = A.REPORT
 
 #: Per-epoch curves: (title, [(metrics.jsonl key, label)]).
 EPOCH_CURVES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
@@ -304,7 +304,7 @@ def render_run_report(run: str | Path) -> str:
         pass
     metrics = _read_json(run / A.EVAL) or {}
     history = _read_jsonl(run / A.METRICS)
-    steps = _read_steps(run / "steps.csv")
+    steps = _read_steps(run / A.STEPS)
     figures = sorted((run / A.FIGURES).glob("*.png")) if (run / A.FIGURES).is_dir() else []
     figures.sort(key=lambda path: path.stem != "reconstructions")  # what a reader looks at first
     headline = ""

@@ -26,6 +26,9 @@ TRAIN_STATE = "train_state.pt"
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
 STATS = "stats.json"
+STEPS = "steps.csv"  # one row per optimizer step (saec.runtime.steplog)
+REPORT = "report.html"  # the run's self-contained page (saec.reportpage)
+TENSORBOARD = "tensorboard"
 FIGURES = "figures"
 EXPORT = "export"
 

@@ -230,20 +230,21 @@ def _image_folder(root: Path, spec: Any) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------- .npz files
-def _open_npz(path: Path) -> Any:
+def _read_npz(path: Path, key: str, layout: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The array ``key`` of a .npz file and its optional ``labels`` (``layout`` names the expected shape)."""
     try:
-        return np.load(path, allow_pickle=False)
+        npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    with npz:
+        if key not in npz.files:
+            raise DataError(f"{path}: no array {key!r} (found {', '.join(npz.files) or 'none'}); store {layout} "
+                            "under that name")
+        return npz[key], (npz["labels"] if "labels" in npz.files else None)
 
 
 def _npz_images(path: Path) -> tuple[Tensor, Tensor]:
-    with _open_npz(path) as npz:
-        if "images" not in npz.files:
-            raise DataError(f"{path}: no array 'images' (found {', '.join(npz.files) or 'none'}); store images "
-                            "[N, H, W] or [N, C, H, W] under that name")
-        array = npz["images"]
-        labels = npz["labels"] if "labels" in npz.files else None
+    array, labels = _read_npz(path, "images", "images [N, H, W] or [N, C, H, W]")
     if array.ndim not in (3, 4):
         raise DataError(f"{path}: images must be [N, H, W] or [N, C, H, W], got {list(array.shape)}")
     images = _to_float_images(array, str(path), "NHW" if array.ndim == 3 else "NCHW")
@@ -251,12 +252,7 @@ def _npz_images(path: Path) -> tuple[Tensor, Tensor]:
 
 
 def _npz_spikes(path: Path) -> tuple[Tensor, Tensor]:
-    with _open_npz(path) as npz:
-        if "spikes" not in npz.files:
-            raise DataError(f"{path}: no array 'spikes' (found {', '.join(npz.files) or 'none'}); store the spike "
-                            "trains [N, T, C, H, W] of 0/1 under that name")
-        array = npz["spikes"]
-        labels = npz["labels"] if "labels" in npz.files else None
+    array, labels = _read_npz(path, "spikes", "the spike trains [N, T, C, H, W] of 0/1")
     if array.ndim != 5:
         raise DataError(f"{path}: spikes must be [N, T, C, H, W], got {list(array.shape)}")
     if array.dtype != np.bool_ and not np.issubdtype(array.dtype, np.integer) and not np.issubdtype(

@@ -19,10 +19,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+from saec.runtime.artifacts import STEPS, TENSORBOARD
 from saec.spec.errors import SpecError
 
-STEPS = "steps.csv"
-TENSORBOARD = "tensorboard"
 LOGGERS = ("csv", "tensorboard")
 _FIXED = ["epoch", "step", "global_step", "lr", "seconds"]
 

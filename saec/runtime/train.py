@@ -348,9 +348,9 @@ def _refuse_existing_run(out: Path, force: bool) -> None:
 
 def _clear_run(out: Path) -> None:
     """Remove the artifacts of an earlier run in ``out`` (``--force``), so none outlives the new run."""
-    for stale in (MANIFEST, A.TRAIN_STATE, A.WEIGHTS, A.METRICS, A.EVAL, A.STATS, "steps.csv", "report.html"):
+    for stale in (MANIFEST, A.TRAIN_STATE, A.WEIGHTS, A.METRICS, A.EVAL, A.STATS, A.STEPS, A.REPORT):
         (out / stale).unlink(missing_ok=True)
-    for folder in (A.FIGURES, A.EXPORT, CHECKPOINTS, "tensorboard"):  # drawn from or exported from the old weights
+    for folder in (A.FIGURES, A.EXPORT, CHECKPOINTS, A.TENSORBOARD):  # drawn from or exported from the old weights
         shutil.rmtree(out / folder, ignore_errors=True)
     for leftover in out.glob(".*.tmp-*"):  # temporaries of a process that was killed
         leftover.unlink(missing_ok=True)

@@ -195,21 +195,7 @@ def test_connection_sparsity_and_footprint_equal_neurobenchs_own_metrics(tmp_pat
 
 # ---------------------------------------------------------------- AE on hand-made images
 def test_ae_stats_count_macs_from_nonzero_pixels(tmp_path):
-    spec = tmp_path / "tiny_ae.yaml"
-    spec.write_text("""\
-name: tiny_ae
-kind: ae
-latent: latent
-input: {shape: [1, 4, 4]}
-layers:
-  - {name: flat, type: flatten}
-  - {name: latent, type: linear, out_features: 3}
-  - {name: fc_dec, type: linear, out_features: 16}
-  - {name: unflat, type: unflatten, shape: [1, 4, 4]}
-""")
-    _, graph = compile_spec(str(spec), [])
-    model = SpikingAutoencoder(graph)
-    model.reset_parameters(torch.Generator().manual_seed(0))
+    model = _tiny_ae(tmp_path)
     images = torch.zeros(2, 1, 4, 4)
     images[0, 0, 0, :3] = 0.5  # 3 non-zero pixels
     images[1, 0, 2, 2] = 1.0  # 1 non-zero pixel
