@@ -1,45 +1,15 @@
-"""The one user-facing error type of saec: a problem with what the user gave."""
+"""The spec language's error: a :class:`saec.errors.UserError` found while reading a spec.
+
+Only the language package (``saec/spec``) raises :class:`SpecError`; every
+other layer raises :class:`saec.errors.UserError` directly.
+"""
 
 from __future__ import annotations
 
+from saec.errors import MAX_MESSAGE_CHARS, UserError, format_path
 
-def format_path(path: tuple) -> str:
-    """Render a location tuple as a dotted path; list items as ``[i]``."""
-    out = ""
-    for elem in path:
-        if isinstance(elem, int):
-            out += f"[{elem}]"
-        else:
-            out += ("." if out else "") + str(elem)
-    return out
+__all__ = ["MAX_MESSAGE_CHARS", "SpecError", "format_path"]
 
 
-#: Longest message a SpecError shows (its location comes on top).
-MAX_MESSAGE_CHARS = 600
-
-
-class SpecError(Exception):
-    """Bad user input, located as precisely as we can.
-
-    Renders as one line ``FILE:LINE: dotted.path: message`` (parts that are
-    unknown are left out). The CLI prints it and exits with code 2.
-    """
-
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
-                 path: str | tuple | None = None) -> None:
-        self.message = message
-        self.file = file
-        self.line = line
-        self.path = format_path(path) if isinstance(path, tuple) else path
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = ""
-        if self.file:
-            where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
-        if self.path:
-            where += f"{self.path}: "
-        message = " ".join(self.message.split())
-        if len(message) > MAX_MESSAGE_CHARS:  # a 10 MB bad value must not become a 10 MB error line
-            message = message[: MAX_MESSAGE_CHARS - 5] + " [...]"
-        return where + message
+class SpecError(UserError):
+    """Bad input in a spec file (or a ``--set`` override), with file, line and dotted path."""

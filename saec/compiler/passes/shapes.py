@@ -1,7 +1,7 @@
 """Shape inference: the per-example output shape of every node into ``meta['shape']``.
 
 Shapes exclude batch and time. The rule for each op type lives in one table,
-:data:`SHAPE_RULES`, which the builder also uses to infer unset input sizes.
+:data:`SHAPE_RULES` (an :class:`~saec.compiler.dispatch.OpTable`), which the builder also uses to infer unset input sizes.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import math
 from typing import Callable
 
 from saec.compiler import ops
+from saec.compiler.dispatch import OpTable
 from saec.compiler.errors import CompileError
 from saec.compiler.graph import IRGraph
 
@@ -86,7 +87,9 @@ def _same(op: ops.Op, shape: Shape, name: str) -> Shape:
     return shape
 
 
-SHAPE_RULES: dict[type, Callable[[ops.Op, Shape, str], Shape]] = {
+#: The shape rule of each op type: (op, input shape, node name) -> output shape.
+SHAPE_RULES: OpTable[Callable[[ops.Op, Shape, str], Shape]] = OpTable("shape inference")
+for _op_type, _rule in {
     ops.Input: lambda op, shape, name: tuple(op.shape),
     ops.Conv2d: _conv2d,
     ops.ConvTranspose2d: _conv_transpose2d,
@@ -101,12 +104,13 @@ SHAPE_RULES: dict[type, Callable[[ops.Op, Shape, str], Shape]] = {
     ops.ReLU: _same,
     ops.MaxCumulativeReadout: _same,
     ops.Output: _same,
-}
+}.items():
+    SHAPE_RULES.add(_op_type, _rule)
 
 
 def output_shape(op: ops.Op, in_shape: Shape, name: str) -> Shape:
     """Output shape of ``op`` (named ``name``) on an input of ``in_shape``."""
-    return SHAPE_RULES[type(op)](op, in_shape, name)
+    return SHAPE_RULES.lookup(op, node=name)(op, in_shape, name)
 
 
 def infer_shapes(graph: IRGraph) -> bool:
