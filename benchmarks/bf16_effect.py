@@ -25,10 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from saec.compiler.pipeline import compile_spec  # noqa: E402
-from saec.runtime.data import default_mnist_root, load_images  # noqa: E402
-from saec.runtime.losses import reconstruction_loss  # noqa: E402
+from saec.training.data import default_mnist_root, load_images  # noqa: E402
+from saec.training.losses import reconstruction_loss  # noqa: E402
 from saec.runtime.model import SpikingAutoencoder  # noqa: E402
-from saec.runtime.objective import objective  # noqa: E402
+from saec.training.objective import objective  # noqa: E402
 
 
 def main() -> int:

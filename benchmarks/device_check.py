@@ -33,7 +33,7 @@ from saec.compiler.pipeline import compile_spec  # noqa: E402
 from saec.runtime import lif as lif_module  # noqa: E402
 from saec.runtime.lif import lif_scan, scan_backend  # noqa: E402
 from saec.runtime.model import SpikingAutoencoder  # noqa: E402
-from saec.runtime.objective import objective  # noqa: E402
+from saec.training.objective import objective  # noqa: E402
 
 PAPER = LIF(spike_when="ge", lower_bound_mode="clamp", clamp_first=False, integrate="potential",
             surrogate="straight_through", reset_grad="pass", clamp_grad="pass", decay_grad=True)

@@ -12,7 +12,7 @@
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpubench/whl \
 #     snntorch==1.0.0 spikingjelly==2.0.0 loguru==0.7.3 pydantic==2.14.4 pydantic_core==2.50.5 \
 #     annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
-#   python -c "import torch; from saec.runtime.data import load_images; \
+#   python -c "import torch; from saec.training.data import load_images; \
 #     torch.save(load_images('mnist', 'test').images[:1024].clone(), '.gpubench/mnist_test_1024.pt')"
 # Run there:   bash benchmarks/gpu.sh            (carry .gpubench)
 # CPU dry run: DEVICE=cpu WHEELS=0 PYTHON=.venv/bin/python TIMESTEPS="2 3" BATCH=2 REPS=1 ROUNDS=1 \

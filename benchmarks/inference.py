@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from saec.compiler.pipeline import compile_spec  # noqa: E402
 from saec.runtime import fastpath, pool  # noqa: E402
-from saec.runtime.data import default_mnist_root, load_images  # noqa: E402
+from saec.training.data import default_mnist_root, load_images  # noqa: E402
 from saec.runtime.model import SpikingAutoencoder  # noqa: E402
 
 LAYERS = ("conv1", "conv2", "latent", "fc_dec", "deconv1", "output")
@@ -57,7 +57,7 @@ def main() -> int:
     model = SpikingAutoencoder(graph).eval()
     model.reset_parameters(torch.Generator().manual_seed(0))
     if args.weights:
-        from saec.runtime import artifacts
+        from saec.run import artifacts
 
         model.load_ir_state_dict(artifacts.load_weights(args.weights))
     root = default_mnist_root()  # $SAEC_MNIST_ROOT or ./data/mnist; else the embedded subset

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from saec.compiler import ops
 from saec.compiler.graph import IRGraph
-from saec.runtime import losses as L
+from saec.training import losses as L
 from saec.runtime.encoding import poisson_encode
 from saec.runtime.lif import lif_step
 from saec.runtime.readout import max_cumulative_readout

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saec.runtime.data import make_splits
+from saec.training.data import make_splits
 from saec.runtime.encoding import poisson_encode
-from saec.runtime.train import load_model
+from saec.training.train import load_model
 from saec.targets.profile import load_profile
 from saec.targets.quantize import quantize
 

@@ -64,7 +64,7 @@ def _load_images(data: str | None, count: int):
     """The first ``count`` real MNIST images: a .pt tensor file, an MNIST folder, or mnist5k."""
     import torch
 
-    from saec.runtime.data import default_mnist_root, load_images
+    from saec.training.data import default_mnist_root, load_images
 
     if data and data.endswith(".pt"):
         images = torch.load(data)
@@ -85,7 +85,7 @@ def _saec_trainer(name: str, graph, weights, device):
 
     from saec.runtime import fastpath
     from saec.runtime.model import SpikingAutoencoder
-    from saec.runtime.objective import objective
+    from saec.training.objective import objective
 
     switches = set(name.split(":", 1)[1].split("+")) if ":" in name else set()
     unknown = switches - {"torch-scan", "keep-memory", "float-saves", "no-channels-last", "reference", "bf16",

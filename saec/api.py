@@ -154,7 +154,7 @@ class Run:
     @property
     def metrics(self) -> dict[str, Any]:
         """The final validation metrics (``eval.json``; keys in the README's ``saec eval`` table); {} if none."""
-        from saec.runtime import artifacts as A
+        from saec.run import artifacts as A
 
         file = self.path / A.EVAL
         return A.load_json(file) if file.is_file() else {}
@@ -162,7 +162,7 @@ class Run:
     @property
     def history(self) -> list[dict[str, Any]]:
         """One dict per finished epoch (``metrics.jsonl``): training terms, validation L_rec, latent ANR."""
-        from saec.runtime import artifacts as A
+        from saec.run import artifacts as A
 
         file = self.path / A.METRICS
         if not file.is_file():
@@ -172,7 +172,7 @@ class Run:
     @property
     def trained(self) -> bool:
         """Whether the folder holds weights (``model.safetensors``)."""
-        from saec.runtime import artifacts as A
+        from saec.run import artifacts as A
 
         return (self.path / A.WEIGHTS).is_file()
 
@@ -191,7 +191,7 @@ class Run:
             SpecError: the run has no trained weights yet.
         """
         from saec.runtime.module import AutoencoderModule
-        from saec.runtime.train import load_model, resolve_device
+        from saec.training.train import load_model, resolve_device
 
         _, network = load_model(self.path, resolve_device(device))
         return AutoencoderModule(network, record_spikes=record_spikes)
@@ -212,7 +212,7 @@ class Run:
             The metrics written (``eval.json`` or ``eval_limit<N>.json``); with ``with_paths``,
             (metrics, (metrics file, figures folder)).
         """
-        from saec.runtime.report import evaluate_run
+        from saec.run.report import evaluate_run
 
         result = evaluate_run(self.path, data_dir=data_dir, device=device, limit=limit, figures=figures,
                               with_paths=with_paths)
@@ -225,7 +225,7 @@ class Run:
 
     def report(self) -> Path:
         """(Re)write ``RUN/report.html`` (spec, IR, curves, figures, stats, export checks); its path."""
-        from saec.reportpage import write_run_report
+        from saec.analysis.reportpage import write_run_report
 
         return write_run_report(self.path)
 
@@ -236,7 +236,7 @@ def load_run(path: str | Path) -> Run:
     Raises:
         SpecError: no such folder, or not a saec run folder.
     """
-    from saec.runtime.train import load_run as load_spec_and_graph
+    from saec.training.train import load_run as load_spec_and_graph
 
     path = Path(path)
     if not path.is_dir():
@@ -266,10 +266,10 @@ def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path |
 
     Raises:
         SpecError: bad input (existing run, data missing, bad device, unknown logger).
-        saec.runtime.train.TrainingDiverged: NaN/inf loss; the last checkpoint is kept.
-        saec.runtime.train.TrainingInterrupted: Ctrl-C; a resumable checkpoint was written.
+        saec.training.train.TrainingDiverged: NaN/inf loss; the last checkpoint is kept.
+        saec.training.train.TrainingInterrupted: Ctrl-C; a resumable checkpoint was written.
     """
-    from saec.runtime.train import train as run_training
+    from saec.training.train import train as run_training
 
     if not isinstance(compiled, Compiled):
         compiled = compile(compiled)
@@ -288,9 +288,9 @@ def resume(path: str | Path, *, data_dir: str | Path | None = None, device: str 
     Returns:
         The finished :class:`Run`.
     """
-    from saec.runtime.train import train as run_training
+    from saec.training.train import train as run_training
 
-    from saec.runtime.train import load_run as load_spec_and_graph
+    from saec.training.train import load_run as load_spec_and_graph
 
     path = Path(path)
     spec, graph = load_spec_and_graph(path)  # "not a saec run folder (no spec.yaml)" for a wrong folder
@@ -353,10 +353,10 @@ def _record_onnx_check(run: Path, onnx_path: Path) -> None:
 
     from saec.compiler import ops
     from saec.exporters.onnx import compare_with_runtime
-    from saec.runtime import artifacts as A
+    from saec.run import artifacts as A
     from saec.runtime.encoding import poisson_encode
-    from saec.runtime.report import validation_set
-    from saec.runtime.train import load_model
+    from saec.run.report import validation_set
+    from saec.training.train import load_model
 
     file = run / "export" / "onnx_check.json"
     spec, model = load_model(run)
@@ -379,7 +379,7 @@ def _record_onnx_check(run: Path, onnx_path: Path) -> None:
 def _record_nir_check(run: Path, result: Any) -> None:
     """Write ``RUN/export/nir_check.json``: the NIR export's own check (saec's simulation of model.nir
     on the golden input against saec's spikes), for the run's report page."""
-    from saec.runtime import artifacts as A
+    from saec.run import artifacts as A
 
     A.write_json(run / "export" / "nir_check.json", {
         "check": "saec's NIR simulation of model.nir on golden.nir's input vs saec's own spikes, whole trains",
@@ -397,7 +397,7 @@ def refresh_report(run: str | Path) -> Path | None:
     Returns:
         The report's path, or None when the run has no report (an unfinished run).
     """
-    from saec.reportpage import REPORT, write_run_report
+    from saec.analysis.reportpage import REPORT, write_run_report
 
     return write_run_report(run) if (Path(run) / REPORT).is_file() else None
 

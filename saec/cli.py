@@ -152,7 +152,7 @@ def _naming(file: Path, fn: Callable, *args, **kwargs):
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    from saec.runtime.artifacts import write_text
+    from saec.run.artifacts import write_text
 
     write_text(path, text)
 
@@ -172,7 +172,7 @@ def compile_cmd(
 ) -> None:
     """Validate SPEC, build the graph IR, run the analysis passes and print a summary."""
     from saec import api
-    from saec.reporting import print_compile_summary
+    from saec.analysis.reporting import print_compile_summary
 
     profile = None
     if target is not None:
@@ -237,7 +237,7 @@ def train_cmd(
     weights as an uninterrupted one.
     """
     from saec import api
-    from saec.runtime.train import RunWriteFailed, TrainingDiverged, TrainingInterrupted
+    from saec.training.train import RunWriteFailed, TrainingDiverged, TrainingInterrupted
 
     try:
         if resume is not None:
@@ -282,7 +282,7 @@ def _echo_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], err: bool
 def _export_nir(run: Path, *, target: str, examples: int, seed: int, data_dir: Optional[Path],
                 approximate: bool = False) -> None:
     from saec import api
-    from saec.exporters.nir_import import agreement_rows
+    from saec.importers.nir import agreement_rows
 
     result = api.export(run, "nir", target=target, examples=examples, seed=seed, data_dir=data_dir,
                         approximate=approximate)
@@ -370,7 +370,7 @@ def simulate_cmd(
     simulated spike trains differ from the golden ones, and exits 1 when any
     layer differs, 0 when all agree (2: bad input).
     """
-    from saec.exporters.nir_import import (agreement, agreement_rows, golden_reference, nir_input_shape,
+    from saec.importers.nir import (agreement, agreement_rows, golden_reference, nir_input_shape,
                                            read_input_spikes, read_nir, simulate_nir, write_simulation)
 
     graph = read_nir(model)
@@ -460,7 +460,7 @@ def sweep_cmd(
     interrupted sweep continues it. Writes OUT/table.md, OUT/table.csv and
     OUT/runs.csv.
     """
-    from saec.sweep import SweepInterrupted, load_sweep, run_sweep, write_tables
+    from saec.run.sweep import SweepInterrupted, load_sweep, run_sweep, write_tables
 
     sweep = load_sweep(sweep_file, out=out)
     if table_only:
@@ -496,7 +496,7 @@ def stats_cmd(
     Synaptic operations and activation sparsity follow NeuroBench's definitions.
     """
     from saec.api import refresh_report, refuse_spike_input
-    from saec.exporters.stats import print_stats, run_stats
+    from saec.analysis.stats import print_stats, run_stats
 
     refuse_spike_input(run, "saec stats")
     path, stats = run_stats(run, data_dir=data_dir, device=device, examples=examples)
@@ -515,7 +515,7 @@ def report_cmd(
 ) -> None:
     """Write a self-contained HTML report: of one run (spec, IR, curves, figures, stats, export checks),
     or a page comparing several runs (metrics, overlaid curves, spec differences)."""
-    from saec.reportpage import REPORT, render_comparison, render_run_report
+    from saec.analysis.reportpage import REPORT, render_comparison, render_run_report
 
     if len(runs) == 1:
         text, path = render_run_report(runs[0]), output or runs[0] / REPORT

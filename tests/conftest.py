@@ -1,7 +1,7 @@
 """Shared fixtures: repository paths and the real MNIST test-set folder.
 
 The MNIST test set is looked for exactly as the command line looks for it
-(:func:`saec.runtime.data.default_mnist_root`: ``$SAEC_MNIST_ROOT``, then
+(:func:`saec.training.data.default_mnist_root`: ``$SAEC_MNIST_ROOT``, then
 ``./data/mnist``). A fresh
 clone has none of these; only tests whose point is the test set itself need
 it and skip, with the reason in the run's summary (``-rs`` in pyproject.toml).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from saec.runtime.data import default_mnist_root
+from saec.training.data import default_mnist_root
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "specs"

@@ -16,10 +16,10 @@ import yaml
 from typer.testing import CliRunner
 
 from saec.cli import app
-from saec.runtime import artifacts as A
-from saec.runtime import train as train_module
+from saec.run import artifacts as A
+from saec.training import train as train_module
 from tests.conftest import REPO
-from tests.runtime.test_train import MINI_SPEC, light_finish, real_objective  # noqa: F401 (light_finish: a fixture)
+from tests.training.test_train import MINI_SPEC, light_finish, real_objective  # noqa: F401 (light_finish: a fixture)
 
 runner = CliRunner()
 
@@ -125,7 +125,7 @@ def test_missing_mnist_is_one_line_naming_the_alternatives(spec_file, tmp_path):
 
 
 def test_offline_download_is_one_line_naming_the_alternatives(spec_file, tmp_path, monkeypatch):
-    from saec.runtime import data
+    from saec.training import data
 
     def offline(root, split):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")

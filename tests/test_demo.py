@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from saec import demo
-from saec.runtime import artifacts as A
-from saec.runtime import data
-from tests.runtime.test_data import tiny_mnist
+from saec.run import artifacts as A
+from saec.training import data
+from tests.training.test_data import tiny_mnist
 
 
 def test_all_zero_rec_loss_by_hand():

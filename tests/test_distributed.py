@@ -2,7 +2,7 @@
 
 Why the comparison can be tight: under DDP every rank draws the Poisson
 encoding of the whole global batch from the same generator and keeps its own
-examples (saec.runtime.train._rank_inputs), so each example gets the spike
+examples (saec.training.train._rank_inputs), so each example gets the spike
 train a single process gives it. The data order, the initial weights and the
 evaluation are the same too, and DDP averages the two ranks' gradients of
 their (equal-sized) batch means, which is the gradient of the global batch
@@ -28,8 +28,8 @@ import torch
 import torch.multiprocessing as mp
 
 from saec.compiler.pipeline import compile_spec
-from saec.runtime import artifacts as A
-from saec.runtime.train import train
+from saec.run import artifacts as A
+from saec.training.train import train
 from tests.conftest import SPECS
 
 SMALL = ["layers.conv1.out_channels=2", "layers.conv2.out_channels=2", "layers.latent.out_features=12",

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from saec import sweep as S
+from saec.run import sweep as S
 from saec.cli import app
-from saec.runtime import artifacts as A
-from saec.runtime import report
-from saec.runtime.train import TrainingInterrupted, train
+from saec.run import artifacts as A
+from saec.run import report
+from saec.training.train import TrainingInterrupted, train
 from tests.conftest import SPECS
-from tests.runtime.test_train import mini
-from tests.test_sweep import fake_training, small_sweep  # noqa: F401 (fake_training: a fixture)
+from tests.training.test_train import mini
+from tests.run.test_sweep import fake_training, small_sweep  # noqa: F401 (fake_training: a fixture)
 
 runner = CliRunner()
 
@@ -122,7 +122,7 @@ def test_unwritable_sweep_out_is_one_line(tmp_path):
 def test_a_run_folder_spec_compiles_to_its_ir_with_per_layer_neuron_overrides(tmp_path, override):
     """spec.yaml keeps only the override fields written (unset ones inherit), so load_run's check holds."""
     from saec.compiler.pipeline import compile_spec
-    from saec.runtime.train import load_run
+    from saec.training.train import load_run
     from saec.spec.loader import resolved_yaml
 
     loaded, graph = compile_spec(str(SPECS / "sae_dense.yaml"), [override])

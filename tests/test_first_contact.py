@@ -83,7 +83,7 @@ SHIPPED = sorted(p.relative_to(REPO / "specs").as_posix() for p in (REPO / "spec
 def test_every_shipped_spec_stops_with_advice_that_works(name, tmp_path, monkeypatch):
     """On a machine with no MNIST: the advice of the data error, followed literally, finds the data."""
     import saec
-    from saec.runtime.data import DataError, check_data
+    from saec.training.data import DataError, check_data
 
     monkeypatch.delenv("SAEC_MNIST_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)

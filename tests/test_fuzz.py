@@ -31,9 +31,9 @@ from hypothesis import strategies as st  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from saec.cli import app  # noqa: E402
-from saec.runtime import checkpoint as C  # noqa: E402
+from saec.run import checkpoint as C  # noqa: E402
 from tests.conftest import SPECS  # noqa: E402
-from tests.runtime.test_train import MINI_SPEC, baseline  # noqa: E402,F401 (baseline: a fixture)
+from tests.training.test_train import MINI_SPEC, baseline  # noqa: E402,F401 (baseline: a fixture)
 
 TIME_BOUND_S = 20.0
 BUDGET = {"spec": 40, "text": 40, "bytes": 20, "sweep": 15, "run": 8}
@@ -337,8 +337,8 @@ def plausible_specs(draw) -> dict:
 def fuzz_compiles_then_trains(data: dict) -> None:
     """A spec that compiles trains one step without an error (a NaN loss is a clean stop, exit 1)."""
     from saec.compiler.pipeline import compile_spec
-    from saec.runtime import report
-    from saec.runtime.train import TrainingDiverged, train
+    from saec.run import report
+    from saec.training.train import TrainingDiverged, train
     from saec.spec.errors import SpecError
 
     folder = Path(tempfile.mkdtemp(prefix="saec-fuzz-"))

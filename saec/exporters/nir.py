@@ -1,6 +1,6 @@
 """saec -> NIR: the verified export of a trained run (``saec export RUN --format nir``).
 
-Together with :mod:`saec.exporters.nir_import` the only modules that import ``nir``.
+Together with :mod:`saec.importers.nir` the only modules that import ``nir``.
 
 What is written (``RUN/export/``):
 
@@ -465,7 +465,7 @@ class NirExport:
     #: semantics written approximately (``approximate=True``), one sentence each; empty for an exact export
     approximated: list[str]
     #: NIR node -> agreement of saec's NIR simulation of ``model`` with the golden spikes
-    #: (:func:`saec.exporters.nir_import.agreement`: whole spike trains, every (t, example, neuron))
+    #: (:func:`saec.importers.nir.agreement`: whole spike trains, every (t, example, neuron))
     agreement: dict[str, dict[str, int]]
 
     @property
@@ -512,7 +512,7 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
     """Export a trained run to NIR, with golden data; see the module docstring.
 
     The written ``model.nir`` is then simulated by saec's NIR simulator
-    (:func:`saec.exporters.nir_import.simulate_nir`) on the golden input and
+    (:func:`saec.importers.nir.simulate_nir`) on the golden input and
     compared with the golden spikes, train by train (:attr:`NirExport.agreement`).
 
     Args:
@@ -532,10 +532,10 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
             Nothing is written then.
     """
     from saec.compiler.passes.lower_nir import lower_for_nir
-    from saec.exporters.nir_import import agreement, simulate_nir
-    from saec.runtime import artifacts as A
-    from saec.runtime.data import DataError, make_splits
-    from saec.runtime.train import load_model
+    from saec.importers.nir import agreement, simulate_nir
+    from saec.run import artifacts as A
+    from saec.training.data import DataError, make_splits
+    from saec.training.train import load_model
 
     run = Path(run)
     if not run.is_dir():

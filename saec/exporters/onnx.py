@@ -49,7 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 from saec import __version__
 from saec.compiler import ops
 from saec.compiler.graph import IRGraph
-from saec.runtime import artifacts as A
+from saec.run import artifacts as A
 from saec.spec.errors import SpecError
 
 #: ONNX opset the graph is written for (Split with ``num_outputs`` needs 18).
@@ -408,7 +408,7 @@ def export_onnx(run: Path, *, timesteps: int | None = None, batch: int | None = 
         SpecError: not a run folder, not trained, an impossible T / batch, or a
             model that fails ``onnx.checker.check_model(full_check=True)``.
     """
-    from saec.runtime.train import load_model
+    from saec.training.train import load_model
 
     run = Path(run)
     _, model = load_model(run)

@@ -64,7 +64,7 @@ def probe(name: str) -> dict:
     def init(self, *args, **kwargs):
         import torch  # the worker has loaded it by now
 
-        from saec.runtime import objective as objective_module
+        from saec.training import objective as objective_module
         from saec.runtime import pool
         from saec.runtime.kernels import cpu_lif
 

@@ -26,12 +26,12 @@ from saec.compiler.graph import IRGraph
 from saec.compiler.passes.shapes import infer_shapes
 from saec.compiler.pipeline import compile_spec
 from saec.exporters import nir as X
-from saec.exporters.nir_import import (agreement, check_input_spikes, nir_to_ir, read_input_spikes, read_nir,
+from saec.importers.nir import (agreement, check_input_spikes, nir_to_ir, read_input_spikes, read_nir,
                                        simulate_nir)
-from saec.runtime import artifacts as A
+from saec.run import artifacts as A
 from saec.runtime.encoding import poisson_encode
 from saec.runtime.model import SpikingAutoencoder
-from saec.runtime.train import load_model
+from saec.training.train import load_model
 from saec.spec.errors import SpecError
 from saec.spec.loader import resolved_yaml
 from tests.conftest import SPECS
@@ -264,7 +264,7 @@ def test_norse_threshold_compares_like_the_spike_rule_in_norses_float32(decay, s
 def test_golden_data_is_saecs_encoder_and_trained_model(exported):
     gold = golden_trains(exported)
     spec, model = load_model(exported)
-    from saec.runtime.data import make_splits
+    from saec.training.data import make_splits
 
     _, val = make_splits(spec.data, seed=spec.training.seed)
     images = val.images[:4].float()

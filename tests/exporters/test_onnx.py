@@ -24,7 +24,7 @@ from saec.compiler.pipeline import compile_spec
 from saec.exporters.onnx import (IMAGE_INPUT, IR_VERSION, OPSET, RECONSTRUCTION_OUTPUT, SPIKES_INPUT, activations_output,
                                  build_onnx_model, compare_with_runtime, counts_output, export_onnx, run_onnx,
                                  spike_train_mismatches, train_output)
-from saec.runtime import artifacts as A
+from saec.run import artifacts as A
 from saec.runtime.model import SpikingAutoencoder
 from saec.spec.errors import SpecError
 from tests.conftest import SPECS
@@ -219,7 +219,7 @@ def test_op_without_lowering_is_a_spec_error(tmp_path):
 @pytest.fixture(scope="module")
 def interrupted_run(tmp_path_factory):
     """A run folder interrupted before its first step: initial weights, no evaluation (fast)."""
-    from saec.runtime.train import TrainingInterrupted, train
+    from saec.training.train import TrainingInterrupted, train
 
     out = tmp_path_factory.mktemp("run") / "sae"
     loaded, graph = compile_spec(str(SPECS / "sae_dense.yaml"), [
@@ -231,7 +231,7 @@ def interrupted_run(tmp_path_factory):
 
 
 def test_export_onnx_writes_checked_model_that_matches_runtime(interrupted_run):
-    from saec.runtime.train import load_model
+    from saec.training.train import load_model
 
     path = export_onnx(interrupted_run)
     assert path == interrupted_run / A.EXPORT / "model.onnx"
@@ -251,7 +251,7 @@ def test_export_cli_onnx(interrupted_run):
     """The file `saec export` writes, run by onnxruntime itself, gives saec's spike counts and x_hat."""
     import onnxruntime as ort
 
-    from saec.runtime.train import load_model
+    from saec.training.train import load_model
 
     path = interrupted_run / A.EXPORT / "model.onnx"
     path.unlink(missing_ok=True)
@@ -305,7 +305,7 @@ def test_paper_sae_t16_onnxruntime_reproduces_spikes_on_mnist():
     0 of 14,373,120 (example, neuron) counts differ, 2,827,670 spikes; x_hat
     relative error <= 1.9e-7. The unrolled graph has 734 nodes.
     """
-    from saec.runtime.data import load_images
+    from saec.training.data import load_images
     from saec.runtime.encoding import poisson_encode
 
     _, graph = compile_spec(str(SPECS / "paper" / "sae.yaml"), ["encoding.timesteps=16"])

@@ -32,7 +32,7 @@ from saec.runtime import fastpath, pool
 from saec.runtime.kernels import cpu_lif
 from saec.runtime.lif import lif_scan, scan_backend
 from saec.runtime.model import SpikingAutoencoder
-from saec.runtime.objective import objective
+from saec.training.objective import objective
 from tests.conftest import REPO, SPECS
 
 needs_c = pytest.mark.skipif(cpu_lif.library() is None, reason="no C compiler: the C scan is not built")

@@ -20,7 +20,7 @@ from saec.compiler.pipeline import compile_spec
 from saec.runtime import model as model_module
 from saec.runtime.lif import lif_scan_autograd
 from saec.runtime.model import SpikingAutoencoder
-from saec.runtime.objective import objective
+from saec.training.objective import objective
 from tests.conftest import SPECS
 
 MARGIN = 1e-4  # potentials this close to the threshold or the floor are redrawn (float32 runs too)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from saec import sweep as S
+from saec.run import sweep as S
 from saec.cli import app
 from saec.compiler.passes.cost import _taps
 from saec.compiler.passes.memory import estimate_training_memory

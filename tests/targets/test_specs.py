@@ -10,7 +10,7 @@ from saec.cli import app
 from saec.compiler import ops
 from saec.compiler.pipeline import compile_spec
 from saec.runtime.model import SpikingAutoencoder
-from saec.runtime.objective import objective
+from saec.training.objective import objective
 from saec.spec.errors import SpecError
 from tests.conftest import SPECS
 
