@@ -23,3 +23,10 @@ class CompileError(Exception):
     def __str__(self) -> str:
         where = f"node `{self.node}`: " if self.node else ""
         return where + self.message + "".join(f"; {c}" for c in self.context)
+
+
+class InvalidOp(CompileError, ValueError):
+    """An op record was constructed with values that break its invariants (decay outside [0, 1], ...).
+
+    Raised by the ops' ``__post_init__``; also a ``ValueError``, as for any bad argument.
+    """

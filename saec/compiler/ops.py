@@ -5,13 +5,25 @@ are the physics and the hyper-parameters, never derived state (shapes, costs
 and the like are written by passes into a node's ``meta``). Ops serialise
 through one generic pair, :func:`op_to_dict` / :func:`op_from_dict`, keyed by
 the ``type`` class variable.
+
+Semantic defaults come from :mod:`saec.spec.defaults` (one home for the schema,
+the presets and the ops). Every op checks its invariants when it is constructed
+(``__post_init__``) and raises :class:`~saec.compiler.errors.InvalidOp` naming
+the op and the field, so no stage ever sees a decay of -1 or a zero kernel.
+Facts derived from an op's fields live on the op: the readout divisor
+(:meth:`MaxCumulativeReadout.divisor`), the LIF kernel's mode flags
+(:attr:`LIF.kernel_mode`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
+
+from saec.compiler.errors import InvalidOp
+from saec.spec import defaults as D
 
 Reset = Literal["zero", "subtract", "none"]
 LowerBoundMode = Literal["clamp", "revive"]
@@ -19,6 +31,7 @@ SpikeWhen = Literal["ge", "gt"]
 Integrate = Literal["potential", "current"]
 SurrogateKind = Literal["straight_through", "spike_gated", "fast_sigmoid", "arctan"]
 GradPath = Literal["pass", "cut"]
+NoiseResample = Literal["per_step", "per_batch"]
 
 OP_TYPES: dict[str, type["Op"]] = {}
 
@@ -37,6 +50,61 @@ class Op:
         super().__init_subclass__(**kwargs)
         OP_TYPES[cls.type] = cls
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise :class:`InvalidOp` when a field breaks the op's invariants (subclasses add rules)."""
+
+    def _fail(self, field: str, rule: str, value: Any) -> None:
+        raise InvalidOp(f"{self.type}: {field} {rule}, got {value!r}")
+
+    def _positive(self, *fields: str) -> None:
+        """Each field, an int or a tuple of ints, is > 0."""
+        for f in fields:
+            value = getattr(self, f)
+            if not all(isinstance(v, int) and v > 0 for v in _ints(value)):
+                self._fail(f, "must be positive integers" if isinstance(value, tuple) else "must be an integer > 0",
+                           value)
+
+    def _non_negative(self, *fields: str) -> None:
+        """Each field, an int or a tuple of ints, is >= 0."""
+        for f in fields:
+            value = getattr(self, f)
+            if not all(isinstance(v, int) and v >= 0 for v in _ints(value)):
+                self._fail(f, "must be integers >= 0" if isinstance(value, tuple) else "must be an integer >= 0",
+                           value)
+
+    def _pair(self, *fields: str) -> None:
+        for f in fields:
+            value = getattr(self, f)
+            if not (isinstance(value, tuple) and len(value) == 2):
+                self._fail(f, "must be a pair (h, w)", value)
+
+    def _in_range(self, field: str, lo: float, hi: float, *, lo_open: bool = False) -> None:
+        """``lo <= value <= hi`` (``lo < value`` when ``lo_open``), finite."""
+        value = getattr(self, field)
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > lo if lo_open else value >= lo) \
+            and value <= hi
+        if not ok:
+            self._fail(field, f"must lie in {'(' if lo_open else '['}{lo:g}, {hi:g}]", value)
+
+    def _above_zero(self, *fields: str) -> None:
+        """Each field is a finite number > 0."""
+        for f in fields:
+            value = getattr(self, f)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                self._fail(f, "must be a finite number > 0", value)
+
+    def _one_of(self, field: str, literal: Any) -> None:
+        value = getattr(self, field)
+        if value not in get_args(literal):
+            self._fail(field, f"must be one of {', '.join(map(str, get_args(literal)))}", value)
+
+
+def _ints(value: Any) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
 
 # ---------------------------------------------------------------- graph ends
 @dataclass(frozen=True)
@@ -45,6 +113,9 @@ class Input(Op):
 
     type: ClassVar[str] = "input"
     shape: tuple[int, ...] = ()
+
+    def check(self) -> None:
+        self._positive("shape")
 
 
 @dataclass(frozen=True)
@@ -64,11 +135,19 @@ class PoissonEncode(Op):
     """
 
     type: ClassVar[str] = "poisson_encode"
-    timesteps: int = 100  # T, number of discrete steps
-    scale: float = 0.2  # s, dimensionless; also the readout divisor
-    noise: float = 0.0  # epsilon in [0, 1]
-    noise_resample: Literal["per_step", "per_batch"] = "per_step"  # when xi is drawn
-    encoder_scale: float | None = None  # scale the encoder really uses (None: ``scale``)
+    timesteps: int = D.ENCODING["timesteps"]  # T, number of discrete steps
+    scale: float = D.ENCODING["scale"]  # s, dimensionless in (0, 1]; also the readout divisor
+    noise: float = D.ENCODING["noise"]  # epsilon in [0, 1]
+    noise_resample: NoiseResample = D.ENCODING["noise_resample"]  # when xi is drawn
+    encoder_scale: float | None = D.ENCODING["encoder_scale"]  # scale the encoder really uses (None: ``scale``)
+
+    def check(self) -> None:
+        self._positive("timesteps")
+        self._in_range("scale", 0.0, 1.0, lo_open=True)
+        self._in_range("noise", 0.0, 1.0)
+        self._one_of("noise_resample", NoiseResample)
+        if self.encoder_scale is not None:
+            self._in_range("encoder_scale", 0.0, 1.0, lo_open=True)
 
     @property
     def effective_scale(self) -> float:
@@ -88,7 +167,13 @@ class Conv2d(Op):
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     bias: bool = False
-    init_std_factor: float = 1.0  # std = factor * sqrt(2 / fan_in), paper Eq. 13
+    init_std_factor: float = D.INIT["conv_std_factor"]  # std = factor * sqrt(2 / fan_in), paper Eq. 13
+
+    def check(self) -> None:
+        self._pair("kernel_size", "stride", "padding")
+        self._positive("in_channels", "out_channels", "kernel_size", "stride")
+        self._non_negative("padding")
+        self._above_zero("init_std_factor")
 
 
 @dataclass(frozen=True)
@@ -104,7 +189,13 @@ class ConvTranspose2d(Op):
     padding: tuple[int, int] = (0, 0)
     output_padding: tuple[int, int] = (0, 0)
     bias: bool = False
-    init_std_factor: float = 1.0
+    init_std_factor: float = D.INIT["conv_std_factor"]
+
+    def check(self) -> None:
+        self._pair("kernel_size", "stride", "padding", "output_padding")
+        self._positive("in_channels", "out_channels", "kernel_size", "stride")
+        self._non_negative("padding", "output_padding")
+        self._above_zero("init_std_factor")
 
 
 @dataclass(frozen=True)
@@ -116,7 +207,11 @@ class Linear(Op):
     in_features: int = 1
     out_features: int = 1
     bias: bool = False
-    init_std_factor: float = 1.0
+    init_std_factor: float = D.INIT["linear_std_factor"]
+
+    def check(self) -> None:
+        self._positive("in_features", "out_features")
+        self._above_zero("init_std_factor")
 
 
 @dataclass(frozen=True)
@@ -132,6 +227,11 @@ class Unflatten(Op):
 
     type: ClassVar[str] = "unflatten"
     shape: tuple[int, ...] = ()
+
+    def check(self) -> None:
+        if not self.shape:
+            self._fail("shape", "must have at least one axis", self.shape)
+        self._positive("shape")
 
 
 # ---------------------------------------------------------------- neurons
@@ -150,19 +250,56 @@ class LIF(Op):
 
     type: ClassVar[str] = "lif"
     spiking: ClassVar[bool] = True
-    decay: float = 0.99  # per-step membrane decay factor, dimensionless in [0, 1]
-    threshold: float = 1.0  # firing threshold, in units of the input current
-    reset: Reset = "zero"  # zero: u'=0; subtract: u'=u-threshold; none: keep u
-    lower_bound: float | None = None  # floor of the membrane; None: no floor
-    lower_bound_mode: LowerBoundMode = "clamp"  # clamp: set to lower_bound; revive: set to +threshold
-    clamp_first: bool = True  # apply the lower-bound rule before the spike test
-    spike_when: SpikeWhen = "gt"  # ge: u >= threshold (paper Eq. 3); gt: u > threshold
-    integrate: Integrate = "current"  # what the cumulative potential U sums
-    surrogate: SurrogateKind = "spike_gated"  # d phi / d u in backward
-    slope: float = 1.0  # surrogate slope (fast_sigmoid, arctan)
-    reset_grad: GradPath = "cut"  # pass: reset is noise (grad 1); cut: grad 0 at a spike
-    clamp_grad: GradPath = "cut"  # pass: lower-bound rule is noise; cut: grad 0 where applied
-    decay_grad: bool = False  # True: backward multiplies by decay; False: identity
+    decay: float = D.NEURON["decay"]  # per-step membrane decay factor, dimensionless in [0, 1]
+    threshold: float = D.NEURON["threshold"]  # firing threshold (> 0), in units of the input current
+    reset: Reset = D.NEURON["reset"]  # zero: u'=0; subtract: u'=u-threshold; none: keep u
+    lower_bound: float | None = D.NEURON["lower_bound"]  # floor of the membrane; None: no floor
+    lower_bound_mode: LowerBoundMode = D.NEURON["lower_bound_mode"]  # clamp: set to lower_bound; revive: +threshold
+    clamp_first: bool = D.NEURON["clamp_first"]  # apply the lower-bound rule before the spike test
+    spike_when: SpikeWhen = D.NEURON["spike_when"]  # ge: u >= threshold (paper Eq. 3); gt: u > threshold
+    integrate: Integrate = D.NEURON["integrate"]  # what the cumulative potential U sums
+    surrogate: SurrogateKind = D.SURROGATE["type"]  # d phi / d u in backward
+    slope: float = D.SURROGATE["slope"]  # surrogate slope (fast_sigmoid, arctan), > 0
+    reset_grad: GradPath = D.SURROGATE["reset_grad"]  # pass: reset is noise (grad 1); cut: grad 0 at a spike
+    clamp_grad: GradPath = D.SURROGATE["clamp_grad"]  # pass: lower-bound rule is noise; cut: grad 0 where applied
+    decay_grad: bool = D.SURROGATE["decay_grad"]  # True: backward multiplies by decay; False: identity
+
+    def check(self) -> None:
+        self._in_range("decay", 0.0, 1.0)
+        self._above_zero("threshold", "slope")
+        if self.lower_bound is not None and not (isinstance(self.lower_bound, (int, float))
+                                                 and math.isfinite(self.lower_bound)):
+            self._fail("lower_bound", "must be a finite number or None", self.lower_bound)
+        for field, literal in (("reset", Reset), ("lower_bound_mode", LowerBoundMode), ("spike_when", SpikeWhen),
+                               ("integrate", Integrate), ("surrogate", SurrogateKind), ("reset_grad", GradPath),
+                               ("clamp_grad", GradPath)):
+            self._one_of(field, literal)
+
+    @property
+    def kernel_mode(self) -> "LIFKernelMode":
+        """The fields decoded into the integer mode flags of the fused scan kernels (C, CUDA, torch).
+
+        The backward flags (``reset_cut``, ``floor_cut``, ``gate_mode``) describe a scan
+        that keeps what backward needs; a forward-only scan uses 0 for all three.
+        """
+        floor = 0 if self.lower_bound is None else (1 if self.clamp_first else 2)
+        floor_cut = floor != 0 and self.clamp_grad == "cut"
+        if self.surrogate == "spike_gated":
+            # where the floor rule ran first and is cut, a neuron set to the floor value that then spikes
+            # carries no spike gradient: "fired and not floored"
+            gate_mode = 2 if floor_cut and floor == 1 else 1
+        else:
+            gate_mode = 3 if floor_cut and floor == 1 else 0
+        return LIFKernelMode(
+            spike_ge=int(self.spike_when == "ge"),
+            reset=("zero", "subtract", "none").index(self.reset),
+            floor=floor,
+            floor_overlaps_spike=int(floor == 2 and self.lower_bound > self.threshold),
+            integrate=int(self.integrate == "current"),
+            reset_cut=int(self.reset == "zero" and self.reset_grad == "cut"),
+            floor_cut=int(floor_cut),
+            gate_mode=gate_mode,
+        )
 
     @property
     def floor_value(self) -> float | None:
@@ -170,6 +307,23 @@ class LIF(Op):
         if self.lower_bound is None:
             return None
         return self.threshold if self.lower_bound_mode == "revive" else self.lower_bound
+
+
+@dataclass(frozen=True)
+class LIFKernelMode:
+    """Integer mode flags of the LIF scan kernels, decoded once from a :class:`LIF`'s fields."""
+
+    spike_ge: int  # 1: spike at u >= threshold; 0: u > threshold
+    reset: int  # 0 zero, 1 subtract, 2 none
+    floor: int  # 0 no floor; 1 floor rule before the spike test (clamp_first); 2 after it
+    floor_overlaps_spike: int  # 1: floor after the test and above the threshold, so both can act at once
+    integrate: int  # 1: U sums the input current (published code); 0: U sums the potential (Eq. 7)
+    reset_cut: int  # backward: no gradient through u at a spike
+    floor_cut: int  # backward: no gradient where the floor rule acted
+    # backward spike-gradient gate: 0 none; 1 where fired; 2 where fired and not floored (a runtime may
+    # use 1 when the floor value cannot pass the spike test in its dtype: the masks are then equal);
+    # 3 cut where the floor rule ran first (no spike gate)
+    gate_mode: int
 
 
 @dataclass(frozen=True)
@@ -186,6 +340,9 @@ class Reparameterize(Op):
     type: ClassVar[str] = "reparameterize"
     latent_features: int = 1
 
+    def check(self) -> None:
+        self._positive("latent_features")
+
 
 @dataclass(frozen=True)
 class LeakyIntegrator(Op):
@@ -197,8 +354,13 @@ class LeakyIntegrator(Op):
     """
 
     type: ClassVar[str] = "leaky_integrator"
-    decay: float = 0.99  # per-step membrane decay factor, dimensionless in [0, 1]
-    gain: float = 1.0  # per-step input gain, v units per unit of input current
+    decay: float = D.NEURON["decay"]  # per-step membrane decay factor, dimensionless in [0, 1]
+    gain: float = 1.0  # per-step input gain, v units per unit of input current (finite)
+
+    def check(self) -> None:
+        self._in_range("decay", 0.0, 1.0)
+        if not (isinstance(self.gain, (int, float)) and math.isfinite(self.gain)):
+            self._fail("gain", "must be a finite number", self.gain)
 
 
 # ---------------------------------------------------------------- pooling
@@ -211,6 +373,11 @@ class SumPool2d(Op):
     stride: tuple[int, int] = (2, 2)  # pixels (h, w)
     padding: tuple[int, int] = (0, 0)  # zeros added on each side, pixels (h, w)
 
+    def check(self) -> None:
+        self._pair("kernel_size", "stride", "padding")
+        self._positive("kernel_size", "stride")
+        self._non_negative("padding")
+
 
 # ---------------------------------------------------------------- readout
 @dataclass(frozen=True)
@@ -222,9 +389,22 @@ class MaxCumulativeReadout(Op):
     """
 
     type: ClassVar[str] = "max_cumulative_readout"
-    scale: float = 0.2
-    t_min: int = 1
-    divide_by_timesteps: bool = True
+    scale: float = D.READOUT["scale"]  # s, dimensionless, > 0
+    t_min: int = D.READOUT["t_min"]  # first step in the max, >= 0
+    divide_by_timesteps: bool = D.READOUT["divide_by_timesteps"]
+
+    def check(self) -> None:
+        self._above_zero("scale")
+        self._non_negative("t_min")
+
+    def divisor(self, timesteps: int) -> float:
+        """What max_t U(t) is divided by over ``timesteps`` steps: T * scale, or scale (paper Eq. 8)."""
+        return timesteps * self.scale if self.divide_by_timesteps else self.scale
+
+    @property
+    def divisor_formula(self) -> str:
+        """The divisor as a formula, ``T*s`` or ``s``."""
+        return "T*s" if self.divide_by_timesteps else "s"
 
 
 def op_to_dict(op: Op) -> dict[str, Any]:

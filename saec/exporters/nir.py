@@ -54,10 +54,10 @@ from saec import __version__
 from saec.compiler import ops
 from saec.compiler.errors import CompileError
 from saec.compiler.graph import IRGraph
+# DT: seconds of NIR time per saec step, defined with the unit conversions (still saec.exporters.nir.DT)
+from saec.compiler.nir_units import DT, if_r, li_tau_r, lif_tau_r
 from saec.spec.errors import SpecError
 
-#: Seconds of NIR time per saec time step (see the module docstring).
-DT = 1e-4
 #: Targets of ``saec export --target``: standard NIR, or a variant an importer runs exactly.
 TARGETS = ("standard", "snntorch", "norse")
 MODEL_FILE = "model.nir"
@@ -123,11 +123,10 @@ def _lif_node(name: str, op: ops.LIF, in_shape, shape, weights, target: str) -> 
     # reset "subtract" / "none" and a membrane floor are refused (or approximated) before this: nir_blockers.
     thr = float(lif_threshold(op))
     if op.decay == 1.0:  # no leak: NIR IF, dv/dt = r I, so r = 1/dt makes one Euler step add I
-        return nir.IF(r=_full(shape, 1.0 / DT), v_threshold=_full(shape, thr, np.float32),
+        return nir.IF(r=_full(shape, if_r(DT)), v_threshold=_full(shape, thr, np.float32),
                       v_reset=_full(shape, 0.0, np.float32), metadata=_neuron_metadata(op))
-    leak = 1.0 - op.decay
-    r = 1.0 / leak
-    tau = _full(shape, DT / leak)
+    tau_s, r = lif_tau_r(op.decay, DT)
+    tau = _full(shape, tau_s)
     if target == "norse":
         # Norse's LIF ignores r: use the equivalent r = 1, which scales v (and the threshold) by 1 - decay,
         # with the scale computed as Norse computes it and the float32 step below taken after scaling.
@@ -139,10 +138,11 @@ def _lif_node(name: str, op: ops.LIF, in_shape, shape, weights, target: str) -> 
 
 
 def _li_node(name: str, op: ops.LeakyIntegrator, in_shape, shape, weights, target: str) -> nir.NIRNode:
-    leak = 1.0 - op.decay
-    if leak == 0.0:
-        raise CompileError("a leaky integrator with decay 1 has no NIR LI equivalent", node=name)
-    return nir.LI(tau=_full(shape, DT / leak), r=_full(shape, op.gain / leak), v_leak=_full(shape, 0.0),
+    try:
+        tau, r = li_tau_r(op.decay, op.gain, DT)
+    except ValueError:
+        raise CompileError("a leaky integrator with decay 1 has no NIR LI equivalent", node=name) from None
+    return nir.LI(tau=_full(shape, tau), r=_full(shape, r), v_leak=_full(shape, 0.0),
                   metadata=_neuron_metadata(op))
 
 
@@ -370,7 +370,7 @@ def graph_metadata(graph: IRGraph, target: str) -> dict[str, Any]:
             src = graph.inputs(name)[0]
             lif: ops.LIF = graph.op(src)
             T = int(attrs.get("timesteps", 1))
-            divisor = T * op.scale if op.divide_by_timesteps else op.scale
+            divisor = op.divisor(T)
             rule = ("U(t) = decay * (U(t-1) + I(t)), I = input current of the output neurons"
                     if lif.integrate == "current" else "U(t) = decay * U(t-1) + u(t), u = output membrane")
             meta["readout"] = {

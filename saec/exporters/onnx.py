@@ -293,7 +293,7 @@ def _lower_readout(lo: _Lowering, name: str, op: ops.MaxCumulativeReadout, h: st
     peak = emit.node("ReduceMax", [U_all, emit.shape(f"{name}.time_axis", (0,))], f"{name}.peak", keepdims=0)
     if op.t_min == 0:
         peak = emit.node("Relu", [peak], f"{name}.peak0")  # U(0) = 0 takes part in the max
-    divisor = T * op.scale if op.divide_by_timesteps else op.scale
+    divisor = op.divisor(T)
     x_hat = emit.node("Div", [peak, emit.scalar(divisor)], f"{name}.x_hat")
     return emit.node("Unsqueeze", [x_hat, emit.shape(f"{name}.axis0", (0,))], name)
 

@@ -27,17 +27,19 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import nir
 import numpy as np
 
 from saec.compiler import ops
-from saec.compiler.errors import CompileError
+from saec.compiler.errors import CompileError, InvalidOp
 from saec.compiler.graph import IRGraph
+from saec.compiler.nir_units import DT, decay_from_tau, gain_from_tau, if_gain, threshold_from_v
 from saec.compiler.passes.shapes import fmt, infer_shapes
-from saec.exporters.nir import DT, INPUT_NODE, OUTPUT_NODE, read_golden
+from saec.exporters.nir import INPUT_NODE, OUTPUT_NODE, read_golden
 from saec.spec.errors import SpecError
 
 #: Relative tolerance within which a node's ``saec_op`` metadata must agree with its NIR parameters.
@@ -106,17 +108,31 @@ def _lif_op(name: str, node: nir.NIRNode, dt: float) -> ops.LIF:
     tau, r, thr = (_uniform(name, f, getattr(node, f)) for f in ("tau", "r", "v_threshold"))
     if tau <= 0:
         raise CompileError(f"tau must be > 0, got {tau:g}", node=name)
-    decay, gain = 1.0 - dt / tau, dt * r / tau
+    decay, gain = decay_from_tau(tau, dt), gain_from_tau(tau, r, dt)
     if gain <= 0:
         raise CompileError(f"r must be > 0, got {r:g}", node=name)
-    threshold = thr / gain
+    threshold = threshold_from_v(thr, gain)
     known = _saec_op(node)
     # The exporter writes float32 thresholds (and nextafter(threshold, 0) for ">="): agree to float32 precision.
     if isinstance(known, ops.LIF) and _close(known.decay, decay) and \
             math.isclose(known.threshold, threshold, rel_tol=1e-6):
         return ops.LIF(decay=known.decay, threshold=known.threshold, spike_when=known.spike_when,
                        reset="zero", lower_bound=None)
-    return ops.LIF(decay=decay, threshold=threshold, spike_when="gt", reset="zero", lower_bound=None)
+    with _step_too_long(name, tau, dt):
+        return ops.LIF(decay=decay, threshold=threshold, spike_when="gt", reset="zero", lower_bound=None)
+
+
+@contextmanager
+def _step_too_long(name: str, tau: float, dt: float) -> Iterator[None]:
+    """Locate an op invariant broken by a NIR neuron; say why when its tau is shorter than dt."""
+    try:
+        yield
+    except InvalidOp as exc:
+        exc.node = name
+        if tau < dt:
+            exc.add_context(f"decay = 1 - dt/tau < 0 because tau = {tau:g} s is shorter than the time step "
+                            f"dt = {dt:g} s; forward Euler needs tau >= dt (simulate with a smaller --dt)")
+        raise
 
 
 def _if_op(name: str, node: nir.IF, dt: float) -> ops.LIF:
@@ -124,7 +140,7 @@ def _if_op(name: str, node: nir.IF, dt: float) -> ops.LIF:
     r, thr = _uniform(name, "r", node.r), _uniform(name, "v_threshold", node.v_threshold)
     if r <= 0:
         raise CompileError(f"r must be > 0, got {r:g}", node=name)
-    threshold = thr / (dt * r)
+    threshold = threshold_from_v(thr, if_gain(r, dt))
     known = _saec_op(node)
     if isinstance(known, ops.LIF) and known.decay == 1.0 and math.isclose(known.threshold, threshold, rel_tol=1e-6):
         return ops.LIF(decay=1.0, threshold=known.threshold, spike_when=known.spike_when, reset="zero",
@@ -137,7 +153,8 @@ def _li_op(name: str, node: nir.LI, dt: float) -> ops.LeakyIntegrator:
     tau, r = _uniform(name, "tau", node.tau), _uniform(name, "r", node.r)
     if tau <= 0:
         raise CompileError(f"tau must be > 0, got {tau:g}", node=name)
-    return ops.LeakyIntegrator(decay=1.0 - dt / tau, gain=dt * r / tau)
+    with _step_too_long(name, tau, dt):
+        return ops.LeakyIntegrator(decay=decay_from_tau(tau, dt), gain=gain_from_tau(tau, r, dt))
 
 
 def _pair(value: Any, name: str, field: str) -> tuple[int, int]:

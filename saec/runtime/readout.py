@@ -32,7 +32,7 @@ def max_cumulative_readout(U_all: Tensor, op: MaxCumulativeReadout) -> Tensor:
     peak = window.gather(0, first).squeeze(0)
     if op.t_min == 0:
         peak = torch.relu(peak)  # relu's gradient at 0 is 0: U(0) wins the tie
-    divisor = T * op.scale if op.divide_by_timesteps else op.scale
+    divisor = op.divisor(T)
     return peak / divisor
 
 

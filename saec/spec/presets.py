@@ -2,12 +2,15 @@
 printed equations and its published code differ (see the README's semantics section).
 
 A preset only fills fields the user left unset; anything written in the spec
-or given with ``--set`` wins. The schema's own defaults equal ``saec``.
+or given with ``--set`` wins. The schema's own defaults equal ``saec``: that
+preset is read from :mod:`saec.spec.defaults`, the one home of the defaults.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from saec.spec import defaults
 
 #: The published code's behaviour, which produced the paper's tables.
 _PUBLISHED_CODE: dict[str, Any] = {
@@ -32,7 +35,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # consumer or chip expresses) and without its accidental encoder-scale bug. Chosen on
     # measurements over 3 seeds (README, "The deployable default"). A lower bound set by the
     # user is a true clamp (lower_bound_mode clamp).
-    "saec": {**_PUBLISHED_CODE, "neuron.lower_bound": None, "neuron.lower_bound_mode": "clamp"},
+    # Its values are the defaults (saec.spec.defaults), on the fields where the presets differ.
+    "saec": {path: defaults.default(path) for path in _PUBLISHED_CODE},
     # Published code exactly, bugs included.
     "reference": {
         **_PUBLISHED_CODE,

@@ -12,6 +12,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from saec.spec import defaults as D
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -40,18 +42,18 @@ class InputSpec(Strict):
 
 class PoissonEncodingSpec(Strict):
     type: Literal["poisson"] = Field("poisson", description="Rate coding, paper Eq. 5-6.")
-    timesteps: PositiveInt = Field(100, description="T, number of simulation steps per example (steps).")
+    timesteps: PositiveInt = Field(D.ENCODING["timesteps"], description="T, number of simulation steps per example (steps).")
     scale: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
-        0.2, description="s, spike probability per step of a white pixel (dimensionless); also the readout divisor."
+        D.ENCODING["scale"], description="s, spike probability per step of a white pixel (dimensionless); also the readout divisor."
     )
-    noise: Unit = Field(0.0, description="epsilon, weight of uniform noise mixed into each pixel (dimensionless, 0..1).")
+    noise: Unit = Field(D.ENCODING["noise"], description="epsilon, weight of uniform noise mixed into each pixel (dimensionless, 0..1).")
     noise_resample: Literal["per_step", "per_batch"] = Field(
-        "per_batch",
+        D.ENCODING["noise_resample"],
         description="When the noise xi is drawn: fresh per pixel per step, or once per batch and held over T "
         "(published code).",
     )
     encoder_scale: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
-        None,
+        D.ENCODING["encoder_scale"],
         description="Scale the encoder really uses; null = `scale`. The published code always encodes with 0.2 "
         "whatever `scale` says (a keyword bug); the `reference` preset sets 0.2.",
     )
@@ -62,29 +64,29 @@ class LIFSpec(Strict):
     """Discrete leaky integrate-and-fire neuron, paper Eq. 2-4 and 7."""
 
     type: Literal["lif"] = Field("lif", description="Neuron model.")
-    decay: Unit = Field(0.99, description="tau, per-step membrane decay factor (dimensionless, 0..1).")
-    threshold: Annotated[float, Field(gt=0.0)] = Field(1.0, description="omega, firing threshold (units of input current).")
+    decay: Unit = Field(D.NEURON["decay"], description="tau, per-step membrane decay factor (dimensionless, 0..1).")
+    threshold: Annotated[float, Field(gt=0.0)] = Field(D.NEURON["threshold"], description="omega, firing threshold (units of input current).")
     reset: Literal["zero", "subtract", "none"] = Field(
-        "zero", description="After a spike: zero sets u'=0; subtract sets u'=u-threshold; none keeps u."
+        D.NEURON["reset"], description="After a spike: zero sets u'=0; subtract sets u'=u-threshold; none keeps u."
     )
     lower_bound: float | None = Field(
-        None, description="Floor of the membrane potential (current units); null disables the floor (default: "
+        D.NEURON["lower_bound"], description="Floor of the membrane potential (current units); null disables the floor (default: "
         "NIR and the chips run it exactly). The `reference` and `paper` presets set -1."
     )
     lower_bound_mode: Literal["clamp", "revive"] = Field(
-        "clamp",
+        D.NEURON["lower_bound_mode"],
         description="What happens below the floor: clamp sets u'=lower_bound (paper Eq. 4); revive sets u' to "
         "+threshold (published code; revives strongly inhibited neurons).",
     )
     clamp_first: bool = Field(
-        True,
+        D.NEURON["clamp_first"],
         description="Apply the floor rule to u(t) before the spike test (published code) instead of after it (paper).",
     )
     spike_when: Literal["ge", "gt"] = Field(
-        "gt", description="Spike test: ge is u >= threshold (paper Eq. 3); gt is u > threshold (published code)."
+        D.NEURON["spike_when"], description="Spike test: ge is u >= threshold (paper Eq. 3); gt is u > threshold (published code)."
     )
     integrate: Literal["potential", "current"] = Field(
-        "current",
+        D.NEURON["integrate"],
         description="What the cumulative potential U sums: potential is U=decay*U+u (paper Eq. 7); current is "
         "U=decay*(U+I) (published code; no reset, no floor).",
     )
@@ -169,14 +171,14 @@ class ReadoutSpec(Strict):
     type: Literal["max_cumulative_potential"] = Field(
         "max_cumulative_potential", description="x_hat = max_t U_out(t) / divisor, paper Eq. 8."
     )
-    scale: Annotated[float, Field(gt=0.0)] = Field(0.2, description="s, the readout divisor (dimensionless).")
+    scale: Annotated[float, Field(gt=0.0)] = Field(D.READOUT["scale"], description="s, the readout divisor (dimensionless).")
     t_min: NonNegInt = Field(
-        1,
+        D.READOUT["t_min"],
         description="First step taking part in the max (0 includes U(0)=0, so x_hat >= 0, paper; 1 is the "
         "published code).",
     )
     divide_by_timesteps: bool = Field(
-        True, description="Divide by T*scale (published code) instead of scale (paper Eq. 8)."
+        D.READOUT["divide_by_timesteps"], description="Divide by T*scale (published code) instead of scale (paper Eq. 8)."
     )
 
 
@@ -193,35 +195,35 @@ class RegularizerSpec(Strict):
     a1: LayerPenalty | None = Field(None, description="A1 = sum of firing rates over named layers, per example (Eq. 11).")
     beta: Annotated[float, Field(ge=0.0)] = Field(1.0, description="Weight of the VAE's KL divergence.")
     potential_per_timestep: bool = Field(
-        True, description="P1/P2 use U(T)/T instead of U(T) (published code)."
+        D.REGULARIZERS["potential_per_timestep"], description="P1/P2 use U(T)/T instead of U(T) (published code)."
     )
 
 
 class SurrogateSpec(Strict):
     type: Literal["straight_through", "spike_gated", "fast_sigmoid", "arctan"] = Field(
-        "spike_gated",
+        D.SURROGATE["type"],
         description="d phi/d u in backward: straight_through = 1 (paper); spike_gated = 1/threshold where the "
         "neuron spiked, else 0 (published code); fast_sigmoid, arctan with `slope`.",
     )
-    slope: Annotated[float, Field(gt=0.0)] = Field(1.0, description="Surrogate slope (fast_sigmoid, arctan).")
+    slope: Annotated[float, Field(gt=0.0)] = Field(D.SURROGATE["slope"], description="Surrogate slope (fast_sigmoid, arctan).")
     reset_grad: Literal["pass", "cut"] = Field(
-        "cut", description="pass: the reset is noise (paper); cut: no gradient through u at a spike (published code)."
+        D.SURROGATE["reset_grad"], description="pass: the reset is noise (paper); cut: no gradient through u at a spike (published code)."
     )
     clamp_grad: Literal["pass", "cut"] = Field(
-        "cut", description="pass: the floor rule is noise (paper); cut: no gradient where it applied (published code)."
+        D.SURROGATE["clamp_grad"], description="pass: the floor rule is noise (paper); cut: no gradient where it applied (published code)."
     )
     decay_grad: bool = Field(
-        False, description="Backward multiplies by decay (paper); false: identity (published code)."
+        D.SURROGATE["decay_grad"], description="Backward multiplies by decay (paper); false: identity (published code)."
     )
 
 
 # ------------------------------------------------------------------ training
 class InitSpec(Strict):
     linear_std_factor: Annotated[float, Field(gt=0.0)] = Field(
-        2.0, description="Linear layers' init std = factor * sqrt(2/fan_in) (Eq. 13 is 1; published code 2)."
+        D.INIT["linear_std_factor"], description="Linear layers' init std = factor * sqrt(2/fan_in) (Eq. 13 is 1; published code 2)."
     )
     conv_std_factor: Annotated[float, Field(gt=0.0)] = Field(
-        1.0, description="Conv layers' init std = factor * sqrt(2/fan_in) (Eq. 13)."
+        D.INIT["conv_std_factor"], description="Conv layers' init std = factor * sqrt(2/fan_in) (Eq. 13)."
     )
 
 
