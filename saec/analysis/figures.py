@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from saec.compiler import ops  # noqa: E402
+from saec.compiler.dispatch import OpTable  # noqa: E402
 from saec.analysis import metrics as M  # noqa: E402
 from saec.run.artifacts import savefig  # noqa: E402
 from saec.training.data import ImageSet  # noqa: E402
@@ -262,12 +263,31 @@ def latent_clustermap_figure(latents: np.ndarray, labels: np.ndarray, path: Path
     return _save(fig, path)
 
 
-def _kernel_tiles(op: ops.Op, weight: np.ndarray, image_shape: tuple[int, ...], first: bool) -> np.ndarray:
-    """2-D tiles [K, h, w] showing what one unit of the layer sees (first) or draws (last)."""
-    if isinstance(op, ops.Conv2d):  # weight [out, in, kh, kw]: each output channel's kernel
-        return weight.mean(axis=1) if first else weight.mean(axis=0)
-    if isinstance(op, ops.ConvTranspose2d):  # weight [in, out, kh, kw]: each input channel's stamp
-        return weight.mean(axis=1) if not first else weight.mean(axis=0)
+#: op -> fn(op, weight, image shape, first layer?) -> 2-D tiles [K, h, w] showing what one unit of the layer
+#: sees (first) or draws (last).
+KERNEL_TILES = OpTable("receptive fields")
+
+
+@KERNEL_TILES.register(ops.Conv2d)
+def _conv_tiles(op: ops.Conv2d, weight: np.ndarray, image_shape: tuple[int, ...], first: bool) -> np.ndarray:
+    # weight [out, in, kh, kw]: each output channel's kernel
+    return weight.mean(axis=1) if first else weight.mean(axis=0)
+
+
+@KERNEL_TILES.register(ops.ConvTranspose2d)
+def _conv_transpose_tiles(op: ops.ConvTranspose2d, weight: np.ndarray, image_shape: tuple[int, ...],
+                          first: bool) -> np.ndarray:
+    # weight [in, out, kh, kw]: each input channel's stamp
+    return weight.mean(axis=1) if not first else weight.mean(axis=0)
+
+
+KERNEL_TILES.refuse((ops.Input, ops.Output, ops.PoissonEncode, ops.Flatten, ops.Unflatten, ops.LIF, ops.ReLU,
+                     ops.Reparameterize, ops.LeakyIntegrator, ops.SumPool2d, ops.MaxCumulativeReadout),
+                    "it has no weights to draw")
+
+
+@KERNEL_TILES.register(ops.Linear)
+def _linear_tiles(op: ops.Linear, weight: np.ndarray, image_shape: tuple[int, ...], first: bool) -> np.ndarray:
     # Linear weight [out, in]: a row is an input-image pattern, a column an output-image pattern
     # (image_shape is [C, H, W]; channels are averaged).
     if first and weight.shape[1] == math.prod(image_shape):
@@ -275,6 +295,11 @@ def _kernel_tiles(op: ops.Op, weight: np.ndarray, image_shape: tuple[int, ...], 
     if not first and weight.shape[0] == math.prod(image_shape):
         return weight.T.reshape(weight.shape[1], *image_shape).mean(axis=1)
     return weight[None]
+
+
+def _kernel_tiles(op: ops.Op, weight: np.ndarray, image_shape: tuple[int, ...], first: bool) -> np.ndarray:
+    """2-D tiles [K, h, w] showing what one unit of the layer sees (first) or draws (last)."""
+    return KERNEL_TILES.lookup(op)(op, weight, image_shape, first)
 
 
 def receptive_fields_figure(model: SpikingAutoencoder, path: Path) -> Path:

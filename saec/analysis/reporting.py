@@ -5,7 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from typing import Callable
+
 from saec.compiler import ops
+from saec.compiler.dispatch import OpTable
 from saec.compiler.graph import IRGraph
 from saec.spec.loader import LoadedSpec
 
@@ -18,27 +21,54 @@ def _shape(meta: dict) -> str:
     return "x".join(map(str, meta.get("shape", ())))
 
 
-def _describe_op(op: ops.Op) -> str:
-    if isinstance(op, ops.LIF):
-        cmp = ">=" if op.spike_when == "ge" else ">"
-        floor = "off" if op.lower_bound is None else f"{op.lower_bound_mode}@{op.lower_bound:g}"
-        return f"lif(decay={op.decay:g}, u{cmp}{op.threshold:g}, reset={op.reset}, floor={floor})"
-    if isinstance(op, (ops.Conv2d, ops.ConvTranspose2d)):
-        k = "x".join(map(str, op.kernel_size))
-        extra = "" if op.stride == (1, 1) else f", stride {op.stride[0]}"
-        return f"{op.type}({op.in_channels}->{op.out_channels}, k{k}{extra}{', bias' if op.bias else ''})"
-    if isinstance(op, ops.Linear):
-        return f"linear({op.in_features}->{op.out_features}{', bias' if op.bias else ''})"
-    if isinstance(op, ops.SumPool2d):
-        k = "x".join(map(str, op.kernel_size))
-        extra = "" if op.stride == op.kernel_size else f", stride {op.stride[0]}"
-        return f"sum_pool2d(k{k}{extra})"
-    if isinstance(op, ops.PoissonEncode):
-        return f"poisson(T={op.timesteps}, s={op.scale:g}, noise={op.noise:g})"
-    if isinstance(op, ops.MaxCumulativeReadout):
-        div = "T*s" if op.divide_by_timesteps else "s"
-        return f"max_t>={op.t_min} U / {div}"
-    return op.type
+#: op -> (the summary column it fills, "op" or "activation"; its description there).
+SUMMARY: OpTable[Callable[[ops.Op], tuple[str, str]]] = OpTable("compile summary")
+
+
+@SUMMARY.register(ops.LIF, ops.ReLU, ops.Reparameterize)
+def _activation(op: ops.Op) -> tuple[str, str]:
+    return "activation", op.type
+
+
+@SUMMARY.register(ops.Conv2d, ops.ConvTranspose2d)
+def _conv(op: ops.Conv2d | ops.ConvTranspose2d) -> tuple[str, str]:
+    k = "x".join(map(str, op.kernel_size))
+    extra = "" if op.stride == (1, 1) else f", stride {op.stride[0]}"
+    return "op", f"{op.type}({op.in_channels}->{op.out_channels}, k{k}{extra}{', bias' if op.bias else ''})"
+
+
+@SUMMARY.register(ops.Linear)
+def _linear(op: ops.Linear) -> tuple[str, str]:
+    return "op", f"linear({op.in_features}->{op.out_features}{', bias' if op.bias else ''})"
+
+
+@SUMMARY.register(ops.SumPool2d)
+def _sum_pool2d(op: ops.SumPool2d) -> tuple[str, str]:
+    k = "x".join(map(str, op.kernel_size))
+    extra = "" if op.stride == op.kernel_size else f", stride {op.stride[0]}"
+    return "op", f"sum_pool2d(k{k}{extra})"
+
+
+@SUMMARY.register(ops.PoissonEncode)
+def _encode(op: ops.PoissonEncode) -> tuple[str, str]:
+    return "op", f"poisson(T={op.timesteps}, s={op.scale:g}, noise={op.noise:g})"
+
+
+@SUMMARY.register(ops.MaxCumulativeReadout)
+def _readout(op: ops.MaxCumulativeReadout) -> tuple[str, str]:
+    return "op", f"max_t>={op.t_min} U / {op.divisor_formula}"
+
+
+@SUMMARY.register(ops.Input, ops.Output, ops.Flatten, ops.Unflatten, ops.LeakyIntegrator)
+def _plain(op: ops.Op) -> tuple[str, str]:
+    return "op", op.type
+
+
+def describe_lif(op: ops.LIF) -> str:
+    """A LIF's rule in one short line (decay, spike test, reset, floor)."""
+    cmp = ">=" if op.spike_when == "ge" else ">"
+    floor = "off" if op.lower_bound is None else f"{op.lower_bound_mode}@{op.lower_bound:g}"
+    return f"lif(decay={op.decay:g}, u{cmp}{op.threshold:g}, reset={op.reset}, floor={floor})"
 
 
 def _console() -> Console:
@@ -58,10 +88,8 @@ def layer_rows(graph: IRGraph) -> list[dict]:
         row = rows.setdefault(layer, {"layer": layer, "op": "", "activation": "", "shape": "",
                                       "params": 0, "neurons": 0, "macs": 0})
         op = graph.op(name)
-        if isinstance(op, (ops.LIF, ops.ReLU, ops.Reparameterize)):
-            row["activation"] = op.type
-        else:
-            row["op"] = _describe_op(op)
+        column, text = SUMMARY.lookup(op, node=name)(op)
+        row[column] = text
         row["shape"] = _shape(meta)
         for key in ("params", "neurons", "macs"):
             row[key] += meta.get(key, 0)
@@ -89,10 +117,10 @@ def print_compile_summary(loaded: LoadedSpec, graph: IRGraph, summary: dict, con
     if spec.kind == "sae":
         encoders = list(graph.nodes(ops.PoissonEncode))
         if encoders:
-            console.print(f"encoding: {_describe_op(graph.op(encoders[0]))}")
+            console.print(f"encoding: {_encode(graph.op(encoders[0]))[1]}")
         else:
             console.print(f"encoding: none, the input is pre-encoded spike trains (T={spec.encoding.timesteps})")
-        lifs = {_describe_op(graph.op(n)) for n in graph.nodes(ops.LIF)}
+        lifs = {describe_lif(graph.op(n)) for n in graph.nodes(ops.LIF)}
         console.print("neuron: " + "; ".join(sorted(lifs)))
         console.print(f"semantics: {semantic_line(spec)}")
     losses = graph.attrs["losses"]

@@ -44,13 +44,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from saec.compiler import ops
+from saec.compiler.dispatch import OpTable
 from saec.compiler.graph import IRGraph
 from saec.run import artifacts as A
 from saec.analysis.metrics import DEFAULT_BURSTING_THRESHOLD, BatchAccumulator
@@ -227,15 +228,45 @@ class _Connection:
     binary_input: bool  # spikes (AC) or real values (MAC)
 
 
-_EVENT_SOURCES = (ops.PoissonEncode, ops.Input, ops.LIF, ops.ReLU, ops.Reparameterize)
+@dataclass(frozen=True)
+class EventSource:
+    """How an op's outputs count as presynaptic events of the synapse they drive."""
+
+    # (graph, node, model output, images [B, ...]) -> non-zero outputs per neuron summed over steps, [B, ...]
+    events: Callable[[IRGraph, str, Any, Tensor], Tensor]
+    binary: bool  # spikes (accumulate: AC) or real values (multiply-accumulate: MAC)
+    presynaptic: Callable[[IRGraph, str], str]  # what the report calls the source
+
+
+#: Between a synapse and its source: carries events unchanged (reshapes) or window by window (sum pools).
+LOOK_THROUGH = "look through"
+_NOT_EVENTS = "its outputs are not events: saec stats counts the events of an input, neurons or the VAE's sample"
+
+#: op -> its :class:`EventSource`, or :data:`LOOK_THROUGH`; refused: ops whose outputs saec stats cannot count.
+EVENTS: OpTable[EventSource | str] = OpTable("spike statistics")
+EVENTS.add(ops.PoissonEncode, EventSource(lambda graph, node, out, x: out.encoded.sum(0), True,
+                                          lambda graph, node: "input spikes"))
+EVENTS.add(ops.Input, EventSource(lambda graph, node, out, x: x != 0, False, lambda graph, node: "input image"))
+EVENTS.add(ops.LIF, EventSource(lambda graph, node, out, x: out.counts[graph.meta(node)["layer"]], True,
+                                lambda graph, node: graph.meta(node)["layer"]))
+EVENTS.add(ops.ReLU, EventSource(lambda graph, node, out, x: out.counts[graph.meta(node)["layer"]] != 0, False,
+                                 lambda graph, node: graph.meta(node)["layer"]))
+# in eval mode z = mu
+EVENTS.add(ops.Reparameterize, EventSource(lambda graph, node, out, x: out.mu != 0, False,
+                                           lambda graph, node: graph.meta(node)["layer"]))
+for _through in (ops.Flatten, ops.Unflatten, ops.SumPool2d):
+    EVENTS.add(_through, LOOK_THROUGH)
+EVENTS.refuse((ops.Conv2d, ops.ConvTranspose2d, ops.Linear), "a synapse feeding a synapse has no neurons in "
+              "between whose events could be counted")
+EVENTS.refuse((ops.LeakyIntegrator, ops.MaxCumulativeReadout, ops.Output), _NOT_EVENTS)
 
 
 def _sum_pools_before(graph: IRGraph, node: str) -> tuple[str, ...]:
     """The sum-pool nodes between ``node`` and its presynaptic source, source side first."""
     pools: list[str] = []
     src = graph.inputs(node)[0]
-    while isinstance(graph.op(src), (ops.Flatten, ops.Unflatten, ops.SumPool2d)):
-        if isinstance(graph.op(src), ops.SumPool2d):
+    while EVENTS.handles(graph.op(src)) and EVENTS.lookup(graph.op(src)) == LOOK_THROUGH:
+        if type(graph.op(src)) is ops.SumPool2d:
             pools.insert(0, src)
         src = graph.inputs(src)[0]
     return tuple(pools)
@@ -254,12 +285,17 @@ def _pooled(graph: IRGraph, pools: tuple[str, ...], values: Tensor) -> Tensor:
 def _presynaptic_source(graph: IRGraph, node: str) -> str:
     """The node whose outputs drive ``node``, looking through reshapes and sum pools."""
     src = graph.inputs(node)[0]
-    while isinstance(graph.op(src), (ops.Flatten, ops.Unflatten, ops.SumPool2d)):
+    while EVENTS.handles(graph.op(src)) and EVENTS.lookup(graph.op(src)) == LOOK_THROUGH:
         src = graph.inputs(src)[0]
-    if not isinstance(graph.op(src), _EVENT_SOURCES):
+    reason = EVENTS.refusal(graph.op(src))
+    if reason is not None:
         raise SpecError(f"layer `{graph.meta(node).get('layer', node)}`: its input comes from "
-                        f"`{src}` ({graph.op(src).type}), which saec stats cannot count events of")
+                        f"`{src}` ({graph.op(src).type}), which saec stats cannot count events of ({reason})")
     return src
+
+
+def _source(graph: IRGraph, node: str) -> EventSource:
+    return EVENTS.lookup(graph.op(node), node=node)
 
 
 def _activation_nodes(graph: IRGraph) -> dict[str, str]:
@@ -269,18 +305,7 @@ def _activation_nodes(graph: IRGraph) -> dict[str, str]:
 
 def _events_of(graph: IRGraph, source: str, out, x: Tensor) -> Tensor:
     """Non-zero outputs of ``source`` per neuron, summed over steps, [B, ...] float64."""
-    op = graph.op(source)
-    if isinstance(op, ops.PoissonEncode):
-        values = out.encoded.sum(0)
-    elif isinstance(op, ops.Input):
-        values = (x != 0)
-    elif isinstance(op, ops.LIF):
-        values = out.counts[graph.meta(source)["layer"]]
-    elif isinstance(op, ops.ReLU):
-        values = out.counts[graph.meta(source)["layer"]] != 0
-    else:  # Reparameterize, in eval mode: z = mu
-        values = out.mu != 0
-    return values.to(torch.float64).cpu()
+    return _source(graph, source).events(graph, source, out, x).to(torch.float64).cpu()
 
 
 # ---------------------------------------------------------------- measurement
@@ -321,7 +346,7 @@ def measure_stats(model, data, *, batch_size: int = 64, seed: int = 0, device: t
             node=node, layer=graph.meta(node)["layer"], op=op, in_shape=in_shape, source=source,
             pools=_sum_pools_before(graph, node), fanout=fan_out(op, in_shape, weights[f"{node}.weight"]),
             events=torch.zeros(in_shape, dtype=torch.float64),
-            binary_input=isinstance(graph.op(source), (ops.PoissonEncode, ops.LIF))))
+            binary_input=_source(graph, source).binary))
     neurons_of = _activation_nodes(graph)
 
     was_training = model.training
@@ -367,8 +392,7 @@ def measure_stats(model, data, *, batch_size: int = 64, seed: int = 0, device: t
             "parameter_bytes": footprint_bytes(stored),
             "firing_rate": None, "dead": None, "bursting": None, "spikes_per_example": None,
             "synops_per_example": synops, "synop_kind": "AC" if c.binary_input else "MAC",
-            "presynaptic": "input spikes" if isinstance(graph.op(c.source), ops.PoissonEncode)
-            else ("input image" if isinstance(graph.op(c.source), ops.Input) else graph.meta(c.source)["layer"]),
+            "presynaptic": _source(graph, c.source).presynaptic(graph, c.source),
             "dense_synops_per_example": int(meta["synapses"]) * T,
             "dense_macs_per_example": int(meta["macs"]),
         }

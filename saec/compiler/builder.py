@@ -103,7 +103,7 @@ def build_ir(spec: S.Spec) -> IRGraph:
         prev = graph.add(layer.name, op, (prev,), layer=layer.name, spec_path=path)
         shape = new_shape
         prev_layer = layer.name
-        if isinstance(op, (ops.Flatten, ops.Unflatten, ops.SumPool2d)) or not layer.spiking:
+        if not op.has_weights or not layer.spiking:  # reshapes and sum pools have no neurons of their own
             if layer.name == spec.latent:
                 latent_node = prev
             continue

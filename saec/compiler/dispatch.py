@@ -37,20 +37,33 @@ class UnsupportedOp(CompileError):
     """A stage was given an op type it explicitly refuses (the reason says why)."""
 
 
+def type_name(op_type: type) -> str:
+    """How a message names a key type: an op's ``type`` (``conv2d``), else the class name (NIR's ``CubaLIF``)."""
+    return op_type.type if issubclass(op_type, ops.Op) else op_type.__name__
+
+
+def _op_types() -> dict[str, type]:
+    return dict(ops.OP_TYPES)
+
+
 class OpTable(Generic[Handler]):
     """The handlers of one stage, keyed by op class.
 
     Args:
         stage: a short, unique name of the stage ("shape inference", "NIR export").
             It starts the error message a refused op gets.
+        universe: the key types the table must cover, by name; default every IR op type
+            (:data:`saec.compiler.ops.OP_TYPES`). The NIR import, keyed by NIR node class,
+            passes the node classes ``nir`` defines.
     """
 
-    def __init__(self, stage: str) -> None:
+    def __init__(self, stage: str, *, universe: Callable[[], dict[str, type]] = _op_types) -> None:
         if stage in TABLES:
             raise ValueError(f"a dispatch table named {stage!r} already exists")
         self.stage = stage
-        self.handlers: dict[type[ops.Op], Handler] = {}
-        self.refused: dict[type[ops.Op], str] = {}
+        self.universe = universe
+        self.handlers: dict[type, Handler] = {}
+        self.refused: dict[type, str] = {}
         TABLES[stage] = self
 
     def register(self, *op_types: type[ops.Op]) -> Callable[[Handler], Handler]:
@@ -87,15 +100,19 @@ class OpTable(Generic[Handler]):
         if fn is not None:
             return fn
         if op_type in self.refused:
-            raise UnsupportedOp(f"{self.stage} does not support `{op_type.type}`: {self.refused[op_type]}",
+            raise UnsupportedOp(f"{self.stage} does not support `{type_name(op_type)}`: {self.refused[op_type]}",
                                 node=node)
-        raise LookupError(f"{self.stage}: no handler for op type `{op_type.type}` (saec bug)")
+        raise LookupError(f"{self.stage}: no handler for op type `{type_name(op_type)}` (saec bug)")
 
     def handles(self, op: ops.Op | type[ops.Op]) -> bool:
         """True when ``op``'s type has a handler (not refused, not unknown)."""
         return (op if isinstance(op, type) else type(op)) in self.handlers
 
+    def refusal(self, op: ops.Op | type) -> str | None:
+        """The reason this stage refuses ``op``'s type, or None when it does not refuse it."""
+        return self.refused.get(op if isinstance(op, type) else type(op))
+
     def missing(self) -> list[str]:
-        """Op type names this table neither handles nor refuses (empty when exhaustive)."""
+        """Type names of the universe this table neither handles nor refuses (empty when exhaustive)."""
         known = set(self.handlers) | set(self.refused)
-        return sorted(name for name, cls in ops.OP_TYPES.items() if cls not in known)
+        return sorted(name for name, cls in self.universe().items() if cls not in known)

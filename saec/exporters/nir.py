@@ -52,6 +52,7 @@ import numpy as np
 
 from saec import __version__
 from saec.compiler import ops
+from saec.compiler.dispatch import OpTable
 from saec.compiler.errors import CompileError
 from saec.compiler.graph import IRGraph
 # DT: seconds of NIR time per saec step, defined with the unit conversions (still saec.exporters.nir.DT)
@@ -177,15 +178,43 @@ def _sum_pool_node(name: str, op: ops.SumPool2d, in_shape, shape, weights, targe
                          padding=np.array(op.padding))
 
 
-#: IR op type -> fn(name, op, input shape, output shape, weights, target) -> NIR node.
-NODE_MAP: dict[type, Callable[..., nir.NIRNode]] = {
+def _input_node(name: str, op: ops.Input, in_shape, shape, weights, target: str) -> nir.NIRNode:
+    return nir.Input(input_type={"input": np.array(shape)})
+
+
+def _output_node(name: str, op: ops.Output, in_shape, shape, weights, target: str) -> nir.NIRNode:
+    return nir.Output(output_type={"output": np.array(shape)})
+
+
+def _outside(name: str, op: ops.Op, in_shape, shape, weights, target: str) -> None:
+    """No NIR node: the value passes through (see :data:`OUTSIDE_NIR`)."""
+    return None
+
+
+#: IR op type -> fn(name, op, input shape, output shape, weights, target) -> its NIR node, or None for an op
+#: outside NIR (the value passes through). Refused: what NIR cannot express, even after the ``nir`` flow.
+NODE_MAP: OpTable[Callable[..., nir.NIRNode | None]] = OpTable("NIR export")
+for _op_type, _make in {
+    ops.Input: _input_node,
+    ops.Output: _output_node,
+    ops.PoissonEncode: _outside,
+    ops.MaxCumulativeReadout: _outside,
     ops.LIF: _lif_node,
     ops.LeakyIntegrator: _li_node,
     ops.Conv2d: _conv_node,
     ops.Linear: _linear_node,
     ops.Flatten: _flatten_node,
     ops.SumPool2d: _sum_pool_node,
-}
+}.items():
+    NODE_MAP.add(_op_type, _make)
+NODE_MAP.refuse(ops.ConvTranspose2d, "NIR has no transposed convolution (the nir flow lowers those of stride 1 "
+                                     "to a convolution)")
+NODE_MAP.refuse(ops.Unflatten, "NIR has no reshape back from flat data (the nir flow folds an unflatten after a "
+                               "linear layer into a convolution)")
+NODE_MAP.refuse((ops.ReLU, ops.Reparameterize), "NIR graphs are spiking networks; an AE / VAE has no NIR "
+                                                "equivalent (export it to ONNX)")
+#: The names of the graph ends in NIR.
+END_NAMES = {ops.Input: INPUT_NODE, ops.Output: OUTPUT_NODE}
 
 
 def nir_names(graph: IRGraph) -> dict[str, str]:
@@ -198,11 +227,9 @@ def nir_names(graph: IRGraph) -> dict[str, str]:
     names: dict[str, str] = {}
     for name in graph.order():
         op = graph.op(name)
-        if isinstance(op, ops.Input):
-            names[name] = INPUT_NODE
-        elif isinstance(op, ops.Output):
-            names[name] = OUTPUT_NODE
-        elif isinstance(op, OUTSIDE_NIR):
+        if type(op) in END_NAMES:
+            names[name] = END_NAMES[type(op)]
+        elif type(op) in OUTSIDE_NIR:
             continue
         elif name in (INPUT_NODE, OUTPUT_NODE):
             new, i = f"{name}.{op.type}", 1
@@ -219,7 +246,7 @@ def nir_names(graph: IRGraph) -> dict[str, str]:
 def renamed_nodes(graph: IRGraph) -> dict[str, str]:
     """NIR name -> IR node name for inner nodes :func:`nir_names` renamed (written as metadata ``renamed_nodes``)."""
     return {new: old for old, new in nir_names(graph).items()
-            if new != old and not isinstance(graph.op(old), (ops.Input, ops.Output))}
+            if new != old and type(graph.op(old)) not in END_NAMES}
 
 
 def ir_to_nir(graph: IRGraph, weights: Mapping[str, Any], *, target: str = "standard",
@@ -253,23 +280,15 @@ def ir_to_nir(graph: IRGraph, weights: Mapping[str, Any], *, target: str = "stan
         op, ins = graph.op(name), graph.inputs(name)
         shape = tuple(int(v) for v in graph.meta(name)["shape"])
         src = alias[ins[0]] if ins else None
-        if isinstance(op, ops.Input):
-            nodes[INPUT_NODE] = nir.Input(input_type={"input": np.array(shape)})
-            alias[name] = INPUT_NODE
-            continue
-        if isinstance(op, OUTSIDE_NIR):
+        make = NODE_MAP.lookup(op, node=name)
+        in_shape = tuple(int(v) for v in graph.meta(ins[0])["shape"]) if ins else ()
+        node = make(name, op, in_shape, shape, weights, target)
+        if node is None:
             alias[name] = src
             continue
-        if isinstance(op, ops.Output):
-            nodes[OUTPUT_NODE] = nir.Output(output_type={"output": np.array(shape)})
-            edges.append((src, OUTPUT_NODE))
-            continue
-        make = NODE_MAP.get(type(op))
-        if make is None:
-            raise CompileError(f"a {op.type} node has no NIR equivalent", node=name)
-        in_shape = tuple(int(v) for v in graph.meta(ins[0])["shape"])
-        nodes[names[name]] = make(name, op, in_shape, shape, weights, target)
-        edges.append((src, names[name]))
+        nodes[names[name]] = node
+        if src is not None:
+            edges.append((src, names[name]))
         alias[name] = names[name]
     meta = dict(metadata or {})
     renamed = renamed_nodes(graph)
@@ -359,25 +378,25 @@ def graph_metadata(graph: IRGraph, target: str) -> dict[str, Any]:
         "output": "spikes of the output layer's neurons",
         "not_carried": " | ".join(not_carried(graph)),
     }
-    for name in graph.order():
+    for name in graph.nodes(ops.PoissonEncode):
         op = graph.op(name)
-        if isinstance(op, ops.PoissonEncode):
-            meta["encoding"] = {
-                "type": "poisson", "rule": "spike(t) = [encoder_scale * x' > r(t)], r ~ U(0,1) per pixel and step; "
-                "x' = (1-noise) x + noise xi", "timesteps": op.timesteps, "scale": op.scale,
-                "encoder_scale": op.effective_scale, "noise": op.noise, "noise_resample": op.noise_resample}
-        elif isinstance(op, ops.MaxCumulativeReadout):
-            src = graph.inputs(name)[0]
-            lif: ops.LIF = graph.op(src)
-            T = int(attrs.get("timesteps", 1))
-            divisor = op.divisor(T)
-            rule = ("U(t) = decay * (U(t-1) + I(t)), I = input current of the output neurons"
-                    if lif.integrate == "current" else "U(t) = decay * U(t-1) + u(t), u = output membrane")
-            meta["readout"] = {
-                "type": "max_cumulative_readout", "neurons": src, "integrate": lif.integrate, "decay": lif.decay,
-                "rule": f"{rule}; x_hat = max over t in [{op.t_min}, T] of U(t) / {divisor:g}",
-                "t_min": op.t_min, "scale": op.scale, "divide_by_timesteps": op.divide_by_timesteps,
-                "divisor": divisor}
+        meta["encoding"] = {
+            "type": "poisson", "rule": "spike(t) = [encoder_scale * x' > r(t)], r ~ U(0,1) per pixel and step; "
+            "x' = (1-noise) x + noise xi", "timesteps": op.timesteps, "scale": op.scale,
+            "encoder_scale": op.effective_scale, "noise": op.noise, "noise_resample": op.noise_resample}
+    for name in graph.nodes(ops.MaxCumulativeReadout):
+        op = graph.op(name)
+        src = graph.inputs(name)[0]
+        lif: ops.LIF = graph.op(src)
+        T = int(attrs.get("timesteps", 1))
+        divisor = op.divisor(T)
+        rule = ("U(t) = decay * (U(t-1) + I(t)), I = input current of the output neurons"
+                if lif.integrate == "current" else "U(t) = decay * U(t-1) + u(t), u = output membrane")
+        meta["readout"] = {
+            "type": "max_cumulative_readout", "neurons": src, "integrate": lif.integrate, "decay": lif.decay,
+            "rule": f"{rule}; x_hat = max over t in [{op.t_min}, T] of U(t) / {divisor:g}",
+            "t_min": op.t_min, "scale": op.scale, "divide_by_timesteps": op.divide_by_timesteps,
+            "divisor": divisor}
     lif_ops = [graph.op(n) for n in graph.nodes(ops.LIF)]
     if lif_ops:
         first = lif_ops[0]

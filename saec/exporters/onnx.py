@@ -48,6 +48,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from saec import __version__
 from saec.compiler import ops
+from saec.compiler.dispatch import OpTable
 from saec.compiler.graph import IRGraph
 from saec.run import artifacts as A
 from saec.spec.errors import SpecError
@@ -171,7 +172,8 @@ def _lower_encode(lo: _Lowering, name: str, op: ops.PoissonEncode, h: str | None
     return lo.emit.reserve(SPIKES_INPUT)
 
 
-def _lower_synapse(lo: _Lowering, name: str, op: ops.Op, h: str) -> str:
+def _synapse(lo: _Lowering, name: str, h: str, make: Callable[[list[str]], str]) -> str:
+    """A synapse on all T*batch rows at once: flatten the lead axes, ``make`` the node from its args, restore."""
     emit = lo.emit
     in_shape = _shape(lo, lo.graph.inputs(name)[0])
     out_shape = _shape(lo, name)
@@ -180,17 +182,25 @@ def _lower_synapse(lo: _Lowering, name: str, op: ops.Op, h: str) -> str:
     args = [flat, weight]
     if f"{name}.bias" in lo.weights:
         args.append(emit.constant(f"{name}.bias", lo.weights[f"{name}.bias"]))
-    if isinstance(op, ops.Conv2d):
-        y = emit.node("Conv", args, name, kernel_shape=list(op.kernel_size), strides=list(op.stride),
-                      pads=_pair_pads(op.padding), dilations=[1, 1], group=1)
-    elif isinstance(op, ops.ConvTranspose2d):
-        y = emit.node("ConvTranspose", args, name, kernel_shape=list(op.kernel_size), strides=list(op.stride),
-                      pads=_pair_pads(op.padding), output_padding=list(op.output_padding), dilations=[1, 1],
-                      group=1)
-    else:
-        y = emit.node("Gemm", args, name, transB=1)
+    y = make(args)
     return emit.node("Reshape", [y, emit.shape(f"{name}.out_shape", (lo.timesteps, -1, *out_shape))],
                      f"{name}.out")
+
+
+def _lower_conv2d(lo: _Lowering, name: str, op: ops.Conv2d, h: str) -> str:
+    return _synapse(lo, name, h, lambda args: lo.emit.node(
+        "Conv", args, name, kernel_shape=list(op.kernel_size), strides=list(op.stride),
+        pads=_pair_pads(op.padding), dilations=[1, 1], group=1))
+
+
+def _lower_conv_transpose2d(lo: _Lowering, name: str, op: ops.ConvTranspose2d, h: str) -> str:
+    return _synapse(lo, name, h, lambda args: lo.emit.node(
+        "ConvTranspose", args, name, kernel_shape=list(op.kernel_size), strides=list(op.stride),
+        pads=_pair_pads(op.padding), output_padding=list(op.output_padding), dilations=[1, 1], group=1))
+
+
+def _lower_linear(lo: _Lowering, name: str, op: ops.Linear, h: str) -> str:
+    return _synapse(lo, name, h, lambda args: lo.emit.node("Gemm", args, name, transB=1))
 
 
 def _lower_reshape(lo: _Lowering, name: str, op: ops.Op, h: str) -> str:
@@ -304,12 +314,14 @@ def _lower_output(lo: _Lowering, name: str, op: ops.Output, h: str) -> str:
     return out
 
 
-_LOWERINGS: dict[type[ops.Op], Callable[[_Lowering, str, ops.Op, str | None], str | None]] = {
+#: IR op type -> fn(lowering state, node, op, input value name) -> output value name: one ONNX lowering each.
+_LOWERINGS: OpTable[Callable[[_Lowering, str, ops.Op, str | None], str | None]] = OpTable("ONNX export")
+for _op_type, _lower in {
     ops.Input: _lower_input,
     ops.PoissonEncode: _lower_encode,
-    ops.Conv2d: _lower_synapse,
-    ops.ConvTranspose2d: _lower_synapse,
-    ops.Linear: _lower_synapse,
+    ops.Conv2d: _lower_conv2d,
+    ops.ConvTranspose2d: _lower_conv_transpose2d,
+    ops.Linear: _lower_linear,
     ops.Flatten: _lower_reshape,
     ops.Unflatten: _lower_reshape,
     ops.LIF: _lower_lif,
@@ -317,7 +329,12 @@ _LOWERINGS: dict[type[ops.Op], Callable[[_Lowering, str, ops.Op, str | None], st
     ops.Reparameterize: _lower_reparameterize,
     ops.MaxCumulativeReadout: _lower_readout,
     ops.Output: _lower_output,
-}
+}.items():
+    _LOWERINGS.add(_op_type, _lower)
+_LOWERINGS.refuse(ops.SumPool2d, "ONNX has no sum pooling and saec does not lower it yet (an average pool times "
+                                 "the window would round differently from the runtime's sum)")
+_LOWERINGS.refuse(ops.LeakyIntegrator, "the leaky integrator of NIR graphs is simulated by `saec simulate`, "
+                                       "not exported")
 
 
 def _value_info(name: str, shape: tuple[int | str, ...]) -> onnx.ValueInfoProto:
@@ -354,9 +371,10 @@ def build_onnx_model(graph: IRGraph, weights: dict[str, torch.Tensor | np.ndarra
                             .astype(np.float32) for k, v in weights.items()})
     for name in graph.order():
         op = graph.op(name)
-        lower = _LOWERINGS.get(type(op))
-        if lower is None:
-            raise SpecError(f"node `{name}`: ONNX export has no lowering for IR op {op.type!r}")
+        reason = _LOWERINGS.refusal(op)
+        if reason is not None:
+            raise SpecError(f"node `{name}`: ONNX export has no lowering for IR op {op.type!r}: {reason}")
+        lower = _LOWERINGS.lookup(op, node=name)
         ins = graph.inputs(name)
         lo.values[name] = lower(lo, name, op, lo.values[ins[0]] if ins else None)
     b: int | str = "batch" if batch is None else batch

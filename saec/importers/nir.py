@@ -5,8 +5,14 @@ saec as a reference simulator for NIR, which the ``nir`` package lacks. With
 
 Supported nodes (one input and one output; a chain or tree of single-input
 nodes, no recurrence): Input, Output, LIF, LI, IF, Conv2d, Affine, Linear,
-Flatten, SumPool2d. Time is discrete with step ``dt`` (the graph's metadata
-``dt`` when present, else :data:`saec.exporters.nir.DT`), forward Euler:
+Flatten, SumPool2d. One table, :data:`NIR_IMPORT`, keyed by NIR node class,
+handles each of them and refuses every other node class ``nir`` defines, with
+the reason (``tests/compiler/test_dispatch.py`` checks it covers them all).
+The unit conversions (decay <-> tau, gain <-> r) are those of
+:mod:`saec.compiler.nir_units`. Time is discrete with step ``dt`` (the graph's
+metadata ``dt`` when present, else :data:`saec.compiler.nir_units.DT`),
+forward Euler; an op invariant a node's parameters break (a tau shorter than
+dt gives decay < 0) is refused, naming the node:
 
 - LIF ``tau dv/dt = (v_leak - v) + r I``: saec LIF with decay = 1 - dt/tau
   and, since v = (dt r / tau) u, threshold = v_threshold / (dt r / tau);
@@ -28,13 +34,15 @@ from __future__ import annotations
 import json
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import nir
 import numpy as np
 
 from saec.compiler import ops
+from saec.compiler.dispatch import OpTable
 from saec.compiler.errors import CompileError, InvalidOp
 from saec.compiler.graph import IRGraph
 from saec.compiler.nir_units import DT, decay_from_tau, gain_from_tau, if_gain, threshold_from_v
@@ -217,7 +225,7 @@ def nir_to_ir(graph: nir.NIRGraph, *, dt: float | None = None) -> tuple[IRGraph,
     Args:
         graph: a (type-checked) NIR graph.
         dt: time step in seconds; None = the graph's metadata ``dt``, else
-            :data:`saec.exporters.nir.DT`.
+            :data:`saec.compiler.nir_units.DT`.
     Returns:
         (IR graph with shapes inferred, weights keyed ``<node>.weight`` / ``.bias``).
         Neuron nodes keep their NIR names, which are also their ``layer``.
@@ -232,7 +240,7 @@ def nir_to_ir(graph: nir.NIRGraph, *, dt: float | None = None) -> tuple[IRGraph,
     order, source = _order(graph)
     ir = IRGraph({"name": str(meta.get("spec_name", "nir")), "kind": "nir", "dt": dt,
                   "latent": None, "latent_node": None, "activation_layers": [], "losses": {}})
-    weights: dict[str, np.ndarray] = {}
+    state = _Import(ir, {}, dt)
     shapes: dict[str, tuple[int, ...]] = {}
     alias: dict[str, str] = {}
     for name in order:
@@ -240,56 +248,128 @@ def nir_to_ir(graph: nir.NIRGraph, *, dt: float | None = None) -> tuple[IRGraph,
         src = alias.get(source.get(name, ""), None)
         in_shape = shapes.get(src, ())
         ins = (src,) if src else ()
-        if isinstance(node, nir.Input):
-            shape = tuple(int(v) for v in np.asarray(node.input_type["input"]).reshape(-1))
-            alias[name] = ir.add(name, ops.Input(shape=shape))
-        elif isinstance(node, nir.Output):
-            alias[name] = ir.add(name, ops.Output(), ins)
-        elif isinstance(node, nir.LIF):
-            alias[name] = ir.add(name, _lif_op(name, node, dt), ins, layer=name)
-        elif isinstance(node, nir.IF):
-            alias[name] = ir.add(name, _if_op(name, node, dt), ins, layer=name)
-        elif isinstance(node, nir.LI):
-            alias[name] = ir.add(name, _li_op(name, node, dt), ins, layer=name)
-        elif isinstance(node, nir.Conv2d):
-            w = np.asarray(node.weight)
-            if w.ndim != 4:
-                raise CompileError(f"Conv2d weight must be [out, in, kh, kw], got {list(w.shape)}", node=name)
-            if _pair(node.dilation, name, "dilation") != (1, 1) or int(node.groups) != 1:
-                raise CompileError("dilated or grouped convolutions are not supported", node=name)
-            bias = np.asarray(node.bias).reshape(-1) if node.bias is not None else np.zeros(0)
-            has_bias = bool(np.any(bias != 0))
-            op = ops.Conv2d(in_channels=int(w.shape[1]), out_channels=int(w.shape[0]),
-                            kernel_size=(int(w.shape[2]), int(w.shape[3])), stride=_pair(node.stride, name, "stride"),
-                            padding=_conv_padding(node, name), bias=has_bias)
-            alias[name] = ir.add(name, op, ins, layer=name)
-            weights[f"{name}.weight"] = w
-            if has_bias:
-                weights[f"{name}.bias"] = bias
-        elif isinstance(node, (nir.Affine, nir.Linear)):
-            w = np.asarray(node.weight)
-            if w.ndim != 2:
-                raise CompileError(f"weight must be 2-D [out, in], got {list(w.shape)}", node=name)
-            bias = np.asarray(node.bias).reshape(-1) if isinstance(node, nir.Affine) else np.zeros(0)
-            has_bias = bool(np.any(bias != 0))
-            op = ops.Linear(in_features=int(w.shape[1]), out_features=int(w.shape[0]), bias=has_bias)
-            alias[name] = ir.add(name, op, ins, layer=name)
-            weights[f"{name}.weight"] = w
-            if has_bias:
-                weights[f"{name}.bias"] = bias
-        elif isinstance(node, nir.Flatten):
-            alias[name] = _add_flatten(ir, name, node, ins, in_shape)
-        elif isinstance(node, nir.SumPool2d):
-            op = ops.SumPool2d(kernel_size=_pair(node.kernel_size, name, "kernel_size"),
-                               stride=_pair(node.stride, name, "stride"), padding=_pair(node.padding, name, "padding"))
-            alias[name] = ir.add(name, op, ins, layer=name)
-        else:
-            raise CompileError(f"NIR node type {type(node).__name__} is not supported by saec's simulator "
-                               "(supported: Input, Output, LIF, LI, IF, Conv2d, Affine, Linear, Flatten, SumPool2d)",
-                               node=name)
+        reason = NIR_IMPORT.refusal(node)
+        if reason is not None:
+            raise CompileError(f"NIR node type {type(node).__name__} is not supported by saec's simulator: {reason} "
+                               f"(supported: {', '.join(supported_nir_nodes())})", node=name)
+        try:
+            alias[name] = NIR_IMPORT.lookup(node, node=name)(state, name, node, ins, in_shape)
+        except InvalidOp as exc:  # a parameter that breaks the op's invariants: name the NIR node
+            exc.node = exc.node or name
+            raise
         infer_shapes(ir)
         shapes[alias[name]] = tuple(ir.meta(alias[name])["shape"])
-    return ir, weights
+    return ir, state.weights
+
+
+@dataclass
+class _Import:
+    """What the NIR node handlers build: the IR, its weights, and the time step."""
+
+    ir: IRGraph
+    weights: dict[str, np.ndarray]
+    dt: float  # seconds per step
+
+
+def _nir_node_types() -> dict[str, type]:
+    """Every node class the ``nir`` package defines (the table must handle or refuse each)."""
+    return {n: c for n, c in vars(nir).items() if isinstance(c, type) and issubclass(c, nir.NIRNode)
+            and c is not nir.NIRNode}
+
+
+#: NIR node class -> fn(state, name, node, inputs, input shape) -> the IR node carrying its value.
+NIR_IMPORT: OpTable[Callable[[_Import, str, Any, tuple[str, ...], tuple[int, ...]], str]] = OpTable(
+    "NIR import", universe=_nir_node_types)
+
+
+def supported_nir_nodes() -> list[str]:
+    """Names of the NIR node types saec reads, in a fixed order."""
+    return [c.__name__ for c in NIR_IMPORT.handlers]
+
+
+@NIR_IMPORT.register(nir.Input)
+def _input(state: _Import, name: str, node: nir.Input, ins: tuple[str, ...], in_shape: tuple[int, ...]) -> str:
+    shape = tuple(int(v) for v in np.asarray(node.input_type["input"]).reshape(-1))
+    return state.ir.add(name, ops.Input(shape=shape))
+
+
+@NIR_IMPORT.register(nir.Output)
+def _output(state: _Import, name: str, node: nir.Output, ins: tuple[str, ...], in_shape: tuple[int, ...]) -> str:
+    return state.ir.add(name, ops.Output(), ins)
+
+
+@NIR_IMPORT.register(nir.LIF)
+def _lif(state: _Import, name: str, node: nir.LIF, ins: tuple[str, ...], in_shape: tuple[int, ...]) -> str:
+    return state.ir.add(name, _lif_op(name, node, state.dt), ins, layer=name)
+
+
+@NIR_IMPORT.register(nir.IF)
+def _if(state: _Import, name: str, node: nir.IF, ins: tuple[str, ...], in_shape: tuple[int, ...]) -> str:
+    return state.ir.add(name, _if_op(name, node, state.dt), ins, layer=name)
+
+
+@NIR_IMPORT.register(nir.LI)
+def _li(state: _Import, name: str, node: nir.LI, ins: tuple[str, ...], in_shape: tuple[int, ...]) -> str:
+    return state.ir.add(name, _li_op(name, node, state.dt), ins, layer=name)
+
+
+@NIR_IMPORT.register(nir.Conv2d)
+def _conv2d(state: _Import, name: str, node: nir.Conv2d, ins: tuple[str, ...], in_shape: tuple[int, ...]) -> str:
+    w = np.asarray(node.weight)
+    if w.ndim != 4:
+        raise CompileError(f"Conv2d weight must be [out, in, kh, kw], got {list(w.shape)}", node=name)
+    if _pair(node.dilation, name, "dilation") != (1, 1) or int(node.groups) != 1:
+        raise CompileError("dilated or grouped convolutions are not supported", node=name)
+    bias = np.asarray(node.bias).reshape(-1) if node.bias is not None else np.zeros(0)
+    has_bias = bool(np.any(bias != 0))
+    op = ops.Conv2d(in_channels=int(w.shape[1]), out_channels=int(w.shape[0]),
+                    kernel_size=(int(w.shape[2]), int(w.shape[3])), stride=_pair(node.stride, name, "stride"),
+                    padding=_conv_padding(node, name), bias=has_bias)
+    return _with_weights(state, name, op, ins, w, bias if has_bias else None)
+
+
+@NIR_IMPORT.register(nir.Affine, nir.Linear)
+def _affine(state: _Import, name: str, node: nir.Affine | nir.Linear, ins: tuple[str, ...],
+            in_shape: tuple[int, ...]) -> str:
+    w = np.asarray(node.weight)
+    if w.ndim != 2:
+        raise CompileError(f"weight must be 2-D [out, in], got {list(w.shape)}", node=name)
+    bias = np.asarray(node.bias).reshape(-1) if type(node) is nir.Affine else np.zeros(0)
+    has_bias = bool(np.any(bias != 0))
+    op = ops.Linear(in_features=int(w.shape[1]), out_features=int(w.shape[0]), bias=has_bias)
+    return _with_weights(state, name, op, ins, w, bias if has_bias else None)
+
+
+def _with_weights(state: _Import, name: str, op: ops.Op, ins: tuple[str, ...], weight: np.ndarray,
+                  bias: np.ndarray | None) -> str:
+    node = state.ir.add(name, op, ins, layer=name)
+    state.weights[f"{name}.weight"] = weight
+    if bias is not None:
+        state.weights[f"{name}.bias"] = bias
+    return node
+
+
+@NIR_IMPORT.register(nir.Flatten)
+def _flatten(state: _Import, name: str, node: nir.Flatten, ins: tuple[str, ...], in_shape: tuple[int, ...]) -> str:
+    return _add_flatten(state.ir, name, node, ins, in_shape)
+
+
+@NIR_IMPORT.register(nir.SumPool2d)
+def _sum_pool2d(state: _Import, name: str, node: nir.SumPool2d, ins: tuple[str, ...],
+                in_shape: tuple[int, ...]) -> str:
+    op = ops.SumPool2d(kernel_size=_pair(node.kernel_size, name, "kernel_size"),
+                       stride=_pair(node.stride, name, "stride"), padding=_pair(node.padding, name, "padding"))
+    return state.ir.add(name, op, ins, layer=name)
+
+
+NIR_IMPORT.refuse((nir.CubaLIF, nir.CubaLI), "a current-based neuron has a synaptic state saec's neurons lack")
+NIR_IMPORT.refuse(nir.I, "a pure integrator's output is its potential; saec reads it as LI (set tau) or IF")
+NIR_IMPORT.refuse(nir.Threshold, "a bare threshold has no membrane; saec's neurons integrate")
+NIR_IMPORT.refuse(nir.Scale, "no elementwise scaling op; fold the scale into the weights before")
+NIR_IMPORT.refuse(nir.Delay, "saec's graphs have no synaptic delays")
+NIR_IMPORT.refuse(nir.AvgPool2d, "saec pools by summing only (SumPool2d)")
+NIR_IMPORT.refuse(nir.Conv1d, "saec's convolutions are 2-D")
+NIR_IMPORT.refuse(nir.NIRGraph, "nested graphs are not read; flatten the graph first")
 
 
 def _add_flatten(ir: IRGraph, name: str, node: nir.Flatten, ins: tuple[str, ...], in_shape: tuple[int, ...]) -> str:

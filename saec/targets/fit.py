@@ -15,7 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from typing import Callable
+
 from saec.compiler import ops
+from saec.compiler.dispatch import OpTable
 from saec.compiler.graph import IRGraph
 from saec.targets.formula import check_formula, evaluate
 from saec.targets.profile import Profile
@@ -81,18 +84,35 @@ def layer_dimensions(graph: IRGraph, node: str) -> dict[str, int]:
     C x H x W map, else a 1 x 1 convolution over its input features; its output is c_out x 1 x 1.
     """
     op, meta = graph.op(node), graph.meta(node)
-    (src,) = graph.inputs(node)
-    in_shape, out_shape = tuple(graph.meta(src)["shape"]), tuple(meta["shape"])
-    dims = {"neurons": math.prod(out_shape), "synapses": meta.get("synapses", 0), "weights": meta.get("params", 0),
+    dims = {"neurons": math.prod(meta["shape"]), "synapses": meta.get("synapses", 0), "weights": meta.get("params", 0),
             "has_bias": int(op.bias)}
-    if isinstance(op, ops.Linear):
-        before = tuple(graph.meta(graph.inputs(src)[0])["shape"]) if isinstance(graph.op(src), ops.Flatten) else ()
-        c_in, kh, kw = before if len(before) == 3 else (op.in_features, 1, 1)
-        dims.update(c_in=c_in, c_out=op.out_features, kh=kh, kw=kw, h_in=kh, w_in=kw, h_out=1, w_out=1)
-    else:
-        dims.update(c_in=op.in_channels, c_out=op.out_channels, kh=op.kernel_size[0], kw=op.kernel_size[1],
-                    h_in=in_shape[1], w_in=in_shape[2], h_out=out_shape[1], w_out=out_shape[2])
+    dims.update(LAYER_DIMENSIONS.lookup(op, node=node)(graph, node, op))
     return dims
+
+
+#: synapse op -> fn(graph, node, op) -> its kernel and map dimensions (c_in, c_out, kh, kw, h/w in and out).
+LAYER_DIMENSIONS: OpTable[Callable[[IRGraph, str, ops.Op], dict[str, int]]] = OpTable("layer dimensions")
+
+
+@LAYER_DIMENSIONS.register(ops.Linear)
+def _linear_dimensions(graph: IRGraph, node: str, op: ops.Linear) -> dict[str, int]:
+    (src,) = graph.inputs(node)
+    before = tuple(graph.meta(graph.inputs(src)[0])["shape"]) if type(graph.op(src)) is ops.Flatten else ()
+    c_in, kh, kw = before if len(before) == 3 else (op.in_features, 1, 1)
+    return dict(c_in=c_in, c_out=op.out_features, kh=kh, kw=kw, h_in=kh, w_in=kw, h_out=1, w_out=1)
+
+
+@LAYER_DIMENSIONS.register(ops.Conv2d, ops.ConvTranspose2d)
+def _conv_dimensions(graph: IRGraph, node: str, op: ops.Conv2d | ops.ConvTranspose2d) -> dict[str, int]:
+    (src,) = graph.inputs(node)
+    in_shape, out_shape = tuple(graph.meta(src)["shape"]), tuple(graph.meta(node)["shape"])
+    return dict(c_in=op.in_channels, c_out=op.out_channels, kh=op.kernel_size[0], kw=op.kernel_size[1],
+                h_in=in_shape[1], w_in=in_shape[2], h_out=out_shape[1], w_out=out_shape[2])
+
+
+LAYER_DIMENSIONS.refuse((ops.Input, ops.Output, ops.PoissonEncode, ops.Flatten, ops.Unflatten, ops.LIF, ops.ReLU,
+                         ops.Reparameterize, ops.LeakyIntegrator, ops.SumPool2d, ops.MaxCumulativeReadout),
+                        "only synapse layers (conv2d, conv_transpose2d, linear) have kernel dimensions")
 
 
 def _kind_problems(op: ops.Op, profile: Profile, dims: dict[str, int] | None) -> list[str]:
@@ -257,6 +277,61 @@ def _match_in_order(candidates: dict[str, list[int]], cores: list[dict[str, int]
     return {node: core for core, node in owner.items()}
 
 
+@dataclass
+class _FitState:
+    """What :func:`check_fit` collects while it walks the graph."""
+
+    graph: IRGraph
+    profile: Profile
+    memories: dict  # memory name -> its checked formula
+    rows: list[LayerFit] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    by_layer: dict[str, LayerFit] = field(default_factory=dict)
+
+
+#: op -> fn(state, node, op): how the op is checked against the target.
+FIT: OpTable[Callable[[_FitState, str, ops.Op], None]] = OpTable("target fit")
+
+
+@FIT.register(*HOST_OPS)
+def _on_host(state: _FitState, name: str, op: ops.Op) -> None:
+    """Never reaches the chip: nothing to check."""
+
+
+@FIT.register(ops.LIF)
+def _neuron(state: _FitState, name: str, op: ops.LIF) -> None:
+    row = state.by_layer.get(state.graph.meta(name).get("layer"))
+    summary, problems = neuron_fit(op, state.profile)
+    if row is not None:
+        row.neuron = summary
+    state.violations.extend(Violation(name, p) for p in problems)
+
+
+@FIT.register(ops.ReLU, ops.Reparameterize, ops.LeakyIntegrator)
+def _not_spiking(state: _FitState, name: str, op: ops.Op) -> None:
+    state.violations.append(Violation(name, f"{op.type} is not a spiking neuron; {state.profile.name} runs "
+                                            f"spiking (LIF) networks only"))
+
+
+@FIT.register(ops.Flatten, ops.Unflatten, ops.SumPool2d)
+def _structural(state: _FitState, name: str, op: ops.Op) -> None:
+    state.violations.extend(Violation(name, p) for p in _kind_problems(op, state.profile, None))
+
+
+@FIT.register(*SYNAPSE_OPS)
+def _synapse(state: _FitState, name: str, op: ops.Op) -> None:
+    graph, profile = state.graph, state.profile
+    dims = layer_dimensions(graph, name)
+    state.violations.extend(Violation(name, p) for p in _kind_problems(op, profile, dims))
+    meta = graph.meta(name)
+    row = LayerFit(layer=meta.get("layer", name), node=name, op=op.type, neurons=dims["neurons"],
+                   synapses=dims["synapses"], weights=dims["weights"])
+    if op.type in profile.layers.kinds:  # memory of an op the chip cannot run would mean nothing
+        row.memory = {m: evaluate(tree, dims) for m, tree in state.memories.items()}
+    state.rows.append(row)
+    state.by_layer[row.layer] = row
+
+
 def check_fit(graph: IRGraph, profile: Profile) -> FitReport:
     """Check a compiled graph against a target profile.
 
@@ -267,38 +342,12 @@ def check_fit(graph: IRGraph, profile: Profile) -> FitReport:
         The per-layer report and every violation, in graph order (first the layer-wise ones,
         then the limits of the whole chip).
     """
-    violations: list[Violation] = []
-    notes: list[str] = []
-    rows: list[LayerFit] = []
-    memories = {name: check_formula(m.formula) for name, m in (profile.cores.memories.items()
-                                                                if profile.cores else ())}
-    by_layer: dict[str, LayerFit] = {}
+    state = _FitState(graph, profile, {name: check_formula(m.formula) for name, m in (
+        profile.cores.memories.items() if profile.cores else ())})
     for name in graph.order():
         op = graph.op(name)
-        if isinstance(op, HOST_OPS):
-            continue
-        if isinstance(op, ops.LIF):
-            row = by_layer.get(graph.meta(name).get("layer"))
-            summary, problems = neuron_fit(op, profile)
-            if row is not None:
-                row.neuron = summary
-            violations.extend(Violation(name, p) for p in problems)
-            continue
-        if not isinstance(op, (*SYNAPSE_OPS, ops.Flatten, ops.Unflatten, ops.SumPool2d)):
-            violations.append(Violation(name, f"{op.type} is not a spiking neuron; {profile.name} runs spiking "
-                                              f"(LIF) networks only"))
-            continue
-        dims = layer_dimensions(graph, name) if isinstance(op, SYNAPSE_OPS) else None
-        violations.extend(Violation(name, p) for p in _kind_problems(op, profile, dims))
-        if dims is None:
-            continue
-        meta = graph.meta(name)
-        row = LayerFit(layer=meta.get("layer", name), node=name, op=op.type, neurons=dims["neurons"],
-                       synapses=dims["synapses"], weights=dims["weights"])
-        if op.type in profile.layers.kinds:  # memory of an op the chip cannot run would mean nothing
-            row.memory = {m: evaluate(tree, dims) for m, tree in memories.items()}
-        rows.append(row)
-        by_layer[row.layer] = row
+        FIT.lookup(op, node=name)(state, name, op)
+    rows, violations, notes = state.rows, state.violations, []
     _check_io(graph, profile, rows, violations)
     if profile.cores is not None:
         _assign_cores(rows, profile, violations)

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from saec.compiler import ops
+from saec.compiler.dispatch import OpTable, UnsupportedOp
 from saec.compiler.graph import IRGraph
 from saec.spec.errors import SpecError
 from saec.targets.fit import check_fit, chip_decay
@@ -109,48 +110,17 @@ class QuantizedNetwork:
             Per spiking layer (spec layer name) its spike train [T, B, ...] as uint8, and
             ``"<layer>:v"`` the output layer's membrane [T, B, ...] (int64, chip units).
         """
-        values: dict[str, np.ndarray] = {}
-        out: dict[str, np.ndarray] = {}
-        t_steps, batch = spikes.shape[:2]
-        last_lif = list(self.graph.nodes(ops.LIF))[-1]
+        walk = _Simulation(self, spikes.shape[0], spikes.shape[1], spikes, list(self.graph.nodes(ops.LIF))[-1])
+        values: dict[str, np.ndarray | None] = {}
         for name in self.graph.order():
             op = self.graph.op(name)
             ins = self.graph.inputs(name)
-            h = values[ins[0]] if ins else None
-            if isinstance(op, ops.Input):
-                y = None
-            elif isinstance(op, ops.PoissonEncode):
-                y = np.asarray(spikes, dtype=np.int64)
-            elif isinstance(op, (ops.Conv2d, ops.ConvTranspose2d, ops.Linear)):
-                q = self.layers[name]
-                flat = h.reshape(t_steps * batch, *h.shape[2:])
-                y = _integer_synapse(op, q.weight, flat).reshape(t_steps, batch, *self.graph.meta(name)["shape"])
-            elif isinstance(op, (ops.Flatten, ops.Unflatten)):
-                y = h.reshape(t_steps, batch, *self.graph.meta(name)["shape"])
-            elif isinstance(op, ops.SumPool2d):
-                y = _sum_pool(h.reshape(t_steps * batch, *h.shape[2:]), op).reshape(
-                    t_steps, batch, *self.graph.meta(name)["shape"])
-            elif isinstance(op, ops.LIF):
-                q = next(layer for layer in self.layers.values() if layer.neuron == name)
-                v = np.zeros(h.shape[1:], dtype=np.int64)
-                trains, potentials = [], []
-                for t in range(t_steps):
-                    v, fired = self.step(v, h[t], q)
-                    trains.append(fired)
-                    potentials.append(v.copy())
-                y = np.stack(trains).astype(np.int64)
-                layer = self.graph.meta(name)["layer"]
-                out[layer] = y.astype(np.uint8)
-                if name == last_lif:
-                    out[f"{layer}:v"] = np.stack(potentials)
-                    out[f"{layer}:current"] = h  # the chip's integer input current a_in, [T, B, ...]
-            elif isinstance(op, (ops.MaxCumulativeReadout, ops.Output)):
-                y = h
-            else:
-                raise SpecError(f"the integer simulation has no rule for {op.type}", path=name)
-            values[name] = y
-        return out
-
+            try:
+                step = INTEGER_SIMULATION.lookup(op, node=name)
+            except UnsupportedOp as exc:
+                raise SpecError(exc.message, path=name) from None
+            values[name] = step(walk, name, op, values[ins[0]] if ins else None)
+        return walk.out
 
     def reconstruct(self, spikes: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Simulate, then read the reconstruction out on the host as saec's readout does.
@@ -190,21 +160,109 @@ class QuantizedNetwork:
         peak = window.max(axis=0)
         if readout.t_min == 0:
             peak = np.maximum(peak, 0.0)
-        divisor = current.shape[0] * readout.scale if readout.divide_by_timesteps else readout.scale
+        divisor = readout.divisor(current.shape[0])
         return sim, peak / divisor
 
 
 # ---------------------------------------------------------------- integer synapses
-def _integer_synapse(op: ops.Op, weight: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Exact integer conv / transposed conv / linear of x [N, ...] (int64)."""
-    if isinstance(op, ops.Linear):
-        return x @ weight.T
-    if isinstance(op, ops.Conv2d):
-        (ph, pw), (sh, sw) = op.padding, op.stride
-        kh, kw = weight.shape[2:]
-        padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-        windows = sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # [N, C, Ho, Wo, kh, kw]
-        return np.tensordot(windows, weight, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+@dataclass
+class _Simulation:
+    """One run of :meth:`QuantizedNetwork.simulate`: what each op's step reads and writes."""
+
+    network: "QuantizedNetwork"
+    t_steps: int
+    batch: int
+    spikes: np.ndarray  # the input spike train [T, B, ...]
+    last_lif: str  # the output layer's neurons (their membrane and input current are kept)
+    out: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def shaped(self, name: str, y: np.ndarray) -> np.ndarray:
+        """``y`` as [T, B, *shape of node ``name``]."""
+        return y.reshape(self.t_steps, self.batch, *self.network.graph.meta(name)["shape"])
+
+    def rows(self, h: np.ndarray) -> np.ndarray:
+        """[T, B, ...] as [T*B, ...]."""
+        return h.reshape(self.t_steps * self.batch, *h.shape[2:])
+
+
+#: op -> fn(simulation, node, op, input values [T, B, ...] int64) -> output values: the integer network.
+INTEGER_SIMULATION: OpTable[Callable[[_Simulation, str, ops.Op, np.ndarray | None], np.ndarray | None]] = \
+    OpTable("integer simulation")
+INTEGER_SIMULATION.refuse((ops.ReLU, ops.Reparameterize), "chips run spiking (LIF) networks only")
+INTEGER_SIMULATION.refuse(ops.LeakyIntegrator, "the quantisers map LIF neurons only; a non-spiking leaky "
+                                               "integrator has no chip neuron here")
+
+
+@INTEGER_SIMULATION.register(ops.Input)
+def _sim_input(sim: _Simulation, name: str, op: ops.Input, h: None) -> None:
+    return None  # the encoder's spike train is the chip's input
+
+
+@INTEGER_SIMULATION.register(ops.PoissonEncode)
+def _sim_encode(sim: _Simulation, name: str, op: ops.PoissonEncode, h: None) -> np.ndarray:
+    return np.asarray(sim.spikes, dtype=np.int64)
+
+
+@INTEGER_SIMULATION.register(ops.Linear)
+def _sim_linear(sim: _Simulation, name: str, op: ops.Linear, h: np.ndarray) -> np.ndarray:
+    return sim.shaped(name, sim.rows(h) @ sim.network.layers[name].weight.T)
+
+
+@INTEGER_SIMULATION.register(ops.Conv2d)
+def _sim_conv2d(sim: _Simulation, name: str, op: ops.Conv2d, h: np.ndarray) -> np.ndarray:
+    return sim.shaped(name, _integer_conv2d(op, sim.network.layers[name].weight, sim.rows(h)))
+
+
+@INTEGER_SIMULATION.register(ops.ConvTranspose2d)
+def _sim_conv_transpose2d(sim: _Simulation, name: str, op: ops.ConvTranspose2d, h: np.ndarray) -> np.ndarray:
+    return sim.shaped(name, _integer_conv_transpose2d(op, sim.network.layers[name].weight, sim.rows(h)))
+
+
+@INTEGER_SIMULATION.register(ops.Flatten, ops.Unflatten)
+def _sim_reshape(sim: _Simulation, name: str, op: ops.Op, h: np.ndarray) -> np.ndarray:
+    return sim.shaped(name, h)
+
+
+@INTEGER_SIMULATION.register(ops.SumPool2d)
+def _sim_sum_pool2d(sim: _Simulation, name: str, op: ops.SumPool2d, h: np.ndarray) -> np.ndarray:
+    return sim.shaped(name, _sum_pool(sim.rows(h), op))
+
+
+@INTEGER_SIMULATION.register(ops.LIF)
+def _sim_lif(sim: _Simulation, name: str, op: ops.LIF, h: np.ndarray) -> np.ndarray:
+    net = sim.network
+    q = next(layer for layer in net.layers.values() if layer.neuron == name)
+    v = np.zeros(h.shape[1:], dtype=np.int64)
+    trains, potentials = [], []
+    for t in range(sim.t_steps):
+        v, fired = net.step(v, h[t], q)
+        trains.append(fired)
+        potentials.append(v.copy())
+    y = np.stack(trains).astype(np.int64)
+    layer = net.graph.meta(name)["layer"]
+    sim.out[layer] = y.astype(np.uint8)
+    if name == sim.last_lif:
+        sim.out[f"{layer}:v"] = np.stack(potentials)
+        sim.out[f"{layer}:current"] = h  # the chip's integer input current a_in, [T, B, ...]
+    return y
+
+
+@INTEGER_SIMULATION.register(ops.MaxCumulativeReadout, ops.Output)
+def _sim_host(sim: _Simulation, name: str, op: ops.Op, h: np.ndarray) -> np.ndarray:
+    return h  # the readout runs on the host (see reconstruct)
+
+
+def _integer_conv2d(op: ops.Conv2d, weight: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Exact integer convolution of x [N, C, H, W] (int64)."""
+    (ph, pw), (sh, sw) = op.padding, op.stride
+    kh, kw = weight.shape[2:]
+    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    windows = sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # [N, C, Ho, Wo, kh, kw]
+    return np.tensordot(windows, weight, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+
+
+def _integer_conv_transpose2d(op: ops.ConvTranspose2d, weight: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Exact integer transposed convolution of x [N, C, H, W] (int64)."""
     # transposed conv: every input position adds the kernel, scaled, at stride steps; then crop the padding
     (ph, pw), (sh, sw), (oph, opw) = op.padding, op.stride, op.output_padding
     n, _, h, w = x.shape

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 from saec.compiler import ops
+from saec.compiler.dispatch import OpTable
 from saec.compiler.graph import IRGraph
 
 
@@ -44,38 +46,75 @@ def _taps(n_out: int, n_in: int, k: int, stride: int, pad: int) -> int:
     return total
 
 
+class Cost(NamedTuple):
+    """Per example and time step: neurons, connections from real inputs, dense multiply-accumulates."""
+
+    neurons: int
+    synapses: int
+    macs: int
+
+
+#: op, input shape, output shape -> its :class:`Cost`. Synapses are the connections from real (not padding)
+#: inputs to outputs, i.e. the non-zero MACs of one dense step; MACs count as a framework computes them.
+COST: OpTable[Callable[[ops.Op, tuple[int, ...], tuple[int, ...]], Cost]] = OpTable("cost")
+
+
+@COST.register(ops.Conv2d)
+def _conv2d(op: ops.Conv2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Cost:
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel_size, op.stride, op.padding
+    return Cost(0, op.in_channels * op.out_channels * _taps(out_shape[1], in_shape[1], kh, sh, ph)
+                * _taps(out_shape[2], in_shape[2], kw, sw, pw),
+                math.prod(out_shape) * op.in_channels * math.prod(op.kernel_size))
+
+
+@COST.register(ops.ConvTranspose2d)
+def _conv_transpose2d(op: ops.ConvTranspose2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Cost:
+    # A transposed conv is the adjoint of the conv from its output back to its input.
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel_size, op.stride, op.padding
+    return Cost(0, op.in_channels * op.out_channels * _taps(in_shape[1], out_shape[1], kh, sh, ph)
+                * _taps(in_shape[2], out_shape[2], kw, sw, pw),
+                math.prod(in_shape) * op.out_channels * math.prod(op.kernel_size))
+
+
+@COST.register(ops.Linear)
+def _linear(op: ops.Linear, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Cost:
+    return Cost(0, op.in_features * op.out_features, op.in_features * op.out_features)
+
+
+@COST.register(ops.SumPool2d)
+def _sum_pool2d(op: ops.SumPool2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Cost:
+    # each channel's window sums its own channel only: a depthwise conv with a kernel of ones;
+    # its additions count as MACs with weight 1
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel_size, op.stride, op.padding
+    return Cost(0, out_shape[0] * _taps(out_shape[1], in_shape[1], kh, sh, ph)
+                * _taps(out_shape[2], in_shape[2], kw, sw, pw), math.prod(out_shape) * math.prod(op.kernel_size))
+
+
+@COST.register(ops.LIF, ops.ReLU)
+def _neurons(op: ops.Op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Cost:
+    return Cost(math.prod(out_shape), 0, 0)
+
+
+@COST.register(ops.Input, ops.Output, ops.PoissonEncode, ops.Flatten, ops.Unflatten, ops.Reparameterize,
+               ops.LeakyIntegrator, ops.MaxCumulativeReadout)
+def _free(op: ops.Op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Cost:
+    # no synapses and no spiking/ReLU neurons (the VAE's sampling, a NIR leaky integrator, reshapes, the ends)
+    return Cost(0, 0, 0)
+
+
+def cost(op: ops.Op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Cost:
+    """The :class:`Cost` of ``op`` on an input of ``in_shape`` giving ``out_shape`` (per example and step)."""
+    return COST.lookup(op)(op, in_shape, out_shape)
+
+
 def synapses(op: ops.Op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
     """Connections from real (not padding) inputs to outputs, i.e. non-zero MACs of one dense step."""
-    if isinstance(op, ops.Conv2d):
-        (kh, kw), (sh, sw), (ph, pw) = op.kernel_size, op.stride, op.padding
-        return (op.in_channels * op.out_channels * _taps(out_shape[1], in_shape[1], kh, sh, ph)
-                * _taps(out_shape[2], in_shape[2], kw, sw, pw))
-    if isinstance(op, ops.ConvTranspose2d):
-        # A transposed conv is the adjoint of the conv from its output back to its input.
-        (kh, kw), (sh, sw), (ph, pw) = op.kernel_size, op.stride, op.padding
-        return (op.in_channels * op.out_channels * _taps(in_shape[1], out_shape[1], kh, sh, ph)
-                * _taps(in_shape[2], out_shape[2], kw, sw, pw))
-    if isinstance(op, ops.Linear):
-        return op.in_features * op.out_features
-    if isinstance(op, ops.SumPool2d):
-        # each channel's window sums its own channel only: a depthwise conv with a kernel of ones
-        (kh, kw), (sh, sw), (ph, pw) = op.kernel_size, op.stride, op.padding
-        return (out_shape[0] * _taps(out_shape[1], in_shape[1], kh, sh, ph)
-                * _taps(out_shape[2], in_shape[2], kw, sw, pw))
-    return 0
+    return cost(op, in_shape, out_shape).synapses
 
 
 def macs(op: ops.Op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
     """Dense multiply-accumulates per example and step, as a framework computes them."""
-    if isinstance(op, ops.Conv2d):
-        return math.prod(out_shape) * op.in_channels * math.prod(op.kernel_size)
-    if isinstance(op, ops.ConvTranspose2d):
-        return math.prod(in_shape) * op.out_channels * math.prod(op.kernel_size)
-    if isinstance(op, ops.Linear):
-        return op.in_features * op.out_features
-    if isinstance(op, ops.SumPool2d):
-        return math.prod(out_shape) * math.prod(op.kernel_size)  # additions, counted as MACs with weight 1
-    return 0
+    return cost(op, in_shape, out_shape).macs
 
 
 def estimate_cost(graph: IRGraph) -> bool:
@@ -86,11 +125,7 @@ def estimate_cost(graph: IRGraph) -> bool:
         ins = graph.inputs(name)
         in_shape = tuple(graph.meta(ins[0])["shape"]) if ins else ()
         out_shape = tuple(meta["shape"])
-        values = {
-            "neurons": math.prod(out_shape) if isinstance(op, (ops.LIF, ops.ReLU)) else 0,
-            "synapses": synapses(op, in_shape, out_shape),
-            "macs": macs(op, in_shape, out_shape),
-        }
+        values = cost(op, in_shape, out_shape)._asdict()
         for key, value in values.items():
             if meta.get(key) != value:
                 meta[key] = value

@@ -17,13 +17,20 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from saec.compiler import ops
+from saec.compiler.dispatch import OpTable
 from saec.compiler.graph import IRGraph
 
 FLOAT_BYTES = 4
-#: Tensors of its output size a node keeps per example and step for the backward pass.
-KEPT_PER_NODE = {ops.LIF: 4}
+#: op -> tensors of its output size a node keeps per example and step for the backward pass.
+KEPT_TENSORS: OpTable[Callable[[ops.Op], int]] = OpTable("training memory")
+# input current, membrane potential, spikes, cumulative potential U
+KEPT_TENSORS.add(ops.LIF, lambda op: 4)
+KEPT_TENSORS.register(ops.Input, ops.Output, ops.PoissonEncode, ops.Conv2d, ops.ConvTranspose2d, ops.Linear,
+                      ops.Flatten, ops.Unflatten, ops.ReLU, ops.Reparameterize, ops.LeakyIntegrator, ops.SumPool2d,
+                      ops.MaxCumulativeReadout)(lambda op: 1)  # its output
 #: Copies of the parameters training holds: weights, gradients and the optimizer's state.
 PARAM_COPIES = {"adam": 4, "adamw": 4, "sgd": 3}
 
@@ -57,7 +64,8 @@ def estimate_training_memory(graph: IRGraph, batch_size: int, optimizer: str = "
     largest, largest_bytes = "", -1
     for name in graph.order():
         meta = graph.meta(name)
-        kept = KEPT_PER_NODE.get(type(graph.op(name)), 1)
+        op = graph.op(name)
+        kept = KEPT_TENSORS.lookup(op, node=name)(op)
         p = meta.get("params", 0) * FLOAT_BYTES * copies
         a = math.prod(meta.get("shape", ())) * kept * FLOAT_BYTES * timesteps * batch_size
         params_bytes += p
