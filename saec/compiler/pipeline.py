@@ -1,8 +1,10 @@
 """Named flows of passes, and the one entry point ``compile_spec``.
 
-A pass is ``fn(graph) -> bool`` (True when it changed the graph). A flow is a
-named list of passes run in order; errors gain the name of the failing pass
-and of the passes that ran before it.
+A pass is ``fn(graph) -> bool`` (True when it changed the graph), one pass per
+file under :mod:`saec.compiler.passes`. A flow is a named list of passes run in
+order; errors gain the name of the failing pass and of the passes that ran
+before it. A flow of rewrites (``nir``) re-checks the shapes after each pass
+(:func:`recheck_shapes`), so a pass that breaks them is caught and named.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ from saec.compiler.builder import build_ir
 from saec.compiler.errors import CompileError
 from saec.compiler.graph import IRGraph
 from saec.compiler.passes.cost import estimate_cost
+from saec.compiler.passes.fold_reshapes import fold_reshapes
 from saec.compiler.passes.lint import lint
+from saec.compiler.passes.lower_conv_transpose import lower_conv_transpose
+from saec.compiler.passes.lower_flatten_linear import lower_flatten_linear
+from saec.compiler.passes.lower_linear_unflatten import lower_linear_unflatten
 from saec.compiler.passes.params import count_params
-from saec.compiler.passes.shapes import infer_shapes
+from saec.compiler.passes.shapes import fmt, infer_shapes
 from saec.spec.errors import SpecError
 from saec.spec.loader import LoadedSpec, load_spec
 
@@ -28,19 +34,53 @@ PASSES: dict[str, Pass] = {
     "lint": lint,
     "params": count_params,
     "cost": estimate_cost,
+    # NIR lowerings (exact rewrites; saec.compiler.passes.lower_nir)
+    "lower_conv_transpose": lower_conv_transpose,
+    "lower_linear_unflatten": lower_linear_unflatten,
+    "lower_flatten_linear": lower_flatten_linear,
+    "fold_reshapes": fold_reshapes,
 }
 
 FLOWS: dict[str, list[str]] = {
     "compile": ["shapes", "lint", "params", "cost"],
+    # makes a compiled graph expressible in NIR: every synapse a Conv2d (or a linear on flat data)
+    "nir": ["shapes", "lower_conv_transpose", "lower_linear_unflatten", "lower_flatten_linear", "fold_reshapes",
+            "shapes", "lint", "params", "cost"],
 }
+
+#: Flows that re-check the shapes after every pass (infer_shapes + lint).
+RECHECKED_FLOWS: set[str] = {"nir"}
 
 
 def register_pass(name: str, fn: Pass) -> None:
     PASSES[name] = fn
 
 
-def register_flow(name: str, passes: list[str]) -> None:
+def register_flow(name: str, passes: list[str], *, recheck_shapes: bool = False) -> None:
+    """Define flow ``name``; ``recheck_shapes``: re-check the shapes after each of its passes."""
     FLOWS[name] = list(passes)
+    if recheck_shapes:
+        RECHECKED_FLOWS.add(name)
+    else:
+        RECHECKED_FLOWS.discard(name)
+
+
+def recheck_shapes(graph: IRGraph) -> None:
+    """The shapes recorded on the graph are the ones its ops give, and lint holds.
+
+    Raises:
+        CompileError: a node whose recorded shape is stale (names it, with the shape its input
+            gives), a node whose input no longer fits, or a lint rule broken.
+    """
+    recorded = {n: tuple(graph.meta(n).get("shape", ())) for n in graph.order()}
+    infer_shapes(graph)
+    for name in graph.order():
+        now = tuple(graph.meta(name)["shape"])
+        if recorded[name] != now:
+            graph.meta(name)["shape"] = recorded[name]  # leave the graph as the pass left it
+            raise CompileError(f"records shape {fmt(recorded[name])}, but its op gives {fmt(now)} on its input",
+                               node=name)
+    lint(graph)
 
 
 @dataclass
@@ -52,6 +92,7 @@ class FlowReport:
 def run_flow(graph: IRGraph, flow: str, *, after: str = "build") -> FlowReport:
     """Run the passes of ``flow`` on ``graph`` in order (in place)."""
     report = FlowReport()
+    recheck = flow in RECHECKED_FLOWS
     for name in FLOWS[flow]:
         try:
             if PASSES[name](graph):
@@ -60,6 +101,13 @@ def run_flow(graph: IRGraph, flow: str, *, after: str = "build") -> FlowReport:
             done = ", ".join([after, *report.ran]) or after
             exc.add_context(f"pass `{name}` of flow `{flow}` failed after [{done}]")
             raise
+        if recheck and name != "shapes":
+            try:
+                recheck_shapes(graph)
+            except CompileError as exc:
+                detail = exc.message + "".join(f"; {c}" for c in exc.context)
+                raise CompileError(f"pass `{name}` of flow `{flow}` broke the graph's shapes: {detail}",
+                                   node=exc.node) from None
         report.ran.append(name)
     return report
 
