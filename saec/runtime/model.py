@@ -7,11 +7,12 @@ A conv or linear runs once on a [T*B, ...] tensor; the LIF recurrence over T is
 is the step-by-step reference (each step runs the whole network) and gives
 bit-identical spikes.
 
-``SpikingAutoencoder.execution`` picks how a training forward runs: ``"fast"``
-(the default) uses the fused LIF scan and synapses that keep their binary input
-as bool for backward (:mod:`saec.runtime.fastpath`); ``"reference"`` uses the
-autograd-oracle scan and plain autograd synapses. Both give bit-identical spikes
-and the same gradients (fp32 rounding).
+``SpikingAutoencoder.execution`` (an :class:`~saec.runtime.execution.Execution`)
+picks how a training forward runs: path ``"fast"`` (the default) uses the fused
+LIF scan and synapses that keep their binary input as bool for backward
+(:mod:`saec.runtime.fastpath`); ``"reference"`` uses the autograd-oracle scan and
+plain autograd synapses. Both give bit-identical spikes and the same gradients
+(fp32 rounding).
 
 AE and VAE baselines run through the same walk with T = 1 and no encoding.
 """
@@ -30,6 +31,7 @@ from saec.compiler.graph import IRGraph
 from saec.compiler.passes.params import weight_shapes
 from saec.runtime import fastpath
 from saec.runtime.encoding import poisson_encode
+from saec.runtime.execution import Execution
 from saec.runtime.lif import lif_scan, lif_scan_autograd, lif_step
 from saec.runtime.pool import BufferPool, use_pool
 from saec.runtime.readout import max_cumulative_readout
@@ -139,8 +141,8 @@ class SpikingAutoencoder(nn.Module):
         #: False for graphs read from NIR: their input is already a spike train (``encoded``).
         self.encodes = any(True for _ in graph.nodes(ops.PoissonEncode))
         self.latent_node = graph.attrs.get("latent_node")
-        #: "fast" or "reference" (see the module docstring)
-        self.execution = "fast"
+        #: how forward runs (see the module docstring)
+        self.execution = Execution()
         # forward drops a value once its last user has run, so it can be freed early
         position = {name: i for i, name in enumerate(self.order)}
         self._last_use = {name: max((position[u] for u in graph.users(name)), default=len(self.order))
@@ -231,9 +233,9 @@ class SpikingAutoencoder(nn.Module):
         out = NetOutput(x_hat=x)
         values: dict[str, Tensor] = {}
         batch = x.shape[0]
-        if self.execution not in ("fast", "reference"):
-            raise ValueError(f"execution must be 'fast' or 'reference', got {self.execution!r}")
-        fast = self.execution == "fast"
+        if not isinstance(self.execution, Execution):
+            raise TypeError(f"execution must be a saec.runtime.execution.Execution, got {self.execution!r}")
+        fast = self.execution.fast
         # values known to be spike trains (fast execution): their bool copies, which the
         # synapses keep for backward when training, or None (inference)
         binary: dict[str, Tensor | None] = {}
@@ -296,7 +298,7 @@ class SpikingAutoencoder(nn.Module):
                     h = h.float()  # under autocast: synapses in low precision, the LIF recurrence in fp32
                 if fast:
                     res = lif_scan(h, op, cumulative=want, record_potential=keep_state, bool_spikes=keep_binary,
-                                   counts=True)
+                                   counts=True, backend=self.execution.scan_backend)
                 else:
                     res = lif_scan_autograd(h, op, cumulative=want, record_potential=keep_state)
                 y = res.spikes
