@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from saec.compiler.ops import LIF  # noqa: E402
 from saec.compiler.pipeline import compile_spec  # noqa: E402
-from saec.runtime import lif as lif_module  # noqa: E402
-from saec.runtime.lif import lif_scan, scan_backend  # noqa: E402
+from saec.runtime.execution import Execution  # noqa: E402
+from saec.runtime.lif import kernel_for, lif_scan  # noqa: E402
 from saec.runtime.model import SpikingAutoencoder  # noqa: E402
 from saec.training.objective import objective  # noqa: E402
 
@@ -55,15 +55,15 @@ def check_scan(device: torch.device) -> list[str]:
         for cumulative in ("none", "last", "all"):
             outs = []
             for backend in ("auto", "torch"):
-                with scan_backend(backend):
-                    xi = x.clone().requires_grad_()
-                    res = lif_scan(xi, op, cumulative=cumulative, record_potential=True, bool_spikes=True)
-                    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)
-                    loss = (res.spikes * w).sum() + 0.1 * (res.u * w).sum()
-                    if res.U is not None:
-                        loss = loss + (res.U * w[: res.U.shape[0]] if cumulative == "all" else res.U * w[0]).sum()
-                    (g,) = torch.autograd.grad(loss, xi)
-                    outs.append((res, g))
+                xi = x.clone().requires_grad_()
+                res = lif_scan(xi, op, cumulative=cumulative, record_potential=True, bool_spikes=True,
+                               backend=backend)
+                w = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)
+                loss = (res.spikes * w).sum() + 0.1 * (res.u * w).sum()
+                if res.U is not None:
+                    loss = loss + (res.U * w[: res.U.shape[0]] if cumulative == "all" else res.U * w[0]).sum()
+                (g,) = torch.autograd.grad(loss, xi)
+                outs.append((res, g))
             (a, ga), (b, gb) = outs
             for field, p, q in zip(a._fields, a, b):
                 if (p is None) != (q is None) or (p is not None and not torch.equal(p, q)):
@@ -71,7 +71,7 @@ def check_scan(device: torch.device) -> list[str]:
             scale = max(1.0, gb.abs().max().item())
             if not torch.allclose(ga, gb, rtol=1e-5, atol=1e-6 * scale):
                 failures.append(f"scan {name} {cumulative}: gradient max|diff| {(ga - gb).abs().max().item():.3g}")
-    kernel = lif_module._kernel_for(x)
+    kernel = kernel_for(x, "auto")
     print(f"scan: fused kernel = {getattr(kernel, '__name__', 'none (torch ops)')}; "
           f"{len(OPS) * 3} option/output combinations; {'ok' if not failures else 'FAILED'}")
     return failures
@@ -93,7 +93,7 @@ def check_network(device: torch.device) -> list[str]:
              * 1.5).clamp(0, 1).to(device)
         runs = {}
         for execution in ("fast", "reference"):
-            model.execution = execution
+            model.execution = Execution(path=execution)
             model.zero_grad(set_to_none=True)
             out = model(x, generator=torch.Generator(device=device).manual_seed(1), record=set(layers))
             loss, _ = objective(model, out, x)
@@ -122,16 +122,15 @@ def time_scan(device: torch.device, reps: int) -> None:
     op = LIF()
 
     def once(backend: str) -> float:
-        with scan_backend(backend):
-            xi = x.clone().requires_grad_()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            res = lif_scan(xi, op, cumulative="last")
-            (res.spikes.sum() + res.U.square().sum()).backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - t0
+        xi = x.clone().requires_grad_()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        res = lif_scan(xi, op, cumulative="last", backend=backend)
+        (res.spikes.sum() + res.U.square().sum()).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
     times = {"auto": [], "torch": []}
     for i in range(reps + 2):

@@ -84,6 +84,7 @@ def _saec_trainer(name: str, graph, weights, device):
     import torch
 
     from saec.runtime import fastpath
+    from saec.runtime.execution import Execution
     from saec.runtime.model import SpikingAutoencoder
     from saec.training.objective import objective
 
@@ -118,8 +119,8 @@ def _saec_trainer(name: str, graph, weights, device):
         fastpath.spike_synapse = plain_synapse
     model = SpikingAutoencoder(graph).to(device)
     model.load_ir_state_dict({k: v.to(device) for k, v in weights.items()})
-    if "reference" in switches:
-        model.execution = "reference"
+    model.execution = Execution(path="reference" if "reference" in switches else "fast",
+                                scan_backend="torch" if "torch-scan" in switches else "auto")
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in switches)
 
@@ -148,8 +149,6 @@ class Trainer:
         switches = name.split(":", 1)[1].split("+") if ":" in name else []
         if "keep-memory" in switches:
             os.environ["SAEC_KEEP_FREED_MEMORY"] = "1"
-        if "torch-scan" in switches:
-            os.environ["SAEC_NATIVE_KERNELS"] = "0"
         if "thp" in switches:  # torch's own transparent-huge-page allocation (read at the first allocation)
             os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
         import torch

@@ -25,15 +25,19 @@ def max_cumulative_readout(U_all: Tensor, op: MaxCumulativeReadout) -> Tensor:
     if U_all.dim() < 2 or U_all.shape[0] < 1:
         raise ValueError(f"U_all must be [T, B, ...] with T >= 1, got shape {tuple(U_all.shape)}")
     T = U_all.shape[0]
-    if not 0 <= op.t_min <= T:
-        raise ValueError(f"t_min must lie in [0, T] = [0, {T}], got {op.t_min}")
+    check_t_min(op, T)
     window = U_all[max(op.t_min, 1) - 1:]  # U(t) for t >= max(t_min, 1)
     first = _first_argmax(window.detach())
     peak = window.gather(0, first).squeeze(0)
     if op.t_min == 0:
         peak = torch.relu(peak)  # relu's gradient at 0 is 0: U(0) wins the tie
-    divisor = op.divisor(T)
-    return peak / divisor
+    return peak / op.divisor(T)
+
+
+def check_t_min(op: MaxCumulativeReadout, timesteps: int) -> None:
+    """Raise ValueError unless the readout's window start ``t_min`` lies in [0, T]."""
+    if not 0 <= op.t_min <= timesteps:
+        raise ValueError(f"t_min must lie in [0, T] = [0, {timesteps}], got {op.t_min}")
 
 
 def _first_argmax(window: Tensor) -> Tensor:

@@ -10,6 +10,8 @@ the switch code (tests/benchmarks/test_bench_smoke.py reads them):
 - ``omp_wait_policy``: OMP_WAIT_POLICY as the worker left it (the test starts
   the probe without it);
 - ``c_scan_calls``: calls of the C LIF kernel (forward and backward) in the second step;
+- ``scan_backends``: the scan backends the LIF scan was called with in that step (the
+  ``backend`` argument its kernel choice received, sorted);
 - ``fresh_pool_bytes``: large tensors (at least ``POOL_FROM_BYTES``) the buffer pool
   allocated afresh in the second step, and ``pool_hits``: those it handed out again;
 - ``saved``: what autograd saved in the second step (counts by dtype, channels-last
@@ -67,10 +69,21 @@ def probe(name: str) -> dict:
         from saec.training import objective as objective_module
         from saec.runtime import pool
         from saec.runtime.kernels import cpu_lif
+        from saec.runtime.lif import dispatch
 
         pool.MIN_POOLED_BYTES = POOL_FROM_BYTES
         counters = {"c_scan_calls": 0, "fresh_pool_bytes": 0, "fresh_pool_tensors": 0}
         self._probe_counters, self._probe_on = counters, False
+        backends: set[str] = set()
+        real_kernel_for = dispatch.kernel_for
+
+        def kernel_for(t, backend):
+            if self._probe_on:
+                backends.add(backend)
+            return real_kernel_for(t, backend)
+
+        dispatch.kernel_for = kernel_for
+        observed["scan_backends"] = backends
 
         def counting(fn):
             def wrapper(*a, **k):
@@ -168,6 +181,7 @@ def probe(name: str) -> dict:
     finally:
         sys.stdin, sys.stdout = stdin, stdout
     observed["replies"] = [json.loads(line) for line in replies.getvalue().splitlines()]
+    observed["scan_backends"] = sorted(observed.get("scan_backends", ()))
 
     import torch
 

@@ -147,6 +147,8 @@ def test_torch_scan_never_calls_the_c_kernel(observed):
     if observed[""]["c_scan_calls"] == 0:
         pytest.skip("no C compiler: the C scan is not built, so plain saec does not call it either")
     assert observed["torch-scan"]["c_scan_calls"] == 0
+    # the switch travels as the scan's backend argument (no global switch, no environment variable)
+    assert observed[""]["scan_backends"] == ["auto"] and observed["torch-scan"]["scan_backends"] == ["torch"]
 
 
 def test_channels_last_switch_makes_convolutions_contiguous(observed):

@@ -102,7 +102,7 @@ LIF_FIELDS = {
 
 def _runtime_params(op: ops.LIF, for_backward: bool, dtype: torch.dtype) -> dict:
     """The kernel parameter record the runtime builds for ``op`` (its own decoding)."""
-    from saec.runtime.lif import _kernel_params
+    from saec.runtime.lif.dispatch import kernel_params as _kernel_params
 
     fake_kernel = SimpleNamespace(LIFParams=lambda **kw: kw)
     return _kernel_params(fake_kernel, op, 4, 8, "all", for_backward, dtype)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import platform
@@ -30,7 +31,8 @@ from saec.compiler.ops import LIF
 from saec.compiler.pipeline import compile_spec
 from saec.runtime import fastpath, pool
 from saec.runtime.kernels import cpu_lif
-from saec.runtime.lif import lif_scan, scan_backend
+from saec.runtime.execution import Execution
+from saec.runtime.lif import lif_scan
 from saec.runtime.model import SpikingAutoencoder
 from saec.training.objective import objective
 from tests.conftest import REPO, SPECS
@@ -52,14 +54,14 @@ def _ops():
 
 
 def _run(op, x, cumulative, backend):
-    with scan_backend(backend):
-        xi = x.clone().requires_grad_()
-        res = lif_scan(xi, op, cumulative=cumulative, record_potential=True, bool_spikes=True, counts=True)
-        assert torch.equal(res.counts, res.spikes.sum(0))
-        gen = torch.Generator().manual_seed(5)
-        loss = sum((torch.randn(t.shape, generator=gen, dtype=t.dtype) * t).sum()
-                   for t in (res.spikes, res.U, res.u, res.counts) if t is not None)
-        (g,) = torch.autograd.grad(loss, xi)
+    xi = x.clone().requires_grad_()
+    res = lif_scan(xi, op, cumulative=cumulative, record_potential=True, bool_spikes=True, counts=True,
+                   backend=backend)
+    assert torch.equal(res.counts, res.spikes.sum(0))
+    gen = torch.Generator().manual_seed(5)
+    loss = sum((torch.randn(t.shape, generator=gen, dtype=t.dtype) * t).sum()
+               for t in (res.spikes, res.U, res.u, res.counts) if t is not None)
+    (g,) = torch.autograd.grad(loss, xi)
     return res, g
 
 
@@ -88,11 +90,10 @@ def test_c_scan_handles_layouts_threads_and_expanded_gradients():
     assert not x.is_contiguous() and x[0].numel() >= 1 << 15
     outs = []
     for backend in ("auto", "torch"):
-        with scan_backend(backend):
-            xi = x.clone().requires_grad_()
-            res = lif_scan(xi, op, cumulative="last")
-            (res.spikes.sum(0).sum() + res.U.square().sum()).backward()
-            outs.append((res.spikes, res.U, xi.grad))
+        xi = x.clone().requires_grad_()
+        res = lif_scan(xi, op, cumulative="last", backend=backend)
+        (res.spikes.sum(0).sum() + res.U.square().sum()).backward()
+        outs.append((res.spikes, res.U, xi.grad))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert torch.equal(outs[0][0], outs[1][0])
@@ -109,8 +110,7 @@ def test_without_a_compiler_the_scan_falls_back_with_one_warning(monkeypatch, tm
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no second warning
             got = lif_scan(x, LIF(), cumulative="all")
-        with scan_backend("torch"):
-            want = lif_scan(x, LIF(), cumulative="all")
+        want = lif_scan(x, LIF(), cumulative="all", backend="torch")
         assert torch.equal(got.spikes, want.spikes) and torch.equal(got.U, want.U)
         monkeypatch.setenv("SAEC_NATIVE_KERNELS", "0")
         cpu_lif.library.cache_clear()
@@ -121,9 +121,31 @@ def test_without_a_compiler_the_scan_falls_back_with_one_warning(monkeypatch, tm
 
 
 def test_scan_backend_rejects_unknown_names():
-    with pytest.raises(ValueError, match="'auto' or 'torch'"):
-        with scan_backend("cuda"):
-            pass
+    with pytest.raises(ValueError, match="scan backend must be 'auto' or 'torch', got 'cuda'"):
+        lif_scan(torch.zeros(2, 1, 3), LIF(), backend="cuda")
+    with pytest.raises(ValueError, match="scan backend must be 'auto' or 'torch', got 'cuda'"):
+        Execution(scan_backend="cuda")
+    with pytest.raises(ValueError, match="execution path must be 'fast' or 'reference', got 'quick'"):
+        Execution(path="quick")
+
+
+def test_the_model_passes_its_scan_backend_to_the_scan(monkeypatch):
+    """The backend travels as an argument: the model's Execution reaches the kernel choice."""
+    from saec.runtime.lif import dispatch
+
+    _, graph = compile_spec(str(PRESETS["saec"]), ["encoding.timesteps=2"])
+    model = SpikingAutoencoder(graph)
+    seen = []
+    real = dispatch.kernel_for
+    monkeypatch.setattr(dispatch, "kernel_for", lambda t, backend: seen.append(backend) or real(t, backend))
+    for backend in ("torch", "auto"):
+        model.execution = Execution(scan_backend=backend)
+        model(_images(1), generator=torch.Generator().manual_seed(1))
+        assert seen and set(seen) == {backend}
+        seen.clear()
+    with pytest.raises(TypeError, match="execution must be a saec.runtime.execution.Execution, got 'fast'"):
+        model.execution = "fast"
+        model(_images(1))
 
 
 # ---------------------------------------------------------------- Triton, interpreted
@@ -131,6 +153,7 @@ _TRITON_CHECK = textwrap.dedent("""
     import torch
     from saec.compiler.ops import LIF
     from saec.runtime import lif as L
+    from saec.runtime.lif import dispatch
     from saec.runtime.kernels import cpu_lif, cuda_lif
     x = torch.randn(5, 2, 40, generator=torch.Generator().manual_seed(0)) * 1.3 + 0.2
     cases = 0
@@ -146,7 +169,7 @@ _TRITON_CHECK = textwrap.dedent("""
                      decay_grad=cut == "pass", spike_when="ge" if cut == "cut" else "gt")
             outs = []
             for kernel in (cpu_lif, cuda_lif):
-                L._kernel_for = lambda t, k=kernel: k
+                dispatch.kernel_for = lambda t, backend, k=kernel: k
                 xi = x.clone().requires_grad_()
                 r = L.lif_scan(xi, op, cumulative=cum, record_potential=True, bool_spikes=True)
                 w = torch.linspace(-1, 1, 40)
@@ -185,7 +208,7 @@ def _images(count: int) -> torch.Tensor:
 
 
 def _train_pass(model, x, execution):
-    model.execution = execution
+    model.execution = Execution(path=execution)
     model.zero_grad(set_to_none=True)
     out = model(x, generator=torch.Generator().manual_seed(1), record=set(LAYERS))
     loss, _ = objective(model, out, x)
@@ -217,7 +240,7 @@ def test_fast_path_equals_reference_path_on_the_sae(preset, chunked, monkeypatch
     for key, want in first[2].items():
         assert torch.equal(fast_grads[key], want), key
     ref, ref_loss, ref_grads = _train_pass(model, x, "reference")
-    model.execution = "fast"
+    model.execution = Execution()
     with torch.no_grad():  # inference runs the same chunked synapses without autograd
         infer = model(x, generator=torch.Generator().manual_seed(1), record=set(LAYERS))
     for layer in LAYERS:
@@ -269,7 +292,7 @@ def test_fast_path_keeps_spikes_as_bool_and_little_float():
     assert neurons <= per_step_bool <= 2 * neurons  # spikes, keep masks; nothing float
     assert per_step_float <= 4 * 784 * 2  # U(t) of the output layer (readout), +/- an argmax buffer
     # the reference path keeps float inputs and float states: many times more
-    model.execution = "reference"
+    model.execution = Execution(path="reference")
     ref = _saved_bytes(model, x, 8)
     assert ref["float"] > 10 * saved[8]["float"]
 
@@ -350,13 +373,12 @@ def test_counts_carry_the_gradient_of_summed_spikes(backend):
     x = torch.randn(6, 4, 30, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 1.5 + 0.3
     w = torch.linspace(-1, 1, 30, dtype=torch.float64)
     grads = []
-    for scan in (lif_scan, lif_scan_autograd):
+    for scan in (functools.partial(lif_scan, backend=backend), lif_scan_autograd):
         for with_spikes in (False, True):
-            with scan_backend(backend):
-                xi = x.clone().requires_grad_()
-                res = scan(xi, op, counts=True)
-                loss = (res.counts * w).square().sum() + (res.spikes[2:] * w).sum() * with_spikes
-                grads.append(torch.autograd.grad(loss, xi)[0])
+            xi = x.clone().requires_grad_()
+            res = scan(xi, op, counts=True)
+            loss = (res.counts * w).square().sum() + (res.spikes[2:] * w).sum() * with_spikes
+            grads.append(torch.autograd.grad(loss, xi)[0])
     assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[2], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grads[1], grads[3], rtol=1e-12, atol=1e-12)

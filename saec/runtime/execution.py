@@ -1,0 +1,48 @@
+"""How a :class:`~saec.runtime.model.SpikingAutoencoder` runs its layer-wise forward.
+
+One small immutable record, carried by the model and passed down to the LIF scan
+(no module-global switch): which path (``fast`` or ``reference``) and, for the
+fast path, which scan backend (:mod:`saec.runtime.lif.dispatch`). Every
+combination gives bit-identical spikes; the switches exist for tests and
+benchmarks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from saec.runtime.lif.dispatch import ScanBackend, check_backend
+
+ExecutionPath = Literal["fast", "reference"]
+EXECUTION_PATHS: tuple[str, ...] = ("fast", "reference")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the layer-wise forward runs.
+
+    Attributes:
+        path: ``"fast"`` (the default): the fused LIF scan and synapses that keep their
+            binary input as bool for backward (:mod:`saec.runtime.fastpath`), row chunks
+            and pooled buffers; ``"reference"``: the autograd-oracle scan and plain autograd
+            synapses. Same spikes, same gradients (fp32 rounding).
+        scan_backend: how the fast path's LIF scan runs: ``"auto"`` (a fused kernel where one
+            applies) or ``"torch"`` (torch ops); the reference path ignores it.
+
+    Raises:
+        ValueError: an unknown path or scan backend (on construction).
+    """
+
+    path: ExecutionPath = "fast"
+    scan_backend: ScanBackend = "auto"
+
+    def __post_init__(self) -> None:
+        if self.path not in EXECUTION_PATHS:
+            raise ValueError(f"execution path must be 'fast' or 'reference', got {self.path!r}")
+        check_backend(self.scan_backend)
+
+    @property
+    def fast(self) -> bool:
+        """True on the fast path."""
+        return self.path == "fast"
