@@ -17,6 +17,7 @@ from saec.compiler.builder import build_ir
 from saec.compiler.errors import CompileError
 from saec.compiler.graph import IRGraph
 from saec.compiler.passes.cost import estimate_cost
+from saec.compiler.passes.exec_plan import exec_plan_pass
 from saec.compiler.passes.fold_reshapes import fold_reshapes
 from saec.compiler.passes.lint import lint
 from saec.compiler.passes.lower_conv_transpose import lower_conv_transpose
@@ -34,6 +35,8 @@ PASSES: dict[str, Pass] = {
     "lint": lint,
     "params": count_params,
     "cost": estimate_cost,
+    # the runtime's execution plan (meta["exec"]), so that ir.json carries what the runtime runs
+    "exec_plan": exec_plan_pass,
     # NIR lowerings (exact rewrites; saec.compiler.passes.lower_nir)
     "lower_conv_transpose": lower_conv_transpose,
     "lower_linear_unflatten": lower_linear_unflatten,
@@ -42,7 +45,7 @@ PASSES: dict[str, Pass] = {
 }
 
 FLOWS: dict[str, list[str]] = {
-    "compile": ["shapes", "lint", "params", "cost"],
+    "compile": ["shapes", "lint", "params", "cost", "exec_plan"],
     # makes a compiled graph expressible in NIR: every synapse a Conv2d (or a linear on flat data)
     "nir": ["shapes", "lower_conv_transpose", "lower_linear_unflatten", "lower_flatten_linear", "fold_reshapes",
             "shapes", "lint", "params", "cost"],

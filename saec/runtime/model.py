@@ -117,7 +117,7 @@ class SpikingAutoencoder(nn.Module):
         super().__init__()
         #: the IR this network runs; the execution plan in its ``meta["exec"]`` is computed here
         #: (in place) when the graph has none or one computed for another structure
-        self.graph = graph if plan_is_current(graph) else plan_execution(graph)
+        self.graph = graph if plan_is_current(graph) else plan_execution(graph.copy())  # the caller's graph stays as it was
         self.order = self.graph.order()
         self.kind = self.graph.attrs.get("kind", "sae")
         self.synapses = nn.ModuleDict()

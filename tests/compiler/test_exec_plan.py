@@ -15,7 +15,7 @@ from tests.conftest import REPO, SPECS
 
 def _planned_sae():
     _, graph = compile_spec(str(SPECS / "sae_dense.yaml"), ["encoding.timesteps=2"])
-    assert not plan_is_current(graph)  # the compile flow leaves planning to the runtime
+    assert plan_is_current(graph)  # the compile flow plans: ir.json carries what the runtime runs
     return plan_execution(graph)
 
 

@@ -122,6 +122,18 @@ def _plan_nothing_more(graph: IRGraph, name: str, u_last: set[str]) -> dict:
     return {}  # these run as they are: only "frees" applies
 
 
+def exec_plan_pass(graph: IRGraph) -> bool:
+    """The pipeline's form of :func:`plan_execution`: plans ``graph`` unless its plan is current.
+
+    Returns:
+        True when the plan was (re)written.
+    """
+    if plan_is_current(graph):
+        return False
+    plan_execution(graph)
+    return True
+
+
 def _frees(graph: IRGraph, name: str, position: dict[str, int]) -> list[str]:
     """The inputs of ``name`` that no node after it reads."""
     return [i for i in dict.fromkeys(graph.inputs(name))
