@@ -130,3 +130,39 @@ def test_kernel_mode_is_the_runtime_decoding(for_backward):
             assert gate == want["gate_mode"], op
         checked += 1
     assert checked == math.prod(len(v) for v in LIF_FIELDS.values())
+
+
+def _decoding_before_it_moved(op: ops.LIF, for_backward: bool, floor_fires) -> dict:
+    """The runtime's own decoding of the LIF fields as it stood before ``LIF.kernel_mode`` took it over
+    (saec/runtime/lif.py ``_kernel_params`` at commit 6a15be2), kept verbatim as an independent oracle."""
+    floor = 0 if op.lower_bound is None else (1 if op.clamp_first else 2)
+    reset_cut = for_backward and op.reset == "zero" and op.reset_grad == "cut"
+    floor_cut = for_backward and floor != 0 and op.clamp_grad == "cut"
+    gate_mode = 0
+    if for_backward and op.surrogate == "spike_gated":
+        gate_mode = 1
+        if floor_cut and floor == 1:
+            gate_mode = 2 if floor_fires(op) else 1
+    elif floor_cut and floor == 1:
+        gate_mode = 3
+    return dict(spike_ge=int(op.spike_when == "ge"), reset=("zero", "subtract", "none").index(op.reset),
+                floor=floor, floor_overlaps_spike=int(floor == 2 and op.lower_bound > op.threshold),
+                integrate=int(op.integrate == "current"), reset_cut=int(reset_cut), floor_cut=int(floor_cut),
+                gate_mode=gate_mode)
+
+
+@pytest.mark.parametrize("for_backward", [False, True])
+def test_kernel_mode_equals_the_decoding_it_replaced(for_backward):
+    """Every combination of the fields gives the flags the kernels got before the decoding moved onto the op.
+
+    The op cannot know the tensors' dtype, so where the floor value may pass the spike test its gate is 2
+    ("fired and not floored"); the old decoding is asked as if the floor value fires, which is the case
+    in which the two must agree exactly.
+    """
+    names = list(LIF_FIELDS)
+    for values in itertools.product(*LIF_FIELDS.values()):
+        op = ops.LIF(**dict(zip(names, values)))
+        mode = dataclasses.asdict(op.kernel_mode)
+        if not for_backward:
+            mode.update(reset_cut=0, floor_cut=0, gate_mode=0)
+        assert mode == _decoding_before_it_moved(op, for_backward, floor_fires=lambda o: True), op

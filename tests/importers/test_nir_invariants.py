@@ -44,3 +44,21 @@ def test_a_smaller_dt_makes_the_same_graph_valid():
     graph.nodes["lif"].tau = np.full(3, 5e-5)
     out = simulate_nir(graph, np.zeros((2, 1, 2, 4, 4)), dt=5e-5)
     assert out["lif"].shape == (2, 1, 3)
+
+
+def test_any_op_invariant_a_node_breaks_is_located():
+    graph = mixed_graph()
+    graph.nodes["pool"] = nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([0, 2]),
+                                        padding=np.array([0, 0]))
+    with pytest.raises(SpecError, match=re.escape("cannot simulate: node `pool`: sum_pool2d: stride must be "
+                                                  "positive integers, got (0, 2)")):
+        simulate_nir(graph, np.zeros((2, 1, 2, 4, 4)))
+
+
+def test_the_import_table_covers_every_node_class_nir_defines():
+    from saec.importers.nir import NIR_IMPORT
+
+    classes = NIR_IMPORT.universe()
+    assert {"LIF", "CubaLIF", "Delay", "Conv1d", "NIRGraph"} <= set(classes)  # nir's own classes, not a copy
+    assert set(NIR_IMPORT.handlers) | set(NIR_IMPORT.refused) == set(classes.values())
+    assert NIR_IMPORT.missing() == []
