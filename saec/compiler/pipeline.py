@@ -47,8 +47,9 @@ PASSES: dict[str, Pass] = {
 FLOWS: dict[str, list[str]] = {
     "compile": ["shapes", "lint", "params", "cost", "exec_plan"],
     # makes a compiled graph expressible in NIR: every synapse a Conv2d (or a linear on flat data)
+    # (and, as after compile, carrying the execution plan the runtime runs it with)
     "nir": ["shapes", "lower_conv_transpose", "lower_linear_unflatten", "lower_flatten_linear", "fold_reshapes",
-            "shapes", "lint", "params", "cost"],
+            "shapes", "lint", "params", "cost", "exec_plan"],
 }
 
 #: Flows that re-check the shapes after every pass (infer_shapes + lint).

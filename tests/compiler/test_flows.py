@@ -82,3 +82,12 @@ def test_the_nir_flow_is_rechecked_and_each_lowering_has_its_own_file():
         fn = PASSES[name]
         assert fn.__module__ == f"saec.compiler.passes.{name}", fn.__module__
         assert (PASSES_DIR / f"{name}.py").is_file()
+
+
+def test_the_lowered_graph_carries_a_current_execution_plan(graph):
+    from saec.compiler.passes.exec_plan import plan_is_current
+
+    lowered = graph.copy()
+    report = run_flow(lowered, "nir", after="compile")
+    assert "lower_conv_transpose" in report.changed and "exec_plan" in report.changed  # rewritten, so replanned
+    assert plan_is_current(lowered)
