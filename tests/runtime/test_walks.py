@@ -140,10 +140,17 @@ def test_leaky_integrator_runs_alike_layerwise_and_stepwise():
     stepped = run_stepwise(model, train.mean(0), train)
     assert out.trains["li"].shape == (5, 2, 3) and out.trains["li"].abs().sum() > 0
     assert torch.equal(stepped.x_hat, out.trains["li"][-1])
-    v = torch.zeros(2, 3)  # v(t) = 0.8 v(t-1) + 0.5 I(t), by hand
+    v, by_hand = torch.zeros(2, 3), []  # v(t) = 0.8 v(t-1) + 0.5 I(t)
+    weight = model.synapse("fc").weight.detach().clone().requires_grad_()
     for t in range(5):
-        v = v * 0.8 + torch.nn.functional.linear(train[t], model.synapse("fc").weight) * 0.5
-        torch.testing.assert_close(out.trains["li"][t], v)
+        v = v * 0.8 + torch.nn.functional.linear(train[t], weight) * 0.5
+        by_hand.append(v)
+        torch.testing.assert_close(out.trains["li"][t], v.detach())
+    # it trains: the gradient reaches the synapse through the integrator (the fast path runs it)
+    model(train.mean(0), encoded=train, record={"li"}).trains["li"].square().sum().backward()
+    torch.stack(by_hand).square().sum().backward()
+    assert model.synapse("fc").weight.grad.abs().sum() > 0
+    torch.testing.assert_close(model.synapse("fc").weight.grad, weight.grad)
 
 
 def test_no_function_in_the_runtime_is_longer_than_sixty_lines():
