@@ -25,6 +25,7 @@ import ctypes.util
 import functools
 import math
 import os
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from saec.compiler import ops
+from saec.compiler.dispatch import OpTable
 from saec.compiler.passes.shapes import output_shape
 from saec.runtime import pool as buffers
 
@@ -85,16 +87,35 @@ def synapse_forward(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor) 
     channels-last: oneDNN's channels-last kernel is ~1.5x faster than the contiguous
     one and rounds differently, so it must be the same kernel everywhere for the
     paths to give bit-identical spikes. (A Conv2d gives the same bits in either layout.)
+
+    Raises:
+        UnsupportedOp: ``op`` is not a synapse (has no weights).
     """
-    if isinstance(op, ops.Conv2d):
-        return F.conv2d(x, weight, bias, stride=op.stride, padding=op.padding)
-    if isinstance(op, ops.ConvTranspose2d):
-        if _prefers_channels_last(op, x):
-            if op.out_channels == 1 and tuple(op.stride) == (1, 1):
-                return _single_output_transposed(op, weight, bias, x)
-            x = channels_last(x)
-        return F.conv_transpose2d(x, weight, bias, stride=op.stride, padding=op.padding,
-                                  output_padding=op.output_padding)
+    return SYNAPSES.lookup(op)(op, weight, bias, x)
+
+
+#: The synapse ops' forward (every other op type is refused: it has no weights).
+SYNAPSES: OpTable[Callable[[ops.Op, Tensor, "Tensor | None", Tensor], Tensor]] = OpTable("synapse forward")
+SYNAPSES.refuse([cls for cls in ops.OP_TYPES.values() if not cls.has_weights], "not a synapse: it has no weights")
+
+
+@SYNAPSES.register(ops.Conv2d)
+def _conv2d(op: ops.Conv2d, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+    return F.conv2d(x, weight, bias, stride=op.stride, padding=op.padding)
+
+
+@SYNAPSES.register(ops.ConvTranspose2d)
+def _conv_transpose2d(op: ops.ConvTranspose2d, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+    if _prefers_channels_last(op, x):
+        if op.out_channels == 1 and tuple(op.stride) == (1, 1):
+            return _single_output_transposed(op, weight, bias, x)
+        x = channels_last(x)
+    return F.conv_transpose2d(x, weight, bias, stride=op.stride, padding=op.padding,
+                              output_padding=op.output_padding)
+
+
+@SYNAPSES.register(ops.Linear)
+def _linear(op: ops.Linear, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
     return F.linear(x, weight, bias)
 
 

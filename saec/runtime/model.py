@@ -6,7 +6,7 @@ A conv or linear runs once on a [T*B, ...] tensor; the LIF recurrence over T is
 :func:`saec.runtime.lif.lif_scan`. The walk is :mod:`saec.runtime.layerwise` (one
 handler per op type); what it needs to know about the graph beforehand is the
 execution plan in each node's ``meta["exec"]``
-(:mod:`saec.compiler.passes.exec_plan`, run here when the graph has none).
+(:mod:`saec.compiler.passes.exec_plan`, run here on a copy when the graph has none).
 :meth:`SpikingAutoencoder.forward_stepwise` is the step-by-step reference
 (:mod:`saec.runtime.stepwise`: each step runs the whole network) and gives
 bit-identical spikes.
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from saec.compiler import ops
 from saec.compiler.graph import IRGraph
-from saec.compiler.passes.exec_plan import plan_execution, plan_is_current, u_last_layers
+from saec.compiler.passes.exec_plan import plan_is_current, planned_copy, u_last_layers
 from saec.compiler.passes.params import weight_shapes
 from saec.runtime import fastpath
 from saec.runtime.execution import Execution
@@ -115,9 +115,9 @@ class SpikingAutoencoder(nn.Module):
 
     def __init__(self, graph: IRGraph) -> None:
         super().__init__()
-        #: the IR this network runs; the execution plan in its ``meta["exec"]`` is computed here
-        #: (in place) when the graph has none or one computed for another structure
-        self.graph = graph if plan_is_current(graph) else plan_execution(graph.copy())  # the caller's graph stays as it was
+        #: the IR this network runs, with the execution plan in ``meta["exec"]``: the graph given when
+        #: it carries a current plan, else a planned copy (the caller's graph is left as it is)
+        self.graph = graph if plan_is_current(graph) else planned_copy(graph)
         self.order = self.graph.order()
         self.kind = self.graph.attrs.get("kind", "sae")
         self.synapses = nn.ModuleDict()

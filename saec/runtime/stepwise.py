@@ -66,7 +66,9 @@ class StepwiseResult:
 
     Attributes:
         trains: the spike train [T, B, ...] of every spiking layer, keyed by layer name.
-        x_hat: the reconstruction after the last step [B, ...] (the Output node's value).
+        x_hat: the Output node's value at the last step [B, ...]: for an SAE the readout, equal to
+            the layer-wise ``NetOutput.x_hat``; for a graph whose Output follows a leaky integrator
+            (read from NIR) v(T), where the layer-wise ``x_hat`` holds the first step's value.
     """
 
     trains: dict[str, Tensor]

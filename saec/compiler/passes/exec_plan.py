@@ -25,13 +25,17 @@ no torch), and writes them as plain JSON values:
 ``graph.attrs["exec_plan"]`` records a digest of what the plan was computed from
 (nodes, ops, edges, layer names, the loss terms' layers): :func:`plan_is_current`
 tells whether a graph's plan still fits it, so a transformed or hand-edited graph
-is planned afresh.
+is planned afresh. The compile flow runs the pass (:func:`exec_plan_pass`), so
+``ir.json`` carries the plan the runtime runs; the runtime plans a copy
+(:func:`planned_copy`) of a graph without a current plan (a lowered, imported or
+hand-built graph), leaving the caller's graph as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from copy import deepcopy
 
 from saec.compiler import ops
 from saec.compiler.dispatch import OpTable
@@ -132,6 +136,18 @@ def exec_plan_pass(graph: IRGraph) -> bool:
         return False
     plan_execution(graph)
     return True
+
+
+def planned_copy(graph: IRGraph) -> IRGraph:
+    """A copy of ``graph`` with the execution plan written in; ``graph`` itself is left as it is.
+
+    Nodes are copied in topological order (a rewired graph's insertion order need not be one),
+    so the copy's :meth:`~saec.compiler.graph.IRGraph.order` is the original's.
+    """
+    copy = IRGraph(deepcopy(dict(graph.attrs)))
+    for name in graph.order():
+        copy.add(name, graph.op(name), graph.inputs(name), **deepcopy(graph.meta(name)))
+    return plan_execution(copy)
 
 
 def _frees(graph: IRGraph, name: str, position: dict[str, int]) -> list[str]:

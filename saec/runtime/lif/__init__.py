@@ -21,8 +21,8 @@ Three entry points, in three modules:
   multi-step execution), with a hand-written backward; the fast path. It runs as
   one fused kernel per layer where one applies (C on the CPU, built on first use;
   Triton on CUDA; :mod:`saec.runtime.kernels`), else as torch ops; the caller's
-  ``backend`` argument and :mod:`.dispatch` choose, and :mod:`.dispatch` decodes
-  the op's fields into the kernels' flags.
+  ``backend`` argument and :mod:`.dispatch` choose (the kernels' mode flags come
+  from the op, :attr:`saec.compiler.ops.LIF.kernel_mode`).
 - :func:`lif_scan_autograd` (:mod:`.reference`): the same maths as a plain loop of
   torch ops whose straight-through rules are written with ``detach`` / ``where``
   tricks, so that autograd derives the gradient; slow, the oracle the fast
@@ -52,5 +52,5 @@ from saec.runtime.lif.reference import lif_scan_autograd, lif_step
 from saec.runtime.lif.result import Cumulative, LIFResult
 from saec.runtime.lif.scan import lif_scan
 
-__all__ = ["SCAN_BACKENDS", "Cumulative", "LIFResult", "ScanBackend", "kernel_for", "lif_scan",
-           "lif_scan_autograd", "lif_step"]
+__all__ = ["SCAN_BACKENDS", "Cumulative", "LIFResult", "ScanBackend", "kernel_for", "lif_scan", "lif_scan_autograd",
+           "lif_step"]

@@ -1,4 +1,4 @@
-"""Which implementation runs a LIF scan, and the LIF record decoded into a fused kernel's flags.
+"""Which implementation runs a LIF scan, and a fused kernel's parameter record for a LIF op.
 
 The fast scan (:mod:`saec.runtime.lif.scan`) runs as one fused kernel per layer
 where one applies to the tensor (C on the CPU, built on first use; Triton on
@@ -12,6 +12,10 @@ CUDA; :mod:`saec.runtime.kernels`), else as torch ops. The caller chooses with a
 
 Both give the same spikes, potentials and gradients; ``"torch"`` exists for
 tests and benchmarks (and as the fallback where no kernel can be built).
+
+The op's fields are decoded into the kernels' integer flags in one place, the
+op itself (:attr:`saec.compiler.ops.LIF.kernel_mode`); :func:`kernel_params`
+adds the sizes, the constants and what this scan writes.
 """
 
 from __future__ import annotations
@@ -67,16 +71,12 @@ def kernel_params(kernel: ModuleType, op: LIF, T: int, N: int, cumulative: str, 
         for_backward: also write the masks backward needs (else none are written).
         dtype: the tensors' dtype (decides whether the floor value passes the spike test).
     """
-    mode = op.kernel_mode  # the op decodes its fields into the flags: one place (saec/compiler/ops.py)
+    mode = op.kernel_mode  # the op decodes its fields (saec.compiler.ops.LIF.kernel_mode)
     reset_cut = for_backward and mode.reset_cut
     floor_cut = for_backward and mode.floor_cut
     gate_mode = mode.gate_mode if for_backward else 0
-    if gate_mode == 2:
-        # A neuron set to the floor value spikes only if that value passes the test (in the
-        # tensor's dtype); where it cannot, "fired and not floored" is just "fired".
-        fv, thr = torch.tensor(op.floor_value, dtype=dtype), torch.tensor(op.threshold, dtype=dtype)
-        floor_fires = bool(fv >= thr) if mode.spike_ge else bool(fv > thr)
-        gate_mode = 2 if floor_fires else 1
+    if gate_mode == 2 and not _floor_value_fires(op, dtype):
+        gate_mode = 1  # where the floor value cannot spike, "fired and not floored" is just "fired"
     return kernel.LIFParams(
         T=T, N=N, decay=op.decay, threshold=op.threshold,
         lower_bound=0.0 if op.lower_bound is None else op.lower_bound,
@@ -87,3 +87,9 @@ def kernel_params(kernel: ModuleType, op: LIF, T: int, N: int, cumulative: str, 
         cumulative=CUMULATIVE.index(cumulative),
         reset_cut=int(reset_cut), floor_cut=int(floor_cut), gate_mode=gate_mode,
     )
+
+
+def _floor_value_fires(op: LIF, dtype: torch.dtype) -> bool:
+    """Whether a neuron set to the floor value passes the spike test, compared in ``dtype``."""
+    fv, thr = torch.tensor(op.floor_value, dtype=dtype), torch.tensor(op.threshold, dtype=dtype)
+    return bool(fv >= thr) if op.spike_when == "ge" else bool(fv > thr)
