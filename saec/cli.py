@@ -322,12 +322,17 @@ EXPORT_FORMATS: dict[str, Callable[..., None]] = {"nir": _export_nir, "onnx": _e
 @user_errors
 def export_cmd(
     run: Path = typer.Argument(..., help="The run folder (from `saec train`)."),
-    format_: str = typer.Option("nir", "--format", help="nir or onnx."),
+    format_: Optional[str] = typer.Option(None, "--format", help="nir (default) or onnx."),
     target: str = typer.Option("standard", "--target",
-                               help="NIR only: standard (model.nir only), snntorch or norse (also "
-                                    "model.<target>.nir, an equivalent graph that importer runs exactly)."),
-    examples: int = typer.Option(4, "--examples", help="NIR only: validation images in golden.nir."),
-    seed: int = typer.Option(0, "--seed", help="NIR only: seed of the Poisson encoder for golden.nir."),
+                               help="NIR: standard (model.nir only), snntorch or norse (also "
+                                    "model.<target>.nir, an equivalent graph that importer runs exactly). "
+                                    "A chip (speck): the network in the chip's integers as its toolchain's "
+                                    "artifact, with L_rec float vs quantised on the validation set."),
+    examples: int = typer.Option(4, "--examples", help="Validation images in the golden data (golden.nir, or "
+                                                       "a chip's golden.npz)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="A chip only: validation images for the L_rec "
+                                                              "comparison (default: the whole validation set)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Poisson encoder for the golden data."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding MNIST (for golden.nir)."),
     approximate: bool = typer.Option(False, "--approximate",
                                      help="NIR only: export a network whose neurons NIR cannot express exactly "
@@ -340,8 +345,24 @@ def export_cmd(
     check) and golden.nir (an input spike train and saec's spikes for it),
     checks the file by simulating it on the golden input, and warns about what
     NIR does not carry. A network NIR cannot express exactly is refused unless
-    --approximate. --format onnx writes model.onnx.
+    --approximate. --format onnx writes model.onnx. --target speck writes
+    export/speck/ (a sinabs layer list with the chip's integers, golden data
+    and L_rec float vs quantised).
     """
+    from saec.run.hardware import HARDWARE_EXPORTERS
+
+    chip = HARDWARE_EXPORTERS.get(target)
+    if chip is not None:
+        if format_ is not None or approximate:
+            raise SpecError(f"--target {target} writes the chip's own artifact; drop "
+                            f"{'--format' if format_ is not None else '--approximate'}", path="--target")
+        result = chip.export(run, examples=examples, limit=limit, seed=seed, data_dir=data_dir)
+        for line in chip.summary(result):
+            typer.echo(line)
+        return
+    if limit is not None:
+        raise SpecError(f"--limit applies to a chip target ({', '.join(HARDWARE_EXPORTERS)}) only", path="--limit")
+    format_ = format_ or "nir"
     exporter = EXPORT_FORMATS.get(format_)
     if exporter is None:
         raise SpecError(f"unknown format {format_!r}; use one of {', '.join(EXPORT_FORMATS)}", path="--format")
