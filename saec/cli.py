@@ -326,7 +326,7 @@ def export_cmd(
     target: str = typer.Option("standard", "--target",
                                help="NIR: standard (model.nir only), snntorch or norse (also "
                                     "model.<target>.nir, an equivalent graph that importer runs exactly). "
-                                    "A chip (speck): the network in the chip's integers as its toolchain's "
+                                    "A chip (speck, xylo): the network in the chip's integers as its toolchain's "
                                     "artifact, with L_rec float vs quantised on the validation set."),
     examples: int = typer.Option(4, "--examples", help="Validation images in the golden data (golden.nir, or "
                                                        "a chip's golden.npz)."),
@@ -347,7 +347,8 @@ def export_cmd(
     NIR does not carry. A network NIR cannot express exactly is refused unless
     --approximate. --format onnx writes model.onnx. --target speck writes
     export/speck/ (a sinabs layer list with the chip's integers, golden data
-    and L_rec float vs quantised).
+    and L_rec float vs quantised); --target xylo writes export/xylo/ (the NIR
+    graph rockpool maps onto Xylo Audio 2, golden data, L_rec).
     """
     from saec.run.hardware import HARDWARE_EXPORTERS
 

@@ -9,9 +9,11 @@ variants of the NIR export.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from saec.run.speck import SpeckExport, export_speck
+from saec.run.xylo import XyloExport, export_xylo
 
 
 @dataclass(frozen=True)
@@ -22,25 +24,35 @@ class HardwareExporter:
     summary: Callable[[Any], list[str]]
 
 
-def speck_summary(result: SpeckExport) -> list[str]:
-    """What ``saec export RUN --target speck`` prints."""
-    c = result.comparison
-    lines = [f"sinabs layer list written to {result.files.layers} (weights {result.files.weights.name}: "
-             f"8-bit weights, 16-bit thresholds)",
-             f"golden data written to {result.golden} (first {c.golden['input'].shape[1]} images: input spikes "
+def _comparison_lines(c, validation: str, golden: Path, comparison_file: Path) -> list[str]:
+    lines = [f"golden data written to {golden} (first {c.golden['input'].shape[1]} images: input spikes "
              "and saec's integer simulation per layer)",
-             f"cores (saec's fit check): " + ", ".join(f"{k} {v}" for k, v in result.cores.items()),
-             f"L_rec on {c.images} images of {result.validation} (T={c.timesteps}, same input spikes): "
+             f"L_rec on {c.images} images of {validation} (T={c.timesteps}, same input spikes): "
              f"float {c.rec_loss_float:.3f}, quantised {c.rec_loss_quantized:.3f}",
              "spikes per layer, float / quantised / positions that differ:"]
     for layer, a in c.layers.items():
         lines.append(f"  {layer}: {a.spikes_float:,} / {a.spikes_quantized:,} / {a.differ:,} of {a.positions:,}")
     lines.append(f"spikes per inference (quantised, all layers): {c.spikes_per_inference:,.1f}")
-    lines.append(f"comparison written to {result.comparison_file}")
+    lines.append(f"comparison written to {comparison_file}")
     return lines
+
+
+def speck_summary(result: SpeckExport) -> list[str]:
+    """What ``saec export RUN --target speck`` prints."""
+    return [f"sinabs layer list written to {result.files.layers} (weights {result.files.weights.name}: "
+            f"8-bit weights, 16-bit thresholds)",
+            "cores (saec's fit check): " + ", ".join(f"{k} {v}" for k, v in result.cores.items()),
+            *_comparison_lines(result.comparison, result.validation, result.golden, result.comparison_file)]
+
+
+def xylo_summary(result: XyloExport) -> list[str]:
+    """What ``saec export RUN --target xylo`` prints."""
+    return [f"NIR graph for rockpool's Xylo mapper written to {result.model} (CubaLIF, r for the chip's dt)",
+            *_comparison_lines(result.comparison, result.validation, result.golden, result.comparison_file)]
 
 
 #: --target -> exporter
 HARDWARE_EXPORTERS: dict[str, HardwareExporter] = {
     "speck": HardwareExporter(export_speck, speck_summary),
+    "xylo": HardwareExporter(export_xylo, xylo_summary),
 }

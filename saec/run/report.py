@@ -59,7 +59,7 @@ def validation_set(spec: Spec, data_dir: str | Path | None = None, limit: int | 
     Raises:
         SpecError: the data is missing (the message names the way out).
     """
-    from saec.training.data import CUSTOM_DATASETS, DataError, load_images, make_splits
+    from saec.training.data import CUSTOM_DATASETS, DataError, load_images, make_splits, with_transform
 
     data = spec.data
     root = str(data_dir) if data_dir is not None else None
@@ -68,7 +68,8 @@ def validation_set(spec: Spec, data_dir: str | Path | None = None, limit: int | 
             # Only the test set is needed: a machine without the training images can still evaluate.
             # Roots in the order make_splits uses: --data-dir, validation.root, data.root.
             val_root = root if root is not None else (data.validation.root or data.root)
-            val = load_images("mnist", "test", val_root, bool(data.download)).head(data.validation.limit)
+            val = with_transform(load_images("mnist", "test", val_root, bool(data.download)),
+                                 data).head(data.validation.limit)
         else:
             _, val = make_splits(data, root, seed=spec.training.seed)
     except DataError as exc:

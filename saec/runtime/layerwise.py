@@ -25,7 +25,7 @@ from saec.runtime import fastpath
 from saec.runtime.encoding import poisson_encode
 from saec.runtime.layers import leaky_integrate, reparameterize, sum_pool2d
 from saec.runtime.lif import LIFResult, lif_scan, lif_scan_autograd
-from saec.runtime.readout import max_cumulative_readout
+from saec.runtime.readout import max_cumulative_readout, readout_source
 
 if TYPE_CHECKING:
     from saec.runtime.model import NetOutput, SpikingAutoencoder
@@ -196,7 +196,9 @@ def _reparameterize(walk: Walk, name: str, op: ops.Reparameterize, h: Tensor) ->
 
 @LAYERWISE.register(ops.MaxCumulativeReadout)
 def _readout(walk: Walk, name: str, op: ops.MaxCumulativeReadout, h: Tensor) -> Tensor:
-    return max_cumulative_readout(walk.values[walk.model.graph.inputs(name)[0] + ":U"], op).unsqueeze(0)
+    graph = walk.model.graph
+    U = walk.values[readout_source(graph, name) + ":U"]
+    return max_cumulative_readout(U.reshape(*U.shape[:2], *graph.meta(name)["shape"]), op).unsqueeze(0)
 
 
 @LAYERWISE.register(ops.SumPool2d)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from saec.compiler.ops import MaxCumulativeReadout
+from saec.compiler.ops import Flatten, MaxCumulativeReadout, Unflatten
 
 
 def max_cumulative_readout(U_all: Tensor, op: MaxCumulativeReadout) -> Tensor:
@@ -55,3 +55,12 @@ def _first_argmax(window: Tensor) -> Tensor:
             best = torch.where(better, window[t], best)
             first.masked_fill_(better, t)
     return first.unsqueeze(0)
+
+
+def readout_source(graph, name: str) -> str:
+    """The LIF node whose U the readout ``name`` reads: its input, or the node before any Flatten /
+    Unflatten between them (a flat output layer reshaped to the input's shape)."""
+    source = graph.inputs(name)[0]
+    while type(graph.op(source)) in (Flatten, Unflatten):
+        source = graph.inputs(source)[0]
+    return source

@@ -22,7 +22,7 @@ from saec.compiler.dispatch import OpTable
 from saec.runtime import fastpath
 from saec.runtime.layers import leaky_integrator_step, sum_pool2d
 from saec.runtime.lif import lif_step
-from saec.runtime.readout import check_t_min
+from saec.runtime.readout import check_t_min, readout_source
 
 if TYPE_CHECKING:
     from saec.runtime.model import SpikingAutoencoder
@@ -157,7 +157,9 @@ def _readout(walk: StepWalk, name: str, op: ops.MaxCumulativeReadout, h: Tensor)
     """The readout over the steps so far: the running peak of U(t), t >= max(t_min, 1), over the divisor
     (zeros while the window has not opened; after step T it is the layer-wise readout's value)."""
     check_t_min(op, walk.timesteps)
-    U_t = walk.values[walk.model.graph.inputs(name)[0] + ":U"]
+    graph = walk.model.graph
+    U_t = walk.values[readout_source(graph, name) + ":U"]
+    U_t = U_t.reshape(U_t.shape[0], *graph.meta(name)["shape"])
     peak = walk.state.get(name)
     if walk.t + 1 >= max(op.t_min, 1):  # U(t) with t = walk.t + 1 (1-based) lies in the window
         # strict >: the first maximal step wins, as in the layer-wise readout

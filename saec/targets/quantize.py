@@ -67,6 +67,7 @@ class QuantizedLayer:
     reset: str  # zero | subtract
     spike_at: int  # the membrane value at or above which the chip spikes (its units)
     float_threshold: float  # the threshold of saec's float LIF that spikes exactly where the chip does
+    synapse_register: int | None = None  # Xylo: dash_syn of the synaptic current; None: no synaptic state
 
 
 @dataclass
@@ -161,7 +162,9 @@ class QuantizedNetwork:
         if readout.t_min == 0:
             peak = np.maximum(peak, 0.0)
         divisor = readout.divisor(current.shape[0])
-        return sim, peak / divisor
+        # the output layer may be flat ahead of an unflatten: x_hat has the network output's shape
+        (output,) = self.graph.nodes(ops.Output)
+        return sim, (peak / divisor).reshape(peak.shape[0], *self.graph.meta(output)["shape"])
 
 
 # ---------------------------------------------------------------- integer synapses
@@ -330,6 +333,85 @@ def speck_iaf_step(v: np.ndarray, a_in: np.ndarray, q: QuantizedLayer) -> tuple[
     return np.clip(v, -SPECK_STATE_LIMIT, SPECK_STATE_LIMIT - 1), fired
 
 
+# ---------------------------------------------------------------- Xylo (XyloSim)
+#: xylosim 0.1.3 src/v2/cpp/XyloIAFNeuron.h: 16-bit state, 8-bit weights; spikes per step and neuron:
+#: at most 15 per input channel, 31 per hidden neuron, 1 per output neuron.
+XYLO_STATE_BITS = 16
+XYLO_WEIGHT_MAX = 2 ** 7 - 1
+XYLO_THRESHOLD_MAX = 2 ** 15 - 1
+XYLO_MAX_INPUT_SPIKES = 15
+XYLO_MAX_HIDDEN_SPIKES = 31
+XYLO_MAX_OUTPUT_SPIKES = 1
+#: the shortest synaptic decay Xylo has: isyn -= isyn >> 1 (dash_syn 0 would clear every input)
+XYLO_DASH_SYN = 1
+
+
+def xylo_decay(x: np.ndarray, dash: int) -> np.ndarray:
+    """xylosim's bit-shift decay step: dv = x >> dash, at least 1 LSB toward zero (XyloIAFNeuron.cpp: decay)."""
+    dv = x >> dash
+    return np.where((dv == 0) & (x != 0), np.sign(x), dv)
+
+
+def _saturate(x: np.ndarray) -> np.ndarray:
+    limit = 1 << (XYLO_STATE_BITS - 1)
+    return np.clip(x, -limit, limit - 1)
+
+
+class XyloNetwork(QuantizedNetwork):
+    """A network in Xylo's integers, simulated as XyloSim (xylosim 0.1.3 XyloLayer.cpp) computes it.
+
+    Per step: input spikes (at most 15 per channel) reach the first layer in the same step; every
+    later layer receives the spikes its source layer emitted one step earlier (Xylo delivers
+    hidden-neuron spikes through its recurrent and readout weights in the next step). Each neuron
+    (XyloIAFNeuron::evolve): isyn += weight x spikes (saturating 16 bits), isyn -= decay(isyn,
+    dash_syn), v += isyn - decay(v, dash_mem) (+ bias), then while v >= threshold and fewer than the
+    layer's maximum: one more spike, v -= threshold. Hidden neurons may spike up to 31 times a step,
+    output neurons once. Per-neuron scales (rockpool's channel_quantize) make ``scale`` and
+    ``threshold`` arrays over a layer's neurons.
+    """
+
+    def dequantized_weights(self) -> dict[str, np.ndarray]:
+        return {f"{node}.weight": q.weight / np.asarray(q.scale, dtype=np.float64)[:, None]
+                for node, q in self.layers.items()}
+
+    def simulate(self, spikes: np.ndarray) -> dict[str, np.ndarray]:
+        """See :meth:`QuantizedNetwork.simulate`; spike trains are counts per step (uint8), and
+        ``"<output layer>:current"`` is the output layer's synaptic current isyn [T, B, neurons]."""
+        t_steps, batch = spikes.shape[:2]
+        order = [(node, q) for node, q in self.layers.items()]
+        out: dict[str, np.ndarray] = {}
+        source = np.minimum(np.asarray(spikes, dtype=np.int64).reshape(t_steps, batch, -1), XYLO_MAX_INPUT_SPIKES)
+        for index, (node, q) in enumerate(order):
+            if index > 0:  # one step of delay between neuron layers
+                source = np.concatenate([np.zeros_like(source[:1]), source[:-1]])
+            last = index == len(order) - 1
+            a_in = np.rint(source.astype(np.float64) @ q.weight.T.astype(np.float64)).astype(np.int64)
+            isyn = np.zeros((batch, q.weight.shape[0]), dtype=np.int64)
+            v = np.zeros_like(isyn)
+            threshold = np.asarray(q.threshold, dtype=np.int64)
+            most = XYLO_MAX_OUTPUT_SPIKES if last else XYLO_MAX_HIDDEN_SPIKES
+            trains, currents = [], []
+            for t in range(t_steps):
+                isyn = _saturate(isyn + a_in[t])
+                isyn = isyn - xylo_decay(isyn, q.synapse_register)
+                dv = _saturate(isyn - xylo_decay(v, q.decay_register)
+                               + (q.bias if q.bias is not None else 0))
+                v = _saturate(v + dv)
+                # while v >= th: one more spike, v -= th (thresholds are positive here)
+                count = np.where(v >= threshold, np.minimum((v - threshold) // np.maximum(threshold, 1) + 1, most), 0)
+                v = v - count * threshold
+                trains.append(count)
+                currents.append(isyn.copy())
+            train = np.stack(trains)
+            layer = self.graph.meta(q.neuron)["layer"]
+            shape = tuple(self.graph.meta(q.neuron)["shape"])
+            out[layer] = train.reshape(t_steps, batch, *shape).astype(np.uint8)
+            if last:
+                out[f"{layer}:current"] = np.stack(currents)
+            source = train
+        return out
+
+
 # ---------------------------------------------------------------- quantisers
 def _power_of_two_scale(largest: float, limit: int) -> float:
     """The largest 2**k with largest * 2**k <= limit (1 when everything is 0)."""
@@ -409,9 +491,46 @@ def quantize_speck(graph: IRGraph, weights: dict[str, np.ndarray], profile: Prof
                                    "MultiSpike can emit several)"])
 
 
+def quantize_xylo(graph: IRGraph, weights: dict[str, np.ndarray], profile: Profile) -> QuantizedNetwork:
+    """Xylo's formats, as rockpool's ``channel_quantize`` (rockpool 3.1.0 transform/quantize_methods.py) makes them.
+
+    Per neuron (an output row of the weight matrix) one real scale, 127 / max |w| of its weights, or
+    (2**15 - 1) / threshold when the threshold would not fit 16 bits; weights and threshold are
+    ``np.round``-ed at that scale. The same arithmetic (float64 products of the float32 weights,
+    round half to even) gives the integers rockpool writes for the NIR file saec exports for Xylo, so
+    XyloSim runs exactly these. The decay becomes dash_mem (v -= v >> dash_mem, the chip's decay
+    1 - 2**-dash_mem); the synaptic current gets Xylo's shortest decay, dash_syn = 1.
+    """
+    layers = {}
+    for node, lif in _spiking_layers(graph):
+        op = graph.op(lif)
+        if f"{node}.bias" in weights:
+            raise SpecError("Xylo takes no weight biases (rockpool 3.1.0 xylo_mapper.py: weight_nodes_have_no_biases); "
+                            "set bias: false", path=f"layers.{graph.meta(node)['layer']}.bias")
+        w = np.asarray(weights[f"{node}.weight"], dtype=np.float32).astype(np.float64)
+        largest = np.abs(w).max(axis=1)
+        scale = np.where(largest > 0, XYLO_WEIGHT_MAX / np.where(largest > 0, largest, 1.0), 1.0)
+        threshold = float(np.float32(op.threshold))
+        th_int = np.round(threshold * scale)
+        too_big = (np.abs(th_int) > XYLO_THRESHOLD_MAX) & (largest > 0)
+        scale = np.where(too_big, XYLO_THRESHOLD_MAX / threshold, scale)
+        th_int = np.round(threshold * scale).astype(np.int64)
+        w_int = np.round(w * scale[:, None]).astype(np.int64)
+        decay, how = chip_decay(op.decay, profile)
+        dash_mem = int(how.split("=")[1])
+        layers[node] = QuantizedLayer(node=node, neuron=lif, weight=w_int, bias=None, scale=scale, threshold=th_int,
+                                      decay=decay, decay_register=dash_mem, reset=op.reset, spike_at=th_int,
+                                      float_threshold=op.threshold, synapse_register=XYLO_DASH_SYN)
+    return XyloNetwork("xylo", graph, layers, step=None,
+                       notes=["synaptic current with decay 1/2 per step (dash_syn 1, Xylo's shortest): each step's "
+                              "input reaches the membrane spread over the following steps, its sum preserved",
+                              "one step of delay between neuron layers; hidden neurons spike up to 31 times a step"])
+
+
 QUANTIZERS: dict[str, Callable[[IRGraph, dict[str, np.ndarray], Profile], QuantizedNetwork]] = {
     "loihi_cuba": quantize_loihi,
     "dynapcnn_iaf": quantize_speck,
+    "xylo_iaf": quantize_xylo,
 }
 
 

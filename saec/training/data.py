@@ -507,13 +507,25 @@ def _test_root(data_cfg: Any, data_dir: str | Path | None) -> str | Path | None:
     return data_cfg.root
 
 
+def with_transform(images: ImageSet, data_cfg: Any) -> ImageSet:
+    """MNIST images (``mnist``, ``mnist5k``) with the config's ``data.transform`` applied (the custom
+    datasets apply it as they load); unchanged when the config asks for no conversion."""
+    spec = getattr(data_cfg, "transform", None)
+    if spec is None or (not getattr(spec, "grayscale", False) and getattr(spec, "resize", None) is None):
+        return images
+    from saec.training.custom_data import transform
+
+    return ImageSet(transform(images.images, spec), images.labels, images.name)
+
+
 def _load_split(data_cfg: Any, split: Split, data_dir: str | Path | None) -> ImageSet:
     """One split of the data config's dataset (MNIST's test set for mnist5k)."""
     if data_cfg.dataset not in CUSTOM_DATASETS:
         if split == "train":
             root = data_dir if data_dir is not None else data_cfg.root
-            return load_images(data_cfg.dataset, "train", root, bool(data_cfg.download))
-        return load_images("mnist", "test", _test_root(data_cfg, data_dir), bool(data_cfg.download))
+            return with_transform(load_images(data_cfg.dataset, "train", root, bool(data_cfg.download)), data_cfg)
+        return with_transform(load_images("mnist", "test", _test_root(data_cfg, data_dir), bool(data_cfg.download)),
+                              data_cfg)
     if split == "train":
         root = data_dir if data_dir is not None else data_cfg.root
     else:

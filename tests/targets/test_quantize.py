@@ -17,6 +17,8 @@ from saec.targets.profile import load_profile
 from saec.targets.quantize import (LOIHI_UV_LIMIT, loihi_cuba_step, loihi_decay, quantize, speck_iaf_step)
 from tests.conftest import SPECS
 
+PROFILES = Path(__file__).resolve().parents[2] / "saec" / "targets" / "profiles"
+
 T = 6
 DENSE = """\
 name: q
@@ -164,9 +166,13 @@ def test_quantize_refuses_a_network_that_does_not_fit_and_a_target_without_quant
     with pytest.raises(SpecError) as err:
         quantize(graph, weights, load_profile("speck"))
     assert str(err.value).startswith("layers.conv1: does not fit speck: LIF leak (decay 0.5) is not supported")
+    # a profile that names no quantiser (xylo's, before Xylo got one, without its `quantizer:` line)
+    text = (Path(PROFILES) / "xylo.yaml").read_text().replace("name: xylo", "name: xylo_noq")
+    (tmp_path / "noq.yaml").write_text("\n".join(l for l in text.splitlines() if not l.startswith("quantizer:")))
     with pytest.raises(SpecError) as err:
-        quantize(graph, weights, load_profile("xylo"))
-    assert str(err.value) == "--target: no quantiser for target 'xylo' yet (quantisers: loihi_cuba, dynapcnn_iaf)"
+        quantize(graph, weights, load_profile(tmp_path / "noq.yaml"))
+    assert str(err.value) == ("--target: no quantiser for target 'xylo_noq' yet "
+                              "(quantisers: loihi_cuba, dynapcnn_iaf, xylo_iaf)")
 
 
 def test_the_shipped_target_specs_quantise():

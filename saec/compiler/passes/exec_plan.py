@@ -116,8 +116,16 @@ def _plan_synapse(graph: IRGraph, name: str, u_last: set[str]) -> dict:
 @PLAN_RULES.register(ops.LIF)
 def _plan_lif(graph: IRGraph, name: str, u_last: set[str]) -> dict:
     reads_u_last = graph.meta(name).get("layer") in u_last
-    readout = any(isinstance(graph.op(u), ops.MaxCumulativeReadout) for u in graph.users(name))
+    readout = _read_by_readout(graph, name)
     return {"u_last": reads_u_last, "cumulative": "all" if readout else ("last" if reads_u_last else "none")}
+
+
+def _read_by_readout(graph: IRGraph, node: str) -> bool:
+    """True when the max-cumulative readout reads ``node``'s U, directly or through Flatten / Unflatten
+    (a flat output layer reshaped to the input's shape, as on Xylo)."""
+    return any(isinstance(graph.op(u), ops.MaxCumulativeReadout)
+               or (isinstance(graph.op(u), (ops.Flatten, ops.Unflatten)) and _read_by_readout(graph, u))
+               for u in graph.users(node))
 
 
 @PLAN_RULES.register(ops.Input, ops.Output, ops.PoissonEncode, ops.ReLU, ops.Reparameterize,
