@@ -15,6 +15,10 @@ shift, ``dash = log2(tau / dt)``, with ``dt`` taken as ``min(tau_mem / (1 + r))`
   written for the NIR dt and would make rockpool pick a dt the mapper rejects);
 - ``v_threshold`` saec's threshold, ``v_leak`` 0 (Xylo takes no weight biases).
 
+This is rockpool's reading of NIR, not standard NIR semantics: ``CubaLIF`` resets to ``v_reset``,
+while rockpool's neurons and Xylo subtract the threshold (the network's ``reset: subtract``);
+saec's standard ``--format nir`` refuses such a network for that reason.
+
 The weights stay float: rockpool's ``channel_quantize`` makes the integers, and saec's Xylo
 quantiser (:func:`saec.targets.quantize.quantize_xylo`) makes the same ones, which is what
 ``scripts/targets/xylo_verify.py`` checks. The input is the network's flattened input (Xylo's

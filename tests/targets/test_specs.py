@@ -15,7 +15,7 @@ from saec.spec.errors import SpecError
 from tests.conftest import SPECS
 
 runner = CliRunner()
-TARGET_SPECS = {"loihi": "loihi_sae.yaml", "speck": "speck_ae.yaml"}
+TARGET_SPECS = {"loihi": "loihi_sae.yaml", "speck": "speck_ae.yaml", "xylo": "xylo_dense.yaml"}
 
 
 @pytest.mark.parametrize("target", sorted(TARGET_SPECS))
@@ -77,9 +77,11 @@ def test_sum_pool_layer_rules_are_located(tmp_path):
     assert "layer 'pool2' has no spiking neurons to regularise" in str(err.value)
 
 
-@pytest.mark.parametrize("target", sorted(TARGET_SPECS))
+@pytest.mark.parametrize("target", ["loihi", "speck"])
 def test_target_specs_export_to_nir_exactly(target):
-    """The vendors' importers read NIR: neither spec uses semantics NIR cannot carry."""
+    """The vendors' importers read NIR: neither spec uses semantics NIR cannot carry. (Not xylo_dense: Xylo
+    resets by subtraction, which NIR's neurons cannot say; its export writes the CubaLIF graph rockpool
+    reads, whose neurons subtract.)"""
     from saec.compiler.passes.lower_nir import lower_for_nir
     from saec.exporters.nir import ir_to_nir, nir_blockers
 
