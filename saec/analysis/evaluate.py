@@ -30,6 +30,8 @@ EVAL_KEYS: dict[str, str] = {
     "batch_size": "validation batch size (sets the batch-mean averaging)",
     "rec_loss": "L_rec = sum over pixels of (x_hat - x)^2, averaged as the mean of batch means (the paper's averaging)",
     "rec_loss_per_example": "L_rec averaged over examples (differs from rec_loss only through a partial last batch)",
+    "rec_loss_zero_output": "L_rec an all-zero output scores on the same images, averaged as rec_loss (sum of x^2); "
+                            "a run near it has not learned to reconstruct",
     "spikes_per_example": "SAE: spikes one example causes in all spiking layers together (input encoding excluded)",
     "mean_firing_rate": "SAE: spikes per neuron per step over all spiking layers' neurons and all examples",
     "layers.<layer>.anr": "SAE: active neuron ratio, fraction of the layer's neurons that spiked for at least one "
@@ -145,12 +147,14 @@ def evaluate(model: SpikingAutoencoder, data: ImageSet, *, batch_size: int = 64,
     input_spikes: torch.Tensor | None = None
     record = frozenset({"_encode"}) if spiking else frozenset()
     losses: list[np.ndarray] = []
+    zero_losses: list[np.ndarray] = []  # L_rec of an all-zero output: the baseline a run must leave
     latents: list[np.ndarray] = []
     for idx in batch_indices(len(data), batch_size, shuffle=False):
         x, encoded = data.batch(idx, device)  # encoded: pre-encoded spike input (events), else None
         out = model(x, generator=gen, record=record, encoded=encoded)
         per_example = ((out.x_hat - x) ** 2).flatten(1).sum(1)
         losses.append(per_example.double().cpu().numpy())
+        zero_losses.append(x.double().square().flatten(1).sum(1).cpu().numpy())
         if acc is not None:
             acc.update({k: v.cpu() for k, v in out.counts.items()})
         if out.encoded is not None:
@@ -170,6 +174,7 @@ def evaluate(model: SpikingAutoencoder, data: ImageSet, *, batch_size: int = 64,
         "batch_size": batch_size,
         "rec_loss": rec["batch_mean"],
         "rec_loss_per_example": rec["per_example_mean"],
+        "rec_loss_zero_output": M.reconstruction_loss_stats(np.concatenate(zero_losses), batch_size)["batch_mean"],
     }
     input_rates = None
     if acc is not None:

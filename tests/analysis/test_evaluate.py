@@ -73,7 +73,7 @@ def _reference_pass(run: Path):
 def test_eval_json_has_every_documented_key(sae_run):
     m = json.loads((sae_run / "eval.json").read_text())
     for key in ("run", "validation", "kind", "timesteps", "latent_layer", "examples", "batch_size", "rec_loss",
-                "rec_loss_per_example", "spikes_per_example", "mean_firing_rate"):
+                "rec_loss_per_example", "rec_loss_zero_output", "spikes_per_example", "mean_firing_rate"):
         assert key in m, key
     assert set(m["layers"]) == set(SPIKING_LAYERS)
     for layer in SPIKING_LAYERS:
@@ -99,6 +99,10 @@ def test_eval_json_matches_an_independent_recomputation(sae_run):
     assert m["rec_loss"] == pytest.approx(np.mean([b.mean() for b in losses]), rel=1e-6)
     assert m["rec_loss_per_example"] == pytest.approx(np.concatenate(losses).mean(), rel=1e-6)
     assert m["rec_loss"] != pytest.approx(m["rec_loss_per_example"], rel=1e-9)  # the partial batch weighs more
+    # The all-zero output's L_rec on the same images, averaged the same way (sum of x^2 per image).
+    zero = val.images.double().square().flatten(1).sum(1).numpy()
+    assert m["rec_loss_zero_output"] == pytest.approx(np.mean([zero[i:i + 32].mean() for i in range(0, 150, 32)]),
+                                                      rel=1e-9)
     for layer in SPIKING_LAYERS:
         per_batch = [c[layer] for c in counts]
         active = [np.any(c > 0, axis=0) for c in per_batch]
