@@ -475,16 +475,32 @@ def sweep_cmd(
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (for every run)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (overrides the sweep's `out`)."),
     table_only: bool = typer.Option(False, "--table-only", help="Only rewrite the tables from finished runs."),
+    findings: bool = typer.Option(False, "--findings",
+                                  help="Only write OUT/findings.md: the paper's claims judged on the finished runs."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Print every configuration's schedule and step count, check the device and "
+                                      "the data, start nothing."),
 ) -> None:
     """Train every configuration x grid point x seed of SWEEP_FILE and tabulate mean ± std over seeds.
 
     Finished runs are skipped and interrupted ones resumed, so rerunning an
     interrupted sweep continues it. Writes OUT/table.md, OUT/table.csv and
-    OUT/runs.csv.
+    OUT/runs.csv. Before any run starts, the device and every run's data are
+    checked: a problem is one line and exit code 2.
     """
-    from saec.run.sweep import SweepInterrupted, load_sweep, run_sweep, write_tables
+    from saec.run.sweep import (SweepInterrupted, check_device, check_sweep_data, load_sweep, plan_sweep,
+                                render_plan, run_sweep, write_findings, write_tables)
 
     sweep = load_sweep(sweep_file, out=out)
+    if dry_run:
+        typer.echo(render_plan(sweep, plan_sweep(sweep, str(data_dir) if data_dir else None)))
+        check_device(device)
+        check_sweep_data(sweep, str(data_dir) if data_dir else None)
+        typer.echo(f"device {device} and data checked; dry run, nothing started")
+        return
+    if findings:
+        typer.echo(f"findings: {write_findings(sweep)}")
+        return
     if table_only:
         typer.echo(f"table: {write_tables(sweep)}")
         return

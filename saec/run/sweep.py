@@ -327,6 +327,73 @@ def check_sweep_data(sweep: Sweep, data_dir: str | None = None) -> None:
                             path="data") from None
 
 
+# ---------------------------------------------------------------- plan and pre-flight checks
+@dataclass(frozen=True)
+class ConfigPlan:
+    """What one configuration of a sweep will run: its schedule and optimizer steps."""
+
+    config: str
+    kind: str  # sae, ae or vae
+    timesteps: int  # T (1 for AE/VAE)
+    epochs: int
+    steps_per_epoch: int | None  # None: custom data, whose size is known only by reading it
+    runs: int  # seeds
+
+    @property
+    def steps_per_run(self) -> int | None:
+        return None if self.steps_per_epoch is None else self.epochs * self.steps_per_epoch
+
+
+def plan_sweep(sweep: Sweep, data_dir: str | None = None) -> list[ConfigPlan]:
+    """Each configuration's schedule and step count, from its compiled spec; nothing is loaded or run.
+
+    Steps per epoch are ``ceil(training images / batch size)`` (capped by ``training.max_steps``), with
+    the training set's size from :func:`saec.training.data.planned_train_size`, which depends on whether
+    this machine has the MNIST test set when validation is ``auto``.
+    """
+    from saec.compiler.pipeline import compile_spec
+    from saec.training.data import planned_train_size
+
+    plans: list[ConfigPlan] = []
+    for config in sweep.configs:
+        runs = [r for r in sweep.runs if r.config == config]
+        spec = compile_spec(str(runs[0].spec_file), runs[0].set_args())[0].spec
+        t = spec.training
+        n = planned_train_size(spec.data, data_dir)
+        per_epoch = None if n is None else math.ceil(n / t.batch_size)
+        if per_epoch is not None and t.max_steps is not None:
+            per_epoch = min(per_epoch, t.max_steps)
+        plans.append(ConfigPlan(config, spec.kind, spec.encoding.timesteps if spec.kind == "sae" else 1, t.epochs,
+                                per_epoch, len(runs)))
+    return plans
+
+
+def render_plan(sweep: Sweep, plans: list[ConfigPlan]) -> str:
+    """The dry run's table: one line per configuration, then the totals."""
+    lines = [f"sweep {sweep.name}: {len(sweep.runs)} runs ({len(plans)} configurations x {len(sweep.seeds)} seeds"
+             + (f", grid {', '.join(sweep.grid_keys)}" if sweep.grid_keys else "") + f") -> {sweep.out}",
+             "| configuration | kind | T | epochs | steps/epoch | steps/run | runs |",
+             "|---|---|---|---|---|---|---|"]
+    for p in plans:
+        unknown = "?"
+        lines.append(f"| {p.config} | {p.kind} | {p.timesteps} | {p.epochs} | {p.steps_per_epoch or unknown} | "
+                     f"{p.steps_per_run or unknown} | {p.runs} |")
+    known = [p for p in plans if p.steps_per_run is not None]
+    total = sum(p.steps_per_run * p.runs for p in known)
+    spiking = sum(p.steps_per_run * p.runs for p in known if p.kind == "sae")
+    time_steps = sum(p.steps_per_run * p.runs * p.timesteps for p in known if p.kind == "sae")
+    lines.append(f"total: {total:,} optimizer steps, {spiking:,} of them spiking ({time_steps:,} steps x T)"
+                 + ("" if len(known) == len(plans) else "; custom data: steps unknown until the data is read"))
+    return "\n".join(lines)
+
+
+def check_device(device: str) -> None:
+    """SpecError unless every run of the sweep can use ``device`` (checked once, before any run starts)."""
+    from saec.training.train import resolve_device
+
+    resolve_device(device)
+
+
 # ---------------------------------------------------------------- run state
 def run_state(run: SweepRun) -> str:
     """``complete``, ``resumable`` (an interrupted run with a checkpoint) or ``new``.
@@ -434,12 +501,14 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, data_dir: str | None = None, devic
         raise SpecError(f"must be at least 1, got {jobs}", path="--jobs")
     threads = threads_per_job or max(1, available_cores() // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # Before any run starts and before anything is written: one error, not one failed run after another.
+    check_device(device)
+    check_sweep_data(sweep, data_dir)
     logs_dir = sweep.out / "logs"
     try:
         logs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpecError(f"cannot write the sweep's output folder: {exc.strerror or exc}", file=str(sweep.out)) from None
-    check_sweep_data(sweep, data_dir)  # before any run starts: one error, not one failed run after another
     states: dict[Path, str] = {}
     failed: list[tuple[SweepRun, int, Path]] = []
     for run in sweep.runs:
@@ -633,6 +702,32 @@ def render_runs_csv(sweep: Sweep) -> str:
                          complete, str(run.folder), *(read(metrics) if complete else "" for _, _, read, _ in
                                                       TABLE_COLUMNS)])
     return buf.getvalue()
+
+
+def seed_results(sweep: Sweep) -> dict[str, list[dict]]:
+    """Configuration -> the ``eval.json`` of each of its complete runs, with ``seed`` added."""
+    results: dict[str, list[dict]] = {config: [] for config in sweep.configs}
+    for run in sweep.runs:
+        if _is_complete(run.folder):
+            results[run.config].append({**_read_eval(run.folder), "seed": run.seed})
+    return results
+
+
+def write_findings(sweep: Sweep) -> Path:
+    """Write ``findings.md`` into ``sweep.out``: the paper's claims judged on the finished runs.
+
+    Rows name the paper's models (SAE, SAE-sparse, SAE-dense, AE, AE-l2, VAE, beta-VAE); configurations
+    of other names are not read. Returns the path.
+    """
+    from saec.analysis.claims import findings, render_findings
+
+    results = seed_results(sweep)
+    done = sum(len(v) for v in results.values())
+    text = render_findings(findings(results), source=f"sweep `{sweep.name}` ({sweep.file}), {done} of "
+                                                     f"{len(sweep.runs)} runs finished")
+    path = sweep.out / "findings.md"
+    A.write_text(path, text)
+    return path
 
 
 def write_tables(sweep: Sweep) -> Path:

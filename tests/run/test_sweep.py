@@ -401,3 +401,105 @@ def test_the_embedded_data_sweep_passes_the_data_check_with_nothing_on_disk(tmp_
     monkeypatch.delenv("SAEC_MNIST_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
     S.check_sweep_data(S.load_sweep(SPECS / "sweeps" / "cpu_small.yaml"))
+
+
+# ------------------------------------------------------------------ plan (--dry-run), device, findings
+def _fake_mnist(root: Path, split: str) -> Path:
+    """A folder in which the MNIST files of ``split`` exist (empty: the plan and the checks read no data)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    prefix = "t10k" if split == "test" else "train"
+    for stem in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        (raw / f"{prefix}-{stem}").touch()
+    return root
+
+
+def test_dry_run_prints_steps_per_configuration_and_starts_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAEC_MNIST_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(S.subprocess, "Popen", lambda *a, **k: pytest.fail("a run started"))
+    path = write_sweep(tmp_path, f"""\
+        name: plan
+        configs:
+          - {{name: spiking, spec: SPECS/sae_dense.yaml, set: {{encoding.timesteps: 8}}}}
+          - {{name: capped, spec: SPECS/sae.yaml, set: {{encoding.timesteps: 4, training.max_steps: 10}}}}
+          - {{name: ae, spec: SPECS/ae.yaml, set: {{training.epochs: 2}}}}
+        set: {{data.dataset: mnist5k, training.epochs: 3}}
+        seeds: [0, 1, 2]
+        out: {tmp_path / 'out'}
+        """)
+    result = runner.invoke(app, ["sweep", str(path), "--dry-run", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    # No MNIST test set here: validation holds out a tenth of mnist5k, 4,500 images train: ceil(4500/64) = 71.
+    assert "| spiking | sae | 8 | 3 | 71 | 213 | 3 |" in result.stdout
+    assert "| capped | sae | 4 | 3 | 10 | 30 | 3 |" in result.stdout  # max_steps caps the epoch
+    assert "| ae | ae | 1 | 2 | 71 | 142 | 3 |" in result.stdout
+    # (213 + 30 + 142) x 3 seeds; spiking (213 + 30) x 3, x T: 213 x 3 x 8 + 30 x 3 x 4
+    assert "total: 1,155 optimizer steps, 729 of them spiking (5,472 steps x T)" in result.stdout
+    assert "sweep plan: 9 runs (3 configurations x 3 seeds)" in result.stdout
+    assert result.stdout.strip().endswith("dry run, nothing started")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+    # With the MNIST test set found, all 5,000 images train (79 steps), and full MNIST gives 938.
+    data = _fake_mnist(tmp_path / "mnist", "test")
+    result = runner.invoke(app, ["sweep", str(path), "--dry-run", "--device", "cpu", "--data-dir", str(data)])
+    assert "| spiking | sae | 8 | 3 | 79 | 237 | 3 |" in result.stdout, result.output
+    from saec.compiler.pipeline import compile_spec
+    from saec.training.data import planned_train_size
+
+    full = compile_spec(str(SPECS / "reference" / "sae.yaml"), [])[0].spec.data
+    assert planned_train_size(full, str(_fake_mnist(data, "train"))) == 60_000
+    assert planned_train_size(full.model_copy(update={"train_limit": 1000}), str(data)) == 1000
+
+
+def test_shipped_table1_plan_is_the_papers_schedule(tmp_path):
+    data = _fake_mnist(_fake_mnist(tmp_path / "mnist", "train"), "test")
+    plans = S.plan_sweep(S.load_sweep(SPECS / "sweeps" / "table1.yaml"), str(data))
+    # 60,000 images / batch 64 = 938 steps per epoch, 10 epochs, T = 100 for the SAEs, 5 seeds.
+    assert [(p.config, p.timesteps, p.steps_per_run, p.runs) for p in plans] == [
+        (name, 100 if name.startswith("SAE") else 1, 9380, 5)
+        for name in ("SAE", "SAE-sparse", "SAE-dense", "AE", "AE-l2", "VAE", "beta-VAE")]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("dry", [False, True], ids=["run", "dry-run"])
+def test_cuda_without_a_gpu_is_one_line_before_anything_is_written(tmp_path, monkeypatch, dry):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(S.subprocess, "Popen", lambda *a, **k: pytest.fail("a run started"))
+    path = write_sweep(tmp_path, GOOD.replace("OUT", str(tmp_path / "out")))
+    result = runner.invoke(app, ["sweep", str(path), "--device", "cuda"] + (["--dry-run"] if dry else []))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == ("error: --device: CUDA was asked for (--device cuda) but torch sees no GPU; "
+                                     "use --device cpu or auto")
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_findings_judge_the_finished_runs_by_model_name(tmp_path):
+    sweep = S.load_sweep(write_sweep(tmp_path, f"""\
+        name: claims
+        configs:
+          - {{name: SAE, spec: SPECS/ae.yaml}}
+          - {{name: SAE-dense, spec: SPECS/ae.yaml}}
+        seeds: [0, 1, 2]
+        out: {tmp_path / 'out'}
+        """))
+    for run, rec in zip(sweep.runs, (60.0, 62.0, 64.0, 40.0, 41.0, 42.0)):
+        run.folder.mkdir(parents=True)
+        A.save_torch(run.folder / A.TRAIN_STATE, {"complete": True})
+        A.write_json(run.folder / A.EVAL, {"rec_loss": rec, "rec_loss_zero_output": 81.52})
+    # one seed of SAE-dense unfinished: the claim waits for it
+    A.save_torch(sweep.runs[-1].folder / A.TRAIN_STATE, {"complete": False})
+    result = runner.invoke(app, ["sweep", str(sweep.file), "--findings"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "out" / "findings.md").read_text()
+    assert text.startswith(f"Results: sweep `claims` ({sweep.file}), 5 of 6 runs finished")
+    rows = {line.split(" (")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "SAE-sparse: 0 finished seed(s), 3 needed" in rows["L_rec: SAE-sparse > SAE-dense"]
+    assert "SAE-dense: 2 finished seed(s), 3 needed" in rows["latent ANR: SAE-dense > SAE"]
+    A.save_torch(sweep.runs[-1].folder / A.TRAIN_STATE, {"complete": True})
+    results = S.seed_results(S.load_sweep(sweep.file))
+    assert [m["seed"] for m in results["SAE-dense"]] == [0, 1, 2]
+    # these stand-ins are AEs: no spiking latent layer, so the ANR claim has nothing to judge
+    S.write_findings(S.load_sweep(sweep.file))
+    assert "SAE-dense: latent ANR undefined for 3 of 3 seeds" in (tmp_path / "out" / "findings.md").read_text()
+    assert [m["rec_loss"] for m in results["SAE"]] == [60.0, 62.0, 64.0]
