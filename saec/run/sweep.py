@@ -335,6 +335,7 @@ class ConfigPlan:
     config: str
     kind: str  # sae, ae or vae
     timesteps: int  # T (1 for AE/VAE)
+    batch_size: int
     epochs: int
     steps_per_epoch: int | None  # None: custom data, whose size is known only by reading it
     runs: int  # seeds
@@ -363,7 +364,8 @@ def plan_sweep(sweep: Sweep, data_dir: str | None = None) -> list[ConfigPlan]:
         per_epoch = None if n is None else math.ceil(n / t.batch_size)
         if per_epoch is not None and t.max_steps is not None:
             per_epoch = min(per_epoch, t.max_steps)
-        plans.append(ConfigPlan(config, spec.kind, spec.encoding.timesteps if spec.kind == "sae" else 1, t.epochs,
+        plans.append(ConfigPlan(config, spec.kind, spec.encoding.timesteps if spec.kind == "sae" else 1,
+                                t.batch_size, t.epochs,
                                 per_epoch, len(runs)))
     return plans
 
@@ -372,11 +374,11 @@ def render_plan(sweep: Sweep, plans: list[ConfigPlan]) -> str:
     """The dry run's table: one line per configuration, then the totals."""
     lines = [f"sweep {sweep.name}: {len(sweep.runs)} runs ({len(plans)} configurations x {len(sweep.seeds)} seeds"
              + (f", grid {', '.join(sweep.grid_keys)}" if sweep.grid_keys else "") + f") -> {sweep.out}",
-             "| configuration | kind | T | epochs | steps/epoch | steps/run | runs |",
-             "|---|---|---|---|---|---|---|"]
+             "| configuration | kind | T | batch | epochs | steps/epoch | steps/run | runs |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in plans:
         unknown = "?"
-        lines.append(f"| {p.config} | {p.kind} | {p.timesteps} | {p.epochs} | {p.steps_per_epoch or unknown} | "
+        lines.append(f"| {p.config} | {p.kind} | {p.timesteps} | {p.batch_size} | {p.epochs} | {p.steps_per_epoch or unknown} | "
                      f"{p.steps_per_run or unknown} | {p.runs} |")
     known = [p for p in plans if p.steps_per_run is not None]
     total = sum(p.steps_per_run * p.runs for p in known)

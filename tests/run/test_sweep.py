@@ -431,9 +431,9 @@ def test_dry_run_prints_steps_per_configuration_and_starts_nothing(tmp_path, mon
     result = runner.invoke(app, ["sweep", str(path), "--dry-run", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     # No MNIST test set here: validation holds out a tenth of mnist5k, 4,500 images train: ceil(4500/64) = 71.
-    assert "| spiking | sae | 8 | 3 | 71 | 213 | 3 |" in result.stdout
-    assert "| capped | sae | 4 | 3 | 10 | 30 | 3 |" in result.stdout  # max_steps caps the epoch
-    assert "| ae | ae | 1 | 2 | 71 | 142 | 3 |" in result.stdout
+    assert "| spiking | sae | 8 | 64 | 3 | 71 | 213 | 3 |" in result.stdout
+    assert "| capped | sae | 4 | 64 | 3 | 10 | 30 | 3 |" in result.stdout  # max_steps caps the epoch
+    assert "| ae | ae | 1 | 64 | 2 | 71 | 142 | 3 |" in result.stdout
     # (213 + 30 + 142) x 3 seeds; spiking (213 + 30) x 3, x T: 213 x 3 x 8 + 30 x 3 x 4
     assert "total: 1,155 optimizer steps, 729 of them spiking (5,472 steps x T)" in result.stdout
     assert "sweep plan: 9 runs (3 configurations x 3 seeds)" in result.stdout
@@ -443,7 +443,7 @@ def test_dry_run_prints_steps_per_configuration_and_starts_nothing(tmp_path, mon
     # With the MNIST test set found, all 5,000 images train (79 steps), and full MNIST gives 938.
     data = _fake_mnist(tmp_path / "mnist", "test")
     result = runner.invoke(app, ["sweep", str(path), "--dry-run", "--device", "cpu", "--data-dir", str(data)])
-    assert "| spiking | sae | 8 | 3 | 79 | 237 | 3 |" in result.stdout, result.output
+    assert "| spiking | sae | 8 | 64 | 3 | 79 | 237 | 3 |" in result.stdout, result.output
     from saec.compiler.pipeline import compile_spec
     from saec.training.data import planned_train_size
 
