@@ -336,6 +336,8 @@ class ConfigPlan:
     kind: str  # sae, ae or vae
     timesteps: int  # T (1 for AE/VAE)
     batch_size: int
+    lr: float  # initial learning rate
+    schedule: str  # learning-rate schedule over the epochs (constant, cosine, step)
     epochs: int
     steps_per_epoch: int | None  # None: custom data, whose size is known only by reading it
     runs: int  # seeds
@@ -365,7 +367,7 @@ def plan_sweep(sweep: Sweep, data_dir: str | None = None) -> list[ConfigPlan]:
         if per_epoch is not None and t.max_steps is not None:
             per_epoch = min(per_epoch, t.max_steps)
         plans.append(ConfigPlan(config, spec.kind, spec.encoding.timesteps if spec.kind == "sae" else 1,
-                                t.batch_size, t.epochs,
+                                t.batch_size, t.lr, t.schedule.type, t.epochs,
                                 per_epoch, len(runs)))
     return plans
 
@@ -374,12 +376,12 @@ def render_plan(sweep: Sweep, plans: list[ConfigPlan]) -> str:
     """The dry run's table: one line per configuration, then the totals."""
     lines = [f"sweep {sweep.name}: {len(sweep.runs)} runs ({len(plans)} configurations x {len(sweep.seeds)} seeds"
              + (f", grid {', '.join(sweep.grid_keys)}" if sweep.grid_keys else "") + f") -> {sweep.out}",
-             "| configuration | kind | T | batch | epochs | steps/epoch | steps/run | runs |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| configuration | kind | T | batch | lr | epochs | steps/epoch | steps/run | runs |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for p in plans:
-        unknown = "?"
-        lines.append(f"| {p.config} | {p.kind} | {p.timesteps} | {p.batch_size} | {p.epochs} | {p.steps_per_epoch or unknown} | "
-                     f"{p.steps_per_run or unknown} | {p.runs} |")
+        cells = [p.config, p.kind, p.timesteps, p.batch_size, f"{p.lr:g} {p.schedule}", p.epochs,
+                 p.steps_per_epoch or "?", p.steps_per_run or "?", p.runs]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     known = [p for p in plans if p.steps_per_run is not None]
     total = sum(p.steps_per_run * p.runs for p in known)
     spiking = sum(p.steps_per_run * p.runs for p in known if p.kind == "sae")

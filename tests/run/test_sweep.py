@@ -431,9 +431,9 @@ def test_dry_run_prints_steps_per_configuration_and_starts_nothing(tmp_path, mon
     result = runner.invoke(app, ["sweep", str(path), "--dry-run", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     # No MNIST test set here: validation holds out a tenth of mnist5k, 4,500 images train: ceil(4500/64) = 71.
-    assert "| spiking | sae | 8 | 64 | 3 | 71 | 213 | 3 |" in result.stdout
-    assert "| capped | sae | 4 | 64 | 3 | 10 | 30 | 3 |" in result.stdout  # max_steps caps the epoch
-    assert "| ae | ae | 1 | 64 | 2 | 71 | 142 | 3 |" in result.stdout
+    assert "| spiking | sae | 8 | 64 | 0.0005 constant | 3 | 71 | 213 | 3 |" in result.stdout
+    assert "| capped | sae | 4 | 64 | 0.0005 constant | 3 | 10 | 30 | 3 |" in result.stdout  # max_steps caps the epoch
+    assert "| ae | ae | 1 | 64 | 0.0005 constant | 2 | 71 | 142 | 3 |" in result.stdout
     # (213 + 30 + 142) x 3 seeds; spiking (213 + 30) x 3, x T: 213 x 3 x 8 + 30 x 3 x 4
     assert "total: 1,155 optimizer steps, 729 of them spiking (5,472 steps x T)" in result.stdout
     assert "sweep plan: 9 runs (3 configurations x 3 seeds)" in result.stdout
@@ -443,7 +443,7 @@ def test_dry_run_prints_steps_per_configuration_and_starts_nothing(tmp_path, mon
     # With the MNIST test set found, all 5,000 images train (79 steps), and full MNIST gives 938.
     data = _fake_mnist(tmp_path / "mnist", "test")
     result = runner.invoke(app, ["sweep", str(path), "--dry-run", "--device", "cpu", "--data-dir", str(data)])
-    assert "| spiking | sae | 8 | 64 | 3 | 79 | 237 | 3 |" in result.stdout, result.output
+    assert "| spiking | sae | 8 | 64 | 0.0005 constant | 3 | 79 | 237 | 3 |" in result.stdout, result.output
     from saec.compiler.pipeline import compile_spec
     from saec.training.data import planned_train_size
 
@@ -503,3 +503,30 @@ def test_findings_judge_the_finished_runs_by_model_name(tmp_path):
     S.write_findings(S.load_sweep(sweep.file))
     assert "SAE-dense: latent ANR undefined for 3 of 3 seeds" in (tmp_path / "out" / "findings.md").read_text()
     assert [m["rec_loss"] for m in results["SAE"]] == [60.0, 62.0, 64.0]
+
+
+def test_shipped_claims_sweep_runs_the_papers_models_on_the_probed_schedule(tmp_path):
+    """specs/sweeps/claims_cpu.yaml: 8 configurations x 3 seeds; the schedule of benchmarks/claims_probes.md."""
+    from saec.compiler.pipeline import compile_spec
+
+    sweep = S.load_sweep(SPECS / "sweeps" / "claims_cpu.yaml")
+    assert sweep.configs == ("SAE", "SAE-sparse", "SAE-dense", "SAE-dense-saec", "AE", "AE-l2", "VAE", "beta-VAE")
+    assert sweep.seeds == (0, 1, 2) and len(sweep.runs) == 24
+    specs = {r.config: compile_spec(str(r.spec_file), r.set_args())[0].spec for r in sweep.runs if r.seed == 2}
+    for name, spec in specs.items():
+        t = spec.training
+        assert (spec.data.dataset, spec.data.validation.limit, t.epochs, t.batch_size, t.schedule.type, t.seed) == (
+            "mnist5k", 1000, 8, 64, "cosine", 2), name
+        if spec.kind == "sae":
+            assert (spec.encoding.timesteps, t.lr) == (16, 1e-3), name
+        else:
+            assert t.lr == 1e-4, name
+    # the reference preset (the published code) for the paper's three SAEs, the deployable default beside them
+    assert [specs[n].preset for n in ("SAE", "SAE-sparse", "SAE-dense", "SAE-dense-saec")] == [
+        "reference", "reference", "reference", "saec"]
+    assert specs["SAE-dense"].regularizers == specs["SAE-dense-saec"].regularizers
+    # 5,000 images / 64 = 79 steps per epoch when the test set validates: 24 runs x 632 steps, 12 of them spiking
+    plans = S.plan_sweep(sweep, str(_fake_mnist(tmp_path / "mnist", "test")))
+    assert {p.steps_per_run for p in plans} == {632}
+    assert sum(p.steps_per_run * p.runs for p in plans) == 15_168
+    assert sum(p.steps_per_run * p.runs * p.timesteps for p in plans if p.kind == "sae") == 121_344
