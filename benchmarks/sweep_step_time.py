@@ -35,6 +35,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# as the saec command line does (saec/cli.py), so the numbers are those of `saec train`: idle OpenMP workers
+# sleep instead of spinning (spinning burns CPU time, badly so on a loaded machine); set before torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def measure(run, threads: int, steps: int, warmup: int) -> tuple[float, float]:

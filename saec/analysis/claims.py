@@ -82,7 +82,7 @@ PAPER_CLAIMS: tuple[Claim, ...] = (
     Claim("rec_loss", "beta-VAE", "AE-l2", (5.94, 0.21), (4.67, 0.98), "Table 1"),
     Claim("rec_loss", "AE", "AE-l2", (7.89, 4.83), (4.67, 0.98), "Table 1; 3.2"),
     Claim("rec_loss", "VAE", "beta-VAE", (19.09, 0.66), (5.94, 0.21), "Table 1; 3.2"),
-    Claim("latent_anr", "SAE-dense", "SAE", (1.0, 0.0), (0.17, 0.20), "3.2 (Table 7: INP 0.83)"),
+    Claim("latent_anr", "SAE-dense", "SAE", (1.0, 0.0), (0.17, 0.20), "3.2; Table 7: INP 0.83"),
     Claim("latent_anr", "SAE-sparse", "SAE", (0.93, 0.04), (0.17, 0.20), "3.2: p < 0.01"),
     Claim("s_intra_inter", "VAE", "SAE-dense", (0.97, 0.00), (0.78, 0.00), "Table 1, Table 8"),
 )

@@ -125,3 +125,18 @@ def test_rendered_table_has_one_row_per_claim_with_both_verdicts():
     ae = next(r for r in rows if r.startswith("| L_rec: AE > AE-l2"))
     assert "– (n=0)" in ae and "**not resolved**" in ae and "AE: 0 finished seed(s), 3 needed" in ae
     assert "Rule (`saec.analysis.claims`)" in text
+
+
+def test_readme_table_lists_every_claim_with_the_papers_numbers():
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## The paper's claims at CPU scale"):]
+    table = C.render_findings(C.findings({}))
+    for line in table.splitlines():
+        if line.startswith("| ") and "claim (paper)" not in line:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            # claim and paper columns as the generator writes them, the paper's own verdict last
+            assert f"| {cells[0]} | {cells[1]} |" in section, cells[0]
+            row = next(r for r in section.splitlines() if r.startswith(f"| {cells[0]} |"))
+            assert row.rstrip().endswith(f"| {cells[5]} |"), row
