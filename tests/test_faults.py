@@ -109,8 +109,9 @@ def test_a_damaged_eval_json_counts_as_missing_in_the_table(tmp_path, fake_train
 def test_unwritable_sweep_out_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     path = tmp_path / "sweep.yaml"
-    path.write_text(f"base: {SPECS / 'ae.yaml'}\nout: {tmp_path / 'file' / 'out'}\n")
-    result = runner.invoke(app, ["sweep", str(path)])
+    # the embedded data: the device and data checks (run before anything is written) pass, the folder fails
+    path.write_text(f"base: {SPECS / 'ae.yaml'}\nset: {{data.dataset: mnist5k}}\nout: {tmp_path / 'file' / 'out'}\n")
+    result = runner.invoke(app, ["sweep", str(path), "--device", "cpu"])
     assert result.exit_code == 2, result.output
     err = result.stderr.strip()
     assert err == f"error: {tmp_path / 'file' / 'out'}: cannot write the sweep's output folder: Not a directory"
