@@ -533,3 +533,25 @@ def test_shipped_claims_sweep_runs_the_papers_models_on_the_probed_schedule(tmp_
         **{n: 632 for n in ("AE", "AE-l2", "VAE", "beta-VAE")}}
     assert sum(p.steps_per_run * p.runs for p in plans) == 22_752
     assert sum(p.steps_per_run * p.runs * p.timesteps for p in plans if p.kind == "sae") == 121_344
+
+
+def test_plan_of_custom_data_leaves_the_steps_unknown(tmp_path):
+    """The size of custom data is known only by reading it: the plan says so instead of guessing."""
+    from saec.training.data import planned_train_size
+
+    sweep = S.load_sweep(write_sweep(tmp_path, f"""\
+        configs:
+          - {{name: own, spec: SPECS/ae.yaml, set: {{data.dataset: npz, data.root: {tmp_path / 'x.npz'}}}}}
+          - {{name: embedded, spec: SPECS/ae.yaml, set: {{data.dataset: mnist5k, data.validation.source: split}}}}
+        """))
+    plans = S.plan_sweep(sweep)
+    assert [(p.config, p.steps_per_epoch, p.steps_per_run) for p in plans] == [("own", None, None),
+                                                                                 ("embedded", 71, 710)]
+    text = S.render_plan(sweep, plans)
+    assert "| own | ae | 1 | 64 | 0.0005 constant | 10 | ? | ? | 1 |" in text
+    assert text.endswith("total: 710 optimizer steps, 0 of them spiking (0 steps x T); custom data: steps unknown "
+                         "until the data is read")
+    from saec.compiler.pipeline import compile_spec
+
+    assert planned_train_size(compile_spec(str(sweep.runs[0].spec_file), sweep.runs[0].set_args())[0].spec.data) \
+        is None
