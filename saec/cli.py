@@ -23,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from typer.core import TyperArgument, TyperGroup
 
+from saec.errors import UserError
 from saec.spec.errors import SpecError
 
 #: One example per command, appended to its --help (the README shows more).
@@ -121,7 +122,7 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except SpecError as exc:
+        except UserError as exc:  # SpecError is one
             typer.echo(f"error: {_capped(str(exc))}", err=True)
             raise typer.Exit(2) from None
         except OSError as exc:  # a file the user named cannot be read or written (permissions, full disk)
@@ -230,6 +231,10 @@ def train_cmd(
     logger: str = typer.Option("csv", "--logger", metavar="csv|tensorboard",
                                help="Per-step log: csv (RUN/steps.csv, always written) or tensorboard (also "
                                     "RUN/tensorboard/; needs the tensorboard package)."),
+    target: Optional[str] = typer.Option(None, "--target",
+                                         help="Train quantisation-aware for this chip (loihi): the forward uses "
+                                              "its quantised weights, thresholds and decay, the gradient passes "
+                                              "straight through."),
 ) -> None:
     """Train SPEC end to end and write a run folder (weights, metrics, figures, report.html).
 
@@ -241,16 +246,16 @@ def train_cmd(
 
     try:
         if resume is not None:
-            if spec is not None or set_:
-                raise SpecError("--resume continues a run as it was specified; give no SPEC or --set with it",
-                                path="--resume")
+            if spec is not None or set_ or target is not None:
+                raise SpecError("--resume continues a run as it was specified; give no SPEC, --set or --target "
+                                "with it", path="--resume")
             run = api.resume(resume, data_dir=data_dir, device=device, force=force, progress=progress,
                              logger=logger, log=typer.echo)
         else:
             if spec is None:
                 raise SpecError("give a SPEC file to train, or --resume RUN_FOLDER")
             run = api.train(api.compile(spec, set_ or [], force=force), out, data_dir=data_dir, device=device,
-                            force=force, progress=progress, logger=logger, log=typer.echo)
+                            force=force, progress=progress, logger=logger, log=typer.echo, target=target)
     except TrainingInterrupted as exc:
         typer.echo(f"saec: {exc}", err=True)
         raise typer.Exit(130) from None
@@ -326,8 +331,8 @@ def export_cmd(
     target: str = typer.Option("standard", "--target",
                                help="NIR: standard (model.nir only), snntorch or norse (also "
                                     "model.<target>.nir, an equivalent graph that importer runs exactly). "
-                                    "A chip (speck, xylo): the network in the chip's integers as its toolchain's "
-                                    "artifact, with L_rec float vs quantised on the validation set."),
+                                    "A chip (loihi, speck, xylo): the network in the chip's integers as its "
+                                    "toolchain's artifact, with L_rec float vs quantised on the validation set."),
     examples: int = typer.Option(4, "--examples", help="Validation images in the golden data (golden.nir, or "
                                                        "a chip's golden.npz)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="A chip only: validation images for the L_rec "
@@ -348,11 +353,15 @@ def export_cmd(
     --approximate. --format onnx writes model.onnx. --target speck writes
     export/speck/ (a sinabs layer list with the chip's integers, golden data
     and L_rec float vs quantised); --target xylo writes export/xylo/ (the NIR
-    graph rockpool maps onto Xylo Audio 2, golden data, L_rec).
+    graph rockpool maps onto Xylo Audio 2, golden data, L_rec); --target loihi
+    writes export/model.loihi.h5 (a lava-dl netx network with the chip's
+    integers), golden spikes and L_rec (export/loihi.json).
     """
-    from saec.run.hardware import HARDWARE_EXPORTERS
+    from saec.run.hardware import HARDWARE_EXPORTERS, is_hardware_target, refuse_unexported
 
     chip = HARDWARE_EXPORTERS.get(target)
+    if chip is None and is_hardware_target(target):
+        refuse_unexported(target)
     if chip is not None:
         if format_ is not None or approximate:
             raise SpecError(f"--target {target} writes the chip's own artifact; drop "

@@ -3,7 +3,8 @@
 Each entry quantises a trained run for its chip, writes the chip's native artifact under
 ``RUN/export/`` and measures L_rec float vs quantised; ``summary`` turns its result into the lines
 the command prints. The NIR consumers (``--target snntorch|norse``) are not here: they are
-variants of the NIR export.
+variants of the NIR export. :func:`train_for_target` sets a graph up for quantisation-aware
+training (``saec train --target``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from saec.errors import UserError
+from saec.run.loihi import export_loihi, loihi_summary
 from saec.run.speck import SpeckExport, export_speck
 from saec.run.xylo import XyloExport, export_xylo
 
@@ -53,6 +56,66 @@ def xylo_summary(result: XyloExport) -> list[str]:
 
 #: --target -> exporter
 HARDWARE_EXPORTERS: dict[str, HardwareExporter] = {
+    "loihi": HardwareExporter(export_loihi, loihi_summary),
     "speck": HardwareExporter(export_speck, speck_summary),
     "xylo": HardwareExporter(export_xylo, xylo_summary),
 }
+
+
+def is_hardware_target(name: str) -> bool:
+    """Whether ``name`` is a chip (a shipped profile), as opposed to a NIR consumer variant."""
+    from saec.targets.profile import available_targets
+
+    return name in available_targets()
+
+
+def refuse_unexported(target: str) -> None:
+    """A chip without an exporter yet: one line naming the chips that have one.
+
+    Raises:
+        UserError: always (path ``--target``).
+    """
+    raise UserError(f"no exporter for hardware target {target!r} yet (hardware exporters: "
+                    f"{', '.join(sorted(HARDWARE_EXPORTERS))})", path="--target")
+
+
+def train_for_target(graph, target: str, locate: Callable[[str, str], UserError] | None = None):
+    """A copy of ``graph`` set to train quantisation-aware for ``target`` (``saec train --target``).
+
+    The copy's ``attrs["target"]`` turns on the quantised forward (:mod:`saec.runtime.qat`); it is
+    saved in the run's ``ir.json``, so evaluation, resume and export run the quantised network too.
+
+    Args:
+        graph: the compiled graph.
+        target: a shipped profile name or a profile file.
+        locate: ``locate(node, message)`` -> the error located in the spec (default: the layer's path).
+    Raises:
+        UserError: an unknown target, one without a quantiser training can use, or a network that does
+            not fit it (its first problem, located, with the count of the others).
+    """
+    from saec.runtime.qat import FAKE_QUANTIZERS, TARGET_ATTR
+    from saec.targets.fit import check_fit
+    from saec.targets.profile import available_targets, load_profile
+
+    profile = load_profile(target)
+    if (profile.quantizer or "") not in FAKE_QUANTIZERS:
+        raise UserError(f"quantisation-aware training has no quantiser for target {profile.name!r} yet "
+                        f"(targets with one: {', '.join(sorted(_targets_with(FAKE_QUANTIZERS)))})", path="--target")
+    violations = check_fit(graph, profile).violations
+    if violations:
+        first, more = violations[0], len(violations) - 1
+        message = f"does not fit {profile.name}: {first.message}" + (
+            f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+        if locate is not None:
+            raise locate(first.node, message)
+        raise UserError(message, path=f"layers.{graph.meta(first.node).get('layer', first.node)}")
+    copy = graph.copy()
+    shipped = target in available_targets()
+    copy.attrs[TARGET_ATTR] = profile.name if shipped else str(Path(target).resolve())
+    return copy
+
+
+def _targets_with(quantizers) -> list[str]:
+    from saec.targets.profile import available_targets, load_profile
+
+    return [name for name in available_targets() if (load_profile(name).quantizer or "") in quantizers]

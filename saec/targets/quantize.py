@@ -452,9 +452,11 @@ def quantize_loihi(graph: IRGraph, weights: dict[str, np.ndarray], profile: Prof
         dv = round((1 << LOIHI_DECAY_SHIFT) * (1 - op.decay))
         bias = None
         if f"{node}.bias" in weights:
-            # the bias enters v directly (not shifted like the input): its unit is 2**6 finer
-            bias = np.round(np.asarray(weights[f"{node}.bias"], dtype=np.float64) * scale
-                            * 2 ** LOIHI_ACT_SHIFT).astype(np.int64)
+            # lava adds bias_mant << bias_exp to v, and netx fixes bias_exp = 6 (lava-dl 0.6.0
+            # netx/hdf5.py): the mantissa is in the input's unit, kept here as the value v receives
+            mantissa = np.clip(np.round(np.asarray(weights[f"{node}.bias"], dtype=np.float64) * scale),
+                               *LOIHI_BIAS_MANT).astype(np.int64)
+            bias = mantissa << LOIHI_ACT_SHIFT
         # v > vth << 6: the first value that spikes is (vth << 6) + 1
         layers[node] = QuantizedLayer(node=node, neuron=lif, weight=w_int, bias=bias, scale=scale, threshold=vth,
                                       decay=decay, decay_register=dv, reset=op.reset,
