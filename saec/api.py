@@ -247,7 +247,7 @@ def load_run(path: str | Path) -> Run:
 
 def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path | None = None, *,
           data_dir: str | Path | None = None, device: str = "auto", force: bool = False, progress: bool = False,
-          logger: str = "csv", log: Callable[[str], None] = print) -> Run:
+          logger: str = "csv", log: Callable[[str], None] = print, target: str | None = None) -> Run:
     """Train a compiled spec end to end and write the run folder (``saec train``).
 
     Args:
@@ -260,6 +260,9 @@ def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path |
         logger: ``csv`` (``steps.csv``, always written) or ``tensorboard`` (also TensorBoard event files
             in ``RUN/tensorboard``; needs the ``tensorboard`` package).
         log: where progress lines go (one per epoch).
+        target: a chip (``loihi``) to train quantisation-aware for (``--target``): the forward runs its
+            quantised weights, thresholds and decay, the gradient passes straight through; the network
+            must fit the chip. Recorded in the run's ``ir.json`` (``attrs["target"]``).
 
     Returns:
         The finished :class:`Run`.
@@ -274,7 +277,16 @@ def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path |
     if not isinstance(compiled, Compiled):
         compiled = compile(compiled)
     run_dir = Path(out) if out is not None else Path("runs") / compiled.spec.name
-    run_training(compiled.spec, compiled.graph, run_dir, data_dir=str(data_dir) if data_dir else None,
+    graph = compiled.graph
+    if target is not None:
+        from saec.run.hardware import train_for_target
+
+        locate = None
+        if compiled.loaded is not None:
+            def locate(node: str, message: str) -> SpecError:
+                return compiled.loaded.error(tuple(graph.meta(node).get("spec_path", ())), message)
+        graph = train_for_target(graph, target, locate)
+    run_training(compiled.spec, graph, run_dir, data_dir=str(data_dir) if data_dir else None,
                  device=device, force=force, progress=progress, logger=logger, log=log)
     return load_run(run_dir)
 

@@ -113,18 +113,17 @@ def _encode(walk: Walk, name: str, op: ops.PoissonEncode, h: Tensor) -> Tensor:
 def _synapse(walk: Walk, name: str, op: ops.Op, h: Tensor) -> Tensor:
     graph = walk.model.graph
     source = graph.inputs(name)[0]
-    p = walk.model.synapse(name)
-    bias = getattr(p, "bias", None)
+    weight, bias = walk.model.synapse_weights(name)  # quantised under quantisation-aware execution
     if source in walk.binary:
         # the producer's spikes in their own shape and layout; the synapse reshapes them
         # chunk by chunk (a deferred flatten / unflatten)
         plan = graph.meta(name)[META_KEY]
         out_sample = plan["out_sample"]
-        return fastpath.spike_synapse(op, p.weight, bias, h, walk.binary[source], lead_dims=2,
+        return fastpath.spike_synapse(op, weight, bias, h, walk.binary[source], lead_dims=2,
                                       sample=walk.deferred.get(source), contiguous_out=plan["contiguous_out"],
                                       out_sample=None if out_sample is None else tuple(out_sample))
     t = h.shape[0]
-    flat = fastpath.synapse_forward(op, p.weight, bias, h.reshape(t * walk.batch, *h.shape[2:]))
+    flat = fastpath.synapse_forward(op, weight, bias, h.reshape(t * walk.batch, *h.shape[2:]))
     return flat.reshape(t, walk.batch, *flat.shape[1:])
 
 
@@ -144,6 +143,7 @@ def _reshape(walk: Walk, name: str, op: ops.Op, h: Tensor) -> Tensor:
 
 @LAYERWISE.register(ops.LIF)
 def _lif(walk: Walk, name: str, op: ops.LIF, h: Tensor) -> Tensor:
+    op = walk.model.neuron(name, op)  # the chip's decay and threshold under quantisation-aware execution
     layer = walk.model.graph.meta(name).get("layer")
     keep_state = walk.record_potentials and layer in walk.record
     want = "all" if keep_state else walk.model.graph.meta(name)[META_KEY]["cumulative"]

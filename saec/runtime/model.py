@@ -37,6 +37,7 @@ from saec.runtime import fastpath
 from saec.runtime.execution import Execution
 from saec.runtime.layerwise import Walk, run_layerwise
 from saec.runtime.pool import BufferPool, use_pool
+from saec.runtime.qat import LayerQuantization, target_quantizer
 from saec.runtime.stepwise import run_stepwise
 
 
@@ -133,6 +134,10 @@ class SpikingAutoencoder(nn.Module):
         self.latent_node = self.graph.attrs.get("latent_node")
         #: how forward runs (see the module docstring)
         self.execution = Execution()
+        #: quantisation-aware execution for graph.attrs["target"] (saec.runtime.qat), else None
+        self.quantizer = target_quantizer(self.graph)
+        #: this forward's quantised layers, by synapse node and by LIF node (see :meth:`_quantize`)
+        self._quantized: dict[str, LayerQuantization] = {}
         #: reusable large buffers of the training step (CPU; see saec.runtime.pool)
         self._pool = BufferPool()
         self.reset_parameters()
@@ -173,6 +178,33 @@ class SpikingAutoencoder(nn.Module):
         """The parameters of weighted node ``node``."""
         return self.synapses[module_key(node)]
 
+    def synapse_weights(self, node: str) -> tuple[Tensor, Tensor | None]:
+        """The weight and bias of weighted node ``node`` as the forward uses them: the parameters, or,
+        quantisation-aware, their quantised values (straight-through gradient to the parameters)."""
+        layer = self._quantized.get(node)
+        if layer is not None:
+            return layer.weight, layer.bias
+        p = self.synapse(node)
+        return p.weight, getattr(p, "bias", None)
+
+    def neuron(self, node: str, op: ops.LIF) -> ops.LIF:
+        """LIF node ``node``'s op as the forward runs it: ``op``, or, quantisation-aware, with the
+        chip's decay and the threshold its register holds."""
+        layer = self._quantized.get(node)
+        return op if layer is None else layer.neuron
+
+    def _quantize(self) -> None:
+        """Quantise the parameters for this forward (quantisation-aware execution only)."""
+        self._quantized = {}
+        if self.quantizer is None:
+            return
+        for name in self.order:
+            if self.graph.op(name).has_weights:
+                p = self.synapse(name)
+                layer = self.quantizer.synapse(self.graph, name, p.weight, getattr(p, "bias", None))
+                if layer is not None:
+                    self._quantized[name] = self._quantized[self.quantizer.layers[name][0]] = layer
+
     def weights(self) -> list[Tensor]:
         """All weight tensors (not biases), for the L2 term."""
         return [p.weight for p in self.synapses.values()]
@@ -202,6 +234,7 @@ class SpikingAutoencoder(nn.Module):
                     fast=fast, keep_binary=keep_binary)
         if keep_binary:
             fastpath.keep_freed_memory()
+        self._quantize()
         with use_pool(self._pool if fast and x.device.type == "cpu" else None):
             return run_layerwise(walk)
 
@@ -216,4 +249,5 @@ class SpikingAutoencoder(nn.Module):
             The spike train [T, B, ...] of every spiking layer, keyed by layer name
             (:func:`saec.runtime.stepwise.run_stepwise` also gives the reconstruction).
         """
+        self._quantize()
         return run_stepwise(self, x, encoded).trains

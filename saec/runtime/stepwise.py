@@ -114,8 +114,7 @@ def _encode(walk: StepWalk, name: str, op: ops.PoissonEncode, h: Tensor) -> Tens
 
 @STEPWISE.register(ops.Conv2d, ops.ConvTranspose2d, ops.Linear)
 def _synapse(walk: StepWalk, name: str, op: ops.Op, h: Tensor) -> Tensor:
-    p = walk.model.synapse(name)
-    return fastpath.synapse_forward(op, p.weight, getattr(p, "bias", None), h)
+    return fastpath.synapse_forward(op, *walk.model.synapse_weights(name), h)
 
 
 @STEPWISE.register(ops.Flatten)
@@ -130,7 +129,7 @@ def _unflatten(walk: StepWalk, name: str, op: ops.Unflatten, h: Tensor) -> Tenso
 
 @STEPWISE.register(ops.LIF)
 def _lif(walk: StepWalk, name: str, op: ops.LIF, h: Tensor) -> Tensor:
-    y, walk.state[name] = lif_step(h, walk.state.get(name), op)
+    y, walk.state[name] = lif_step(h, walk.state.get(name), walk.model.neuron(name, op))
     walk.values[name + ":U"] = walk.state[name][1]
     walk.trains.setdefault(walk.model.graph.meta(name)["layer"], []).append(y)
     return y

@@ -429,6 +429,17 @@ def _spiking_layers(graph: IRGraph) -> list[tuple[str, str]]:
     return pairs
 
 
+def loihi_scale(largest_weight: float, threshold: float) -> float:
+    """Integer units per unit of saec's membrane for one Loihi layer: the largest power of two that keeps
+    the layer's largest weight magnitude within [-256, 254] and its threshold within vth's 17 bits.
+
+    The one rule both :func:`quantize_loihi` and quantisation-aware training (saec.runtime.qat) use.
+    """
+    # tiny weights would want a scale that pushes the threshold past vth's 17 bits: the threshold wins
+    return min(_power_of_two_scale(largest_weight, LOIHI_WEIGHT_RANGE[1]),
+               _power_of_two_scale(threshold, LOIHI_VTH_MAX))
+
+
 def quantize_loihi(graph: IRGraph, weights: dict[str, np.ndarray], profile: Profile) -> QuantizedNetwork:
     """Loihi's formats: even 8-bit weights, vth mantissa (used << 6), dv = round(4096 (1 - decay)).
 
@@ -442,9 +453,7 @@ def quantize_loihi(graph: IRGraph, weights: dict[str, np.ndarray], profile: Prof
     for node, lif in _spiking_layers(graph):
         op = graph.op(lif)
         w = np.asarray(weights[f"{node}.weight"], dtype=np.float64)
-        # tiny weights would want a scale that pushes the threshold past vth's 17 bits: the threshold wins
-        scale = min(_power_of_two_scale(float(np.abs(w).max()), LOIHI_WEIGHT_RANGE[1]),
-                    _power_of_two_scale(op.threshold, LOIHI_VTH_MAX))
+        scale = loihi_scale(float(np.abs(w).max()), op.threshold)
         w_int = (2 * np.round(w * scale / 2)).astype(np.int64)
         w_int = np.clip(w_int, *LOIHI_WEIGHT_RANGE)
         vth = int(round(op.threshold * scale))

@@ -38,6 +38,7 @@ def lava_python() -> Path | None:
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.vendor,
     pytest.mark.skipif(lava_python() is None, reason=f"lava is not installed; install it with: {INSTALL}"),
 ]
 
