@@ -22,7 +22,8 @@ from saec.compiler.pipeline import compile_spec
 from saec.errors import UserError
 from saec.exporters.netx import read_netx_layers, write_netx
 from saec.run import artifacts as A
-from saec.run.hardware import HARDWARE_EXPORTERS, LOIHI_GOLDEN, LOIHI_NETX, LOIHI_RECORD
+from saec.run.hardware import HARDWARE_EXPORTERS
+from saec.run.loihi import LOIHI_GOLDEN, LOIHI_NETX, LOIHI_RECORD
 from saec.runtime.model import SpikingAutoencoder
 from saec.spec.loader import resolved_yaml
 from saec.targets.profile import load_profile
@@ -161,21 +162,20 @@ def make_run(folder: Path, spec_text: str = TINY28, *, gain: float = 3.0, seed: 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     run = make_run(tmp_path_factory.mktemp("loihi") / "run")
-    result = runner.invoke(app, ["export", str(run), "--target", "loihi", "--examples", "3"])
+    result = runner.invoke(app, ["export", str(run), "--target", "loihi", "--examples", "3", "--limit", "3"])
     return run, result
 
 
 def test_export_target_loihi_writes_netx_golden_and_record(exported):
     run, result = exported
     assert result.exit_code == 0, result.output
-    assert f"loihi network written to {run / 'export' / LOIHI_NETX}" in result.output
+    assert f"lava-dl netx network written to {run / 'export' / LOIHI_NETX}" in result.output
     record = json.loads((run / "export" / LOIHI_RECORD).read_text())
     assert record["target"] == "loihi" and record["images"] == 3 and record["timesteps"] == 8
     assert [row["layer"] for row in record["layers"]] == ["conv1", "latent", "fc_dec", "output"]
     assert all(row["dv"] == 410 for row in record["layers"])
     assert record["rec_loss_float"] > 0 and record["rec_loss_quantized"] > 0
-    assert f"float {record['rec_loss_float']:.3f}, quantised for loihi {record['rec_loss_quantized']:.3f}" \
-        in result.output
+    assert f"float {record['rec_loss_float']:.3f}, quantised {record['rec_loss_quantized']:.3f}" in result.output
     golden = np.load(run / "export" / LOIHI_GOLDEN)
     assert golden["input"].shape == (8, 3, 1, 28, 28)
     for row in record["layers"]:  # the golden spikes are the integer simulation's, which the record counts
@@ -214,8 +214,7 @@ def test_export_target_loihi_refuses_a_format(exported):
     run, _ = exported
     result = runner.invoke(app, ["export", str(run), "--target", "loihi", "--format", "onnx"])
     assert result.exit_code == 2
-    assert result.output.strip() == ("error: --target: --target loihi writes the chip's own file; give no --format "
-                                     "or --approximate with it")
+    assert result.output.strip() == "error: --target: --target loihi writes the chip's own artifact; drop --format"
 
 
 def test_export_target_loihi_refuses_a_network_that_does_not_fit(tmp_path):
@@ -231,4 +230,18 @@ def test_export_target_loihi_refuses_zero_examples(exported):
     run, _ = exported
     result = runner.invoke(app, ["export", str(run), "--target", "loihi", "--examples", "0"])
     assert result.exit_code == 2
-    assert result.output.strip() == "error: --examples: must be a positive number of images, got 0"
+    assert result.output.strip() == "error: --examples: golden data needs at least 1 example, got 0"
+
+
+def test_export_target_loihi_golden_first_images_of_the_measurement(exported, tmp_path):
+    """--examples below --limit: the golden file holds the first images' spikes of the same encoding."""
+    run, _ = exported
+    result = runner.invoke(app, ["export", str(run), "--target", "loihi", "--examples", "2", "--limit", "3"])
+    assert result.exit_code == 0, result.output
+    golden = np.load(run / "export" / LOIHI_GOLDEN)
+    assert golden["input"].shape == (8, 2, 1, 28, 28)
+    record = json.loads((run / "export" / LOIHI_RECORD).read_text())
+    assert record["images"] == 3 and record["golden_examples"] == 2
+    too_many = runner.invoke(app, ["export", str(run), "--target", "loihi", "--examples", "4", "--limit", "3"])
+    assert too_many.exit_code == 2
+    assert too_many.output.strip() == "error: --examples: asks for 4 golden examples, the validation set has 3"

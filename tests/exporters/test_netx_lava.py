@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from saec.cli import app
 from saec.exporters.netx import write_netx
-from saec.run.hardware import LOIHI_GOLDEN, LOIHI_NETX
+from saec.run.loihi import LOIHI_GOLDEN, LOIHI_NETX
 from saec.targets.profile import load_profile
 from saec.targets.quantize import quantize
 from tests.exporters.test_netx import make_run, tiny_network
@@ -74,7 +74,7 @@ def test_saec_export_target_loihi_is_what_lava_computes(tmp_path):
     """`saec export RUN --target loihi` on a run (mnist5k validation images, T = 8): the driver checks
     lava's spikes against the golden file, every layer, and exits 0 only when all are identical."""
     run = make_run(tmp_path / "run")
-    result = CliRunner().invoke(app, ["export", str(run), "--target", "loihi", "--examples", "2"])
+    result = CliRunner().invoke(app, ["export", str(run), "--target", "loihi", "--examples", "2", "--limit", "2"])
     assert result.exit_code == 0, result.output
     export = run / "export"
     done = run_in_lava(export / LOIHI_NETX, export / LOIHI_GOLDEN, tmp_path / "lava.npz")

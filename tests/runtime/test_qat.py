@@ -20,7 +20,8 @@ import saec
 from saec.cli import app
 from saec.compiler.pipeline import compile_spec
 from saec.errors import UserError
-from saec.run.hardware import LOIHI_RECORD, train_for_target
+from saec.run.hardware import train_for_target
+from saec.run.loihi import LOIHI_RECORD
 from saec.runtime.execution import Execution
 from saec.runtime.model import SpikingAutoencoder
 from saec.runtime.qat import TARGET_ATTR
@@ -119,7 +120,7 @@ def test_qat_trained_model_is_its_integer_simulation(tmp_path):
     assert json.loads((run.path / "ir.json").read_text())["attrs"][TARGET_ATTR] == "loihi"
     _, model = load_model(run.path)
     assert model.quantizer is not None and model.quantizer.target == "loihi"
-    result = runner.invoke(app, ["export", str(run.path), "--target", "loihi", "--examples", "4"])
+    result = runner.invoke(app, ["export", str(run.path), "--target", "loihi", "--examples", "4", "--limit", "4"])
     assert result.exit_code == 0, result.output
     record = json.loads((run.path / "export" / LOIHI_RECORD).read_text())
     assert all(row["positions_differing"] == 0 for row in record["layers"]), record["layers"]
