@@ -211,11 +211,22 @@ def test_export_hardware_target_without_exporter_is_one_line(exported):
         f"{', '.join(sorted(HARDWARE_EXPORTERS))})"]
 
 
-def test_export_target_loihi_refuses_a_format(exported):
+def test_export_target_loihi_refuses_a_format_approximate_and_a_bad_limit(exported):
     run, _ = exported
     result = runner.invoke(app, ["export", str(run), "--target", "loihi", "--format", "onnx"])
     assert result.exit_code == 2
     assert result.output.strip() == "error: --target: --target loihi writes the chip's own artifact; drop --format"
+    result = runner.invoke(app, ["export", str(run), "--target", "loihi", "--approximate"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: --target: --target loihi writes the chip's own artifact; drop "
+                                     "--approximate")
+    result = runner.invoke(app, ["export", str(run), "--format", "nir", "--limit", "3"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: --limit: --limit applies to a chip target "
+                                     f"({', '.join(HARDWARE_EXPORTERS)}) only")
+    result = runner.invoke(app, ["export", str(run), "--target", "loihi", "--limit", "0"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --limit: must be a positive number of images, got 0"
 
 
 def test_export_target_loihi_refuses_a_network_that_does_not_fit(tmp_path):
