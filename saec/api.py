@@ -286,6 +286,7 @@ def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path |
             def locate(node: str, message: str) -> SpecError:
                 return compiled.loaded.error(tuple(graph.meta(node).get("spec_path", ())), message)
         graph = train_for_target(graph, target, locate)
+        log(f"quantisation-aware training for {target}: the forward runs the chip's weights, thresholds and decay")
     run_training(compiled.spec, graph, run_dir, data_dir=str(data_dir) if data_dir else None,
                  device=device, force=force, progress=progress, logger=logger, log=log)
     return load_run(run_dir)
