@@ -2,9 +2,9 @@
 # Build lava (lava-nc 0.10.0 + lava-dl 0.6.0) in its own virtual environment,
 # beside saec, never as a saec dependency. saec's vendor tests
 # (tests/exporters/test_netx_lava.py) find it through SAEC_LAVA_PYTHON or at
-# the default location (.envs/lava in the repository, git-ignored).
+# the default location (envs/lava in the repository, git-ignored).
 #
-#   bash scripts/envs/lava.sh [ENV_DIR]          # default ENV_DIR: .envs/lava
+#   bash scripts/envs/lava.sh [ENV_DIR]          # default ENV_DIR: envs/lava
 #   export SAEC_LAVA_PYTHON=ENV_DIR/bin/python   # for an ENV_DIR elsewhere
 #
 # Why each step (measured on CPython 3.11, CPU only):
@@ -20,7 +20,7 @@
 #   stand-in module is installed instead.
 set -euo pipefail
 
-ENV_DIR="${1:-.envs/lava}"
+ENV_DIR="${1:-envs/lava}"
 PYTHON="${PYTHON:-python3.11}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 

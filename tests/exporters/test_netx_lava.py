@@ -3,7 +3,7 @@
 equal saec's integer simulation (saec/targets/quantize.py), spike for spike.
 
 lava lives in its own environment (never a saec dependency): ``bash scripts/envs/lava.sh`` builds it
-in ``.envs/lava``; ``SAEC_LAVA_PYTHON`` points at another one's python. The driver that runs inside
+in ``envs/lava``; ``SAEC_LAVA_PYTHON`` points at another one's python. The driver that runs inside
 it is ``scripts/lava/run_netx.py``. Slow (lava simulates process by process, a few seconds per step).
 """
 
@@ -26,13 +26,13 @@ from tests.exporters.test_netx import make_run, tiny_network
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = REPO / "scripts" / "lava" / "run_netx.py"
-INSTALL = "bash scripts/envs/lava.sh .envs/lava   (or set SAEC_LAVA_PYTHON to a lava environment's python)"
+INSTALL = "bash scripts/envs/lava.sh envs/lava   (or set SAEC_LAVA_PYTHON to a lava environment's python)"
 
 
 def lava_python() -> Path | None:
-    """The lava environment's python: $SAEC_LAVA_PYTHON, else .envs/lava in the repository."""
+    """The lava environment's python: $SAEC_LAVA_PYTHON, else envs/lava in the repository."""
     given = os.environ.get("SAEC_LAVA_PYTHON")
-    path = Path(given) if given else REPO / ".envs" / "lava" / "bin" / "python"
+    path = Path(given) if given else REPO / "envs" / "lava" / "bin" / "python"
     return path if path.is_file() else None
 
 
