@@ -56,9 +56,9 @@ def xylo_summary(result: XyloExport) -> list[str]:
 
 #: --target -> exporter
 HARDWARE_EXPORTERS: dict[str, HardwareExporter] = {
-    "loihi": HardwareExporter(export_loihi, loihi_summary),
     "speck": HardwareExporter(export_speck, speck_summary),
     "xylo": HardwareExporter(export_xylo, xylo_summary),
+    "loihi": HardwareExporter(export_loihi, loihi_summary),
 }
 
 
