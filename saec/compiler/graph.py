@@ -113,7 +113,9 @@ class IRGraph:
                     "inputs": list(self.inputs(n)),
                     "meta": _jsonable(self.meta(n)),
                 }
-                for n in self.nx.nodes
+                # topological, so that from_dict can add each node after its inputs (a rewrite that rewires
+                # nodes, as the NIR lowerings do, can leave insertion order no longer topological)
+                for n in self.order()
             ],
         }
 

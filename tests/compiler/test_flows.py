@@ -91,3 +91,26 @@ def test_the_lowered_graph_carries_a_current_execution_plan(graph):
     report = run_flow(lowered, "nir", after="compile")
     assert "lower_conv_transpose" in report.changed and "exec_plan" in report.changed  # rewritten, so replanned
     assert plan_is_current(lowered)
+
+
+def test_a_rewired_graph_copies_and_round_trips_through_json():
+    """A rewrite that moves a node in front of an older one (as lower_linear_unflatten moves the unflatten in
+    front of its linear) leaves insertion order no longer topological; copy() and ir.json still rebuild the
+    graph, each node after its inputs."""
+    from saec.compiler.graph import IRGraph
+
+    g = IRGraph({"kind": "sae"})
+    g.add("_input", ops.Input(shape=(4,)))
+    g.add("fc", ops.Linear(in_features=4, out_features=4), ("_input",))
+    g.add("fc.lif", ops.LIF(), ("fc",), layer="fc")
+    g.add("_output", ops.Output(), ("fc.lif",))
+    g.add("moved", ops.ReLU(), ("_input",))  # added last, wired in front of fc
+    g.rewire("fc", ("moved",))
+    assert list(g.nx.nodes) != g.order() == ["_input", "moved", "fc", "fc.lif", "_output"]
+    for again in (g.copy(), IRGraph.from_dict(g.to_dict()), IRGraph.from_dict(__import__("json").loads(g.to_json()))):
+        assert again.order() == g.order()
+        assert [(again.op(n), again.inputs(n)) for n in again.order()] == [(g.op(n), g.inputs(n)) for n in g.order()]
+
+
+def test_a_compiled_graph_keeps_its_json_node_order(graph):
+    assert [node["name"] for node in graph.to_dict()["nodes"]] == list(graph.nx.nodes) == graph.order()
