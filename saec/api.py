@@ -4,7 +4,7 @@ The ``saec`` command line is a thin layer over these functions (``saec
 compile`` -> :func:`compile`, ``saec train`` -> :func:`train` /
 :func:`resume`, ``saec eval`` -> :meth:`Run.evaluate`, ``saec export`` ->
 :func:`export`), so what a command does, the function does, with the same
-validation and the same errors (:class:`saec.spec.errors.SpecError`, one
+validation and the same errors (:class:`saec.errors.UserError`, one
 located line).
 
 Example::
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from saec.compiler.graph import IRGraph
@@ -115,7 +115,7 @@ def compile(spec: str | Path | Mapping[str, Any],
         :class:`Compiled`.
 
     Raises:
-        SpecError: any problem, as one located line (``FILE:LINE: path: message``;
+        UserError: any problem, as one located line (``FILE:LINE: path: message``;
             ``<dict>: path: message`` for a dict).
     """
     from saec.compiler.pipeline import compile_spec
@@ -127,11 +127,11 @@ def compile(spec: str | Path | Mapping[str, Any],
         try:
             loaded, graph = compile_spec(DICT_SOURCE, sets, force=force,
                                          text=yaml.safe_dump(dict(spec), sort_keys=False))
-        except SpecError as exc:
+        except UserError as exc:
             if exc.file != DICT_SOURCE:
                 raise
             # Lines of the YAML dumped from the dict mean nothing to the caller: the path says where.
-            raise SpecError(exc.message, file=exc.file, path=exc.path) from None
+            raise UserError(exc.message, file=exc.file, path=exc.path) from None
     else:
         loaded, graph = compile_spec(str(spec), sets, force=force)
     return Compiled(loaded.spec, graph, loaded.file, loaded)
@@ -188,7 +188,7 @@ class Run:
             :class:`saec.runtime.module.AutoencoderOutput` (reconstruction, spikes, counts, latent).
 
         Raises:
-            SpecError: the run has no trained weights yet.
+            UserError: the run has no trained weights yet.
         """
         from saec.runtime.module import AutoencoderModule
         from saec.training.train import load_model, resolve_device
@@ -234,13 +234,13 @@ def load_run(path: str | Path) -> Run:
     """Open a run folder (``spec.yaml`` and ``ir.json`` needed; weights only for :meth:`Run.module`).
 
     Raises:
-        SpecError: no such folder, or not a saec run folder.
+        UserError: no such folder, or not a saec run folder.
     """
     from saec.training.train import load_run as load_spec_and_graph
 
     path = Path(path)
     if not path.is_dir():
-        raise SpecError("no such run folder", file=str(path))
+        raise UserError("no such run folder", file=str(path))
     spec, graph = load_spec_and_graph(path)
     return Run(path, spec, graph)
 
@@ -265,7 +265,7 @@ def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path |
         The finished :class:`Run`.
 
     Raises:
-        SpecError: bad input (existing run, data missing, bad device, unknown logger).
+        UserError: bad input (existing run, data missing, bad device, unknown logger).
         saec.training.train.TrainingDiverged: NaN/inf loss; the last checkpoint is kept.
         saec.training.train.TrainingInterrupted: Ctrl-C; a resumable checkpoint was written.
     """
@@ -320,13 +320,13 @@ def export(run: str | Path | Run, format: str = "nir", **options: Any) -> Any:
         ``onnx``: the path of ``model.onnx``.
 
     Raises:
-        SpecError: unknown format, not a trained run, a network the format cannot express.
+        UserError: unknown format, not a trained run, a network the format cannot express.
     """
     import importlib
 
     where = EXPORTERS.get(format)
     if where is None:
-        raise SpecError(f"unknown format {format!r}; use one of {', '.join(EXPORTERS)}", path="--format")
+        raise UserError(f"unknown format {format!r}; use one of {', '.join(EXPORTERS)}", path="--format")
     path = run.path if isinstance(run, Run) else Path(run)
     refuse_spike_input(path, f"saec export --format {format}")
     exporter = getattr(importlib.import_module(where[0]), where[1])
@@ -362,7 +362,7 @@ def _record_onnx_check(run: Path, onnx_path: Path) -> None:
     spec, model = load_model(run)
     try:
         images = validation_set(spec, limit=ONNX_CHECK_EXAMPLES).images
-    except SpecError as exc:
+    except UserError as exc:
         A.write_json(file, {"check": "onnxruntime vs saec", "skipped": f"no validation images: {exc}"})
         return
     encoders = list(model.graph.nodes(ops.PoissonEncode))
@@ -403,7 +403,7 @@ def refresh_report(run: str | Path) -> Path | None:
 
 
 def refuse_spike_input(run: str | Path, what: str) -> None:
-    """SpecError when ``run`` was trained on pre-encoded spike input, which ``what`` does not handle yet.
+    """UserError when ``run`` was trained on pre-encoded spike input, which ``what`` does not handle yet.
 
     The exporters and ``saec stats`` draw their inputs with the Poisson encoder
     (golden data, synaptic-operation counts); a network without one
@@ -416,5 +416,5 @@ def refuse_spike_input(run: str | Path, what: str) -> None:
         return  # the command itself reports a damaged run
     attrs = data.get("attrs") if isinstance(data, dict) else None
     if isinstance(attrs, dict) and attrs.get("input_kind") == "spikes":
-        raise SpecError(f"{what} does not support networks with pre-encoded spike input (input.kind: spikes) yet; "
+        raise UserError(f"{what} does not support networks with pre-encoded spike input (input.kind: spikes) yet; "
                         "use the Python API's Run.module() on spike trains", file=str(run))

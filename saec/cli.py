@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from typer.core import TyperArgument, TyperGroup
 
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 #: One example per command, appended to its --help (the README shows more).
 EXAMPLES: dict[str, str] = {
@@ -115,13 +115,13 @@ SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn a SpecError (or any user-input error) into one line on stderr and exit code 2."""
+    """Turn a UserError (or any user-input error) into one line on stderr and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except SpecError as exc:
+        except UserError as exc:
             typer.echo(f"error: {_capped(str(exc))}", err=True)
             raise typer.Exit(2) from None
         except OSError as exc:  # a file the user named cannot be read or written (permissions, full disk)
@@ -132,7 +132,7 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-#: Longest error line printed (a SpecError's message is capped at 600 characters; paths add the rest).
+#: Longest error line printed (a UserError's message is capped at 600 characters; paths add the rest).
 MAX_ERROR_CHARS = 800
 
 
@@ -145,10 +145,10 @@ def _naming(file: Path, fn: Callable, *args, **kwargs):
     """``fn(*args, **kwargs)``, its SpecErrors that name no file re-raised naming ``file``."""
     try:
         return fn(*args, **kwargs)
-    except SpecError as exc:
+    except UserError as exc:
         if exc.file:
             raise
-        raise SpecError(exc.message, file=str(file), line=exc.line, path=exc.path) from None
+        raise UserError(exc.message, file=str(file), line=exc.line, path=exc.path) from None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -189,7 +189,7 @@ def compile_cmd(
         try:
             _atomic_write_text(output, graph.to_json(summary) + "\n")
         except OSError as exc:
-            raise SpecError(f"cannot write: {exc.strerror}", file=str(output)) from None
+            raise UserError(f"cannot write: {exc.strerror}", file=str(output)) from None
         if not quiet:
             typer.echo(f"IR written to {output}")
 
@@ -211,7 +211,7 @@ def _check_target_fit(loaded, graph, profile, quiet: bool) -> None:
         more = len(located) - 1
         if more:
             first.message += f" (and {more} more problem{'s' if more > 1 else ''})"
-        raise SpecError(first.message, file=first.file, line=first.line, path=first.path)
+        raise UserError(first.message, file=first.file, line=first.line, path=first.path)
 
 
 @app.command("train")
@@ -242,13 +242,13 @@ def train_cmd(
     try:
         if resume is not None:
             if spec is not None or set_:
-                raise SpecError("--resume continues a run as it was specified; give no SPEC or --set with it",
+                raise UserError("--resume continues a run as it was specified; give no SPEC or --set with it",
                                 path="--resume")
             run = api.resume(resume, data_dir=data_dir, device=device, force=force, progress=progress,
                              logger=logger, log=typer.echo)
         else:
             if spec is None:
-                raise SpecError("give a SPEC file to train, or --resume RUN_FOLDER")
+                raise UserError("give a SPEC file to train, or --resume RUN_FOLDER")
             run = api.train(api.compile(spec, set_ or [], force=force), out, data_dir=data_dir, device=device,
                             force=force, progress=progress, logger=logger, log=typer.echo)
     except TrainingInterrupted as exc:
@@ -366,9 +366,9 @@ def export_cmd(
     format_ = format_ or "nir"
     exporter = EXPORT_FORMATS.get(format_)
     if exporter is None:
-        raise SpecError(f"unknown format {format_!r}; use one of {', '.join(EXPORT_FORMATS)}", path="--format")
+        raise UserError(f"unknown format {format_!r}; use one of {', '.join(EXPORT_FORMATS)}", path="--format")
     if approximate and format_ != "nir":
-        raise SpecError(f"--approximate applies to --format nir only ({format_} exports the network exactly)",
+        raise UserError(f"--approximate applies to --format nir only ({format_} exports the network exactly)",
                         path="--approximate")
     exporter(run, target=target, examples=examples, seed=seed, data_dir=data_dir, approximate=approximate)
 
@@ -404,17 +404,17 @@ def simulate_cmd(
     if reference is not None:
         compared = {k: reference[k] for k in simulated if k in reference}  # graph order
         if not compared:
-            raise SpecError(f"the golden data name none of the graph's neuron or output nodes "
+            raise UserError(f"the golden data name none of the graph's neuron or output nodes "
                             f"({', '.join(sorted(simulated))})", file=str(input_))
         for node, want in compared.items():
             if want.shape != simulated[node].shape:
-                raise SpecError(f"golden node `{node}` holds [T, B, neurons] = {list(want.shape)}, the graph gives "
+                raise UserError(f"golden node `{node}` holds [T, B, neurons] = {list(want.shape)}, the graph gives "
                                 f"{list(simulated[node].shape)}", file=str(input_))
     out = output or input_.with_name(f"{input_.stem}.simulated.npz")
     try:
         write_simulation(out, result)
     except OSError as exc:
-        raise SpecError(f"cannot write: {exc.strerror}", file=str(out)) from None
+        raise UserError(f"cannot write: {exc.strerror}", file=str(out)) from None
     from saec.exporters.nir import OUTPUT_NODE
 
     typer.echo(f"simulated {T} steps x {B} examples; output: {int((result[OUTPUT_NODE] != 0).sum())} spikes")
@@ -562,7 +562,7 @@ def report_cmd(
     try:
         _atomic_write_text(path, text)
     except OSError as exc:
-        raise SpecError(f"cannot write: {exc.strerror}", file=str(path)) from None
+        raise UserError(f"cannot write: {exc.strerror}", file=str(path)) from None
     typer.echo(f"report written to {path}")
 
 

@@ -126,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     args = parser.parse_args(argv)
     from saec.training.train import TrainingDiverged, TrainingInterrupted
-    from saec.spec.errors import SpecError
+    from saec.errors import UserError
 
     try:
         run_demo(args.out, data_dir=args.data_dir, epochs=args.epochs, timesteps=args.timesteps,
                  device=args.device)
-    except SpecError as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:

@@ -339,7 +339,7 @@ def fuzz_compiles_then_trains(data: dict) -> None:
     from saec.compiler.pipeline import compile_spec
     from saec.run import report
     from saec.training.train import TrainingDiverged, train
-    from saec.spec.errors import SpecError
+    from saec.errors import UserError
 
     folder = Path(tempfile.mkdtemp(prefix="saec-fuzz-"))
     try:
@@ -347,7 +347,7 @@ def fuzz_compiles_then_trains(data: dict) -> None:
         COUNTS["trains"]["tried"] += 1
         try:
             _, graph = compile_spec(str(folder / "spec.yaml"))
-        except SpecError:
+        except UserError:
             COUNTS["trains"]["clean"] += 1
             return
         spec = __import__("saec.spec.loader", fromlist=["load_spec"]).load_spec(folder / "spec.yaml").spec

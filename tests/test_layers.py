@@ -48,7 +48,7 @@ NEUTRAL = {"errors", "yamltext", "saec"}
 #: longer occurs fails the test too, so the list can only shrink.
 KNOWN_BACK_EDGES: set[tuple[str, str]] = {
     ("analysis", "run"), ("analysis", "spec"), ("exporters", "run"), ("exporters", "spec"),
-    ("exporters", "training"), ("importers", "exporters"), ("importers", "spec"), ("targets", "spec"),
+    ("exporters", "training"), ("importers", "exporters"), ("targets", "spec"),
     ("training", "analysis"), ("training", "run"), ("training", "spec"),
 }
 #: Module cycles still being broken, each as the set of its modules; must end empty, and cannot rot either.

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from saec.run import artifacts as A
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 REPORT = A.REPORT
 
@@ -83,9 +83,9 @@ def _read_steps(path: Path) -> list[dict[str, float]]:
 
 def _check_run(run: Path) -> None:
     if not run.is_dir():
-        raise SpecError("no such run folder", file=str(run))
+        raise UserError("no such run folder", file=str(run))
     if not (run / A.SPEC).is_file():
-        raise SpecError(f"not a saec run folder (no {A.SPEC})", file=str(run))
+        raise UserError(f"not a saec run folder (no {A.SPEC})", file=str(run))
 
 
 # ---------------------------------------------------------------- HTML pieces
@@ -290,7 +290,7 @@ def render_run_report(run: str | Path) -> str:
     """The HTML of a run's report page (see the module docstring).
 
     Raises:
-        SpecError: not a run folder.
+        UserError: not a run folder.
     """
     run = Path(run)
     _check_run(run)
@@ -342,7 +342,7 @@ def render_comparison(runs: list[str | Path]) -> str:
     """The HTML of a page comparing runs: a metrics table, overlaid curves, spec differences, reconstructions.
 
     Raises:
-        SpecError: a folder that is not a run.
+        UserError: a folder that is not a run.
     """
     import yaml
 

@@ -55,7 +55,7 @@ from saec.compiler.dispatch import OpTable
 from saec.compiler.graph import IRGraph
 from saec.run import artifacts as A
 from saec.analysis.metrics import DEFAULT_BURSTING_THRESHOLD, BatchAccumulator
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 STATS_FORMAT = 1
 
@@ -289,7 +289,7 @@ def _presynaptic_source(graph: IRGraph, node: str) -> str:
         src = graph.inputs(src)[0]
     reason = EVENTS.refusal(graph.op(src))
     if reason is not None:
-        raise SpecError(f"layer `{graph.meta(node).get('layer', node)}`: its input comes from "
+        raise UserError(f"layer `{graph.meta(node).get('layer', node)}`: its input comes from "
                         f"`{src}` ({graph.op(src).type}), which saec stats cannot count events of ({reason})")
     return src
 
@@ -367,7 +367,7 @@ def measure_stats(model, data, *, batch_size: int = 64, seed: int = 0, device: t
             acc.update({layer: (v if sae else (v != 0)).to(torch.float64).cpu() for layer, v in out.counts.items()})
     model.train(was_training)
     if examples == 0:
-        raise SpecError("no examples to measure (empty validation set)", path="--examples")
+        raise UserError("no examples to measure (empty validation set)", path="--examples")
 
     activity = acc.result()
     layers: dict[str, dict[str, Any]] = {}
@@ -464,20 +464,20 @@ def run_stats(run: Path, *, data_dir: str | Path | None = None, device: str = "c
         (path of stats.json, its content).
 
     Raises:
-        SpecError: not a run folder, not trained, data missing, bad ``examples``/``device``.
+        UserError: not a run folder, not trained, data missing, bad ``examples``/``device``.
     """
     from saec.training.data import DataError, make_splits
     from saec.training.train import load_model, resolve_device
 
     if examples is not None and examples < 1:
-        raise SpecError(f"must be a positive number of examples, got {examples}", path="--examples")
+        raise UserError(f"must be a positive number of examples, got {examples}", path="--examples")
     run = Path(run)
     dev = resolve_device(device)
     spec, model = load_model(run, dev)
     try:
         _, val = make_splits(spec.data, data_dir, seed=spec.training.seed)
     except DataError as exc:
-        raise SpecError(str(exc), path="data") from None
+        raise UserError(str(exc), path="data") from None
     val = val.head(examples)
     stats = measure_stats(model, val, batch_size=spec.training.batch_size, seed=spec.training.seed, device=dev)
     stats = {"run": spec.name, "validation": val.name, "device": str(dev), **stats, "definitions": DEFINITIONS}

@@ -25,7 +25,7 @@ from saec.compiler.passes.lower_flatten_linear import lower_flatten_linear
 from saec.compiler.passes.lower_linear_unflatten import lower_linear_unflatten
 from saec.compiler.passes.params import count_params
 from saec.compiler.passes.shapes import fmt, infer_shapes
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from saec.spec.loader import LoadedSpec, load_spec
 
 Pass = Callable[[IRGraph], bool]
@@ -134,7 +134,7 @@ def summarize(graph: IRGraph) -> dict:
     }
 
 
-def _to_spec_error(exc: CompileError, graph: IRGraph | None, loaded: LoadedSpec) -> SpecError:
+def _to_spec_error(exc: CompileError, graph: IRGraph | None, loaded: LoadedSpec) -> UserError:
     path: tuple = ()
     if graph is not None and exc.node in graph:
         path = tuple(graph.meta(exc.node).get("spec_path", ()))
@@ -150,7 +150,7 @@ def check_training_memory(loaded: LoadedSpec, graph: IRGraph, available: int | N
     """Refuse a network whose training would need more memory than the machine has.
 
     Raises:
-        SpecError: located at the layer with the largest share, naming the estimate and the way out.
+        UserError: located at the layer with the largest share, naming the estimate and the way out.
     """
     from saec.compiler.passes.memory import estimate_training_memory, human_bytes, machine_memory_bytes
 
@@ -200,7 +200,7 @@ def compile_spec(path: str, overrides: tuple[str, ...] | list[str] = (), flow: s
     Returns:
         (the loaded spec, the compiled graph).
     Raises:
-        SpecError: any problem, as one located line.
+        UserError: any problem, as one located line.
     """
     loaded = load_spec(path, overrides, text=text)
     return loaded, compile_loaded(loaded, flow, force=force)

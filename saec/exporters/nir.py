@@ -57,7 +57,7 @@ from saec.compiler.errors import CompileError
 from saec.compiler.graph import IRGraph
 # DT: seconds of NIR time per saec step, defined with the unit conversions (still saec.exporters.nir.DT)
 from saec.compiler.nir_units import DT, if_r, li_tau_r, lif_tau_r
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 #: Targets of ``saec export --target``: standard NIR, or a variant an importer runs exactly.
 TARGETS = ("standard", "snntorch", "norse")
@@ -493,7 +493,7 @@ class NirExport:
         return not any(r["mismatches"] for r in self.agreement.values())
 
 
-def _spec_error(run: Path, graph: IRGraph, exc: CompileError) -> SpecError:
+def _spec_error(run: Path, graph: IRGraph, exc: CompileError) -> UserError:
     from saec.spec.loader import load_spec
 
     message = exc.message + "".join(f"; {c}" for c in exc.context if not c.startswith("pass `"))
@@ -501,7 +501,7 @@ def _spec_error(run: Path, graph: IRGraph, exc: CompileError) -> SpecError:
     if exc.node in graph and graph.meta(exc.node).get("spec_path"):
         loaded = load_spec(spec_file)
         return loaded.error(tuple(graph.meta(exc.node)["spec_path"]), f"cannot export to NIR: {message}")
-    return SpecError(f"cannot export to NIR: {message}", file=str(spec_file))
+    return UserError(f"cannot export to NIR: {message}", file=str(spec_file))
 
 
 def _blocker_path(spec, blocker: Blocker) -> tuple:
@@ -513,7 +513,7 @@ def _blocker_path(spec, blocker: Blocker) -> tuple:
     return ("neuron", blocker.field)
 
 
-def _blocker_error(run: Path, blockers: list[Blocker]) -> SpecError:
+def _blocker_error(run: Path, blockers: list[Blocker]) -> UserError:
     from saec.spec.loader import load_spec
 
     loaded = load_spec(run / "spec.yaml")
@@ -546,7 +546,7 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
     Returns:
         :class:`NirExport`.
     Raises:
-        SpecError: not a run, no weights, a network NIR cannot express (without
+        UserError: not a run, no weights, a network NIR cannot express (without
             ``approximate``: names the spec field and the layers), data missing.
             Nothing is written then.
     """
@@ -558,15 +558,15 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
 
     run = Path(run)
     if not run.is_dir():
-        raise SpecError("no such run folder", file=str(run))
+        raise UserError("no such run folder", file=str(run))
     if target not in TARGETS:
-        raise SpecError(f"unknown NIR target {target!r}; use one of {', '.join(TARGETS)}", path="--target")
+        raise UserError(f"unknown NIR target {target!r}; use one of {', '.join(TARGETS)}", path="--target")
     if examples < 1:
-        raise SpecError(f"golden data needs at least 1 example, got {examples}", path="--examples")
+        raise UserError(f"golden data needs at least 1 example, got {examples}", path="--examples")
     spec, model = load_model(run)
     graph = model.graph
     if graph.attrs.get("kind") != "sae":
-        raise SpecError(f"cannot export to NIR: kind {graph.attrs.get('kind')} has no spiking neurons; NIR export "
+        raise UserError(f"cannot export to NIR: kind {graph.attrs.get('kind')} has no spiking neurons; NIR export "
                         "needs a spiking auto-encoder (kind: sae)", file=str(run / A.SPEC), path="kind")
     blockers = nir_blockers(graph)
     if blockers and not approximate:
@@ -583,7 +583,7 @@ def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, 
     try:
         _, val = make_splits(spec.data, data_dir, seed=spec.training.seed)
     except DataError as exc:
-        raise SpecError(f"golden data: {exc}", path="data") from None
+        raise UserError(f"golden data: {exc}", path="data") from None
     images = val.images[:examples].float()
     spikes = golden_spikes(lowered, weights, images, seed)
     for g in graphs.values():

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 import torch
 from safetensors.torch import load_file
 
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 SPEC = "spec.yaml"
 IR = "ir.json"
@@ -33,7 +33,7 @@ FIGURES = "figures"
 EXPORT = "export"
 
 
-class ArtifactError(SpecError):
+class ArtifactError(UserError):
     """A run-folder file is missing, unreadable or does not hold what it should; one line naming the file."""
 
     def __init__(self, file: Path | str, problem: str) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from saec.run import artifacts as A
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 LOCK = "saec.lock"
 MANIFEST = "checkpoint.json"
@@ -49,7 +49,7 @@ class RunLock:
     """Exclusive use of a run folder while a process writes it (a context manager).
 
     Raises (on enter):
-        SpecError: another live process holds the folder (the message names its pid, host and start).
+        UserError: another live process holds the folder (the message names its pid, host and start).
     """
 
     def __init__(self, folder: Path, what: str = "train") -> None:
@@ -80,7 +80,7 @@ class RunLock:
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
-                raise SpecError(f"is in use by {describe_holder(read_holder(self.path))}; wait for it to "
+                raise UserError(f"is in use by {describe_holder(read_holder(self.path))}; wait for it to "
                                 f"finish or stop it (a lock of a dead process is taken over)",
                                 file=str(self.folder)) from None
             try:
@@ -99,7 +99,7 @@ class RunLock:
             os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
             self._fd = fd
             return
-        raise SpecError("could not lock the run folder (its lock file keeps changing)", file=str(self.folder))
+        raise UserError("could not lock the run folder (its lock file keeps changing)", file=str(self.folder))
 
     def release(self) -> None:
         if self._fd is None:
@@ -286,6 +286,6 @@ def state_is_complete(run: Path) -> bool:
         if manifest is not None:
             return bool(manifest.get("complete"))
         state = A.load_torch(Path(run) / A.TRAIN_STATE)
-    except SpecError:
+    except UserError:
         return False
     return isinstance(state, dict) and bool(state.get("complete"))

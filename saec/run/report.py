@@ -15,7 +15,7 @@ from saec.run import artifacts as A
 from saec.training.data import ImageSet
 from saec.analysis.evaluate import evaluate
 from saec.runtime.model import SpikingAutoencoder
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from saec.spec.schema import Spec
 
 
@@ -57,7 +57,7 @@ def validation_set(spec: Spec, data_dir: str | Path | None = None, limit: int | 
         limit: keep only the first ``limit`` images.
 
     Raises:
-        SpecError: the data is missing (the message names the way out).
+        UserError: the data is missing (the message names the way out).
     """
     from saec.training.data import CUSTOM_DATASETS, DataError, load_images, make_splits, with_transform
 
@@ -73,10 +73,10 @@ def validation_set(spec: Spec, data_dir: str | Path | None = None, limit: int | 
         else:
             _, val = make_splits(data, root, seed=spec.training.seed)
     except DataError as exc:
-        raise SpecError(str(exc), path="data") from None
+        raise UserError(str(exc), path="data") from None
     if limit is not None:
         if limit < 1:
-            raise SpecError(f"must be a positive number of images, got {limit}", path="--limit")
+            raise UserError(f"must be a positive number of images, got {limit}", path="--limit")
         val = val.head(limit)
     return val
 
@@ -100,7 +100,7 @@ def evaluate_run(run: Path, *, data_dir: str | Path | None = None, device: str =
         paired with the paths written.
 
     Raises:
-        SpecError: not a run folder, no trained weights, data missing, bad device, a run in use by
+        UserError: not a run folder, no trained weights, data missing, bad device, a run in use by
             another process.
     """
     from saec.run.checkpoint import RunLock
@@ -108,7 +108,7 @@ def evaluate_run(run: Path, *, data_dir: str | Path | None = None, device: str =
 
     run = Path(run)
     if not run.is_dir():
-        raise SpecError("no such run folder", file=str(run))
+        raise UserError("no such run folder", file=str(run))
     dev = resolve_device(device)
     spec, model = load_model(run, dev)
     val = validation_set(spec, data_dir, limit)

@@ -47,7 +47,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from saec.run import artifacts as A
-from saec.spec.errors import SpecError, format_path
+from saec.errors import UserError, format_path
 from saec.spec.loader import SET_SOURCE, parse_yaml, read_limited
 from saec.spec.schema import PathText
 
@@ -181,7 +181,7 @@ def _describe(err: dict) -> str:
 
 def _validate(data: Any, file: str, lines: dict[tuple, int]) -> SweepFile:
     if not isinstance(data, dict):
-        raise SpecError("a sweep file must be a mapping (base, set, grid, configs, seeds, out)", file=file, line=1)
+        raise UserError("a sweep file must be a mapping (base, set, grid, configs, seeds, out)", file=file, line=1)
     try:
         return SweepFile.model_validate(data)
     except ValidationError as exc:
@@ -190,7 +190,7 @@ def _validate(data: Any, file: str, lines: dict[tuple, int]) -> SweepFile:
         loc = tuple(err["loc"])
         more = len({tuple(e["loc"]) for e in errors}) - 1
         msg = _describe(err) + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
-        raise SpecError(msg, file=file, line=_line_of(lines, loc), path=format_path(loc)) from None
+        raise UserError(msg, file=file, line=_line_of(lines, loc), path=format_path(loc)) from None
 
 
 def _overrides(mapping: dict[str, Any], where: tuple, lines: dict[tuple, int], file: str) -> list[Override]:
@@ -198,22 +198,22 @@ def _overrides(mapping: dict[str, Any], where: tuple, lines: dict[tuple, int], f
     for key, value in mapping.items():
         path = where + (key,)
         if not key or any(not seg for seg in key.split(".")) or "=" in key:
-            raise SpecError(f"not a dotted spec key: {key!r}", file=file, line=_line_of(lines, path),
+            raise UserError(f"not a dotted spec key: {key!r}", file=file, line=_line_of(lines, path),
                             path=format_path(where))
         out.append(Override(key, value, _line_of(lines, path), format_path(path)))
     return out
 
 
-def _relocate(exc: SpecError, overrides: tuple[Override, ...], sweep_file: str, label: str) -> SpecError:
+def _relocate(exc: UserError, overrides: tuple[Override, ...], sweep_file: str, label: str) -> UserError:
     """A spec error caused by a sweep override, re-located at the sweep file's line."""
     if exc.file != SET_SOURCE:
-        return SpecError(f"{exc.message} (configuration {label})", file=exc.file, line=exc.line, path=exc.path)
+        return UserError(f"{exc.message} (configuration {label})", file=exc.file, line=exc.line, path=exc.path)
     path = exc.path or ""
     for o in reversed(overrides):  # the last override of a key is the one that took effect
         if path == o.key or path.startswith(o.key + ".") or o.key.startswith(path + ".") or not path:
-            return SpecError(f"{exc.message} (configuration {label}, spec key {path or o.key})",
+            return UserError(f"{exc.message} (configuration {label}, spec key {path or o.key})",
                              file=sweep_file, line=o.line, path=o.where)
-    return SpecError(f"{exc.message} (configuration {label})", file=sweep_file, path=path)
+    return UserError(f"{exc.message} (configuration {label})", file=sweep_file, path=path)
 
 
 def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
@@ -227,7 +227,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         The :class:`Sweep` with one :class:`SweepRun` per configuration x grid point x seed.
 
     Raises:
-        SpecError: a problem with the sweep file or with a run's spec, located at FILE:LINE.
+        UserError: a problem with the sweep file or with a run's spec, located at FILE:LINE.
     """
     from saec.compiler.pipeline import compile_spec
 
@@ -238,22 +238,22 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     for where, value in [(("name",), sweep.name), *((("configs", i, "name"), c.name)
                                                      for i, c in enumerate(sweep.configs))]:
         if value in (".", ".."):
-            raise SpecError(f"{value!r} is not a folder name of its own", file=file, line=_line_of(lines, where),
+            raise UserError(f"{value!r} is not a folder name of its own", file=file, line=_line_of(lines, where),
                             path=format_path(where))
     here = path.parent
     name = sweep.name or _folder_part(path.stem)
     names = [c.name for c in sweep.configs]
     for i, c in enumerate(sweep.configs):
         if names.index(c.name) != i:
-            raise SpecError(f"duplicate configuration name {c.name!r}", file=file,
+            raise UserError(f"duplicate configuration name {c.name!r}", file=file,
                             line=_line_of(lines, ("configs", i, "name")), path=f"configs[{i}].name")
         if c.spec is None and sweep.base is None:
-            raise SpecError("no spec: give this configuration a `spec` or the sweep a `base`", file=file,
+            raise UserError("no spec: give this configuration a `spec` or the sweep a `base`", file=file,
                             line=_line_of(lines, ("configs", i)), path=f"configs[{i}]")
     if not sweep.configs and sweep.base is None:
-        raise SpecError("nothing to run: give a `base` spec or a list of `configs`", file=file, line=1)
+        raise UserError("nothing to run: give a `base` spec or a list of `configs`", file=file, line=1)
     if len(set(sweep.seeds)) != len(sweep.seeds):
-        raise SpecError("seeds repeat", file=file, line=_line_of(lines, ("seeds",)), path="seeds")
+        raise UserError("seeds repeat", file=file, line=_line_of(lines, ("seeds",)), path="seeds")
 
     common = _overrides(sweep.set, ("set",), lines, file)
     grid_keys = tuple(sweep.grid)
@@ -263,7 +263,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                for i, c in enumerate(sweep.configs)] or [(None, sweep.base, [], ("base",))]
     n_runs = max(1, len(sweep.configs)) * math.prod(len(v) for v in sweep.grid.values()) * len(sweep.seeds)
     if n_runs > MAX_RUNS:
-        raise SpecError(f"expands to {n_runs:,} runs (configurations x grid points x seeds), more than "
+        raise UserError(f"expands to {n_runs:,} runs (configurations x grid points x seeds), more than "
                         f"{MAX_RUNS:,}; split the sweep", file=file, line=_line_of(lines, ("grid",)),
                         path="grid" if sweep.grid else None)
     out_dir = Path(out) if out is not None else Path(sweep.out) if sweep.out else Path("runs") / "sweeps" / name
@@ -273,7 +273,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     for cname, spec_rel, own, spec_where in configs:
         spec_file = (here / spec_rel).resolve() if not Path(spec_rel).is_absolute() else Path(spec_rel)
         if not spec_file.is_file():
-            raise SpecError(f"no such spec file {spec_file}", file=file, line=_line_of(lines, spec_where),
+            raise UserError(f"no such spec file {spec_file}", file=file, line=_line_of(lines, spec_where),
                             path=format_path(spec_where))
         for point in itertools.product(*(sweep.grid[k] for k in grid_keys)):  # lazily: never all at once
             grid = tuple(zip(grid_keys, point))
@@ -284,7 +284,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                 overrides = tuple(common + own + grid_over + [seed_over])
                 try:
                     loaded, _ = compile_spec(str(spec_file), [o.as_set() for o in overrides])
-                except SpecError as exc:
+                except UserError as exc:
                     raise _relocate(exc, overrides, file, label or cname or spec_file.name) from None
                 if label is None:  # without configs, the row is named after the spec
                     label = "__".join([cname or loaded.spec.name]
@@ -293,7 +293,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                                      out_dir / _folder_part(label) / f"seed{seed}"))
             labels.append(label)
     if len(set(labels)) != len(labels):
-        raise SpecError("two configurations get the same name; name the configs apart", file=file, line=1)
+        raise UserError("two configurations get the same name; name the configs apart", file=file, line=1)
     return Sweep(name, path, out_dir, grid_keys, tuple(labels), tuple(sweep.seeds), runs)
 
 
@@ -306,7 +306,7 @@ def check_sweep_data(sweep: Sweep, data_dir: str | None = None) -> None:
     error up front instead of one failed run after another.
 
     Raises:
-        SpecError: located at the sweep file, naming the configuration and the way out.
+        UserError: located at the sweep file, naming the configuration and the way out.
     """
     from saec.compiler.pipeline import compile_spec
     from saec.training.data import DataError, check_data
@@ -323,7 +323,7 @@ def check_sweep_data(sweep: Sweep, data_dir: str | None = None) -> None:
         except DataError as exc:
             # The advice names `--set`, which `saec sweep` does not take: say where it goes in a sweep file.
             advice = re.sub(r"--set ([\w.]+)=(\S+)", r"`\1: \2` in the sweep file's `set`", str(exc))
-            raise SpecError(f"{advice} (configuration {run.config}; no run was started)", file=str(sweep.file),
+            raise UserError(f"{advice} (configuration {run.config}; no run was started)", file=str(sweep.file),
                             path="data") from None
 
 
@@ -392,7 +392,7 @@ def render_plan(sweep: Sweep, plans: list[ConfigPlan]) -> str:
 
 
 def check_device(device: str) -> None:
-    """SpecError unless every run of the sweep can use ``device`` (checked once, before any run starts)."""
+    """UserError unless every run of the sweep can use ``device`` (checked once, before any run starts)."""
     from saec.training.train import resolve_device
 
     resolve_device(device)
@@ -403,7 +403,7 @@ def run_state(run: SweepRun) -> str:
     """``complete``, ``resumable`` (an interrupted run with a checkpoint) or ``new``.
 
     Raises:
-        SpecError: the folder holds a run of a different spec (the sweep file changed).
+        UserError: the folder holds a run of a different spec (the sweep file changed).
     """
     from saec.run.checkpoint import MANIFEST
 
@@ -416,7 +416,7 @@ def run_state(run: SweepRun) -> str:
     return "resumable"
 
 
-class DamagedRun(SpecError):
+class DamagedRun(UserError):
     """A run folder of the sweep cannot be read; the sweep reports it and goes on with the others."""
 
 
@@ -429,10 +429,10 @@ def _check_same_spec(run: SweepRun) -> None:
     wanted = compile_spec(str(run.spec_file), run.set_args())[0].spec
     try:
         have = load_spec(run.folder / A.SPEC).spec
-    except SpecError as exc:
+    except UserError as exc:
         raise DamagedRun(f"damaged run folder, skipped: {exc}", file=str(run.folder)) from None
     if wanted.model_dump() != have.model_dump():
-        raise SpecError("holds a run of a different spec than the sweep now asks for; delete the folder or "
+        raise UserError("holds a run of a different spec than the sweep now asks for; delete the folder or "
                         "change the sweep's `out`", file=str(run.folder))
 
 
@@ -497,12 +497,12 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, data_dir: str | None = None, devic
         A :class:`SweepOutcome`; the table is written even when some runs failed.
 
     Raises:
-        SpecError: bad ``jobs``, a run's data missing (checked for every run before any starts), or a
+        UserError: bad ``jobs``, a run's data missing (checked for every run before any starts), or a
             run folder holding a different spec.
         SweepInterrupted: Ctrl-C (after the running jobs checkpointed and the table was written).
     """
     if jobs < 1:
-        raise SpecError(f"must be at least 1, got {jobs}", path="--jobs")
+        raise UserError(f"must be at least 1, got {jobs}", path="--jobs")
     threads = threads_per_job or max(1, available_cores() // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     # Before any run starts and before anything is written: one error, not one failed run after another.
@@ -512,7 +512,7 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, data_dir: str | None = None, devic
     try:
         logs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SpecError(f"cannot write the sweep's output folder: {exc.strerror or exc}", file=str(sweep.out)) from None
+        raise UserError(f"cannot write the sweep's output folder: {exc.strerror or exc}", file=str(sweep.out)) from None
     states: dict[Path, str] = {}
     failed: list[tuple[SweepRun, int, Path]] = []
     for run in sweep.runs:
@@ -603,7 +603,7 @@ def _read_eval(folder: Path) -> dict:
     """A run's eval.json; {} when it is missing or damaged (the run then counts as not complete)."""
     try:
         metrics = A.load_json(folder / A.EVAL)
-    except SpecError:
+    except UserError:
         return {}
     return metrics if isinstance(metrics, dict) else {}
 

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saec.errors import UserError
+
 __all__ = [
     "DATASETS",
     "DataError",
@@ -89,7 +91,7 @@ _VALIDATION_ALTERNATIVES = (
 )
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A data problem the user can fix (missing files, offline, bad file).
 
     The message is one line and names the way out.

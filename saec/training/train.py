@@ -42,7 +42,7 @@ from saec.analysis.evaluate import evaluate
 from saec.runtime.model import SpikingAutoencoder
 from saec.training.objective import mean_spike_rate, objective
 from saec.run.steplog import StepLog, check_logger
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from saec.spec.loader import load_spec, resolved_yaml
 from saec.spec.schema import Spec
 
@@ -118,10 +118,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise SpecError("CUDA was asked for (--device cuda) but torch sees no GPU; use --device cpu or auto",
+        raise UserError("CUDA was asked for (--device cuda) but torch sees no GPU; use --device cpu or auto",
                         path="--device")
     if device not in ("cpu", "cuda"):
-        raise SpecError(f"unknown device {device!r} (cpu, cuda or auto)", path="--device")
+        raise UserError(f"unknown device {device!r} (cpu, cuda or auto)", path="--device")
     return torch.device(device)
 
 
@@ -257,17 +257,17 @@ def load_run(run: Path) -> tuple[Spec, IRGraph]:
     """The resolved spec and IR of a run folder, checked against each other.
 
     Raises:
-        SpecError: not a run folder, a damaged ``ir.json``, or a ``spec.yaml`` edited after the run was
+        UserError: not a run folder, a damaged ``ir.json``, or a ``spec.yaml`` edited after the run was
             compiled (its sha256 differs from the one ``ir.json`` records); each names the file.
     """
     import hashlib
 
     run = Path(run)
     if not run.is_dir():
-        raise SpecError("not a saec run folder (no such folder)", file=str(run))
+        raise UserError("not a saec run folder (no such folder)", file=str(run))
     for name in (A.SPEC, A.IR):
         if not (run / name).is_file():
-            raise SpecError(f"not a saec run folder (no {name})", file=str(run))
+            raise UserError(f"not a saec run folder (no {name})", file=str(run))
     spec = load_spec(run / A.SPEC).spec
     ir_path = run / A.IR
     doc = A.load_json(ir_path)
@@ -322,7 +322,7 @@ def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[Spec, Spi
     spec, graph = load_run(run)
     weights = Path(run) / A.WEIGHTS
     if not weights.is_file():
-        raise SpecError(f"no trained weights ({A.WEIGHTS}); train or resume this run first", file=str(run))
+        raise UserError(f"no trained weights ({A.WEIGHTS}); train or resume this run first", file=str(run))
     manifest = read_manifest(run)
     if manifest is not None and A.sha256_file(weights) != manifest["files"][A.WEIGHTS]:
         raise A.ArtifactError(weights, f"differs from the weights {MANIFEST} records (sha256): the file was changed "
@@ -338,11 +338,11 @@ def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[Spec, Spi
 def _refuse_existing_run(out: Path, force: bool) -> None:
     """A fresh run may not overwrite another run's files unless ``force``."""
     if out.exists() and not out.is_dir():
-        raise SpecError("exists and is not a folder; give --out a folder for the run", file=str(out))
+        raise UserError("exists and is not a folder; give --out a folder for the run", file=str(out))
     # Only trained state is worth protecting: a folder a crash left with just spec.yaml and ir.json restarts.
     held = [name for name in (A.WEIGHTS, A.TRAIN_STATE, MANIFEST) if (out / name).exists()]
     if held and not force:
-        raise SpecError(f"already holds a run ({', '.join(held)}); use --resume to continue it, --force to "
+        raise UserError(f"already holds a run ({', '.join(held)}); use --resume to continue it, --force to "
                         "overwrite it, or --out for a new folder", file=str(out))
 
 
@@ -382,7 +382,7 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
     Returns:
         The final evaluation metrics (also in ``out/eval.json``).
     Raises:
-        SpecError: bad input (existing run folder, data missing, bad device, a folder in use by another
+        UserError: bad input (existing run folder, data missing, bad device, a folder in use by another
             process, a folder that cannot be written, a damaged checkpoint).
         TrainingDiverged: NaN/inf loss or weights; the last checkpoint is left as it was.
         TrainingInterrupted: Ctrl-C (or ``stop_after_steps``); a checkpoint was written.
@@ -392,7 +392,7 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
     dev = resolve_device(device)
     check_logger(logger)
     if out.exists() and not out.is_dir():
-        raise SpecError("exists and is not a folder; give --out a folder for the run", file=str(out))
+        raise UserError("exists and is not a folder; give --out a folder for the run", file=str(out))
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 alone writes, and holds the lock
         return _train(spec, graph, out, data_dir=data_dir, device=dev, resume=resume, force=force,
                       progress=progress, logger=logger, log=log, stop_after_steps=stop_after_steps)
@@ -400,7 +400,7 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         lock = RunLock(out, "train")
         lock.acquire()
     except OSError as exc:
-        raise SpecError(f"cannot write the run folder: {exc.strerror or exc}", file=str(out)) from None
+        raise UserError(f"cannot write the run folder: {exc.strerror or exc}", file=str(out)) from None
     try:
         if lock.took_over:
             log(f"took over the lock of a process that is gone (pid {lock.took_over.get('pid')})")
@@ -421,10 +421,10 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
     if resume:
         checkpoint_on_disk = load_checkpoint(out, repair=int(os.environ.get("RANK", "0")) == 0)
         if checkpoint_on_disk is None:
-            raise SpecError(f"nothing to resume (no {A.TRAIN_STATE})", file=str(out))
+            raise UserError(f"nothing to resume (no {A.TRAIN_STATE})", file=str(out))
         state = checkpoint_on_disk[2]
         if state.get("format") != STATE_FORMAT:
-            raise SpecError(f"{A.TRAIN_STATE} has format {state.get('format')!r}, this saec writes {STATE_FORMAT}; "
+            raise UserError(f"{A.TRAIN_STATE} has format {state.get('format')!r}, this saec writes {STATE_FORMAT}; "
                             "cannot resume it", file=str(out))
         if state.get("complete"):
             check_weights(out / A.WEIGHTS, checkpoint_on_disk[0], SpikingAutoencoder(graph))
@@ -443,11 +443,11 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
         for part in (train_set, val_set):
             check_input_shape(part, spec.input.shape, spec.encoding.timesteps)
     except DataError as exc:
-        raise SpecError(str(exc), path="data") from None
+        raise UserError(str(exc), path="data") from None
     last = len(train_set) % t.batch_size
     reaches_last = t.max_steps is None or t.max_steps * t.batch_size >= len(train_set)
     if dist.world > 1 and 0 < last < dist.world and reaches_last:
-        raise SpecError(f"the last batch of every epoch holds {last} example(s), fewer than the {dist.world} "
+        raise UserError(f"the last batch of every epoch holds {last} example(s), fewer than the {dist.world} "
                         f"processes, so a process would get none; change training.batch_size or data.train_limit",
                         path="training.batch_size")
 
@@ -474,7 +474,7 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
     if state is not None:
         saved_weights, weights_meta, _ = checkpoint_on_disk
         if str(weights_meta.get("global_step")) != str(state["global_step"]):
-            raise SpecError("model.safetensors and train_state.pt disagree (different steps); cannot resume",
+            raise UserError("model.safetensors and train_state.pt disagree (different steps); cannot resume",
                             file=str(out))
         if weights_meta.get("spec_sha256", "") != str(graph.attrs.get("spec_sha256", "")):
             raise A.ArtifactError(out / A.WEIGHTS, "was trained from another spec than the run's spec.yaml "
@@ -501,13 +501,13 @@ def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, devic
             _clear_run(out)
             _write_run_header(out, spec, graph)
         except OSError as exc:
-            raise SpecError(f"cannot write the run folder: {exc.strerror or exc}", file=str(out)) from None
+            raise UserError(f"cannot write the run folder: {exc.strerror or exc}", file=str(out)) from None
 
     def kept_checkpoint() -> str:
         """What a stopped run leaves to resume from, for messages."""
         try:
             manifest = read_manifest(out)
-        except SpecError:
+        except UserError:
             manifest = None
         if manifest is not None:
             return f"the last good checkpoint (global step {manifest.get('global_step')}) in {out} was kept"

@@ -17,7 +17,7 @@ import saec
 from saec.cli import app
 from saec.analysis.reportpage import line_chart, render_comparison, render_run_report
 from saec.run import artifacts as A
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from tests.conftest import SPECS
 
 TINY = {"data.dataset": "mnist5k", "encoding.timesteps": 2, "training.epochs": 2, "training.max_steps": 2,
@@ -111,7 +111,7 @@ def test_saec_report_compares_runs(two_runs, tmp_path):
 def test_report_of_a_folder_that_is_no_run_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path}: not a saec run folder (no spec.yaml)"
-    with pytest.raises(SpecError, match="no such run folder"):
+    with pytest.raises(UserError, match="no such run folder"):
         render_comparison([tmp_path / "absent", tmp_path])
 
 
@@ -171,7 +171,7 @@ def test_unknown_logger_and_missing_tensorboard_are_one_line(tmp_path, monkeypat
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     from saec.run.steplog import check_logger
 
-    with pytest.raises(SpecError, match="--logger: TensorBoard logging needs the tensorboard package: pip install"):
+    with pytest.raises(UserError, match="--logger: TensorBoard logging needs the tensorboard package: pip install"):
         check_logger("tensorboard")
     assert not (tmp_path / "x").exists()
 

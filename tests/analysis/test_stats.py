@@ -21,7 +21,7 @@ from saec.analysis.stats import (DEFINITIONS, HOROWITZ_45NM_FP32, activation_spa
 from saec.run import artifacts as A
 from saec.training.data import ImageSet
 from saec.runtime.model import SpikingAutoencoder
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from tests.conftest import SPECS
 
 runner = CliRunner()
@@ -312,7 +312,7 @@ def test_stats_cli_untrained_run_is_one_line_exit_2(trained_run, tmp_path):
 
 
 def test_stats_bad_examples_is_a_spec_error(trained_run):
-    with pytest.raises(SpecError, match="--examples"):
+    with pytest.raises(UserError, match="--examples"):
         run_stats(trained_run, examples=0)
 
 

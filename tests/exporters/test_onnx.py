@@ -26,7 +26,7 @@ from saec.exporters.onnx import (IMAGE_INPUT, IR_VERSION, OPSET, RECONSTRUCTION_
                                  spike_train_mismatches, train_output)
 from saec.run import artifacts as A
 from saec.runtime.model import SpikingAutoencoder
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from tests.conftest import SPECS
 
 runner = CliRunner()
@@ -203,7 +203,7 @@ def test_compare_with_runtime_fails_a_model_whose_trains_differ_with_equal_count
 
 def test_ae_rejects_timesteps(tmp_path):
     model = tiny_model(tmp_path, "ae")
-    with pytest.raises(SpecError, match="T = 1"):
+    with pytest.raises(UserError, match="T = 1"):
         build_onnx_model(model.graph, model.ir_state_dict(), timesteps=4)
 
 
@@ -211,7 +211,7 @@ def test_op_without_lowering_is_a_spec_error(tmp_path):
     model = tiny_model(tmp_path, "sae")
     graph = model.graph.copy()
     graph.replace_op("flat", ops.SumPool2d())
-    with pytest.raises(SpecError, match="no lowering for IR op 'sum_pool2d'"):
+    with pytest.raises(UserError, match="no lowering for IR op 'sum_pool2d'"):
         build_onnx_model(graph, model.ir_state_dict())
 
 
@@ -289,7 +289,7 @@ def test_export_untrained_run_is_a_spec_error(interrupted_run, tmp_path):
     half.mkdir()
     for name in (A.SPEC, A.IR):
         (half / name).write_text((interrupted_run / name).read_text())
-    with pytest.raises(SpecError, match="no trained weights"):
+    with pytest.raises(UserError, match="no trained weights"):
         export_onnx(half)
     result = runner.invoke(app, ["export", str(half), "--format", "onnx"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1

@@ -18,7 +18,7 @@ from saec.run import artifacts as A
 from saec.training import train as train_module
 from saec.run.checkpoint import LOCK
 from saec.training.train import TrainingDiverged, TrainingInterrupted, load_model, train
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from saec.spec.loader import load_spec
 
 real_objective = train_module.objective
@@ -190,7 +190,7 @@ def test_resume_after_interruption_ends_with_identical_weights(light_finish, sto
 
 def test_resume_needs_a_checkpoint(tmp_path):
     spec, graph = mini(tmp_path)
-    with pytest.raises(SpecError, match="nothing to resume"):
+    with pytest.raises(UserError, match="nothing to resume"):
         train(spec, graph, tmp_path / "empty", device="cpu", progress=False, resume=True)
 
 
@@ -291,22 +291,22 @@ def test_existing_run_is_refused_unless_forced(light_finish, baseline, tmp_path)
     with pytest.raises(TrainingInterrupted):
         train(spec, graph, out, device="cpu", progress=False, log=lambda line: None, stop_after_steps=1)
     before = folder_bytes(out)
-    with pytest.raises(SpecError, match="already holds a run"):
+    with pytest.raises(UserError, match="already holds a run"):
         train(spec, graph, out, device="cpu", progress=False, log=lambda line: None)
     assert folder_bytes(out) == before
     train(spec, graph, out, device="cpu", progress=False, log=lambda line: None, force=True)
     assert_same_weights(baseline[0], out)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SpecError, match="not a folder"):
+    with pytest.raises(UserError, match="not a folder"):
         train(spec, graph, tmp_path / "file", device="cpu", progress=False)
 
 
 def test_device_choices(tmp_path, monkeypatch):
     spec, graph = mini(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SpecError, match="--device cpu or auto"):
+    with pytest.raises(UserError, match="--device cpu or auto"):
         train(spec, graph, tmp_path / "cuda", device="cuda", progress=False)
-    with pytest.raises(SpecError, match="unknown device 'tpu'"):
+    with pytest.raises(UserError, match="unknown device 'tpu'"):
         train(spec, graph, tmp_path / "tpu", device="tpu", progress=False)
     assert train_module.resolve_device("auto") == torch.device("cpu")
     assert not (tmp_path / "cuda").exists()
@@ -314,7 +314,7 @@ def test_device_choices(tmp_path, monkeypatch):
 
 def test_missing_data_names_the_alternatives(tmp_path):
     spec, graph = mini(tmp_path, ["data.dataset=mnist", f"data.root={tmp_path / 'nowhere'}"])
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         train(spec, graph, tmp_path / "nodata", device="cpu", progress=False)
     message = str(err.value)
     assert "\n" not in message and "mnist5k" in message and "--data-dir" in message
