@@ -182,7 +182,10 @@ def compile_cmd(
     compiled = api.compile(spec, set_ or [], force=force)
     loaded, graph, summary = compiled.loaded, compiled.graph, compiled.summary
     if not quiet:
-        print_compile_summary(loaded, graph, summary)
+        spec_ = loaded.spec
+        print_compile_summary(graph, summary, semantics=semantic_line(spec_),
+                              title=f"{spec_.name}: {spec_.kind}, preset {spec_.preset}, "
+                                    f"input {'x'.join(map(str, spec_.input.shape))}")
     if profile is not None:
         _check_target_fit(loaded, graph, profile, quiet)  # a graph that does not fit writes no IR
     if output is not None:
@@ -192,6 +195,23 @@ def compile_cmd(
             raise UserError(f"cannot write: {exc.strerror}", file=str(output)) from None
         if not quiet:
             typer.echo(f"IR written to {output}")
+
+
+def semantic_line(spec) -> str:
+    """Every semantic choice that differs between the paper and its code, in one line."""
+    n, s, r, e = spec.neuron, spec.surrogate, spec.readout, spec.encoding
+    floor = "off" if n.lower_bound is None else f"{n.lower_bound_mode} below {n.lower_bound:g}" + (
+        " (before spike test)" if n.clamp_first else " (after spike test)")
+    return (
+        f"spike u{'>=' if n.spike_when == 'ge' else '>'}threshold; floor {floor}; U integrates {n.integrate}; "
+        f"surrogate {s.type} (reset grad {s.reset_grad}, floor grad {s.clamp_grad}, decay in backward "
+        f"{'yes' if s.decay_grad else 'no'}); readout max over t>={r.t_min} / "
+        f"{'T*s' if r.divide_by_timesteps else 's'}; P1/P2 on U(T){'/T' if spec.regularizers.potential_per_timestep else ''}; "
+        f"linear init x{spec.init.linear_std_factor:g}; noise {e.noise_resample}"
+        + (f"; encoder scale fixed at {e.encoder_scale:g}" if e.encoder_scale is not None else "")
+        + (f"; grad clip {spec.training.grad_clip.mode} {spec.training.grad_clip.max:g}"
+           if spec.training.grad_clip else "")
+    )
 
 
 def _check_target_fit(loaded, graph, profile, quiet: bool) -> None:
@@ -237,7 +257,8 @@ def train_cmd(
     weights as an uninterrupted one.
     """
     from saec import api
-    from saec.training.train import RunWriteFailed, TrainingDiverged, TrainingInterrupted
+    from saec.run.train import RunWriteFailed
+    from saec.training.train import TrainingDiverged, TrainingInterrupted
 
     try:
         if resume is not None:
@@ -533,8 +554,9 @@ def stats_cmd(
     of the equivalent ANN, activation sparsity and an energy estimate.
     Synaptic operations and activation sparsity follow NeuroBench's definitions.
     """
-    from saec.api import refresh_report, refuse_spike_input
-    from saec.analysis.stats import print_stats, run_stats
+    from saec.analysis.stats import print_stats
+    from saec.run.export import refuse_spike_input
+    from saec.run.report import refresh_report, run_stats
 
     refuse_spike_input(run, "saec stats")
     path, stats = run_stats(run, data_dir=data_dir, device=device, examples=examples)
@@ -553,7 +575,7 @@ def report_cmd(
 ) -> None:
     """Write a self-contained HTML report: of one run (spec, IR, curves, figures, stats, export checks),
     or a page comparing several runs (metrics, overlaid curves, spec differences)."""
-    from saec.analysis.reportpage import REPORT, render_comparison, render_run_report
+    from saec.run.report import REPORT, render_comparison, render_run_report
 
     if len(runs) == 1:
         text, path = render_run_report(runs[0]), output or runs[0] / REPORT

@@ -338,7 +338,8 @@ def fuzz_compiles_then_trains(data: dict) -> None:
     """A spec that compiles trains one step without an error (a NaN loss is a clean stop, exit 1)."""
     from saec.compiler.pipeline import compile_spec
     from saec.run import report
-    from saec.training.train import TrainingDiverged, train
+    from saec.run.train import train
+    from saec.training.train import TrainingDiverged
     from saec.errors import UserError
 
     folder = Path(tempfile.mkdtemp(prefix="saec-fuzz-"))

@@ -36,7 +36,6 @@ Graph interface (``T`` fixed, batch dimension ``batch`` symbolic unless fixed):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -47,10 +46,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from saec import __version__
+from saec.atomicwrite import write_atomically
 from saec.compiler import ops
 from saec.compiler.dispatch import OpTable
 from saec.compiler.graph import IRGraph
-from saec.run import artifacts as A
 from saec.errors import UserError
 
 #: ONNX opset the graph is written for (Split with ``num_outputs`` needs 18).
@@ -399,46 +398,23 @@ def build_onnx_model(graph: IRGraph, weights: dict[str, torch.Tensor | np.ndarra
     return model
 
 
-# ---------------------------------------------------------------- run folder
-def _write_model(model: onnx.ModelProto, path: Path) -> None:
-    """Save atomically: temp name in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        onnx.save_model(model, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+# ---------------------------------------------------------------- writing
+def write_model(model: onnx.ModelProto, path: Path) -> Path:
+    """Save ``model`` to ``path`` atomically (temporary name in the same folder, then rename)."""
+    return write_atomically(Path(path), lambda tmp: onnx.save_model(model, str(tmp)))
 
 
-def export_onnx(run: Path, *, timesteps: int | None = None, batch: int | None = None) -> Path:
-    """Write ``RUN/export/model.onnx`` for a trained run and check it with ONNX's own checker.
-
-    Args:
-        run: a run folder written by ``saec train`` (spec.yaml, ir.json, model.safetensors).
-        timesteps: T to unroll over (SAE; default the run's T).
-        batch: fix the batch dimension (default symbolic).
-
-    Returns:
-        The path of the written model.
+def check_model(model: onnx.ModelProto) -> None:
+    """ONNX's own checker, in full (shapes and types included).
 
     Raises:
-        UserError: not a run folder, not trained, an impossible T / batch, or a
-            model that fails ``onnx.checker.check_model(full_check=True)``.
+        UserError: the first problem ``onnx.checker.check_model(full_check=True)`` reports.
     """
-    from saec.training.train import load_model
-
-    run = Path(run)
-    _, model = load_model(run)
-    onnx_model = build_onnx_model(model.graph, model.ir_state_dict(), timesteps=timesteps, batch=batch)
     try:
-        onnx.checker.check_model(onnx_model, full_check=True)
+        onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the exported ONNX model fails onnx.checker: {first}", file=str(run)) from None
-    path = run / A.EXPORT / MODEL_FILE
-    _write_model(onnx_model, path)
-    return path
+        raise UserError(f"the exported ONNX model fails onnx.checker: {first}") from None
 
 
 # ---------------------------------------------------------------- verification
@@ -568,6 +544,6 @@ def onnx_input_shape(graph: IRGraph, timesteps: int | None = None, batch: int = 
 
 __all__ = [
     "OPSET", "IR_VERSION", "MODEL_FILE", "SPIKES_INPUT", "IMAGE_INPUT", "RECONSTRUCTION_OUTPUT", "OnnxAgreement",
-    "activations_output", "build_onnx_model", "compare_with_runtime", "counts_output", "export_onnx",
-    "onnx_input_shape", "run_onnx", "spike_train_mismatches", "train_output",
+    "activations_output", "build_onnx_model", "check_model", "compare_with_runtime", "counts_output",
+    "onnx_input_shape", "run_onnx", "spike_train_mismatches", "train_output", "write_model",
 ]

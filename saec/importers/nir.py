@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, Mapping
 import nir
 import numpy as np
 
+from saec.atomicwrite import write_atomically
 from saec.compiler import ops
 from saec.compiler.dispatch import OpTable
 from saec.compiler.errors import CompileError, InvalidOp
@@ -543,15 +544,8 @@ def agreement_rows(report: Mapping[str, Mapping[str, int]]) -> list[tuple[str, s
 
 def write_simulation(path: str | Path, result: Mapping[str, np.ndarray]) -> None:
     """Save node name -> array as a compressed ``.npz`` (temp name + rename)."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **{k: np.asarray(v) for k, v in result.items()})
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+
+    write_atomically(path, write)

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from saec.errors import UserError
-from saec.spec.loader import _validation_error, parse_yaml, read_limited
+from saec.yamltext import parse_yaml, read_limited, validation_error
 from saec.targets.formula import FormulaError, check_formula
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -186,7 +186,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        error = _validation_error(exc, data, file, lines, set())
+        error = validation_error(exc, data, file, lines, root=Profile)
         # pydantic prefixes a validator's own message with "Value error, "; the reader needs only the message
         raise UserError(error.message.replace("Value error, ", ""), file=error.file, line=error.line,
                         path=error.path) from None

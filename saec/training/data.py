@@ -58,6 +58,7 @@ __all__ = [
     "default_mnist_root",
     "iterate_batches",
     "load_images",
+    "load_validation",
     "make_splits",
     "read_idx",
 ]
@@ -491,6 +492,21 @@ def make_splits(data_cfg: Any, data_dir: str | Path | None = None, *, seed: int 
         train, val = _hold_out(train, float(validation.fraction), 0 if seed is None else int(seed))
 
     return train.head(data_cfg.train_limit), val.head(validation.limit)
+
+
+def load_validation(data_cfg: Any, data_dir: str | Path | None = None, *, seed: int | None = None) -> ImageSet:
+    """The validation set :func:`make_splits` returns, without loading the training set when it is not needed.
+
+    With ``validation.source: test`` only the test set is read, so a machine without the training
+    images can still evaluate, measure and export a run.
+
+    Args: as :func:`make_splits`.
+    Raises:
+        DataError: data missing or not downloadable (message names the way out).
+    """
+    if data_cfg.validation.source == "test":
+        return _load_split(data_cfg, "test", data_dir).head(data_cfg.validation.limit)
+    return make_splits(data_cfg, data_dir, seed=seed)[1]
 
 
 def _test_root(data_cfg: Any, data_dir: str | Path | None) -> str | Path | None:

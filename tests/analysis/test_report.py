@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 import saec
 from saec.cli import app
-from saec.analysis.reportpage import line_chart, render_comparison, render_run_report
+from saec.analysis.reportpage import line_chart
+from saec.run.report import render_comparison, render_run_report
 from saec.run import artifacts as A
 from saec.errors import UserError
 from tests.conftest import SPECS
@@ -178,7 +179,8 @@ def test_unknown_logger_and_missing_tensorboard_are_one_line(tmp_path, monkeypat
 
 def test_steps_csv_of_a_resumed_run_matches_an_uninterrupted_one(two_runs, tmp_path):
     from saec.run.steplog import StepLog, read_steps
-    from saec.training.train import TrainingInterrupted, train
+    from saec.run.train import train
+    from saec.training.train import TrainingInterrupted
 
     compiled = saec.compile(SPECS / "sae_dense.yaml", TINY)
     with pytest.raises(TrainingInterrupted):

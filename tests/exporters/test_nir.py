@@ -31,7 +31,7 @@ from saec.importers.nir import (agreement, check_input_spikes, nir_to_ir, read_i
 from saec.run import artifacts as A
 from saec.runtime.encoding import poisson_encode
 from saec.runtime.model import SpikingAutoencoder
-from saec.training.train import load_model
+from saec.run.folder import load_model
 from saec.errors import UserError
 from saec.spec.loader import resolved_yaml
 from tests.conftest import SPECS

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from saec.cli import app
 from saec.run import artifacts as A
 from saec.run import checkpoint as C
-from saec.training.train import RunWriteFailed, load_model, load_run, train
+from saec.run.folder import load_model, load_run
+from saec.run.train import RunWriteFailed, train
 from saec.errors import UserError
 from tests.conftest import REPO
 from tests.training.test_train import (MINI_SPEC, assert_same_weights, baseline, light_finish,  # noqa: F401
@@ -90,7 +91,8 @@ TRAIN_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from saec.run import artifacts as A, report
     from saec.analysis.evaluate import evaluate
-    from saec.training.train import load_run, train
+    from saec.run.folder import load_run
+    from saec.run.train import train
     from saec.compiler.pipeline import compile_spec
 
     def finish(out, spec, model, val_set, *, device="cpu", **_):
