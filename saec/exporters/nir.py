@@ -55,6 +55,7 @@ from saec.compiler import ops
 from saec.compiler.dispatch import OpTable
 from saec.compiler.errors import CompileError
 from saec.compiler.graph import IRGraph
+from saec.importers.nir import INPUT_NODE, LEGACY_END_NAMES, OUTPUT_NODE, read_golden  # noqa: F401 (re-exported)
 # DT: seconds of NIR time per saec step, defined with the unit conversions (still saec.exporters.nir.DT)
 from saec.compiler.nir_units import DT, if_r, li_tau_r, lif_tau_r
 from saec.errors import UserError
@@ -63,12 +64,8 @@ from saec.errors import UserError
 TARGETS = ("standard", "snntorch", "norse")
 MODEL_FILE = "model.nir"
 GOLDEN_FILE = "golden.nir"
-#: NIR names of the graph ends: what NIR consumers such as snn-mlir require. An inner
-#: node of the same name (e.g. the synapse of a layer called ``output``) is renamed
-#: (:func:`nir_names`) and the mapping recorded in the graph metadata ``renamed_nodes``.
-INPUT_NODE, OUTPUT_NODE = "input", "output"
-#: The ends' names in files written by earlier saec versions (still read).
-LEGACY_END_NAMES = {"_input": INPUT_NODE, "_output": OUTPUT_NODE}
+# INPUT_NODE, OUTPUT_NODE (the NIR names of the graph ends; an inner node of the same name is renamed by
+# :func:`nir_names`), LEGACY_END_NAMES and read_golden live with the reader, saec.importers.nir.
 #: Ops with no NIR node: the encoder (the graph's input is its spike train) and the readout.
 OUTSIDE_NIR = (ops.PoissonEncode, ops.MaxCumulativeReadout)
 
@@ -444,19 +441,6 @@ def write_golden(path: Path, spikes: Mapping[str, np.ndarray]) -> None:
         nir.read_data(str(tmp))
 
     write_atomically(path, write_and_check)
-
-
-def read_golden(path: str | Path) -> dict[str, np.ndarray]:
-    """Spike trains of a golden file: node name -> bool [B, T, neurons].
-
-    The ends are returned as ``input`` / ``output`` also from files that name them ``_input`` / ``_output``.
-    """
-    data = nir.read_data(str(path))
-    trains = {name: node.observables["spikes"].data for name, node in data.nodes.items()}
-    for old, new in LEGACY_END_NAMES.items():
-        if old in trains and new not in trains:
-            trains[new] = trains.pop(old)
-    return trains
 
 
 # ---------------------------------------------------------------- what an export wrote

@@ -48,11 +48,28 @@ from saec.compiler.errors import CompileError, InvalidOp
 from saec.compiler.graph import IRGraph
 from saec.compiler.nir_units import DT, decay_from_tau, gain_from_tau, if_gain, threshold_from_v
 from saec.compiler.passes.shapes import fmt, infer_shapes
-from saec.exporters.nir import INPUT_NODE, OUTPUT_NODE, read_golden
 from saec.errors import UserError
 
 #: Relative tolerance within which a node's ``saec_op`` metadata must agree with its NIR parameters.
 METADATA_TOLERANCE = 1e-9
+#: NIR names of the graph ends: what NIR consumers such as snn-mlir require (the exporter,
+#: :mod:`saec.exporters.nir`, renames an inner node of the same name and records the mapping).
+INPUT_NODE, OUTPUT_NODE = "input", "output"
+#: The ends' names in files written by earlier saec versions (still read).
+LEGACY_END_NAMES = {"_input": INPUT_NODE, "_output": OUTPUT_NODE}
+
+
+def read_golden(path: str | Path) -> dict[str, np.ndarray]:
+    """Spike trains of a golden file: node name -> bool [B, T, neurons].
+
+    The ends are returned as ``input`` / ``output`` also from files that name them ``_input`` / ``_output``.
+    """
+    data = nir.read_data(str(path))
+    trains = {name: node.observables["spikes"].data for name, node in data.nodes.items()}
+    for old, new in LEGACY_END_NAMES.items():
+        if old in trains and new not in trains:
+            trains[new] = trains.pop(old)
+    return trains
 
 
 def read_nir(path: str | Path) -> nir.NIRGraph:
