@@ -142,7 +142,7 @@ def _capped(line: str) -> str:
 
 
 def _naming(file: Path, fn: Callable, *args, **kwargs):
-    """``fn(*args, **kwargs)``, its SpecErrors that name no file re-raised naming ``file``."""
+    """``fn(*args, **kwargs)``, its UserErrors that name no file re-raised naming ``file``."""
     try:
         return fn(*args, **kwargs)
     except UserError as exc:
