@@ -50,7 +50,7 @@ def test_any_op_invariant_a_node_breaks_is_located():
     graph = mixed_graph()
     graph.nodes["pool"] = nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([0, 2]),
                                         padding=np.array([0, 0]))
-    with pytest.raises(SpecError, match=re.escape("cannot simulate: node `pool`: sum_pool2d: stride must be "
+    with pytest.raises(UserError, match=re.escape("cannot simulate: node `pool`: sum_pool2d: stride must be "
                                                   "positive integers, got (0, 2)")):
         simulate_nir(graph, np.zeros((2, 1, 2, 4, 4)))
 
