@@ -376,14 +376,14 @@ def export_cmd(
     chip = HARDWARE_EXPORTERS.get(target)
     if chip is not None:
         if format_ is not None or approximate:
-            raise SpecError(f"--target {target} writes the chip's own artifact; drop "
+            raise UserError(f"--target {target} writes the chip's own artifact; drop "
                             f"{'--format' if format_ is not None else '--approximate'}", path="--target")
         result = chip.export(run, examples=examples, limit=limit, seed=seed, data_dir=data_dir)
         for line in chip.summary(result):
             typer.echo(line)
         return
     if limit is not None:
-        raise SpecError(f"--limit applies to a chip target ({', '.join(HARDWARE_EXPORTERS)}) only", path="--limit")
+        raise UserError(f"--limit applies to a chip target ({', '.join(HARDWARE_EXPORTERS)}) only", path="--limit")
     format_ = format_ or "nir"
     exporter = EXPORT_FORMATS.get(format_)
     if exporter is None:

@@ -505,7 +505,7 @@ def quantize_xylo(graph: IRGraph, weights: dict[str, np.ndarray], profile: Profi
     for node, lif in _spiking_layers(graph):
         op = graph.op(lif)
         if f"{node}.bias" in weights:
-            raise SpecError("Xylo takes no weight biases (rockpool 3.1.0 xylo_mapper.py: weight_nodes_have_no_biases); "
+            raise UserError("Xylo takes no weight biases (rockpool 3.1.0 xylo_mapper.py: weight_nodes_have_no_biases); "
                             "set bias: false", path=f"layers.{graph.meta(node)['layer']}.bias")
         w = np.asarray(weights[f"{node}.weight"], dtype=np.float32).astype(np.float64)
         largest = np.abs(w).max(axis=1)
