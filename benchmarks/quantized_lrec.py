@@ -18,7 +18,7 @@ import torch
 
 from saec.training.data import make_splits
 from saec.runtime.encoding import poisson_encode
-from saec.training.train import load_model
+from saec.run.folder import load_model
 from saec.targets.profile import load_profile
 from saec.targets.quantize import quantize
 

@@ -48,7 +48,8 @@ def measure(run, threads: int, steps: int, warmup: int) -> tuple[float, float]:
     from saec.runtime.model import SpikingAutoencoder
     from saec.training.data import load_images
     from saec.training.objective import objective
-    from saec.training.train import _make_optimizer
+    from saec.compiler.runconfig import RunConfig
+    from saec.training.train import make_optimizer
 
     torch.set_num_threads(threads)
     spec, graph = compile_spec(str(run.spec_file), run.set_args())
@@ -57,7 +58,7 @@ def measure(run, threads: int, steps: int, warmup: int) -> tuple[float, float]:
     torch.manual_seed(t.seed)
     model = SpikingAutoencoder(graph)
     model.reset_parameters(torch.Generator().manual_seed(t.seed))
-    opt = _make_optimizer(spec, model.parameters())
+    opt = make_optimizer(RunConfig.of(graph).training, model.parameters())
     images = load_images("mnist5k", "train").images
     gen = torch.Generator().manual_seed(t.seed + 1)
     walls, cpus = [], []

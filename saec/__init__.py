@@ -12,14 +12,14 @@ Names are imported on first use, so ``import saec`` (and ``saec compile``) does 
 
 __version__ = "0.1.0"
 
-__all__ = ["AutoencoderModule", "AutoencoderOutput", "Compiled", "Run", "SpecError", "__version__", "compile",
+__all__ = ["AutoencoderModule", "AutoencoderOutput", "Compiled", "Run", "SpecError", "UserError", "__version__", "compile",
            "export", "load_run", "resume", "train"]
 
 _LAZY = {
     "compile": "saec.api", "train": "saec.api", "resume": "saec.api", "load_run": "saec.api", "export": "saec.api",
     "Compiled": "saec.api", "Run": "saec.api",
     "AutoencoderModule": "saec.runtime.module", "AutoencoderOutput": "saec.runtime.module",
-    "SpecError": "saec.spec.errors",
+    "SpecError": "saec.spec.errors", "UserError": "saec.errors",
 }
 
 

@@ -4,7 +4,7 @@ The ``saec`` command line is a thin layer over these functions (``saec
 compile`` -> :func:`compile`, ``saec train`` -> :func:`train` /
 :func:`resume`, ``saec eval`` -> :meth:`Run.evaluate`, ``saec export`` ->
 :func:`export`), so what a command does, the function does, with the same
-validation and the same errors (:class:`saec.spec.errors.SpecError`, one
+validation and the same errors (:class:`saec.errors.UserError`, one
 located line).
 
 Example::
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from saec.compiler.graph import IRGraph
@@ -68,6 +68,14 @@ class Compiled:
         from saec.compiler.pipeline import summarize
 
         return summarize(self.graph)
+
+    @property
+    def config(self) -> Any:
+        """The run config compiled beside the graph (:class:`saec.compiler.runconfig.RunConfig`: training and
+        data settings), as ``graph.attrs["run_config"]`` holds it."""
+        from saec.compiler.runconfig import RunConfig
+
+        return RunConfig.of(self.graph)
 
     def to_json(self) -> str:
         """The IR as JSON with its summary (what ``saec compile -o`` writes)."""
@@ -115,7 +123,7 @@ def compile(spec: str | Path | Mapping[str, Any],
         :class:`Compiled`.
 
     Raises:
-        SpecError: any problem, as one located line (``FILE:LINE: path: message``;
+        UserError: any problem, as one located line (``FILE:LINE: path: message``;
             ``<dict>: path: message`` for a dict).
     """
     from saec.compiler.pipeline import compile_spec
@@ -127,11 +135,11 @@ def compile(spec: str | Path | Mapping[str, Any],
         try:
             loaded, graph = compile_spec(DICT_SOURCE, sets, force=force,
                                          text=yaml.safe_dump(dict(spec), sort_keys=False))
-        except SpecError as exc:
+        except UserError as exc:
             if exc.file != DICT_SOURCE:
                 raise
             # Lines of the YAML dumped from the dict mean nothing to the caller: the path says where.
-            raise SpecError(exc.message, file=exc.file, path=exc.path) from None
+            raise UserError(exc.message, file=exc.file, path=exc.path) from None
     else:
         loaded, graph = compile_spec(str(spec), sets, force=force)
     return Compiled(loaded.spec, graph, loaded.file, loaded)
@@ -188,10 +196,10 @@ class Run:
             :class:`saec.runtime.module.AutoencoderOutput` (reconstruction, spikes, counts, latent).
 
         Raises:
-            SpecError: the run has no trained weights yet.
+            UserError: the run has no trained weights yet.
         """
+        from saec.run.folder import load_model, resolve_device
         from saec.runtime.module import AutoencoderModule
-        from saec.training.train import load_model, resolve_device
 
         _, network = load_model(self.path, resolve_device(device))
         return AutoencoderModule(network, record_spikes=record_spikes)
@@ -225,7 +233,7 @@ class Run:
 
     def report(self) -> Path:
         """(Re)write ``RUN/report.html`` (spec, IR, curves, figures, stats, export checks); its path."""
-        from saec.analysis.reportpage import write_run_report
+        from saec.run.report import write_run_report
 
         return write_run_report(self.path)
 
@@ -234,13 +242,13 @@ def load_run(path: str | Path) -> Run:
     """Open a run folder (``spec.yaml`` and ``ir.json`` needed; weights only for :meth:`Run.module`).
 
     Raises:
-        SpecError: no such folder, or not a saec run folder.
+        UserError: no such folder, or not a saec run folder.
     """
-    from saec.training.train import load_run as load_spec_and_graph
+    from saec.run.folder import load_run as load_spec_and_graph
 
     path = Path(path)
     if not path.is_dir():
-        raise SpecError("no such run folder", file=str(path))
+        raise UserError("no such run folder", file=str(path))
     spec, graph = load_spec_and_graph(path)
     return Run(path, spec, graph)
 
@@ -268,11 +276,11 @@ def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path |
         The finished :class:`Run`.
 
     Raises:
-        SpecError: bad input (existing run, data missing, bad device, unknown logger).
+        UserError: bad input (existing run, data missing, bad device, unknown logger).
         saec.training.train.TrainingDiverged: NaN/inf loss; the last checkpoint is kept.
         saec.training.train.TrainingInterrupted: Ctrl-C; a resumable checkpoint was written.
     """
-    from saec.training.train import train as run_training
+    from saec.run.train import train as run_training
 
     if not isinstance(compiled, Compiled):
         compiled = compile(compiled)
@@ -283,7 +291,7 @@ def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path |
 
         locate = None
         if compiled.loaded is not None:
-            def locate(node: str, message: str) -> SpecError:
+            def locate(node: str, message: str) -> UserError:
                 return compiled.loaded.error(tuple(graph.meta(node).get("spec_path", ())), message)
         graph = train_for_target(graph, target, locate)
         log(f"quantisation-aware training for {target}: the forward runs the chip's weights, thresholds and decay")
@@ -301,9 +309,8 @@ def resume(path: str | Path, *, data_dir: str | Path | None = None, device: str 
     Returns:
         The finished :class:`Run`.
     """
-    from saec.training.train import train as run_training
-
-    from saec.training.train import load_run as load_spec_and_graph
+    from saec.run.folder import load_run as load_spec_and_graph
+    from saec.run.train import train as run_training
 
     path = Path(path)
     spec, graph = load_spec_and_graph(path)  # "not a saec run folder (no spec.yaml)" for a wrong folder
@@ -312,20 +319,13 @@ def resume(path: str | Path, *, data_dir: str | Path | None = None, device: str 
     return Run(path, spec, graph)
 
 
-#: ``format`` -> the exporter's module and function (each takes the run folder first).
-EXPORTERS: dict[str, tuple[str, str]] = {
-    "nir": ("saec.exporters.nir", "export_nir"),
-    "onnx": ("saec.exporters.onnx", "export_onnx"),
-}
-
-
 def export(run: str | Path | Run, format: str = "nir", **options: Any) -> Any:
-    """Export a trained run to ``RUN/export/`` (``saec export``).
+    """Export a trained run to ``RUN/export/`` (``saec export``; :func:`saec.run.export.export`).
 
     Args:
         run: a run folder or :class:`Run`.
         format: ``nir`` (``model.nir`` + ``golden.nir``; options ``target``, ``examples``, ``seed``,
-            ``data_dir``) or ``onnx`` (``model.onnx``; options ``timesteps``, ``batch``).
+            ``data_dir``, ``approximate``) or ``onnx`` (``model.onnx``; options ``timesteps``, ``batch``).
         **options: passed to the exporter.
 
     Returns:
@@ -333,101 +333,15 @@ def export(run: str | Path | Run, format: str = "nir", **options: Any) -> Any:
         ``onnx``: the path of ``model.onnx``.
 
     Raises:
-        SpecError: unknown format, not a trained run, a network the format cannot express.
+        UserError: unknown format, not a trained run, a network the format cannot express.
     """
-    import importlib
+    from saec.run.export import export as export_run
 
-    where = EXPORTERS.get(format)
-    if where is None:
-        raise SpecError(f"unknown format {format!r}; use one of {', '.join(EXPORTERS)}", path="--format")
-    path = run.path if isinstance(run, Run) else Path(run)
-    refuse_spike_input(path, f"saec export --format {format}")
-    exporter = getattr(importlib.import_module(where[0]), where[1])
-    result = exporter(path, **options)
-    if format == "nir":
-        _record_nir_check(path, result)
-    elif not options:  # the model as trained (no other T or batch): check it against saec's runtime
-        _record_onnx_check(path, result)
-    refresh_report(path)
-    return result
-
-
-#: Validation images onnxruntime runs in ``export/onnx_check.json`` (and the seed of their encoding).
-ONNX_CHECK_EXAMPLES, ONNX_CHECK_SEED = 4, 0
-
-
-def _record_onnx_check(run: Path, onnx_path: Path) -> None:
-    """Write ``RUN/export/onnx_check.json``: onnxruntime against saec's runtime on the first validation
-    images (Poisson-encoded with a fixed seed), whole spike trains and x_hat
-    (:func:`saec.exporters.onnx.compare_with_runtime`). Without the validation data the file says why."""
-    import dataclasses
-
-    import torch
-
-    from saec.compiler import ops
-    from saec.exporters.onnx import compare_with_runtime
-    from saec.run import artifacts as A
-    from saec.runtime.encoding import poisson_encode
-    from saec.run.report import validation_set
-    from saec.training.train import load_model
-
-    file = run / "export" / "onnx_check.json"
-    spec, model = load_model(run)
-    try:
-        images = validation_set(spec, limit=ONNX_CHECK_EXAMPLES).images
-    except SpecError as exc:
-        A.write_json(file, {"check": "onnxruntime vs saec", "skipped": f"no validation images: {exc}"})
-        return
-    encoders = list(model.graph.nodes(ops.PoissonEncode))
-    inputs = (poisson_encode(images, model.graph.op(encoders[0]),
-                             generator=torch.Generator().manual_seed(ONNX_CHECK_SEED)) if encoders else images)
-    agreement = compare_with_runtime(onnx_path, model, inputs)
-    A.write_json(file, {
-        "check": "onnxruntime running model.onnx vs saec's runtime on the same input, whole spike trains and x_hat",
-        "examples": int(images.shape[0]), "encoding_seed": ONNX_CHECK_SEED, "spikes_exact": agreement.spikes_exact,
-        **dataclasses.asdict(agreement),
-    })
-
-
-def _record_nir_check(run: Path, result: Any) -> None:
-    """Write ``RUN/export/nir_check.json``: the NIR export's own check (saec's simulation of model.nir
-    on the golden input against saec's spikes), for the run's report page."""
-    from saec.run import artifacts as A
-
-    A.write_json(run / "export" / "nir_check.json", {
-        "check": "saec's NIR simulation of model.nir on golden.nir's input vs saec's own spikes, whole trains",
-        "exact": result.exact,
-        "golden_examples": result.golden_examples,
-        "nodes": {node: {k: int(v) for k, v in r.items()} for node, r in result.agreement.items()},
-        "approximated": list(result.approximated),
-        "not_carried": list(result.not_carried),
-    })
+    return export_run(run.path if isinstance(run, Run) else Path(run), format, **options)
 
 
 def refresh_report(run: str | Path) -> Path | None:
-    """Rewrite ``RUN/report.html`` when the run has one (after eval, export, stats), so it shows the new files.
+    """Rewrite ``RUN/report.html`` when the run has one (:func:`saec.run.report.refresh_report`)."""
+    from saec.run.report import refresh_report as refresh
 
-    Returns:
-        The report's path, or None when the run has no report (an unfinished run).
-    """
-    from saec.analysis.reportpage import REPORT, write_run_report
-
-    return write_run_report(run) if (Path(run) / REPORT).is_file() else None
-
-
-def refuse_spike_input(run: str | Path, what: str) -> None:
-    """SpecError when ``run`` was trained on pre-encoded spike input, which ``what`` does not handle yet.
-
-    The exporters and ``saec stats`` draw their inputs with the Poisson encoder
-    (golden data, synaptic-operation counts); a network without one
-    (``input.kind: spikes``) would get wrong inputs, so it is refused in one line.
-    """
-    ir = Path(run) / "ir.json"
-    try:
-        data = json.loads(ir.read_text()) if ir.is_file() else {}
-    except (OSError, ValueError):
-        return  # the command itself reports a damaged run
-    attrs = data.get("attrs") if isinstance(data, dict) else None
-    if isinstance(attrs, dict) and attrs.get("input_kind") == "spikes":
-        raise SpecError(f"{what} does not support networks with pre-encoded spike input (input.kind: spikes) yet; "
-                        "use the Python API's Run.module() on spike trains", file=str(run))
+    return refresh(run)

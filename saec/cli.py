@@ -24,7 +24,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from typer.core import TyperArgument, TyperGroup
 
 from saec.errors import UserError
-from saec.spec.errors import SpecError
 
 #: One example per command, appended to its --help (the README shows more).
 EXAMPLES: dict[str, str] = {
@@ -116,13 +115,13 @@ SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn a SpecError (or any user-input error) into one line on stderr and exit code 2."""
+    """Turn a UserError (or any user-input error) into one line on stderr and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as exc:  # SpecError is one
+        except UserError as exc:
             typer.echo(f"error: {_capped(str(exc))}", err=True)
             raise typer.Exit(2) from None
         except OSError as exc:  # a file the user named cannot be read or written (permissions, full disk)
@@ -133,7 +132,7 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-#: Longest error line printed (a SpecError's message is capped at 600 characters; paths add the rest).
+#: Longest error line printed (a UserError's message is capped at 600 characters; paths add the rest).
 MAX_ERROR_CHARS = 800
 
 
@@ -143,13 +142,13 @@ def _capped(line: str) -> str:
 
 
 def _naming(file: Path, fn: Callable, *args, **kwargs):
-    """``fn(*args, **kwargs)``, its SpecErrors that name no file re-raised naming ``file``."""
+    """``fn(*args, **kwargs)``, its UserErrors that name no file re-raised naming ``file``."""
     try:
         return fn(*args, **kwargs)
-    except SpecError as exc:
+    except UserError as exc:
         if exc.file:
             raise
-        raise SpecError(exc.message, file=str(file), line=exc.line, path=exc.path) from None
+        raise UserError(exc.message, file=str(file), line=exc.line, path=exc.path) from None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -183,16 +182,36 @@ def compile_cmd(
     compiled = api.compile(spec, set_ or [], force=force)
     loaded, graph, summary = compiled.loaded, compiled.graph, compiled.summary
     if not quiet:
-        print_compile_summary(loaded, graph, summary)
+        spec_ = loaded.spec
+        print_compile_summary(graph, summary, semantics=semantic_line(spec_),
+                              title=f"{spec_.name}: {spec_.kind}, preset {spec_.preset}, "
+                                    f"input {'x'.join(map(str, spec_.input.shape))}")
     if profile is not None:
         _check_target_fit(loaded, graph, profile, quiet)  # a graph that does not fit writes no IR
     if output is not None:
         try:
             _atomic_write_text(output, graph.to_json(summary) + "\n")
         except OSError as exc:
-            raise SpecError(f"cannot write: {exc.strerror}", file=str(output)) from None
+            raise UserError(f"cannot write: {exc.strerror}", file=str(output)) from None
         if not quiet:
             typer.echo(f"IR written to {output}")
+
+
+def semantic_line(spec) -> str:
+    """Every semantic choice that differs between the paper and its code, in one line."""
+    n, s, r, e = spec.neuron, spec.surrogate, spec.readout, spec.encoding
+    floor = "off" if n.lower_bound is None else f"{n.lower_bound_mode} below {n.lower_bound:g}" + (
+        " (before spike test)" if n.clamp_first else " (after spike test)")
+    return (
+        f"spike u{'>=' if n.spike_when == 'ge' else '>'}threshold; floor {floor}; U integrates {n.integrate}; "
+        f"surrogate {s.type} (reset grad {s.reset_grad}, floor grad {s.clamp_grad}, decay in backward "
+        f"{'yes' if s.decay_grad else 'no'}); readout max over t>={r.t_min} / "
+        f"{'T*s' if r.divide_by_timesteps else 's'}; P1/P2 on U(T){'/T' if spec.regularizers.potential_per_timestep else ''}; "
+        f"linear init x{spec.init.linear_std_factor:g}; noise {e.noise_resample}"
+        + (f"; encoder scale fixed at {e.encoder_scale:g}" if e.encoder_scale is not None else "")
+        + (f"; grad clip {spec.training.grad_clip.mode} {spec.training.grad_clip.max:g}"
+           if spec.training.grad_clip else "")
+    )
 
 
 def _check_target_fit(loaded, graph, profile, quiet: bool) -> None:
@@ -212,7 +231,7 @@ def _check_target_fit(loaded, graph, profile, quiet: bool) -> None:
         more = len(located) - 1
         if more:
             first.message += f" (and {more} more problem{'s' if more > 1 else ''})"
-        raise SpecError(first.message, file=first.file, line=first.line, path=first.path)
+        raise UserError(first.message, file=first.file, line=first.line, path=first.path)
 
 
 @app.command("train")
@@ -242,18 +261,19 @@ def train_cmd(
     weights as an uninterrupted one.
     """
     from saec import api
-    from saec.training.train import RunWriteFailed, TrainingDiverged, TrainingInterrupted
+    from saec.run.train import RunWriteFailed
+    from saec.training.train import TrainingDiverged, TrainingInterrupted
 
     try:
         if resume is not None:
             if spec is not None or set_ or target is not None:
-                raise SpecError("--resume continues a run as it was specified; give no SPEC, --set or --target "
+                raise UserError("--resume continues a run as it was specified; give no SPEC, --set or --target "
                                 "with it", path="--resume")
             run = api.resume(resume, data_dir=data_dir, device=device, force=force, progress=progress,
                              logger=logger, log=typer.echo)
         else:
             if spec is None:
-                raise SpecError("give a SPEC file to train, or --resume RUN_FOLDER")
+                raise UserError("give a SPEC file to train, or --resume RUN_FOLDER")
             run = api.train(api.compile(spec, set_ or [], force=force), out, data_dir=data_dir, device=device,
                             force=force, progress=progress, logger=logger, log=typer.echo, target=target)
     except TrainingInterrupted as exc:
@@ -364,20 +384,20 @@ def export_cmd(
         refuse_unexported(target)
     if chip is not None:
         if format_ is not None or approximate:
-            raise SpecError(f"--target {target} writes the chip's own artifact; drop "
+            raise UserError(f"--target {target} writes the chip's own artifact; drop "
                             f"{'--format' if format_ is not None else '--approximate'}", path="--target")
         result = chip.export(run, examples=examples, limit=limit, seed=seed, data_dir=data_dir)
         for line in chip.summary(result):
             typer.echo(line)
         return
     if limit is not None:
-        raise SpecError(f"--limit applies to a chip target ({', '.join(HARDWARE_EXPORTERS)}) only", path="--limit")
+        raise UserError(f"--limit applies to a chip target ({', '.join(HARDWARE_EXPORTERS)}) only", path="--limit")
     format_ = format_ or "nir"
     exporter = EXPORT_FORMATS.get(format_)
     if exporter is None:
-        raise SpecError(f"unknown format {format_!r}; use one of {', '.join(EXPORT_FORMATS)}", path="--format")
+        raise UserError(f"unknown format {format_!r}; use one of {', '.join(EXPORT_FORMATS)}", path="--format")
     if approximate and format_ != "nir":
-        raise SpecError(f"--approximate applies to --format nir only ({format_} exports the network exactly)",
+        raise UserError(f"--approximate applies to --format nir only ({format_} exports the network exactly)",
                         path="--approximate")
     exporter(run, target=target, examples=examples, seed=seed, data_dir=data_dir, approximate=approximate)
 
@@ -413,17 +433,17 @@ def simulate_cmd(
     if reference is not None:
         compared = {k: reference[k] for k in simulated if k in reference}  # graph order
         if not compared:
-            raise SpecError(f"the golden data name none of the graph's neuron or output nodes "
+            raise UserError(f"the golden data name none of the graph's neuron or output nodes "
                             f"({', '.join(sorted(simulated))})", file=str(input_))
         for node, want in compared.items():
             if want.shape != simulated[node].shape:
-                raise SpecError(f"golden node `{node}` holds [T, B, neurons] = {list(want.shape)}, the graph gives "
+                raise UserError(f"golden node `{node}` holds [T, B, neurons] = {list(want.shape)}, the graph gives "
                                 f"{list(simulated[node].shape)}", file=str(input_))
     out = output or input_.with_name(f"{input_.stem}.simulated.npz")
     try:
         write_simulation(out, result)
     except OSError as exc:
-        raise SpecError(f"cannot write: {exc.strerror}", file=str(out)) from None
+        raise UserError(f"cannot write: {exc.strerror}", file=str(out)) from None
     from saec.exporters.nir import OUTPUT_NODE
 
     typer.echo(f"simulated {T} steps x {B} examples; output: {int((result[OUTPUT_NODE] != 0).sum())} spikes")
@@ -542,8 +562,9 @@ def stats_cmd(
     of the equivalent ANN, activation sparsity and an energy estimate.
     Synaptic operations and activation sparsity follow NeuroBench's definitions.
     """
-    from saec.api import refresh_report, refuse_spike_input
-    from saec.analysis.stats import print_stats, run_stats
+    from saec.analysis.stats import print_stats
+    from saec.run.export import refuse_spike_input
+    from saec.run.report import refresh_report, run_stats
 
     refuse_spike_input(run, "saec stats")
     path, stats = run_stats(run, data_dir=data_dir, device=device, examples=examples)
@@ -562,7 +583,7 @@ def report_cmd(
 ) -> None:
     """Write a self-contained HTML report: of one run (spec, IR, curves, figures, stats, export checks),
     or a page comparing several runs (metrics, overlaid curves, spec differences)."""
-    from saec.analysis.reportpage import REPORT, render_comparison, render_run_report
+    from saec.run.report import REPORT, render_comparison, render_run_report
 
     if len(runs) == 1:
         text, path = render_run_report(runs[0]), output or runs[0] / REPORT
@@ -571,7 +592,7 @@ def report_cmd(
     try:
         _atomic_write_text(path, text)
     except OSError as exc:
-        raise SpecError(f"cannot write: {exc.strerror}", file=str(path)) from None
+        raise UserError(f"cannot write: {exc.strerror}", file=str(path)) from None
     typer.echo(f"report written to {path}")
 
 

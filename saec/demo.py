@@ -85,8 +85,8 @@ def run_demo(out: Path, *, data_dir: str | None = None, epochs: int = SCHEDULE["
         images), ``seconds`` (wall time of training and evaluation), ``out``, ``figure``.
     """
     from saec.compiler.pipeline import compile_spec
-    from saec.training.data import make_splits
-    from saec.training.train import train
+    from saec.run.report import validation_set
+    from saec.run.train import train
 
     val_sets, val_text = validation_overrides(data_dir)
     overrides = ["data.dataset=mnist5k", f"encoding.timesteps={timesteps}", f"training.epochs={epochs}",
@@ -99,7 +99,7 @@ def run_demo(out: Path, *, data_dir: str | None = None, epochs: int = SCHEDULE["
     started = time.perf_counter()
     metrics = train(spec, graph, out, device=device, force=True, log=log)
     seconds = time.perf_counter() - started
-    _, val = make_splits(spec.data, None, seed=spec.training.seed)  # the images train() validated on
+    val = validation_set(spec)  # the images train() validated on
     zero = all_zero_rec_loss(val.images, spec.training.batch_size)
     figure = out / "figures" / "reconstructions.png"
     log("")
@@ -126,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     args = parser.parse_args(argv)
     from saec.training.train import TrainingDiverged, TrainingInterrupted
-    from saec.spec.errors import SpecError
+    from saec.errors import UserError
 
     try:
         run_demo(args.out, data_dir=args.data_dir, epochs=args.epochs, timesteps=args.timesteps,
                  device=args.device)
-    except SpecError as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:

@@ -15,7 +15,7 @@ import torch
 
 import saec
 from saec.runtime.module import AutoencoderModule, AutoencoderOutput
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from tests.conftest import REPO, SPECS
 
 TINY = {"data.dataset": "mnist5k", "encoding.timesteps": 2, "training.epochs": 1, "training.max_steps": 2,
@@ -41,9 +41,9 @@ def test_compile_from_a_file_and_from_a_dict_agree():
 
 
 def test_compile_errors_are_located_for_files_and_dicts():
-    with pytest.raises(SpecError, match=r"^--set: training.epochz: unknown field 'epochz'"):
+    with pytest.raises(UserError, match=r"^--set: training.epochz: unknown field 'epochz'"):
         saec.compile(SPECS / "sae_dense.yaml", {"training.epochz": 3})
-    with pytest.raises(SpecError, match=r"^<dict>: layers: "):
+    with pytest.raises(UserError, match=r"^<dict>: layers: "):
         saec.compile({"name": "x", "kind": "sae", "latent": "a", "input": {"shape": [1, 28, 28]}, "layers": []})
     with pytest.raises(TypeError, match="not a string"):
         saec.compile(SPECS / "sae_dense.yaml", "training.lr=1")
@@ -110,9 +110,9 @@ def test_run_load_evaluate_and_export(tiny_run):
     check = json.loads((run.path / "export" / "nir_check.json").read_text())
     assert check["exact"] is nir_result.exact and set(check["nodes"]) == set(nir_result.agreement)
     assert "nir_check.json" in (run.path / "report.html").read_text()  # the agreement check is on the page
-    with pytest.raises(SpecError, match="unknown format 'tflite'"):
+    with pytest.raises(UserError, match="unknown format 'tflite'"):
         run.export("tflite")
-    with pytest.raises(SpecError, match="no such run folder"):
+    with pytest.raises(UserError, match="no such run folder"):
         saec.load_run(run.path / "absent")
 
 

@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 
 from saec.compiler.pipeline import compile_spec
 from saec.run import artifacts as A
-from saec.training.train import train
+from saec.run.train import train
 from tests.conftest import SPECS
 
 SMALL = ["layers.conv1.out_channels=2", "layers.conv2.out_channels=2", "layers.latent.out_features=12",

@@ -16,7 +16,8 @@ from saec.run import sweep as S
 from saec.cli import app
 from saec.run import artifacts as A
 from saec.run import report
-from saec.training.train import TrainingInterrupted, train
+from saec.run.train import train
+from saec.training.train import TrainingInterrupted
 from tests.conftest import SPECS
 from tests.training.test_train import mini
 from tests.run.test_sweep import fake_training, small_sweep  # noqa: F401 (fake_training: a fixture)
@@ -123,7 +124,7 @@ def test_unwritable_sweep_out_is_one_line(tmp_path):
 def test_a_run_folder_spec_compiles_to_its_ir_with_per_layer_neuron_overrides(tmp_path, override):
     """spec.yaml keeps only the override fields written (unset ones inherit), so load_run's check holds."""
     from saec.compiler.pipeline import compile_spec
-    from saec.training.train import load_run
+    from saec.run.folder import load_run
     from saec.spec.loader import resolved_yaml
 
     loaded, graph = compile_spec(str(SPECS / "sae_dense.yaml"), [override])

@@ -338,8 +338,9 @@ def fuzz_compiles_then_trains(data: dict) -> None:
     """A spec that compiles trains one step without an error (a NaN loss is a clean stop, exit 1)."""
     from saec.compiler.pipeline import compile_spec
     from saec.run import report
-    from saec.training.train import TrainingDiverged, train
-    from saec.spec.errors import SpecError
+    from saec.run.train import train
+    from saec.training.train import TrainingDiverged
+    from saec.errors import UserError
 
     folder = Path(tempfile.mkdtemp(prefix="saec-fuzz-"))
     try:
@@ -347,7 +348,7 @@ def fuzz_compiles_then_trains(data: dict) -> None:
         COUNTS["trains"]["tried"] += 1
         try:
             _, graph = compile_spec(str(folder / "spec.yaml"))
-        except SpecError:
+        except UserError:
             COUNTS["trains"]["clean"] += 1
             return
         spec = __import__("saec.spec.loader", fromlist=["load_spec"]).load_spec(folder / "spec.yaml").spec

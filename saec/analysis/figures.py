@@ -26,7 +26,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from saec.compiler import ops  # noqa: E402
 from saec.compiler.dispatch import OpTable  # noqa: E402
 from saec.analysis import metrics as M  # noqa: E402
-from saec.run.artifacts import savefig  # noqa: E402
+from saec.atomicwrite import save_figure as savefig  # noqa: E402
 from saec.training.data import ImageSet  # noqa: E402
 from saec.runtime.model import SpikingAutoencoder, module_key  # noqa: E402
 

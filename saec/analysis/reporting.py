@@ -10,7 +10,6 @@ from typing import Callable
 from saec.compiler import ops
 from saec.compiler.dispatch import OpTable
 from saec.compiler.graph import IRGraph
-from saec.spec.loader import LoadedSpec
 
 
 def _n(x: int) -> str:
@@ -96,12 +95,19 @@ def layer_rows(graph: IRGraph) -> list[dict]:
     return list(rows.values())
 
 
-def print_compile_summary(loaded: LoadedSpec, graph: IRGraph, summary: dict, console: Console | None = None) -> None:
-    """The `saec compile` table: one row per layer, then totals, neuron and semantics."""
+def print_compile_summary(graph: IRGraph, summary: dict, *, title: str, semantics: str,
+                          console: Console | None = None) -> None:
+    """The `saec compile` table: one row per layer, then totals, neuron and semantics.
+
+    Args:
+        graph: the compiled IR.
+        summary: its totals (:func:`saec.compiler.pipeline.summarize`).
+        title: the table's title (name, kind, preset, input).
+        semantics: the spec's semantic choices in one line (SAE).
+        console: where to print; None = stdout.
+    """
     console = console or _console()
-    spec = loaded.spec
-    table = Table(title=f"{spec.name}: {spec.kind}, preset {spec.preset}, input {'x'.join(map(str, spec.input.shape))}",
-                  title_justify="left")
+    table = Table(title=title, title_justify="left")
     for col, just in (("layer", "left"), ("op", "left"), ("act.", "left"), ("output", "right"),
                       ("params", "right"), ("neurons", "right"), ("MACs/step", "right")):
         table.add_column(col, justify=just)
@@ -114,15 +120,15 @@ def print_compile_summary(loaded: LoadedSpec, graph: IRGraph, summary: dict, con
     t = summary["timesteps"]
     console.print(f"MACs per example over T={t} steps (dense): {summary['macs_per_example']:,}; "
                   f"synapses: {summary['synapses']:,}")
-    if spec.kind == "sae":
+    if graph.attrs.get("kind") == "sae":
         encoders = list(graph.nodes(ops.PoissonEncode))
         if encoders:
             console.print(f"encoding: {_encode(graph.op(encoders[0]))[1]}")
         else:
-            console.print(f"encoding: none, the input is pre-encoded spike trains (T={spec.encoding.timesteps})")
+            console.print(f"encoding: none, the input is pre-encoded spike trains (T={graph.attrs.get('timesteps')})")
         lifs = {describe_lif(graph.op(n)) for n in graph.nodes(ops.LIF)}
         console.print("neuron: " + "; ".join(sorted(lifs)))
-        console.print(f"semantics: {semantic_line(spec)}")
+        console.print(f"semantics: {semantics}")
     losses = graph.attrs["losses"]
     terms = [f"l2={losses['l2']:g}"] if losses["l2"] else []
     for term in ("p1", "p2", "a1"):
@@ -131,20 +137,3 @@ def print_compile_summary(loaded: LoadedSpec, graph: IRGraph, summary: dict, con
     if losses.get("beta"):
         terms.append(f"beta*KL (beta={losses['beta']:g})")
     console.print("loss: L_rec" + "".join(f" + {t}" for t in terms))
-
-
-def semantic_line(spec) -> str:
-    """Every semantic choice that differs between the paper and its code, in one line."""
-    n, s, r, e = spec.neuron, spec.surrogate, spec.readout, spec.encoding
-    floor = "off" if n.lower_bound is None else f"{n.lower_bound_mode} below {n.lower_bound:g}" + (
-        " (before spike test)" if n.clamp_first else " (after spike test)")
-    return (
-        f"spike u{'>=' if n.spike_when == 'ge' else '>'}threshold; floor {floor}; U integrates {n.integrate}; "
-        f"surrogate {s.type} (reset grad {s.reset_grad}, floor grad {s.clamp_grad}, decay in backward "
-        f"{'yes' if s.decay_grad else 'no'}); readout max over t>={r.t_min} / "
-        f"{'T*s' if r.divide_by_timesteps else 's'}; P1/P2 on U(T){'/T' if spec.regularizers.potential_per_timestep else ''}; "
-        f"linear init x{spec.init.linear_std_factor:g}; noise {e.noise_resample}"
-        + (f"; encoder scale fixed at {e.encoder_scale:g}" if e.encoder_scale is not None else "")
-        + (f"; grad clip {spec.training.grad_clip.mode} {spec.training.grad_clip.max:g}"
-           if spec.training.grad_clip else "")
-    )

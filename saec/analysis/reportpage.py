@@ -8,7 +8,8 @@ agreement checks (``export/*.json``, after ``saec export``). Everything is
 inside the one file: figures are PNGs embedded as base64 ``data:`` URIs,
 curves are inline SVG, the style sheet is inline, there is no script and
 nothing is fetched, so the page opens offline, from an e-mail or an archive.
-It reads the run folder's files only (no model is run).
+The pages are rendered from data (:class:`RunPage`, :class:`ComparedRun`); the run layer reads the
+run folder into them (:mod:`saec.run.report`). No model is run.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ import base64
 import html
 import json
 import math
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from saec.run import artifacts as A
-from saec.spec.errors import SpecError
-
-REPORT = A.REPORT
+from saec.analysis.reporting import layer_rows
+from saec.compiler.graph import IRGraph
 
 #: Per-epoch curves: (title, [(metrics.jsonl key, label)]).
 EPOCH_CURVES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
@@ -50,42 +49,49 @@ svg text { font-size: 11px; font-family: system-ui, sans-serif; }
 """
 
 
-# ---------------------------------------------------------------- reading a run folder
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+# ---------------------------------------------------------------- what a page shows
+@dataclass
+class RunPage:
+    """Everything a run's page shows, as the run layer read it from the folder (:func:`saec.run.report.read_run_page`).
+
+    Attributes:
+        name: the run's name (the spec's ``name``).
+        folder: the run folder, as shown.
+        spec_text: the resolved spec (YAML).
+        metrics: ``eval.json`` ({} before training ends).
+        history: ``metrics.jsonl``, one row per epoch.
+        steps: ``steps.csv``, one row per optimizer step.
+        figures: (caption, PNG bytes), in the order shown.
+        stats: ``stats.json``, or None.
+        export_files: names of the exported files (``export/``, not the checks).
+        export_checks: (file name, content) of each ``export/*.json`` agreement check.
+        ir: the compiled graph, or None when ``ir.json`` is unreadable.
+        ir_summary: ``ir.json``'s summary (totals).
+    """
+
+    name: str
+    folder: str
+    spec_text: str
+    metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    steps: list[dict[str, float]] = field(default_factory=list)
+    figures: list[tuple[str, bytes]] = field(default_factory=list)
+    stats: dict | None = None
+    export_files: list[str] = field(default_factory=list)
+    export_checks: list[tuple[str, Any]] = field(default_factory=list)
+    ir: IRGraph | None = None
+    ir_summary: dict = field(default_factory=dict)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
+@dataclass
+class ComparedRun:
+    """One run of a comparison page: its label, metrics, history, resolved spec (a dict) and reconstructions."""
 
-
-def _read_steps(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    from saec.run.steplog import read_steps
-
-    try:
-        return read_steps(path)
-    except (ValueError, KeyError):
-        return []
-
-
-def _check_run(run: Path) -> None:
-    if not run.is_dir():
-        raise SpecError("no such run folder", file=str(run))
-    if not (run / A.SPEC).is_file():
-        raise SpecError(f"not a saec run folder (no {A.SPEC})", file=str(run))
+    label: str
+    metrics: dict
+    history: list[dict]
+    spec: dict
+    reconstructions: bytes | None = None
 
 
 # ---------------------------------------------------------------- HTML pieces
@@ -186,8 +192,8 @@ def line_chart(series: list[tuple[str, list[float], list[float]]], *, title: str
     return "".join(parts)
 
 
-def _image(path: Path, caption: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+def _image(png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
     return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
@@ -198,16 +204,10 @@ def _page(title: str, body: str) -> str:
 
 
 # ---------------------------------------------------------------- one run
-def _ir_section(run: Path) -> str:
-    from saec.compiler.graph import IRGraph
-    from saec.analysis.reporting import layer_rows
-
-    try:
-        graph = IRGraph.read_json(run / A.IR)
-    except (OSError, ValueError, KeyError, TypeError):
+def _ir_section(graph: IRGraph | None, summary: dict) -> str:
+    if graph is None:
         return '<p class="note">no readable ir.json</p>'
     rows = layer_rows(graph)
-    summary = (_read_json(run / A.IR) or {}).get("summary", {})
     table_rows = [[r["layer"], r["op"], r["activation"], r["shape"], r["params"] or "-", r["neurons"] or "-",
                    r["macs"] or "-"] for r in rows]
     if summary:
@@ -267,92 +267,50 @@ def _stats_section(stats: dict | None) -> str:
     return "".join(parts)
 
 
-def _export_section(run: Path) -> str:
-    export = run / A.EXPORT
-    files = sorted(export.glob("*.json")) if export.is_dir() else []
-    others = sorted(p.name for p in export.iterdir() if p.suffix != ".json") if export.is_dir() else []
-    if not files and not others:
+def _export_section(others: list[str], checks: list[tuple[str, Any]]) -> str:
+    if not checks and not others:
         return '<p class="note">not exported yet (run <code>saec export RUN --format nir|onnx</code>)</p>'
     parts = []
     if others:
         parts.append(f"<p>files: {', '.join(f'<code>{_e(name)}</code>' for name in others)}</p>")
-    for path in files:
-        data = _read_json(path)
-        if data is None:
-            continue
-        parts.append(f"<h3>{_e(path.name)}</h3>" + _table(["check", "value"], _flatten(data)))
-    if not files:
+    for name, data in checks:
+        parts.append(f"<h3>{_e(name)}</h3>" + _table(["check", "value"], _flatten(data)))
+    if not checks:
         parts.append('<p class="note">no agreement checks recorded (export/*.json)</p>')
     return "".join(parts)
 
 
-def render_run_report(run: str | Path) -> str:
-    """The HTML of a run's report page (see the module docstring).
-
-    Raises:
-        SpecError: not a run folder.
-    """
-    run = Path(run)
-    _check_run(run)
-    spec_text = (run / A.SPEC).read_text()
-    name = run.name
-    try:
-        import yaml
-
-        name = yaml.safe_load(spec_text).get("name", name)
-    except Exception:  # a report of a damaged run still shows what it can
-        pass
-    metrics = _read_json(run / A.EVAL) or {}
-    history = _read_jsonl(run / A.METRICS)
-    steps = _read_steps(run / A.STEPS)
-    figures = sorted((run / A.FIGURES).glob("*.png")) if (run / A.FIGURES).is_dir() else []
-    figures.sort(key=lambda path: path.stem != "reconstructions")  # what a reader looks at first
+def render_run_page(page: RunPage) -> str:
+    """The HTML of a run's report page (see the module docstring)."""
+    metrics, history = page.metrics, page.history
     headline = ""
     if "rec_loss" in metrics:
         headline = (f"<p>validation L_rec <b>{metrics['rec_loss']:.3f}</b> on {_e(metrics.get('examples'))} "
                     f"images ({_e(metrics.get('validation', ''))}); {len(history)} epochs, "
                     f"{int(history[-1]['global_step']) if history else 0} steps</p>")
     body = [
-        f"<h1>saec run <code>{_e(name)}</code></h1>",
-        f'<p class="note">folder {_e(run.resolve())}</p>',
+        f"<h1>saec run <code>{_e(page.name)}</code></h1>",
+        f'<p class="note">folder {_e(page.folder)}</p>',
         headline,
-        "<h2>Curves</h2>", _curves_section(history, steps),
+        "<h2>Curves</h2>", _curves_section(history, page.steps),
         "<h2>Figures</h2>",
-        "".join(_image(path, path.stem.replace("_", " ")) for path in figures)
-        or '<p class="note">no figures yet</p>',
+        "".join(_image(png, caption) for caption, png in page.figures) or '<p class="note">no figures yet</p>',
         "<h2>Validation metrics</h2>", _metrics_section(metrics),
-        "<h2>Hardware statistics</h2>", _stats_section(_read_json(run / A.STATS)),
-        "<h2>Export and agreement checks</h2>", _export_section(run),
-        "<h2>Network (IR)</h2>", _ir_section(run),
-        "<h2>Resolved spec</h2>", f"<pre>{_e(spec_text)}</pre>",
+        "<h2>Hardware statistics</h2>", _stats_section(page.stats),
+        "<h2>Export and agreement checks</h2>", _export_section(page.export_files, page.export_checks),
+        "<h2>Network (IR)</h2>", _ir_section(page.ir, page.ir_summary),
+        "<h2>Resolved spec</h2>", f"<pre>{_e(page.spec_text)}</pre>",
     ]
-    return _page(f"saec run {name}", "\n".join(body))
-
-
-def write_run_report(run: str | Path) -> Path:
-    """Write ``RUN/report.html`` (atomically) and return its path."""
-    run = Path(run)
-    path = run / REPORT
-    A.write_text(path, render_run_report(run))
-    return path
+    return _page(f"saec run {page.name}", "\n".join(body))
 
 
 # ---------------------------------------------------------------- several runs
-def render_comparison(runs: list[str | Path]) -> str:
-    """The HTML of a page comparing runs: a metrics table, overlaid curves, spec differences, reconstructions.
-
-    Raises:
-        SpecError: a folder that is not a run.
-    """
-    import yaml
-
-    paths = [Path(r) for r in runs]
-    for run in paths:
-        _check_run(run)
-    labels = [str(p) for p in paths]
-    metrics = [_read_json(p / A.EVAL) or {} for p in paths]
-    histories = [_read_jsonl(p / A.METRICS) for p in paths]
-    specs = [yaml.safe_load((p / A.SPEC).read_text()) or {} for p in paths]
+def render_comparison_page(runs: list[ComparedRun]) -> str:
+    """The HTML of a page comparing runs: a metrics table, overlaid curves, spec differences, reconstructions."""
+    labels = [r.label for r in runs]
+    metrics = [r.metrics for r in runs]
+    histories = [r.history for r in runs]
+    specs = [r.spec for r in runs]
 
     def latent(m: dict, key: str) -> Any:
         return ((m.get("layers") or {}).get(m.get("latent_layer") or "") or {}).get(key)
@@ -373,16 +331,9 @@ def render_comparison(runs: list[str | Path]) -> str:
     diff = (_table(["spec field", *labels], [[k, *(json.dumps(f.get(k), default=str) for f in flat)]
                                              for k in differing])
             if differing else "<p>the resolved specs are identical</p>")
-    figures = "".join(_image(p / A.FIGURES / "reconstructions.png", f"{label}: reconstructions")
-                      for p, label in zip(paths, labels) if (p / A.FIGURES / "reconstructions.png").is_file())
-    body = [f"<h1>saec: {len(paths)} runs compared</h1>", "<h2>Results</h2>", table, "<h2>Curves</h2>",
+    figures = "".join(_image(r.reconstructions, f"{r.label}: reconstructions")
+                      for r in runs if r.reconstructions is not None)
+    body = [f"<h1>saec: {len(runs)} runs compared</h1>", "<h2>Results</h2>", table, "<h2>Curves</h2>",
             "".join(charts), "<h2>Spec fields that differ</h2>", diff, "<h2>Reconstructions</h2>",
             figures or '<p class="note">no figures</p>']
-    return _page(f"saec: {len(paths)} runs compared", "\n".join(body))
-
-
-def write_comparison(runs: list[str | Path], out: str | Path) -> Path:
-    """Write the comparison page of ``runs`` to ``out`` (atomically) and return its path."""
-    out = Path(out)
-    A.write_text(out, render_comparison(runs))
-    return out
+    return _page(f"saec: {len(runs)} runs compared", "\n".join(body))

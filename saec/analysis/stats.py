@@ -1,6 +1,7 @@
 """Spike statistics of a trained run, for hardware: activity, synaptic operations, energy.
 
-``saec stats RUN`` runs the trained network forward (no gradients) over the
+:func:`measure_stats` runs a network forward (no gradients) over a set of
+images; ``saec stats RUN`` (:func:`saec.run.report.run_stats`) feeds it the
 run's validation images and writes ``RUN/stats.json``.
 
 Definitions (also written into ``stats.json``, block ``definitions``):
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -53,9 +53,8 @@ from torch import Tensor
 from saec.compiler import ops
 from saec.compiler.dispatch import OpTable
 from saec.compiler.graph import IRGraph
-from saec.run import artifacts as A
 from saec.analysis.metrics import DEFAULT_BURSTING_THRESHOLD, BatchAccumulator
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 STATS_FORMAT = 1
 
@@ -289,7 +288,7 @@ def _presynaptic_source(graph: IRGraph, node: str) -> str:
         src = graph.inputs(src)[0]
     reason = EVENTS.refusal(graph.op(src))
     if reason is not None:
-        raise SpecError(f"layer `{graph.meta(node).get('layer', node)}`: its input comes from "
+        raise UserError(f"layer `{graph.meta(node).get('layer', node)}`: its input comes from "
                         f"`{src}` ({graph.op(src).type}), which saec stats cannot count events of ({reason})")
     return src
 
@@ -367,7 +366,7 @@ def measure_stats(model, data, *, batch_size: int = 64, seed: int = 0, device: t
             acc.update({layer: (v if sae else (v != 0)).to(torch.float64).cpu() for layer, v in out.counts.items()})
     model.train(was_training)
     if examples == 0:
-        raise SpecError("no examples to measure (empty validation set)", path="--examples")
+        raise UserError("no examples to measure (empty validation set)", path="--examples")
 
     activity = acc.result()
     layers: dict[str, dict[str, Any]] = {}
@@ -448,42 +447,6 @@ def measure_stats(model, data, *, batch_size: int = 64, seed: int = 0, device: t
         "energy_per_operation": {"ac_joules": energy.ac_joules, "mac_joules": energy.mac_joules,
                                  "source": energy.source},
     }
-
-
-def run_stats(run: Path, *, data_dir: str | Path | None = None, device: str = "cpu",
-              examples: int | None = None) -> tuple[Path, dict[str, Any]]:
-    """Measure a trained run on its validation images and write ``RUN/stats.json``.
-
-    Args:
-        run: a run folder with trained weights.
-        data_dir: folder holding MNIST (overrides the spec's roots, like ``saec train --data-dir``).
-        device: cpu, cuda or auto.
-        examples: use only the first N validation images (default: all).
-
-    Returns:
-        (path of stats.json, its content).
-
-    Raises:
-        SpecError: not a run folder, not trained, data missing, bad ``examples``/``device``.
-    """
-    from saec.training.data import DataError, make_splits
-    from saec.training.train import load_model, resolve_device
-
-    if examples is not None and examples < 1:
-        raise SpecError(f"must be a positive number of examples, got {examples}", path="--examples")
-    run = Path(run)
-    dev = resolve_device(device)
-    spec, model = load_model(run, dev)
-    try:
-        _, val = make_splits(spec.data, data_dir, seed=spec.training.seed)
-    except DataError as exc:
-        raise SpecError(str(exc), path="data") from None
-    val = val.head(examples)
-    stats = measure_stats(model, val, batch_size=spec.training.batch_size, seed=spec.training.seed, device=dev)
-    stats = {"run": spec.name, "validation": val.name, "device": str(dev), **stats, "definitions": DEFINITIONS}
-    path = run / A.STATS
-    A.write_json(path, stats)
-    return path, stats
 
 
 # ---------------------------------------------------------------- console

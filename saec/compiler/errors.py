@@ -6,7 +6,7 @@ from __future__ import annotations
 class CompileError(Exception):
     """A node of the IR breaks a rule. ``node`` names it; context accumulates.
 
-    The pipeline turns it into a :class:`saec.spec.errors.SpecError` located
+    The pipeline turns it into a :class:`saec.errors.UserError` located
     at the layer's line in the spec file.
     """
 

@@ -25,7 +25,8 @@ from saec.compiler.passes.lower_flatten_linear import lower_flatten_linear
 from saec.compiler.passes.lower_linear_unflatten import lower_linear_unflatten
 from saec.compiler.passes.params import count_params
 from saec.compiler.passes.shapes import fmt, infer_shapes
-from saec.spec.errors import SpecError
+from saec.compiler.runconfig import ATTR as RUN_CONFIG, run_config
+from saec.errors import UserError
 from saec.spec.loader import LoadedSpec, load_spec
 
 Pass = Callable[[IRGraph], bool]
@@ -134,7 +135,7 @@ def summarize(graph: IRGraph) -> dict:
     }
 
 
-def _to_spec_error(exc: CompileError, graph: IRGraph | None, loaded: LoadedSpec) -> SpecError:
+def _to_spec_error(exc: CompileError, graph: IRGraph | None, loaded: LoadedSpec) -> UserError:
     path: tuple = ()
     if graph is not None and exc.node in graph:
         path = tuple(graph.meta(exc.node).get("spec_path", ()))
@@ -150,7 +151,7 @@ def check_training_memory(loaded: LoadedSpec, graph: IRGraph, available: int | N
     """Refuse a network whose training would need more memory than the machine has.
 
     Raises:
-        SpecError: located at the layer with the largest share, naming the estimate and the way out.
+        UserError: located at the layer with the largest share, naming the estimate and the way out.
     """
     from saec.compiler.passes.memory import estimate_training_memory, human_bytes, machine_memory_bytes
 
@@ -172,6 +173,10 @@ def check_training_memory(loaded: LoadedSpec, graph: IRGraph, available: int | N
 def compile_loaded(loaded: LoadedSpec, flow: str = "compile", *, force: bool = False) -> IRGraph:
     """Build the IR of a loaded spec and run ``flow``; errors come back located in the spec.
 
+    The spec's run settings (training, data) are compiled beside the network into
+    ``graph.attrs["run_config"]`` (:class:`saec.compiler.runconfig.RunConfig`), so that nothing
+    below the compiler needs the spec.
+
     Args:
         loaded: the validated spec.
         flow: the passes to run.
@@ -186,6 +191,7 @@ def compile_loaded(loaded: LoadedSpec, flow: str = "compile", *, force: bool = F
     if not force and flow == "compile":
         check_training_memory(loaded, graph)
     graph.attrs["source"] = loaded.file
+    graph.attrs[RUN_CONFIG] = run_config(loaded.spec).to_dict()
     return graph
 
 
@@ -198,9 +204,9 @@ def compile_spec(path: str, overrides: tuple[str, ...] | list[str] = (), flow: s
         force: skip the training-memory check.
         text: the spec's YAML (a spec given as a dict); None = read ``path``.
     Returns:
-        (the loaded spec, the compiled graph).
+        (the loaded spec, the compiled graph with its run config in ``graph.attrs["run_config"]``).
     Raises:
-        SpecError: any problem, as one located line.
+        UserError: any problem, as one located line.
     """
     loaded = load_spec(path, overrides, text=text)
     return loaded, compile_loaded(loaded, flow, force=force)

@@ -42,7 +42,6 @@ whole spike trains (:attr:`NirExport.agreement`).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -51,24 +50,22 @@ import nir
 import numpy as np
 
 from saec import __version__
+from saec.atomicwrite import write_atomically
 from saec.compiler import ops
 from saec.compiler.dispatch import OpTable
 from saec.compiler.errors import CompileError
 from saec.compiler.graph import IRGraph
+from saec.importers.nir import INPUT_NODE, LEGACY_END_NAMES, OUTPUT_NODE, read_golden  # noqa: F401 (re-exported)
 # DT: seconds of NIR time per saec step, defined with the unit conversions (still saec.exporters.nir.DT)
 from saec.compiler.nir_units import DT, if_r, li_tau_r, lif_tau_r
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 #: Targets of ``saec export --target``: standard NIR, or a variant an importer runs exactly.
 TARGETS = ("standard", "snntorch", "norse")
 MODEL_FILE = "model.nir"
 GOLDEN_FILE = "golden.nir"
-#: NIR names of the graph ends: what NIR consumers such as snn-mlir require. An inner
-#: node of the same name (e.g. the synapse of a layer called ``output``) is renamed
-#: (:func:`nir_names`) and the mapping recorded in the graph metadata ``renamed_nodes``.
-INPUT_NODE, OUTPUT_NODE = "input", "output"
-#: The ends' names in files written by earlier saec versions (still read).
-LEGACY_END_NAMES = {"_input": INPUT_NODE, "_output": OUTPUT_NODE}
+# INPUT_NODE, OUTPUT_NODE (the NIR names of the graph ends; an inner node of the same name is renamed by
+# :func:`nir_names`), LEGACY_END_NAMES and read_golden live with the reader, saec.importers.nir.
 #: Ops with no NIR node: the encoder (the graph's input is its spike train) and the readout.
 OUTSIDE_NIR = (ops.PoissonEncode, ops.MaxCumulativeReadout)
 
@@ -412,21 +409,14 @@ def graph_metadata(graph: IRGraph, target: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- writing and checking
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def write_checked(path: Path, graph: nir.NIRGraph, *, type_check: bool = True) -> None:
     """Write ``graph`` to ``path`` only after ``nir.read(type_check=...)`` accepted it (temp name + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    try:
+
+    def write_and_check(tmp: Path) -> None:
         nir.write(tmp, graph)
         nir.read(tmp, type_check=type_check)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+
+    write_atomically(path, write_and_check)
 
 
 def golden_data(spikes: Mapping[str, np.ndarray]) -> nir.NIRGraphData:
@@ -445,34 +435,18 @@ def golden_data(spikes: Mapping[str, np.ndarray]) -> nir.NIRGraphData:
 
 def write_golden(path: Path, spikes: Mapping[str, np.ndarray]) -> None:
     """Write :func:`golden_data` to ``path`` after reading it back (temp name + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    try:
+
+    def write_and_check(tmp: Path) -> None:
         nir.write_data(tmp, golden_data(spikes))
         nir.read_data(str(tmp))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+
+    write_atomically(path, write_and_check)
 
 
-def read_golden(path: str | Path) -> dict[str, np.ndarray]:
-    """Spike trains of a golden file: node name -> bool [B, T, neurons].
-
-    The ends are returned as ``input`` / ``output`` also from files that name them ``_input`` / ``_output``.
-    """
-    data = nir.read_data(str(path))
-    trains = {name: node.observables["spikes"].data for name, node in data.nodes.items()}
-    for old, new in LEGACY_END_NAMES.items():
-        if old in trains and new not in trains:
-            trains[new] = trains.pop(old)
-    return trains
-
-
-# ---------------------------------------------------------------- the run export
+# ---------------------------------------------------------------- what an export wrote
 @dataclass
 class NirExport:
-    """What :func:`export_nir` wrote, what the file does not carry, and how closely it reproduces saec."""
+    """What :func:`saec.run.export.export_nir` wrote, what the file does not carry, and how closely it reproduces saec."""
 
     model: Path
     golden: Path
@@ -491,124 +465,6 @@ class NirExport:
     def exact(self) -> bool:
         """Every golden spike train reproduced, position by position."""
         return not any(r["mismatches"] for r in self.agreement.values())
-
-
-def _spec_error(run: Path, graph: IRGraph, exc: CompileError) -> SpecError:
-    from saec.spec.loader import load_spec
-
-    message = exc.message + "".join(f"; {c}" for c in exc.context if not c.startswith("pass `"))
-    spec_file = run / "spec.yaml"
-    if exc.node in graph and graph.meta(exc.node).get("spec_path"):
-        loaded = load_spec(spec_file)
-        return loaded.error(tuple(graph.meta(exc.node)["spec_path"]), f"cannot export to NIR: {message}")
-    return SpecError(f"cannot export to NIR: {message}", file=str(spec_file))
-
-
-def _blocker_path(spec, blocker: Blocker) -> tuple:
-    """Spec path that sets ``blocker``'s field: a layer's own neuron override, else the default ``neuron``."""
-    for i, layer in enumerate(spec.layers):
-        override = getattr(layer, "neuron", None)
-        if layer.name in blocker.layers and override is not None and getattr(override, blocker.field) is not None:
-            return ("layers", i, "neuron", blocker.field)
-    return ("neuron", blocker.field)
-
-
-def _blocker_error(run: Path, blockers: list[Blocker]) -> SpecError:
-    from saec.spec.loader import load_spec
-
-    loaded = load_spec(run / "spec.yaml")
-    first = blockers[0]
-    fix = ("train with neuron.lower_bound: null" if first.field == "lower_bound" else "train with neuron.reset: zero")
-    more = "".join(f"; and {b.field} on layers {', '.join(b.layers)}" for b in blockers[1:])
-    return loaded.error(_blocker_path(loaded.spec, first),
-                        f"cannot export to NIR exactly: {first.reason} on layers {', '.join(first.layers)}{more}; "
-                        f"{fix} for deployment, or pass --approximate to export anyway with a per-layer spike "
-                        "agreement table")
-
-
-def export_nir(run: str | Path, *, target: str = "standard", examples: int = 4, seed: int = 0,
-               data_dir: str | Path | None = None, approximate: bool = False) -> NirExport:
-    """Export a trained run to NIR, with golden data; see the module docstring.
-
-    The written ``model.nir`` is then simulated by saec's NIR simulator
-    (:func:`saec.importers.nir.simulate_nir`) on the golden input and
-    compared with the golden spikes, train by train (:attr:`NirExport.agreement`).
-
-    Args:
-        run: the run folder (``spec.yaml``, ``ir.json``, ``model.safetensors``).
-        target: :data:`TARGETS`; ``standard`` writes ``model.nir`` only, the
-            others also ``model.<target>.nir``.
-        examples: validation images in the golden data (the first ones).
-        seed: seed of the Poisson encoder for the golden input.
-        data_dir: folder holding MNIST, overriding the spec's data roots.
-        approximate: export a network with semantics NIR cannot express
-            (:func:`nir_blockers`) anyway, without them; the golden data stay saec's spikes.
-    Returns:
-        :class:`NirExport`.
-    Raises:
-        SpecError: not a run, no weights, a network NIR cannot express (without
-            ``approximate``: names the spec field and the layers), data missing.
-            Nothing is written then.
-    """
-    from saec.compiler.passes.lower_nir import lower_for_nir
-    from saec.importers.nir import agreement, simulate_nir
-    from saec.run import artifacts as A
-    from saec.training.data import DataError, make_splits
-    from saec.training.train import load_model
-
-    run = Path(run)
-    if not run.is_dir():
-        raise SpecError("no such run folder", file=str(run))
-    if target not in TARGETS:
-        raise SpecError(f"unknown NIR target {target!r}; use one of {', '.join(TARGETS)}", path="--target")
-    if examples < 1:
-        raise SpecError(f"golden data needs at least 1 example, got {examples}", path="--examples")
-    spec, model = load_model(run)
-    graph = model.graph
-    if graph.attrs.get("kind") != "sae":
-        raise SpecError(f"cannot export to NIR: kind {graph.attrs.get('kind')} has no spiking neurons; NIR export "
-                        "needs a spiking auto-encoder (kind: sae)", file=str(run / A.SPEC), path="kind")
-    blockers = nir_blockers(graph)
-    if blockers and not approximate:
-        raise _blocker_error(run, blockers)
-    approximated = [f"{b.field} on layers {', '.join(b.layers)}: {b.reason}; written without it" for b in blockers]
-    try:
-        lowered, weights = lower_for_nir(graph, model.ir_state_dict())
-        graphs = {t: ir_to_nir(lowered, weights, target=t, metadata=graph_metadata(lowered, t))
-                  for t in dict.fromkeys(("standard", target))}
-    except CompileError as exc:
-        raise _spec_error(run, graph, exc) from None
-
-    # Golden data: saec's own spikes on the lowered graph (the one written), on real validation images.
-    try:
-        _, val = make_splits(spec.data, data_dir, seed=spec.training.seed)
-    except DataError as exc:
-        raise SpecError(f"golden data: {exc}", path="data") from None
-    images = val.images[:examples].float()
-    spikes = golden_spikes(lowered, weights, images, seed)
-    for g in graphs.values():
-        g.metadata["golden"] = {"file": GOLDEN_FILE, "examples": int(images.shape[0]), "seed": seed,
-                                "images": f"the first {images.shape[0]} images of {val.name}",
-                                "encoder": "saec.runtime.encoding.poisson_encode, torch.Generator().manual_seed(seed)"}
-        if approximated:
-            g.metadata["approximated"] = " | ".join(approximated)
-
-    export_dir = run / A.EXPORT
-    model_path = export_dir / MODEL_FILE
-    target_path = export_dir / target_file(target) if target != "standard" else None
-    write_checked(model_path, graphs["standard"])
-    if target_path is not None:
-        write_checked(target_path, graphs[target], type_check=type_checks(lowered, target))
-    write_golden(export_dir / GOLDEN_FILE, spikes)
-    # What a NIR consumer of the written file computes, against saec: whole trains, every layer.
-    simulated = simulate_nir(model_path, spikes[INPUT_NODE])
-    T, B = spikes[INPUT_NODE].shape[:2]
-    report = agreement({k: v.reshape(T, B, -1) for k, v in spikes.items() if k != INPUT_NODE},
-                       {k: v.reshape(T, B, -1) for k, v in simulated.items()})
-    return NirExport(model=model_path, golden=export_dir / GOLDEN_FILE, target_model=target_path,
-                     not_carried=not_carried(lowered), nodes=len(graphs["standard"].nodes),
-                     golden_examples=int(images.shape[0]), golden_spikes=int(spikes[OUTPUT_NODE].sum()),
-                     approximated=approximated, agreement=report)
 
 
 def golden_spikes(graph: IRGraph, weights: Mapping[str, Any], images, seed: int) -> dict[str, np.ndarray]:

@@ -36,7 +36,6 @@ Graph interface (``T`` fixed, batch dimension ``batch`` symbolic unless fixed):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -47,11 +46,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from saec import __version__
+from saec.atomicwrite import write_atomically
 from saec.compiler import ops
 from saec.compiler.dispatch import OpTable
 from saec.compiler.graph import IRGraph
-from saec.run import artifacts as A
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 #: ONNX opset the graph is written for (Split with ``num_outputs`` needs 18).
 OPSET = 18
@@ -294,7 +293,7 @@ def _lower_reparameterize(lo: _Lowering, name: str, op: ops.Reparameterize, h: s
 def _lower_readout(lo: _Lowering, name: str, op: ops.MaxCumulativeReadout, h: str) -> str:
     emit, T = lo.emit, lo.timesteps
     if not 0 <= op.t_min <= T:
-        raise SpecError(f"readout t_min = {op.t_min} lies outside [0, T] = [0, {T}]", path="--timesteps")
+        raise UserError(f"readout t_min = {op.t_min} lies outside [0, T] = [0, {T}]", path="--timesteps")
     U_all = lo.cumulative[lo.graph.inputs(name)[0]]
     start = max(op.t_min, 1) - 1
     if start > 0:
@@ -356,16 +355,16 @@ def build_onnx_model(graph: IRGraph, weights: dict[str, torch.Tensor | np.ndarra
         The model (opset :data:`OPSET`), not yet checked or saved.
 
     Raises:
-        SpecError: an impossible T or batch, or an IR op without an ONNX lowering.
+        UserError: an impossible T or batch, or an IR op without an ONNX lowering.
     """
     kind = graph.attrs.get("kind", "sae")
     T = int(graph.attrs.get("timesteps", 1)) if timesteps is None else int(timesteps)
     if kind != "sae" and T != 1:
-        raise SpecError(f"a {kind} network has no time steps; it exports with T = 1, not {T}", path="--timesteps")
+        raise UserError(f"a {kind} network has no time steps; it exports with T = 1, not {T}", path="--timesteps")
     if T < 1:
-        raise SpecError(f"timesteps must be >= 1, got {T}", path="--timesteps")
+        raise UserError(f"timesteps must be >= 1, got {T}", path="--timesteps")
     if batch is not None and batch < 1:
-        raise SpecError(f"batch must be >= 1, got {batch}", path="--batch")
+        raise UserError(f"batch must be >= 1, got {batch}", path="--batch")
     lo = _Lowering(graph=graph, timesteps=T, emit=_Emitter(), values={}, cumulative={}, inputs=[], outputs=[],
                    weights={k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
                             .astype(np.float32) for k, v in weights.items()})
@@ -373,7 +372,7 @@ def build_onnx_model(graph: IRGraph, weights: dict[str, torch.Tensor | np.ndarra
         op = graph.op(name)
         reason = _LOWERINGS.refusal(op)
         if reason is not None:
-            raise SpecError(f"node `{name}`: ONNX export has no lowering for IR op {op.type!r}: {reason}")
+            raise UserError(f"node `{name}`: ONNX export has no lowering for IR op {op.type!r}: {reason}")
         lower = _LOWERINGS.lookup(op, node=name)
         ins = graph.inputs(name)
         lo.values[name] = lower(lo, name, op, lo.values[ins[0]] if ins else None)
@@ -399,46 +398,23 @@ def build_onnx_model(graph: IRGraph, weights: dict[str, torch.Tensor | np.ndarra
     return model
 
 
-# ---------------------------------------------------------------- run folder
-def _write_model(model: onnx.ModelProto, path: Path) -> None:
-    """Save atomically: temp name in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        onnx.save_model(model, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+# ---------------------------------------------------------------- writing
+def write_model(model: onnx.ModelProto, path: Path) -> Path:
+    """Save ``model`` to ``path`` atomically (temporary name in the same folder, then rename)."""
+    return write_atomically(Path(path), lambda tmp: onnx.save_model(model, str(tmp)))
 
 
-def export_onnx(run: Path, *, timesteps: int | None = None, batch: int | None = None) -> Path:
-    """Write ``RUN/export/model.onnx`` for a trained run and check it with ONNX's own checker.
-
-    Args:
-        run: a run folder written by ``saec train`` (spec.yaml, ir.json, model.safetensors).
-        timesteps: T to unroll over (SAE; default the run's T).
-        batch: fix the batch dimension (default symbolic).
-
-    Returns:
-        The path of the written model.
+def check_model(model: onnx.ModelProto) -> None:
+    """ONNX's own checker, in full (shapes and types included).
 
     Raises:
-        SpecError: not a run folder, not trained, an impossible T / batch, or a
-            model that fails ``onnx.checker.check_model(full_check=True)``.
+        UserError: the first problem ``onnx.checker.check_model(full_check=True)`` reports.
     """
-    from saec.training.train import load_model
-
-    run = Path(run)
-    _, model = load_model(run)
-    onnx_model = build_onnx_model(model.graph, model.ir_state_dict(), timesteps=timesteps, batch=batch)
     try:
-        onnx.checker.check_model(onnx_model, full_check=True)
+        onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SpecError(f"the exported ONNX model fails onnx.checker: {first}", file=str(run)) from None
-    path = run / A.EXPORT / MODEL_FILE
-    _write_model(onnx_model, path)
-    return path
+        raise UserError(f"the exported ONNX model fails onnx.checker: {first}") from None
 
 
 # ---------------------------------------------------------------- verification
@@ -568,6 +544,6 @@ def onnx_input_shape(graph: IRGraph, timesteps: int | None = None, batch: int = 
 
 __all__ = [
     "OPSET", "IR_VERSION", "MODEL_FILE", "SPIKES_INPUT", "IMAGE_INPUT", "RECONSTRUCTION_OUTPUT", "OnnxAgreement",
-    "activations_output", "build_onnx_model", "compare_with_runtime", "counts_output", "export_onnx",
-    "onnx_input_shape", "run_onnx", "spike_train_mismatches", "train_output",
+    "activations_output", "build_onnx_model", "check_model", "compare_with_runtime", "counts_output",
+    "onnx_input_shape", "run_onnx", "spike_train_mismatches", "train_output", "write_model",
 ]

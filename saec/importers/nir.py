@@ -41,34 +41,52 @@ from typing import Any, Callable, Iterator, Mapping
 import nir
 import numpy as np
 
+from saec.atomicwrite import write_atomically
 from saec.compiler import ops
 from saec.compiler.dispatch import OpTable
 from saec.compiler.errors import CompileError, InvalidOp
 from saec.compiler.graph import IRGraph
 from saec.compiler.nir_units import DT, decay_from_tau, gain_from_tau, if_gain, threshold_from_v
 from saec.compiler.passes.shapes import fmt, infer_shapes
-from saec.exporters.nir import INPUT_NODE, OUTPUT_NODE, read_golden
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 #: Relative tolerance within which a node's ``saec_op`` metadata must agree with its NIR parameters.
 METADATA_TOLERANCE = 1e-9
+#: NIR names of the graph ends: what NIR consumers such as snn-mlir require (the exporter,
+#: :mod:`saec.exporters.nir`, renames an inner node of the same name and records the mapping).
+INPUT_NODE, OUTPUT_NODE = "input", "output"
+#: The ends' names in files written by earlier saec versions (still read).
+LEGACY_END_NAMES = {"_input": INPUT_NODE, "_output": OUTPUT_NODE}
+
+
+def read_golden(path: str | Path) -> dict[str, np.ndarray]:
+    """Spike trains of a golden file: node name -> bool [B, T, neurons].
+
+    The ends are returned as ``input`` / ``output`` also from files that name them ``_input`` / ``_output``.
+    """
+    data = nir.read_data(str(path))
+    trains = {name: node.observables["spikes"].data for name, node in data.nodes.items()}
+    for old, new in LEGACY_END_NAMES.items():
+        if old in trains and new not in trains:
+            trains[new] = trains.pop(old)
+    return trains
 
 
 def read_nir(path: str | Path) -> nir.NIRGraph:
     """Read and type-check a ``.nir`` file.
 
     Raises:
-        SpecError: missing file, not an HDF5 NIR file, or a graph ``nir`` rejects.
+        UserError: missing file, not an HDF5 NIR file, or a graph ``nir`` rejects.
     """
     path = Path(path)
     if not path.is_file():
-        raise SpecError("no such NIR file", file=str(path))
+        raise UserError("no such NIR file", file=str(path))
     try:
         return nir.read(path, type_check=True)
     except OSError as exc:  # h5py: not HDF5, truncated
-        raise SpecError(f"not a readable NIR file ({_first_line(exc)})", file=str(path)) from None
+        raise UserError(f"not a readable NIR file ({_first_line(exc)})", file=str(path)) from None
     except (KeyError, ValueError, TypeError, AssertionError, AttributeError, IndexError) as exc:
-        raise SpecError(f"not a valid NIR graph ({type(exc).__name__}: {_first_line(exc)})", file=str(path)) from None
+        raise UserError(f"not a valid NIR graph ({type(exc).__name__}: {_first_line(exc)})", file=str(path)) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -389,7 +407,7 @@ def _add_flatten(ir: IRGraph, name: str, node: nir.Flatten, ins: tuple[str, ...]
 
 def load_nir(graph_or_path: nir.NIRGraph | str | Path, *, dt: float | None = None
              ) -> tuple[IRGraph, dict[str, np.ndarray]]:
-    """:func:`nir_to_ir` of a graph or a file; errors as one-line :class:`SpecError`."""
+    """:func:`nir_to_ir` of a graph or a file; errors as one-line :class:`UserError`."""
     where = None
     if isinstance(graph_or_path, (str, Path)):
         where = str(graph_or_path)
@@ -399,7 +417,7 @@ def load_nir(graph_or_path: nir.NIRGraph | str | Path, *, dt: float | None = Non
     try:
         return nir_to_ir(graph, dt=dt)
     except CompileError as exc:
-        raise SpecError(f"cannot simulate: {exc}", file=where) from None
+        raise UserError(f"cannot simulate: {exc}", file=where) from None
 
 
 # ---------------------------------------------------------------- simulation
@@ -407,24 +425,24 @@ def read_input_spikes(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
     """An input spike train from ``.npy`` ([T, B, *shape] or [T, *shape]) or a golden ``.nir`` data file.
 
     Raises:
-        SpecError: unreadable file or a shape that does not fit ``shape``.
+        UserError: unreadable file or a shape that does not fit ``shape``.
     """
     path = Path(path)
     if not path.is_file():
-        raise SpecError("no such input file", file=str(path))
+        raise UserError("no such input file", file=str(path))
     if path.suffix == ".nir":
         try:
             data = read_golden(path)
         except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise SpecError(f"not a NIR data file ({_first_line(exc)})", file=str(path)) from None
+            raise UserError(f"not a NIR data file ({_first_line(exc)})", file=str(path)) from None
         if INPUT_NODE not in data:  # read_golden also maps a legacy `_input`
-            raise SpecError(f"NIR data file has no `{INPUT_NODE}` node to take the input from", file=str(path))
+            raise UserError(f"NIR data file has no `{INPUT_NODE}` node to take the input from", file=str(path))
         spikes = data[INPUT_NODE]  # [B, T, neurons]
         return np.ascontiguousarray(spikes.transpose(1, 0, 2).reshape(spikes.shape[1], spikes.shape[0], *shape))
     try:
         spikes = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
-        raise SpecError(f"not a .npy array ({_first_line(exc)})", file=str(path)) from None
+        raise UserError(f"not a .npy array ({_first_line(exc)})", file=str(path)) from None
     return check_input_spikes(spikes, shape, where=str(path))
 
 
@@ -432,19 +450,19 @@ def check_input_spikes(spikes: Any, shape: tuple[int, ...], where: str | None = 
     """``spikes`` as float [T, B, *shape] (a missing batch axis is added).
 
     Raises:
-        SpecError: not numeric, wrong shape, or not finite.
+        UserError: not numeric, wrong shape, or not finite.
     """
     arr = np.asarray(spikes)
     if arr.dtype.kind not in "biuf":
-        raise SpecError(f"input spikes must be numbers, got dtype {arr.dtype}", file=where)
+        raise UserError(f"input spikes must be numbers, got dtype {arr.dtype}", file=where)
     if arr.shape[1:] == shape:
         arr = arr[:, None]
     if arr.ndim != len(shape) + 2 or arr.shape[2:] != shape or arr.shape[0] < 1:
-        raise SpecError(f"input spikes must be [T, B, {fmt(shape)}] or [T, {fmt(shape)}] for this graph, "
+        raise UserError(f"input spikes must be [T, B, {fmt(shape)}] or [T, {fmt(shape)}] for this graph, "
                         f"got {list(arr.shape)}", file=where)
     arr = arr.astype(np.float32)
     if not np.all(np.isfinite(arr)):
-        raise SpecError("input spikes contain NaN or infinity", file=where)
+        raise UserError("input spikes contain NaN or infinity", file=where)
     return arr
 
 
@@ -462,7 +480,7 @@ def simulate_nir(graph_or_path: nir.NIRGraph | str | Path, spikes: Any, *, dt: f
         ``output`` (the graph's Output name as well), and every neuron
         node's spikes (LIF, IF) or potential (LI).
     Raises:
-        SpecError: unreadable graph, unsupported node, input of the wrong shape.
+        UserError: unreadable graph, unsupported node, input of the wrong shape.
     """
     import torch
 
@@ -512,7 +530,7 @@ def nir_input_shape(graph: nir.NIRGraph) -> tuple[int, ...]:
     """Per-example shape of the graph's (single) Input node."""
     shapes = [np.asarray(v.input_type["input"]).reshape(-1) for v in graph.nodes.values() if isinstance(v, nir.Input)]
     if len(shapes) != 1:
-        raise SpecError(f"saec reads graphs with one Input node; this one has {len(shapes)}")
+        raise UserError(f"saec reads graphs with one Input node; this one has {len(shapes)}")
     return tuple(int(v) for v in shapes[0])
 
 
@@ -520,14 +538,14 @@ def golden_reference(path: str | Path) -> dict[str, np.ndarray] | None:
     """Spike trains [T, B, neurons] of a golden ``.nir`` data file, or None for other files.
 
     Raises:
-        SpecError: a ``.nir`` file that is not NIR data (names the file).
+        UserError: a ``.nir`` file that is not NIR data (names the file).
     """
     if Path(path).suffix != ".nir":
         return None
     try:
         trains = read_golden(path)
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise SpecError(f"not a NIR data file ({_first_line(exc)})", file=str(path)) from None
+        raise UserError(f"not a NIR data file ({_first_line(exc)})", file=str(path)) from None
     return {name: np.ascontiguousarray(v.transpose(1, 0, 2)) for name, v in trains.items()}
 
 
@@ -543,15 +561,8 @@ def agreement_rows(report: Mapping[str, Mapping[str, int]]) -> list[tuple[str, s
 
 def write_simulation(path: str | Path, result: Mapping[str, np.ndarray]) -> None:
     """Save node name -> array as a compressed ``.npz`` (temp name + rename)."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **{k: np.asarray(v) for k, v in result.items()})
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+
+    write_atomically(path, write)

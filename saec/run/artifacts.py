@@ -1,7 +1,8 @@
 """The run folder: names of its artifacts and crash-safe writers.
 
 Every file is written to a temporary name in the same folder and renamed
-into place, so a crash or Ctrl-C never leaves a half-written artifact.
+into place (:mod:`saec.atomicwrite`, the one implementation), so a crash or
+Ctrl-C never leaves a half-written artifact.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from safetensors.torch import load_file
 
-from saec.spec.errors import SpecError
+from saec.atomicwrite import save_figure, write_atomically
+from saec.errors import UserError
 
 SPEC = "spec.yaml"
 IR = "ir.json"
@@ -33,15 +35,11 @@ FIGURES = "figures"
 EXPORT = "export"
 
 
-class ArtifactError(SpecError):
+class ArtifactError(UserError):
     """A run-folder file is missing, unreadable or does not hold what it should; one line naming the file."""
 
     def __init__(self, file: Path | str, problem: str) -> None:
         super().__init__(problem, file=str(file))
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 #: Fault injection for the crash tests: with SAEC_FAULT_KILL_AT_WRITE=N the process SIGKILLs itself
@@ -59,51 +57,8 @@ def write_boundary() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable (best effort where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: Path, write: Callable[[Path], None], *, durable: bool = False) -> None:
-    """Write ``path`` through a temporary name in its folder; the temporary goes on any failure."""
-    for folder in (path.parent, *path.parent.parents):  # mkdir says "File exists" for a file on the way
-        if folder.exists():
-            if not folder.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
-            break
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    try:
-        write(tmp)
-        if durable:
-            _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-
-
 def write_text(path: Path, text: str, *, durable: bool = False) -> None:
-    _atomic(Path(path), lambda tmp: tmp.write_text(text), durable=durable)
+    write_atomically(Path(path), lambda tmp: tmp.write_text(text), durable=durable)
 
 
 def write_json(path: Path, data: Any, *, durable: bool = False) -> None:
@@ -141,7 +96,7 @@ def _save_weights_file(path: Path, state: dict[str, torch.Tensor], metadata: dic
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
                  *, durable: bool = False) -> None:
-    _atomic(Path(path), lambda tmp: _save_weights_file(tmp, state, metadata), durable=durable)
+    write_atomically(Path(path), lambda tmp: _save_weights_file(tmp, state, metadata), durable=durable)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -186,7 +141,7 @@ def torch_save(obj: Any, path: Path) -> None:
 
 
 def save_torch(path: Path, obj: Any, *, durable: bool = False) -> None:
-    _atomic(Path(path), lambda tmp: torch_save(obj, tmp), durable=durable)
+    write_atomically(Path(path), lambda tmp: torch_save(obj, tmp), durable=durable)
 
 
 def load_torch(path: Path) -> Any:
@@ -221,14 +176,7 @@ def sha256_file(path: Path) -> str:
 
 def savefig(fig, path: Path, **kwargs: Any) -> None:
     """Save a matplotlib figure atomically (PNG)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        fig.savefig(tmp, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    save_figure(fig, path, **kwargs)
 
 
 def load_json(path: Path) -> Any:

@@ -35,8 +35,9 @@ from typing import Any
 
 import torch
 
+from saec.atomicwrite import TEMPORARY_GLOB, fsync_dir, fsync_file, temporary_name
 from saec.run import artifacts as A
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 LOCK = "saec.lock"
 MANIFEST = "checkpoint.json"
@@ -49,7 +50,7 @@ class RunLock:
     """Exclusive use of a run folder while a process writes it (a context manager).
 
     Raises (on enter):
-        SpecError: another live process holds the folder (the message names its pid, host and start).
+        UserError: another live process holds the folder (the message names its pid, host and start).
     """
 
     def __init__(self, folder: Path, what: str = "train") -> None:
@@ -80,7 +81,7 @@ class RunLock:
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
-                raise SpecError(f"is in use by {describe_holder(read_holder(self.path))}; wait for it to "
+                raise UserError(f"is in use by {describe_holder(read_holder(self.path))}; wait for it to "
                                 f"finish or stop it (a lock of a dead process is taken over)",
                                 file=str(self.folder)) from None
             try:
@@ -99,7 +100,7 @@ class RunLock:
             os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
             self._fd = fd
             return
-        raise SpecError("could not lock the run folder (its lock file keeps changing)", file=str(self.folder))
+        raise UserError("could not lock the run folder (its lock file keeps changing)", file=str(self.folder))
 
     def release(self) -> None:
         if self._fd is None:
@@ -164,20 +165,20 @@ def write_checkpoint(run: Path, weights: dict[str, torch.Tensor], metadata: dict
     previous = read_manifest(run)
     serial = (previous["serial"] + 1) if previous else 1
     final = _serial_folder(run, serial)
-    staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    staging = temporary_name(final)  # a folder, renamed into place as a whole
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         A._save_weights_file(staging / A.WEIGHTS, weights, metadata)
-        A._fsync_file(staging / A.WEIGHTS)
+        fsync_file(staging / A.WEIGHTS)
         A.write_boundary()
         A.torch_save(state, staging / A.TRAIN_STATE)
-        A._fsync_file(staging / A.TRAIN_STATE)
+        fsync_file(staging / A.TRAIN_STATE)
         A.write_boundary()
-        A._fsync_dir(staging)
+        fsync_dir(staging)
         shutil.rmtree(final, ignore_errors=True)  # an unreferenced leftover of a crash before its manifest
         os.replace(staging, final)
-        A._fsync_dir(final.parent)
+        fsync_dir(final.parent)
         A.write_boundary()
         manifest = {"format": MANIFEST_FORMAT, "serial": serial, "global_step": state.get("global_step"),
                     "complete": bool(state.get("complete")), "folder": f"{CHECKPOINTS}/{final.name}",
@@ -195,7 +196,7 @@ def publish(run: Path, manifest: dict) -> None:
     folder = _serial_folder(run, manifest["serial"])
     for name in (A.WEIGHTS, A.TRAIN_STATE):
         target = run / name
-        tmp = A._tmp(target)
+        tmp = temporary_name(target)
         try:
             tmp.unlink(missing_ok=True)
             try:
@@ -207,7 +208,7 @@ def publish(run: Path, manifest: dict) -> None:
             tmp.unlink(missing_ok=True)
             raise
         A.write_boundary()
-    A._fsync_dir(run)
+    fsync_dir(run)
     for old in (run / CHECKPOINTS).iterdir():
         if old == folder:
             continue
@@ -248,9 +249,9 @@ def load_checkpoint(run: Path, *, repair: bool = True
     state = check_state(folder / A.TRAIN_STATE, A.load_torch(folder / A.TRAIN_STATE))
     if repair and manifest is not None:
         publish(run, manifest)
-        for leftover in (run / CHECKPOINTS).glob(".*.tmp-*"):
+        for leftover in (run / CHECKPOINTS).glob(TEMPORARY_GLOB):
             shutil.rmtree(leftover, ignore_errors=True)
-        for leftover in run.glob(".*.tmp-*"):
+        for leftover in run.glob(TEMPORARY_GLOB):
             leftover.unlink(missing_ok=True)
     return weights, metadata, state
 
@@ -286,6 +287,6 @@ def state_is_complete(run: Path) -> bool:
         if manifest is not None:
             return bool(manifest.get("complete"))
         state = A.load_torch(Path(run) / A.TRAIN_STATE)
-    except SpecError:
+    except UserError:
         return False
     return isinstance(state, dict) and bool(state.get("complete"))

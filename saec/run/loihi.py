@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from saec.atomicwrite import write_atomically
 from saec.errors import UserError
 from saec.run import artifacts as A
 
@@ -93,7 +94,7 @@ def export_loihi(run: str | Path, *, examples: int = 4, limit: int | None = None
     from saec.runtime.encoding import poisson_encode
     from saec.targets.profile import load_profile
     from saec.targets.quantize import quantize
-    from saec.training.train import load_model
+    from saec.run.folder import load_model
 
     run = Path(run)
     if examples < 1:
@@ -114,7 +115,7 @@ def export_loihi(run: str | Path, *, examples: int = 4, limit: int | None = None
         raise UserError(f"asks for {examples} golden examples, the validation set has {images}", path="--examples")
     path = run / A.EXPORT / LOIHI_NETX
     written = {}
-    A._atomic(path, lambda tmp: written.setdefault("file", write_netx(qnet, tmp)))
+    write_atomically(path, lambda tmp: written.setdefault("file", write_netx(qnet, tmp)))
 
     (encoder,) = [n for n in graph.order() if graph.op(n).type == "poisson_encode"]
     encoded = poisson_encode(val.images, graph.op(encoder), generator=torch.Generator().manual_seed(seed))
@@ -153,7 +154,7 @@ def export_loihi(run: str | Path, *, examples: int = 4, limit: int | None = None
         spikes_quantized=sum(r["spikes_quantized"] for r in rows) / images,
         layers=rows, notes=[*qnet.notes, *written["file"].notes])
     arrays = {key: np.concatenate(parts, axis=1) for key, parts in golden.items()}
-    A._atomic(result.golden, lambda tmp: _savez(tmp, arrays))
+    write_atomically(result.golden, lambda tmp: _savez(tmp, arrays))
     A.write_text(result.record, json.dumps(result.to_json(), indent=2) + "\n")
     return result
 

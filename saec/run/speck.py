@@ -22,7 +22,7 @@ from saec.analysis.quantized import QuantizedComparison, compare_quantized
 from saec.exporters.speck import SpeckFiles, write_speck
 from saec.run import artifacts as A
 from saec.run.report import validation_set
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from saec.targets.fit import check_fit
 from saec.targets.profile import load_profile
 from saec.targets.quantize import QuantizedNetwork, quantize
@@ -51,15 +51,15 @@ def quantized_run(run: Path, target: str) -> tuple[Any, Any, QuantizedNetwork]:
     Returns:
         (resolved spec, float model, quantised network).
     Raises:
-        SpecError: not a run, no weights, or the network does not fit: the first fit problem at its
+        UserError: not a run, no weights, or the network does not fit: the first fit problem at its
             line of the run's ``spec.yaml`` (with the count of the others).
     """
     from saec.spec.loader import load_spec
-    from saec.training.train import load_model
+    from saec.run.folder import load_model
 
     run = Path(run)
     if not run.is_dir():
-        raise SpecError("no such run folder", file=str(run))
+        raise UserError("no such run folder", file=str(run))
     spec, model = load_model(run)
     profile = load_profile(target)
     graph = model.graph
@@ -73,7 +73,7 @@ def quantized_run(run: Path, target: str) -> tuple[Any, Any, QuantizedNetwork]:
         spec_path = graph.meta(first.node).get("spec_path")
         if spec_path:
             raise load_spec(run / A.SPEC).error(tuple(spec_path), message)
-        raise SpecError(message, file=str(run / A.SPEC))
+        raise UserError(message, file=str(run / A.SPEC))
     weights = {k: v.detach().cpu().numpy() for k, v in model.ir_state_dict().items()}
     return spec, model, quantize(graph, weights, profile)
 
@@ -91,15 +91,15 @@ def export_speck(run: str | Path, *, examples: int = 4, limit: int | None = None
     Returns:
         :class:`SpeckExport`.
     Raises:
-        SpecError: see :func:`quantized_run`; a bad ``examples``; data missing. Nothing is written then.
+        UserError: see :func:`quantized_run`; a bad ``examples``; data missing. Nothing is written then.
     """
     run = Path(run)
     if examples < 1:
-        raise SpecError(f"golden data needs at least 1 example, got {examples}", path="--examples")
+        raise UserError(f"golden data needs at least 1 example, got {examples}", path="--examples")
     spec, model, qnet = quantized_run(run, "speck")
     val = validation_set(spec, data_dir, limit)
     if examples > len(val.images):
-        raise SpecError(f"asks for {examples} golden examples, the validation set has {len(val.images)}",
+        raise UserError(f"asks for {examples} golden examples, the validation set has {len(val.images)}",
                         path="--examples")
     comparison = compare_quantized(model, qnet, val.images, seed=seed, keep=examples)
     directory = run / A.EXPORT / SPECK_DIR

@@ -20,21 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from saec.run.artifacts import STEPS, TENSORBOARD
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 LOGGERS = ("csv", "tensorboard")
 _FIXED = ["epoch", "step", "global_step", "lr", "seconds"]
 
 
 def check_logger(logger: str) -> None:
-    """SpecError (located at ``--logger``) for an unknown logger or TensorBoard not installed."""
+    """UserError (located at ``--logger``) for an unknown logger or TensorBoard not installed."""
     if logger not in LOGGERS:
-        raise SpecError(f"unknown logger {logger!r}; use one of {', '.join(LOGGERS)}", path="--logger")
+        raise UserError(f"unknown logger {logger!r}; use one of {', '.join(LOGGERS)}", path="--logger")
     if logger == "tensorboard":
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError:
-            raise SpecError("TensorBoard logging needs the tensorboard package: pip install tensorboard "
+            raise UserError("TensorBoard logging needs the tensorboard package: pip install tensorboard "
                             "(steps.csv is written either way)", path="--logger") from None
 
 

@@ -47,8 +47,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from saec.run import artifacts as A
-from saec.spec.errors import SpecError, format_path
-from saec.spec.loader import SET_SOURCE, parse_yaml, read_limited
+from saec.errors import UserError, format_path
+from saec.yamltext import SET_SOURCE, parse_yaml, read_limited
 from saec.spec.schema import PathText
 
 _NAME = r"^[A-Za-z0-9_.-]{1,100}$"
@@ -181,7 +181,7 @@ def _describe(err: dict) -> str:
 
 def _validate(data: Any, file: str, lines: dict[tuple, int]) -> SweepFile:
     if not isinstance(data, dict):
-        raise SpecError("a sweep file must be a mapping (base, set, grid, configs, seeds, out)", file=file, line=1)
+        raise UserError("a sweep file must be a mapping (base, set, grid, configs, seeds, out)", file=file, line=1)
     try:
         return SweepFile.model_validate(data)
     except ValidationError as exc:
@@ -190,7 +190,7 @@ def _validate(data: Any, file: str, lines: dict[tuple, int]) -> SweepFile:
         loc = tuple(err["loc"])
         more = len({tuple(e["loc"]) for e in errors}) - 1
         msg = _describe(err) + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
-        raise SpecError(msg, file=file, line=_line_of(lines, loc), path=format_path(loc)) from None
+        raise UserError(msg, file=file, line=_line_of(lines, loc), path=format_path(loc)) from None
 
 
 def _overrides(mapping: dict[str, Any], where: tuple, lines: dict[tuple, int], file: str) -> list[Override]:
@@ -198,22 +198,22 @@ def _overrides(mapping: dict[str, Any], where: tuple, lines: dict[tuple, int], f
     for key, value in mapping.items():
         path = where + (key,)
         if not key or any(not seg for seg in key.split(".")) or "=" in key:
-            raise SpecError(f"not a dotted spec key: {key!r}", file=file, line=_line_of(lines, path),
+            raise UserError(f"not a dotted spec key: {key!r}", file=file, line=_line_of(lines, path),
                             path=format_path(where))
         out.append(Override(key, value, _line_of(lines, path), format_path(path)))
     return out
 
 
-def _relocate(exc: SpecError, overrides: tuple[Override, ...], sweep_file: str, label: str) -> SpecError:
+def _relocate(exc: UserError, overrides: tuple[Override, ...], sweep_file: str, label: str) -> UserError:
     """A spec error caused by a sweep override, re-located at the sweep file's line."""
     if exc.file != SET_SOURCE:
-        return SpecError(f"{exc.message} (configuration {label})", file=exc.file, line=exc.line, path=exc.path)
+        return UserError(f"{exc.message} (configuration {label})", file=exc.file, line=exc.line, path=exc.path)
     path = exc.path or ""
     for o in reversed(overrides):  # the last override of a key is the one that took effect
         if path == o.key or path.startswith(o.key + ".") or o.key.startswith(path + ".") or not path:
-            return SpecError(f"{exc.message} (configuration {label}, spec key {path or o.key})",
+            return UserError(f"{exc.message} (configuration {label}, spec key {path or o.key})",
                              file=sweep_file, line=o.line, path=o.where)
-    return SpecError(f"{exc.message} (configuration {label})", file=sweep_file, path=path)
+    return UserError(f"{exc.message} (configuration {label})", file=sweep_file, path=path)
 
 
 def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
@@ -227,34 +227,14 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         The :class:`Sweep` with one :class:`SweepRun` per configuration x grid point x seed.
 
     Raises:
-        SpecError: a problem with the sweep file or with a run's spec, located at FILE:LINE.
+        UserError: a problem with the sweep file or with a run's spec, located at FILE:LINE.
     """
-    from saec.compiler.pipeline import compile_spec
-
     path = Path(path)
     file = str(path)
     data, lines = parse_yaml(read_limited(path, "sweep file"), file)
     sweep = _validate(data, file, lines)
-    for where, value in [(("name",), sweep.name), *((("configs", i, "name"), c.name)
-                                                     for i, c in enumerate(sweep.configs))]:
-        if value in (".", ".."):
-            raise SpecError(f"{value!r} is not a folder name of its own", file=file, line=_line_of(lines, where),
-                            path=format_path(where))
-    here = path.parent
+    _check_sweep(sweep, file, lines)
     name = sweep.name or _folder_part(path.stem)
-    names = [c.name for c in sweep.configs]
-    for i, c in enumerate(sweep.configs):
-        if names.index(c.name) != i:
-            raise SpecError(f"duplicate configuration name {c.name!r}", file=file,
-                            line=_line_of(lines, ("configs", i, "name")), path=f"configs[{i}].name")
-        if c.spec is None and sweep.base is None:
-            raise SpecError("no spec: give this configuration a `spec` or the sweep a `base`", file=file,
-                            line=_line_of(lines, ("configs", i)), path=f"configs[{i}]")
-    if not sweep.configs and sweep.base is None:
-        raise SpecError("nothing to run: give a `base` spec or a list of `configs`", file=file, line=1)
-    if len(set(sweep.seeds)) != len(sweep.seeds):
-        raise SpecError("seeds repeat", file=file, line=_line_of(lines, ("seeds",)), path="seeds")
-
     common = _overrides(sweep.set, ("set",), lines, file)
     grid_keys = tuple(sweep.grid)
     _overrides({k: None for k in grid_keys}, ("grid",), lines, file)  # key syntax check
@@ -263,17 +243,49 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                for i, c in enumerate(sweep.configs)] or [(None, sweep.base, [], ("base",))]
     n_runs = max(1, len(sweep.configs)) * math.prod(len(v) for v in sweep.grid.values()) * len(sweep.seeds)
     if n_runs > MAX_RUNS:
-        raise SpecError(f"expands to {n_runs:,} runs (configurations x grid points x seeds), more than "
+        raise UserError(f"expands to {n_runs:,} runs (configurations x grid points x seeds), more than "
                         f"{MAX_RUNS:,}; split the sweep", file=file, line=_line_of(lines, ("grid",)),
                         path="grid" if sweep.grid else None)
     out_dir = Path(out) if out is not None else Path(sweep.out) if sweep.out else Path("runs") / "sweeps" / name
+    runs, labels = _expand(sweep, configs, common, path, out_dir, lines)
+    if len(set(labels)) != len(labels):
+        raise UserError("two configurations get the same name; name the configs apart", file=file, line=1)
+    return Sweep(name, path, out_dir, grid_keys, tuple(labels), tuple(sweep.seeds), runs)
 
+
+def _check_sweep(sweep: SweepFile, file: str, lines: dict[tuple, int]) -> None:
+    """The rules pydantic does not check: folder names, distinct configuration names and seeds, a spec for each."""
+    for where, value in [(("name",), sweep.name), *((("configs", i, "name"), c.name)
+                                                     for i, c in enumerate(sweep.configs))]:
+        if value in (".", ".."):
+            raise UserError(f"{value!r} is not a folder name of its own", file=file, line=_line_of(lines, where),
+                            path=format_path(where))
+    names = [c.name for c in sweep.configs]
+    for i, c in enumerate(sweep.configs):
+        if names.index(c.name) != i:
+            raise UserError(f"duplicate configuration name {c.name!r}", file=file,
+                            line=_line_of(lines, ("configs", i, "name")), path=f"configs[{i}].name")
+        if c.spec is None and sweep.base is None:
+            raise UserError("no spec: give this configuration a `spec` or the sweep a `base`", file=file,
+                            line=_line_of(lines, ("configs", i)), path=f"configs[{i}]")
+    if not sweep.configs and sweep.base is None:
+        raise UserError("nothing to run: give a `base` spec or a list of `configs`", file=file, line=1)
+    if len(set(sweep.seeds)) != len(sweep.seeds):
+        raise UserError("seeds repeat", file=file, line=_line_of(lines, ("seeds",)), path="seeds")
+
+
+def _expand(sweep: SweepFile, configs: list[tuple], common: list[Override], path: Path, out_dir: Path,
+            lines: dict[tuple, int]) -> tuple[list[SweepRun], list[str]]:
+    """One run per configuration x grid point x seed, each spec compiled once to check it; (runs, row labels)."""
+    from saec.compiler.pipeline import compile_spec
+
+    file, here, grid_keys = str(path), path.parent, tuple(sweep.grid)
     runs: list[SweepRun] = []
     labels: list[str] = []
     for cname, spec_rel, own, spec_where in configs:
         spec_file = (here / spec_rel).resolve() if not Path(spec_rel).is_absolute() else Path(spec_rel)
         if not spec_file.is_file():
-            raise SpecError(f"no such spec file {spec_file}", file=file, line=_line_of(lines, spec_where),
+            raise UserError(f"no such spec file {spec_file}", file=file, line=_line_of(lines, spec_where),
                             path=format_path(spec_where))
         for point in itertools.product(*(sweep.grid[k] for k in grid_keys)):  # lazily: never all at once
             grid = tuple(zip(grid_keys, point))
@@ -284,7 +296,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                 overrides = tuple(common + own + grid_over + [seed_over])
                 try:
                     loaded, _ = compile_spec(str(spec_file), [o.as_set() for o in overrides])
-                except SpecError as exc:
+                except UserError as exc:
                     raise _relocate(exc, overrides, file, label or cname or spec_file.name) from None
                 if label is None:  # without configs, the row is named after the spec
                     label = "__".join([cname or loaded.spec.name]
@@ -292,9 +304,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                 runs.append(SweepRun(label, grid, seed, spec_file, overrides,
                                      out_dir / _folder_part(label) / f"seed{seed}"))
             labels.append(label)
-    if len(set(labels)) != len(labels):
-        raise SpecError("two configurations get the same name; name the configs apart", file=file, line=1)
-    return Sweep(name, path, out_dir, grid_keys, tuple(labels), tuple(sweep.seeds), runs)
+    return runs, labels
 
 
 # ---------------------------------------------------------------- data check
@@ -306,7 +316,7 @@ def check_sweep_data(sweep: Sweep, data_dir: str | None = None) -> None:
     error up front instead of one failed run after another.
 
     Raises:
-        SpecError: located at the sweep file, naming the configuration and the way out.
+        UserError: located at the sweep file, naming the configuration and the way out.
     """
     from saec.compiler.pipeline import compile_spec
     from saec.training.data import DataError, check_data
@@ -323,7 +333,7 @@ def check_sweep_data(sweep: Sweep, data_dir: str | None = None) -> None:
         except DataError as exc:
             # The advice names `--set`, which `saec sweep` does not take: say where it goes in a sweep file.
             advice = re.sub(r"--set ([\w.]+)=(\S+)", r"`\1: \2` in the sweep file's `set`", str(exc))
-            raise SpecError(f"{advice} (configuration {run.config}; no run was started)", file=str(sweep.file),
+            raise UserError(f"{advice} (configuration {run.config}; no run was started)", file=str(sweep.file),
                             path="data") from None
 
 
@@ -392,8 +402,8 @@ def render_plan(sweep: Sweep, plans: list[ConfigPlan]) -> str:
 
 
 def check_device(device: str) -> None:
-    """SpecError unless every run of the sweep can use ``device`` (checked once, before any run starts)."""
-    from saec.training.train import resolve_device
+    """UserError unless every run of the sweep can use ``device`` (checked once, before any run starts)."""
+    from saec.run.folder import resolve_device
 
     resolve_device(device)
 
@@ -403,7 +413,7 @@ def run_state(run: SweepRun) -> str:
     """``complete``, ``resumable`` (an interrupted run with a checkpoint) or ``new``.
 
     Raises:
-        SpecError: the folder holds a run of a different spec (the sweep file changed).
+        UserError: the folder holds a run of a different spec (the sweep file changed).
     """
     from saec.run.checkpoint import MANIFEST
 
@@ -416,7 +426,7 @@ def run_state(run: SweepRun) -> str:
     return "resumable"
 
 
-class DamagedRun(SpecError):
+class DamagedRun(UserError):
     """A run folder of the sweep cannot be read; the sweep reports it and goes on with the others."""
 
 
@@ -429,10 +439,10 @@ def _check_same_spec(run: SweepRun) -> None:
     wanted = compile_spec(str(run.spec_file), run.set_args())[0].spec
     try:
         have = load_spec(run.folder / A.SPEC).spec
-    except SpecError as exc:
+    except UserError as exc:
         raise DamagedRun(f"damaged run folder, skipped: {exc}", file=str(run.folder)) from None
     if wanted.model_dump() != have.model_dump():
-        raise SpecError("holds a run of a different spec than the sweep now asks for; delete the folder or "
+        raise UserError("holds a run of a different spec than the sweep now asks for; delete the folder or "
                         "change the sweep's `out`", file=str(run.folder))
 
 
@@ -497,14 +507,13 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, data_dir: str | None = None, devic
         A :class:`SweepOutcome`; the table is written even when some runs failed.
 
     Raises:
-        SpecError: bad ``jobs``, a run's data missing (checked for every run before any starts), or a
+        UserError: bad ``jobs``, a run's data missing (checked for every run before any starts), or a
             run folder holding a different spec.
         SweepInterrupted: Ctrl-C (after the running jobs checkpointed and the table was written).
     """
     if jobs < 1:
-        raise SpecError(f"must be at least 1, got {jobs}", path="--jobs")
+        raise UserError(f"must be at least 1, got {jobs}", path="--jobs")
     threads = threads_per_job or max(1, available_cores() // jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     # Before any run starts and before anything is written: one error, not one failed run after another.
     check_device(device)
     check_sweep_data(sweep, data_dir)
@@ -512,90 +521,114 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, data_dir: str | None = None, devic
     try:
         logs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SpecError(f"cannot write the sweep's output folder: {exc.strerror or exc}", file=str(sweep.out)) from None
-    states: dict[Path, str] = {}
-    failed: list[tuple[SweepRun, int, Path]] = []
-    for run in sweep.runs:
-        try:
-            states[run.folder] = run_state(run)
-        except DamagedRun as exc:  # reported and left alone; the other runs go on
-            log_path = logs_dir / f"{_folder_part(run.config)}-seed{run.seed}.log"
-            with open(log_path, "a") as fh:
-                fh.write(f"{exc}\n")
-            log(f"FAILED {run.label}: {exc}")
-            failed.append((run, 2, log_path))
-            states[run.folder] = "damaged"
-    todo = [r for r in sweep.runs if states[r.folder] not in ("complete", "damaged")]
-    skipped = [r for r in sweep.runs if states[r.folder] == "complete"]
+        raise UserError(f"cannot write the sweep's output folder: {exc.strerror or exc}", file=str(sweep.out)) from None
+    pool = _Jobs(sweep, logs_dir, log, data_dir=data_dir, device=device,
+                 env={**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    todo = [r for r in sweep.runs if pool.states[r.folder] not in ("complete", "damaged")]
+    skipped = [r for r in sweep.runs if pool.states[r.folder] == "complete"]
     log(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(skipped)} complete, {len(todo)} to run "
         f"({jobs} at a time, {threads} threads each) -> {sweep.out}")
-    running: dict[subprocess.Popen, tuple[SweepRun, float, Path, Any]] = {}
-    seconds: dict[str, float] = {}
-    ran: list[SweepRun] = []
     t_start = time.perf_counter()
     cpu_start = _children_cpu_s()
-    queue = list(todo)
-    done = 0
-
-    def reap(proc: subprocess.Popen) -> None:
-        nonlocal done
-        run, t0, log_path, fh = running.pop(proc)
-        fh.close()
-        dt = time.perf_counter() - t0
-        done += 1
-        seconds[str(run.folder)] = dt
-        if proc.returncode == _EXIT_INTERRUPTED:
-            log(f"[{done}/{len(todo)}] interrupted {run.label} after {dt:.0f} s (checkpoint written; the next "
-                f"sweep resumes it)")
-        elif proc.returncode == 0:
-            ran.append(run)
-            rec = _read_eval(run.folder).get("rec_loss")
-            log(f"[{done}/{len(todo)}] done {run.label} in {dt:.0f} s"
-                + (f": L_rec {rec:.2f}" if isinstance(rec, (int, float)) else ""))
-        else:
-            failed.append((run, proc.returncode, log_path))
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.is_file() else []
-            log(f"[{done}/{len(todo)}] FAILED {run.label} (exit {proc.returncode}); log {log_path}"
-                + (f": {tail[0]}" if tail else ""))
-
     try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                run = queue.pop(0)
-                log_path = logs_dir / f"{_folder_part(run.config)}-seed{run.seed}.log"
-                fh = open(log_path, "a")
-                cmd = train_command(run, states[run.folder], data_dir=data_dir, device=device)
-                fh.write(f"$ {' '.join(cmd)}\n")
-                fh.flush()
-                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-                running[proc] = (run, time.perf_counter(), log_path, fh)
-                log(f"started {run.label}{' (resuming)' if states[run.folder] == 'resumable' else ''}")
-            for proc in [p for p in running if p.poll() is not None]:
-                reap(proc)
-            time.sleep(_POLL_S)
+        pool.run_all(todo, jobs)
     except KeyboardInterrupt:
-        log(f"interrupted: asking {len(running)} running job(s) to checkpoint ...")
-        for proc in running:
-            proc.send_signal(signal.SIGINT)
-        deadline = time.perf_counter() + _INTERRUPT_GRACE_S
-        for proc in list(running):
-            try:
-                proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            reap(proc)
+        pool.interrupt()
         write_tables(sweep)
         raise SweepInterrupted(f"sweep interrupted; rerun `saec sweep {sweep.file}` to continue") from None
     wall = time.perf_counter() - t_start
     cpu = _children_cpu_s() - cpu_start
     A.write_json(sweep.out / "sweep.json", {
         "sweep": sweep.name, "file": str(sweep.file), "jobs": jobs, "threads_per_job": threads,
-        "cores": available_cores(), "runs": len(sweep.runs), "trained": len(ran), "skipped": len(skipped),
-        "failed": [str(r.folder) for r, _, _ in failed], "wall_s": wall, "cpu_s": cpu, "run_wall_s": seconds,
+        "cores": available_cores(), "runs": len(sweep.runs), "trained": len(pool.ran), "skipped": len(skipped),
+        "failed": [str(r.folder) for r, _, _ in pool.failed], "wall_s": wall, "cpu_s": cpu,
+        "run_wall_s": pool.seconds,
     })
     table = write_tables(sweep)
-    return SweepOutcome(ran, skipped, failed, seconds, wall, cpu, table)
+    return SweepOutcome(pool.ran, skipped, pool.failed, pool.seconds, wall, cpu, table)
+
+
+class _Jobs:
+    """The training processes of a sweep: what each run's folder holds, which run, which finished how."""
+
+    def __init__(self, sweep: Sweep, logs_dir: Path, log: Callable[[str], None], *, data_dir: str | None,
+                 device: str, env: dict[str, str]) -> None:
+        self.logs_dir, self.log, self.data_dir, self.device, self.env = logs_dir, log, data_dir, device, env
+        self.running: dict[subprocess.Popen, tuple[SweepRun, float, Path, Any]] = {}
+        self.seconds: dict[str, float] = {}
+        self.ran: list[SweepRun] = []
+        self.failed: list[tuple[SweepRun, int, Path]] = []
+        self.done = self.total = 0
+        self.states: dict[Path, str] = {}
+        for run in sweep.runs:
+            try:
+                self.states[run.folder] = run_state(run)
+            except DamagedRun as exc:  # reported and left alone; the other runs go on
+                log_path = self._log_path(run)
+                with open(log_path, "a") as fh:
+                    fh.write(f"{exc}\n")
+                log(f"FAILED {run.label}: {exc}")
+                self.failed.append((run, 2, log_path))
+                self.states[run.folder] = "damaged"
+
+    def _log_path(self, run: SweepRun) -> Path:
+        return self.logs_dir / f"{_folder_part(run.config)}-seed{run.seed}.log"
+
+    def run_all(self, todo: list[SweepRun], jobs: int) -> None:
+        """Run ``todo``, ``jobs`` at a time, until every one has ended."""
+        self.total = len(todo)
+        queue = list(todo)
+        while queue or self.running:
+            while queue and len(self.running) < jobs:
+                self._start(queue.pop(0))
+            for proc in [p for p in self.running if p.poll() is not None]:
+                self._reap(proc)
+            time.sleep(_POLL_S)
+
+    def _start(self, run: SweepRun) -> None:
+        log_path = self._log_path(run)
+        fh = open(log_path, "a")
+        cmd = train_command(run, self.states[run.folder], data_dir=self.data_dir, device=self.device)
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=self.env)
+        self.running[proc] = (run, time.perf_counter(), log_path, fh)
+        self.log(f"started {run.label}{' (resuming)' if self.states[run.folder] == 'resumable' else ''}")
+
+    def _reap(self, proc: subprocess.Popen) -> None:
+        run, t0, log_path, fh = self.running.pop(proc)
+        fh.close()
+        dt = time.perf_counter() - t0
+        self.done += 1
+        self.seconds[str(run.folder)] = dt
+        count = f"[{self.done}/{self.total}]"
+        if proc.returncode == _EXIT_INTERRUPTED:
+            self.log(f"{count} interrupted {run.label} after {dt:.0f} s (checkpoint written; the next "
+                     f"sweep resumes it)")
+        elif proc.returncode == 0:
+            self.ran.append(run)
+            rec = _read_eval(run.folder).get("rec_loss")
+            self.log(f"{count} done {run.label} in {dt:.0f} s"
+                     + (f": L_rec {rec:.2f}" if isinstance(rec, (int, float)) else ""))
+        else:
+            self.failed.append((run, proc.returncode, log_path))
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.is_file() else []
+            self.log(f"{count} FAILED {run.label} (exit {proc.returncode}); log {log_path}"
+                     + (f": {tail[0]}" if tail else ""))
+
+    def interrupt(self) -> None:
+        """Ctrl-C: ask every running job to checkpoint (SIGINT), wait a grace period, then kill the rest."""
+        self.log(f"interrupted: asking {len(self.running)} running job(s) to checkpoint ...")
+        for proc in self.running:
+            proc.send_signal(signal.SIGINT)
+        deadline = time.perf_counter() + _INTERRUPT_GRACE_S
+        for proc in list(self.running):
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self._reap(proc)
 
 
 # ---------------------------------------------------------------- tables
@@ -603,7 +636,7 @@ def _read_eval(folder: Path) -> dict:
     """A run's eval.json; {} when it is missing or damaged (the run then counts as not complete)."""
     try:
         metrics = A.load_json(folder / A.EVAL)
-    except SpecError:
+    except UserError:
         return {}
     return metrics if isinstance(metrics, dict) else {}
 

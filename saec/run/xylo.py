@@ -25,7 +25,7 @@ from saec.exporters.xylo import MODEL_FILE, XYLO_DT, write_xylo
 from saec.run import artifacts as A
 from saec.run.report import validation_set
 from saec.run.speck import COMPARISON_FILE, GOLDEN_FILE, quantized_run
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 XYLO_DIR = "xylo"  # under RUN/export/
 
@@ -50,16 +50,16 @@ def export_xylo(run: str | Path, *, examples: int = 4, limit: int | None = None,
     Returns:
         :class:`XyloExport`.
     Raises:
-        SpecError: not a run, no weights, the network does not fit Xylo, a bad ``examples``, data
+        UserError: not a run, no weights, the network does not fit Xylo, a bad ``examples``, data
             missing. Nothing is written then.
     """
     run = Path(run)
     if examples < 1:
-        raise SpecError(f"golden data needs at least 1 example, got {examples}", path="--examples")
+        raise UserError(f"golden data needs at least 1 example, got {examples}", path="--examples")
     spec, model, qnet = quantized_run(run, "xylo")
     val = validation_set(spec, data_dir, limit)
     if examples > len(val.images):
-        raise SpecError(f"asks for {examples} golden examples, the validation set has {len(val.images)}",
+        raise UserError(f"asks for {examples} golden examples, the validation set has {len(val.images)}",
                         path="--examples")
     comparison = compare_quantized(model, qnet, val.images, seed=seed, keep=examples)
     weights = {k: v.detach().cpu().numpy() for k, v in model.ir_state_dict().items()}

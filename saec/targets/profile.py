@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from saec.spec.errors import SpecError
-from saec.spec.loader import _validation_error, parse_yaml, read_limited
+from saec.errors import UserError
+from saec.yamltext import parse_yaml, read_limited, validation_error
 from saec.targets.formula import FormulaError, check_formula
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -164,7 +164,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     """Load and validate a profile: a shipped target name (``speck``) or a YAML file.
 
     Raises:
-        SpecError: unknown target name (listing the shipped ones), or a problem in the file as one
+        UserError: unknown target name (listing the shipped ones), or a problem in the file as one
             located line FILE:LINE: dotted.path: message.
     """
     text_name = str(name_or_path)
@@ -172,21 +172,21 @@ def load_profile(name_or_path: str | Path) -> Profile:
     if not (text_name.endswith((".yaml", ".yml")) or path.is_file()):
         shipped = available_targets()
         if text_name not in shipped:
-            raise SpecError(f"unknown target {text_name!r}; shipped targets: {', '.join(shipped)} "
+            raise UserError(f"unknown target {text_name!r}; shipped targets: {', '.join(shipped)} "
                             "(or give a profile file)", path="--target")
         path = PROFILE_DIR / f"{text_name}.yaml"
     file = str(path)
     try:
         text = read_limited(path, "target profile")  # size-bounded; missing, non-UTF-8, a device: one line
-    except SpecError as exc:
-        raise SpecError(f"cannot read target profile: {exc.message}", file=exc.file, line=exc.line) from None
+    except UserError as exc:
+        raise UserError(f"cannot read target profile: {exc.message}", file=exc.file, line=exc.line) from None
     data, lines = parse_yaml(text, file)
     if not isinstance(data, dict):
-        raise SpecError("a target profile must be a mapping (name, neuron, numbers, ...)", file=file, line=1)
+        raise UserError("a target profile must be a mapping (name, neuron, numbers, ...)", file=file, line=1)
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        error = _validation_error(exc, data, file, lines, set())
+        error = validation_error(exc, data, file, lines, root=Profile)
         # pydantic prefixes a validator's own message with "Value error, "; the reader needs only the message
-        raise SpecError(error.message.replace("Value error, ", ""), file=error.file, line=error.line,
+        raise UserError(error.message.replace("Value error, ", ""), file=error.file, line=error.line,
                         path=error.path) from None

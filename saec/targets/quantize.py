@@ -27,7 +27,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from saec.compiler import ops
 from saec.compiler.dispatch import OpTable, UnsupportedOp
 from saec.compiler.graph import IRGraph
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from saec.targets.fit import check_fit, chip_decay
 from saec.targets.profile import Profile
 
@@ -119,7 +119,7 @@ class QuantizedNetwork:
             try:
                 step = INTEGER_SIMULATION.lookup(op, node=name)
             except UnsupportedOp as exc:
-                raise SpecError(exc.message, path=name) from None
+                raise UserError(exc.message, path=name) from None
             values[name] = step(walk, name, op, values[ins[0]] if ins else None)
         return walk.out
 
@@ -135,7 +135,7 @@ class QuantizedNetwork:
         Returns:
             (the simulation's result, see :meth:`simulate`; x_hat [B, *input shape] float64).
         Raises:
-            SpecError: the output layer integrates its potential (``integrate: potential``) or the
+            UserError: the output layer integrates its potential (``integrate: potential``) or the
                 graph has no max-cumulative readout.
         """
         sim = self.simulate(spikes)
@@ -143,9 +143,9 @@ class QuantizedNetwork:
         last_lif = list(self.graph.nodes(ops.LIF))[-1]
         op = self.graph.op(last_lif)
         if not readouts:
-            raise SpecError("the graph has no max_cumulative_potential readout to reconstruct with", path="readout")
+            raise UserError("the graph has no max_cumulative_potential readout to reconstruct with", path="readout")
         if op.integrate != "current":
-            raise SpecError("the quantised readout supports integrate: current only (U sums the input current)",
+            raise UserError("the quantised readout supports integrate: current only (U sums the input current)",
                             path="neuron.integrate")
         q = next(layer for layer in self.layers.values() if layer.neuron == last_lif)
         current = sim[f"{self.graph.meta(last_lif)['layer']}:current"] / q.scale
@@ -516,7 +516,7 @@ def quantize_xylo(graph: IRGraph, weights: dict[str, np.ndarray], profile: Profi
     for node, lif in _spiking_layers(graph):
         op = graph.op(lif)
         if f"{node}.bias" in weights:
-            raise SpecError("Xylo takes no weight biases (rockpool 3.1.0 xylo_mapper.py: weight_nodes_have_no_biases); "
+            raise UserError("Xylo takes no weight biases (rockpool 3.1.0 xylo_mapper.py: weight_nodes_have_no_biases); "
                             "set bias: false", path=f"layers.{graph.meta(node)['layer']}.bias")
         w = np.asarray(weights[f"{node}.weight"], dtype=np.float32).astype(np.float64)
         largest = np.abs(w).max(axis=1)
@@ -555,18 +555,18 @@ def quantize(graph: IRGraph, weights: dict[str, np.ndarray], profile: Profile) -
     Returns:
         The quantised network (integers per layer, and its integer simulation).
     Raises:
-        SpecError: no quantiser for the target, or the network does not fit it (the first
+        UserError: no quantiser for the target, or the network does not fit it (the first
             problem of the fit report, naming the layer).
     """
     quantizer = QUANTIZERS.get(profile.quantizer or "")
     if quantizer is None:
-        raise SpecError(f"no quantiser for target {profile.name!r} yet (quantisers: {', '.join(QUANTIZERS)})",
+        raise UserError(f"no quantiser for target {profile.name!r} yet (quantisers: {', '.join(QUANTIZERS)})",
                         path="--target")
     report = check_fit(graph, profile)
     if report.violations:
         first = report.violations[0]
         layer = graph.meta(first.node).get("layer", first.node)
-        raise SpecError(f"does not fit {profile.name}: {first.message}"
+        raise UserError(f"does not fit {profile.name}: {first.message}"
                         + (f" (and {more} more problem{'s' if more > 1 else ''})" if (more := len(report.violations) - 1)
                            else ""),
                         path=f"layers.{layer}")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saec.training.data import DataError, DataNotFound, ImageSet, spike_target
+from saec.training.imageset import DataError, DataNotFound, ImageSet, spike_target
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 # ITU-R 601-2 luma, the weights of torchvision's Grayscale and PIL's convert("L")

@@ -1,4 +1,6 @@
-"""End-to-end training with membrane-potential backpropagation; one run folder per run.
+"""The training loop with membrane-potential backpropagation: checkpoint state, distributed set-up, one step,
+the epoch loop. It knows no files: the run layer (:mod:`saec.run.train`) passes callbacks (:class:`Hooks`)
+that write checkpoints, log steps and evaluate.
 
 The loop is deterministic for a given seed and device: the data order of
 epoch ``e`` comes from its own generator, and the encoding noise from one
@@ -20,32 +22,24 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from saec.compiler import ops
 from saec.compiler.graph import IRGraph
-from saec.run import artifacts as A
-from saec.run.checkpoint import CHECKPOINTS, MANIFEST, RunLock, load_checkpoint, read_manifest, \
-    write_checkpoint
-from saec.training.data import ImageSet, batch_indices, make_splits
+from saec.compiler.runconfig import Training
 from saec.runtime.encoding import poisson_encode
-from saec.analysis.evaluate import evaluate
 from saec.runtime.model import SpikingAutoencoder
+from saec.training.data import ImageSet, batch_indices
 from saec.training.objective import mean_spike_rate, objective
-from saec.run.steplog import StepLog, check_logger
-from saec.spec.errors import SpecError
-from saec.spec.loader import load_spec, resolved_yaml
-from saec.spec.schema import Spec
 
+#: Version of the training state a checkpoint holds (``train_state.pt``).
 STATE_FORMAT = 2
 
 
@@ -55,10 +49,6 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """Ctrl-C: a resumable checkpoint was written (or, on a second Ctrl-C, the last one was kept)."""
-
-
-class RunWriteFailed(RuntimeError):
-    """Writing the run folder failed mid-run (full disk, permissions); the last complete checkpoint is kept."""
 
 
 class _StopRequested(Exception):
@@ -114,18 +104,10 @@ class Dist:
         return self.rank == 0
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SpecError("CUDA was asked for (--device cuda) but torch sees no GPU; use --device cpu or auto",
-                        path="--device")
-    if device not in ("cpu", "cuda"):
-        raise SpecError(f"unknown device {device!r} (cpu, cuda or auto)", path="--device")
-    return torch.device(device)
 
 
-def _init_distributed(device: torch.device) -> Dist:
+def init_distributed(device: torch.device) -> Dist:
+    """The process group under torchrun (WORLD_SIZE > 1), started once; a single process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
@@ -193,8 +175,8 @@ def _rank_inputs(model: SpikingAutoencoder, images: torch.Tensor, batch: torch.T
     return x_global[mine], {"encoded": encoded[:, mine]}
 
 
-def _make_optimizer(spec: Spec, params) -> torch.optim.Optimizer:
-    t = spec.training
+def make_optimizer(t: Training, params) -> torch.optim.Optimizer:
+    """The optimizer the run config names (SGD with momentum 0.9)."""
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
@@ -202,10 +184,11 @@ def _make_optimizer(spec: Spec, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay, momentum=0.9)
 
 
-def _make_schedule(spec: Spec, opt: torch.optim.Optimizer):
-    s = spec.training.schedule
+def make_schedule(t: Training, opt: torch.optim.Optimizer):
+    """The learning-rate schedule over epochs (stepped once per epoch)."""
+    s = t.schedule
     if s.type == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.training.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs)
     if s.type == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
@@ -246,405 +229,287 @@ class _Progress:
             self.bar.stop()
 
 
-def _write_run_header(out: Path, spec: Spec, graph: IRGraph) -> None:
-    A.write_text(out / A.SPEC, resolved_yaml(spec))
-    from saec.compiler.pipeline import summarize
 
-    A.write_text(out / A.IR, graph.to_json(summarize(graph)) + "\n")
+# ---------------------------------------------------------------- checkpoint state
+@dataclass
+class Position:
+    """Where the loop stands: what a checkpoint must restore besides weights, optimizer and RNG states.
 
-
-def load_run(run: Path) -> tuple[Spec, IRGraph]:
-    """The resolved spec and IR of a run folder, checked against each other.
-
-    Raises:
-        SpecError: not a run folder, a damaged ``ir.json``, or a ``spec.yaml`` edited after the run was
-            compiled (its sha256 differs from the one ``ir.json`` records); each names the file.
+    Attributes:
+        epoch: finished epochs.
+        step_in_epoch: optimizer steps done in the current epoch.
+        global_step: optimizer steps done over the whole run.
+        history: one row per finished epoch (``metrics.jsonl``).
+        sums: running sums of the logged terms over the current epoch.
+        count: steps summed in ``sums``.
     """
-    import hashlib
 
-    run = Path(run)
-    if not run.is_dir():
-        raise SpecError("not a saec run folder (no such folder)", file=str(run))
-    for name in (A.SPEC, A.IR):
-        if not (run / name).is_file():
-            raise SpecError(f"not a saec run folder (no {name})", file=str(run))
-    spec = load_spec(run / A.SPEC).spec
-    ir_path = run / A.IR
-    doc = A.load_json(ir_path)
-    try:
-        graph = IRGraph.from_dict(doc) if isinstance(doc, dict) else None
-    except Exception as exc:  # noqa: BLE001 - any malformed node is "a damaged ir.json", named as such
-        raise A.ArtifactError(ir_path, f"not a saec IR ({A._short(exc)})") from None
-    if graph is None:
-        raise A.ArtifactError(ir_path, f"not a saec IR (a JSON {type(doc).__name__}, not an object)")
-    recorded = graph.attrs.get("spec_sha256")
-    actual = hashlib.sha256(resolved_yaml(spec).encode()).hexdigest()
-    if recorded != actual:
-        raise A.ArtifactError(run / A.SPEC, f"does not match the run's IR (sha256 {actual[:12]}..., {A.IR} records "
-                                            f"{str(recorded)[:12]}...): spec.yaml or ir.json was edited after "
-                                            "the run was compiled, so the folder no longer describes its model")
-    from saec.compiler.pipeline import compile_loaded
-    from saec.spec.loader import LoadedSpec
-
-    rebuilt = compile_loaded(LoadedSpec(spec, str(run / A.SPEC)))
-    structure = [(n["name"], n["op"], n["inputs"]) for n in rebuilt.to_dict()["nodes"]]
-    if structure != [(n["name"], n["op"], n["inputs"]) for n in graph.to_dict()["nodes"]]:
-        raise A.ArtifactError(ir_path, f"its graph differs from the one {A.SPEC} compiles to (edited or damaged)")
-    return spec, graph
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=dict)
+    count: int = 0
 
 
-def check_weights(path: Path, weights: dict[str, torch.Tensor], model: SpikingAutoencoder, *,
-                  finite: bool = True) -> None:
-    """Refuse weights that do not fit ``model`` (keys, shapes, dtype) or, with ``finite``, hold NaN/inf.
+@dataclass
+class Trainer:
+    """The objects one training process works with (:func:`setup_trainer` makes them)."""
 
-    Raises:
-        ArtifactError: naming ``path`` and the first offending tensor.
+    model: SpikingAutoencoder
+    net: torch.nn.Module  # ``model``, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    sched: Any
+    noise: torch.Generator  # the encoding noise, the same stream on every rank
+    sample_noise: torch.Generator | None  # under DDP: this rank's own stream (VAE sampling)
+    dist: Dist
+    device: torch.device
+    config: Training
+    position: Position = field(default_factory=Position)
+
+
+def setup_trainer(graph: IRGraph, config: Training, device: torch.device, dist: Dist) -> Trainer:
+    """Seed torch, build and initialise the network, wrap it for DDP, make optimizer, schedule and noise.
+
+    The draws happen in this order for every run (the resume and DDP tests rely on it).
     """
-    expected = {k: v for k, v in model.ir_state_dict().items()}
-    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    if missing or extra:
-        raise A.ArtifactError(path, "tensors do not match the run's IR"
-                                    + (f"; missing {', '.join(missing)}" if missing else "")
-                                    + (f"; unexpected {', '.join(extra[:5])}" if extra else ""))
-    for key, want in expected.items():
-        got = weights[key]
-        if tuple(got.shape) != tuple(want.shape):
-            raise A.ArtifactError(path, f"tensor {key} has shape {list(got.shape)}, the IR needs {list(want.shape)}")
-        if not got.is_floating_point():
-            raise A.ArtifactError(path, f"tensor {key} has dtype {got.dtype}, not a floating-point type")
-        if finite and not torch.isfinite(got).all():
-            raise A.ArtifactError(path, f"tensor {key} holds NaN or infinite values; the run diverged or the "
-                                        "file was damaged")
-
-
-def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[Spec, SpikingAutoencoder]:
-    """A trained model from a run folder (weights from model.safetensors, checked: keys, shapes, finite)."""
-    spec, graph = load_run(run)
-    weights = Path(run) / A.WEIGHTS
-    if not weights.is_file():
-        raise SpecError(f"no trained weights ({A.WEIGHTS}); train or resume this run first", file=str(run))
-    manifest = read_manifest(run)
-    if manifest is not None and A.sha256_file(weights) != manifest["files"][A.WEIGHTS]:
-        raise A.ArtifactError(weights, f"differs from the weights {MANIFEST} records (sha256): the file was changed "
-                                       f"or damaged after training; `saec train --resume {run}` restores it from "
-                                       "the checkpoint if that is intact")
+    torch.manual_seed(config.seed)
     model = SpikingAutoencoder(graph)
-    state = A.load_weights(weights)
-    check_weights(weights, state, model)
-    model.load_ir_state_dict(state)
-    return spec, model.to(device)
-
-
-def _refuse_existing_run(out: Path, force: bool) -> None:
-    """A fresh run may not overwrite another run's files unless ``force``."""
-    if out.exists() and not out.is_dir():
-        raise SpecError("exists and is not a folder; give --out a folder for the run", file=str(out))
-    # Only trained state is worth protecting: a folder a crash left with just spec.yaml and ir.json restarts.
-    held = [name for name in (A.WEIGHTS, A.TRAIN_STATE, MANIFEST) if (out / name).exists()]
-    if held and not force:
-        raise SpecError(f"already holds a run ({', '.join(held)}); use --resume to continue it, --force to "
-                        "overwrite it, or --out for a new folder", file=str(out))
-
-
-def _clear_run(out: Path) -> None:
-    """Remove the artifacts of an earlier run in ``out`` (``--force``), so none outlives the new run."""
-    for stale in (MANIFEST, A.TRAIN_STATE, A.WEIGHTS, A.METRICS, A.EVAL, A.STATS, A.STEPS, A.REPORT):
-        (out / stale).unlink(missing_ok=True)
-    for folder in (A.FIGURES, A.EXPORT, CHECKPOINTS, A.TENSORBOARD):  # drawn from or exported from the old weights
-        shutil.rmtree(out / folder, ignore_errors=True)
-    for leftover in out.glob(".*.tmp-*"):  # temporaries of a process that was killed
-        leftover.unlink(missing_ok=True)
-
-
-def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None, device: str = "auto",
-          resume: bool = False, force: bool = False, progress: bool = True, logger: str = "csv",
-          log: Callable[[str], None] = print, stop_after_steps: int | None = None) -> dict[str, Any]:
-    """Train ``graph`` as ``spec.training`` says; write the run folder ``out``.
-
-    Checkpoints (``model.safetensors`` + ``train_state.pt``) are written at the
-    end of every epoch and when the run is interrupted, always at a step
-    boundary, each file atomically (temporary name, then rename).
-
-    Args:
-        spec: the resolved spec (training and data settings).
-        graph: the compiled IR (the network).
-        out: run folder.
-        data_dir: overrides ``data.root`` (and the validation root).
-        device: ``cpu``, ``cuda`` or ``auto``.
-        resume: continue from ``out/train_state.pt``.
-        force: overwrite an existing run in ``out``.
-        progress: show a progress bar (on a terminal; one line per epoch goes to ``log`` either way).
-        logger: ``csv`` (``steps.csv`` only, always written) or ``tensorboard`` (also
-            ``out/tensorboard/``); see :mod:`saec.run.steplog`.
-        log: where progress lines go.
-        stop_after_steps: behave as if Ctrl-C was pressed once this many optimizer
-            steps (counted over the whole run) are done (tests).
-    Returns:
-        The final evaluation metrics (also in ``out/eval.json``).
-    Raises:
-        SpecError: bad input (existing run folder, data missing, bad device, a folder in use by another
-            process, a folder that cannot be written, a damaged checkpoint).
-        TrainingDiverged: NaN/inf loss or weights; the last checkpoint is left as it was.
-        TrainingInterrupted: Ctrl-C (or ``stop_after_steps``); a checkpoint was written.
-        RunWriteFailed: writing failed mid-run (full disk); the last complete checkpoint is kept.
-    """
-    out = Path(out)
-    dev = resolve_device(device)
-    check_logger(logger)
-    if out.exists() and not out.is_dir():
-        raise SpecError("exists and is not a folder; give --out a folder for the run", file=str(out))
-    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 alone writes, and holds the lock
-        return _train(spec, graph, out, data_dir=data_dir, device=dev, resume=resume, force=force,
-                      progress=progress, logger=logger, log=log, stop_after_steps=stop_after_steps)
-    try:
-        lock = RunLock(out, "train")
-        lock.acquire()
-    except OSError as exc:
-        raise SpecError(f"cannot write the run folder: {exc.strerror or exc}", file=str(out)) from None
-    try:
-        if lock.took_over:
-            log(f"took over the lock of a process that is gone (pid {lock.took_over.get('pid')})")
-        return _train(spec, graph, out, data_dir=data_dir, device=dev, resume=resume, force=force,
-                      progress=progress, logger=logger, log=log, stop_after_steps=stop_after_steps)
-    finally:
-        lock.release()
-
-
-def _train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, device: torch.device,
-           resume: bool, force: bool, progress: bool, logger: str, log: Callable[[str], None],
-           stop_after_steps: int | None) -> dict[str, Any]:
-    """:func:`train` once the run folder is locked."""
-    dev = device
-    t = spec.training
-    state = None
-    checkpoint_on_disk = None
-    if resume:
-        checkpoint_on_disk = load_checkpoint(out, repair=int(os.environ.get("RANK", "0")) == 0)
-        if checkpoint_on_disk is None:
-            raise SpecError(f"nothing to resume (no {A.TRAIN_STATE})", file=str(out))
-        state = checkpoint_on_disk[2]
-        if state.get("format") != STATE_FORMAT:
-            raise SpecError(f"{A.TRAIN_STATE} has format {state.get('format')!r}, this saec writes {STATE_FORMAT}; "
-                            "cannot resume it", file=str(out))
-        if state.get("complete"):
-            check_weights(out / A.WEIGHTS, checkpoint_on_disk[0], SpikingAutoencoder(graph))
-            log(f"run {out} is already complete; nothing to do")
-            return A.load_json(out / A.EVAL) if (out / A.EVAL).is_file() else {}
-    else:
-        _refuse_existing_run(out, force)
-    dist = _init_distributed(dev)
-    if dist.world > 1 and dev.type == "cuda":
-        dev = torch.device("cuda", dist.local_rank)
-
-    from saec.training.data import DataError, check_input_shape
-
-    try:
-        train_set, val_set = make_splits(spec.data, data_dir, seed=t.seed, log=log if dist.main else None)
-        for part in (train_set, val_set):
-            check_input_shape(part, spec.input.shape, spec.encoding.timesteps)
-    except DataError as exc:
-        raise SpecError(str(exc), path="data") from None
-    last = len(train_set) % t.batch_size
-    reaches_last = t.max_steps is None or t.max_steps * t.batch_size >= len(train_set)
-    if dist.world > 1 and 0 < last < dist.world and reaches_last:
-        raise SpecError(f"the last batch of every epoch holds {last} example(s), fewer than the {dist.world} "
-                        f"processes, so a process would get none; change training.batch_size or data.train_limit",
-                        path="training.batch_size")
-
-    torch.manual_seed(t.seed)
-    model = SpikingAutoencoder(graph)
-    model.reset_parameters(torch.Generator().manual_seed(t.seed))
-    model.to(dev)
+    model.reset_parameters(torch.Generator().manual_seed(config.seed))
+    model.to(device)
     net: torch.nn.Module = model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    opt = _make_optimizer(spec, model.parameters())
-    sched = _make_schedule(spec, opt)
-    noise = torch.Generator(device=dev)
-    noise.manual_seed(t.seed + 1)  # the same on every rank: see _rank_inputs
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = make_optimizer(config, model.parameters())
+    sched = make_schedule(config, opt)
+    noise = torch.Generator(device=device)
+    noise.manual_seed(config.seed + 1)  # the same on every rank: see _rank_inputs
     sample_noise = None
     if dist.world > 1:
-        sample_noise = torch.Generator(device=dev)
-        sample_noise.manual_seed((t.seed + 1 + 7 * dist.rank) % 2**64)
-    epoch, step_in_epoch, global_step, history = 0, 0, 0, []
-    sums: dict[str, float] = {}  # running sums of the logged terms over the current epoch
-    count = 0
-    if state is not None:
-        saved_weights, weights_meta, _ = checkpoint_on_disk
-        if str(weights_meta.get("global_step")) != str(state["global_step"]):
-            raise SpecError("model.safetensors and train_state.pt disagree (different steps); cannot resume",
-                            file=str(out))
-        if weights_meta.get("spec_sha256", "") != str(graph.attrs.get("spec_sha256", "")):
-            raise A.ArtifactError(out / A.WEIGHTS, "was trained from another spec than the run's spec.yaml "
-                                                   "(spec_sha256 differs); cannot resume")
-        check_weights(out / A.WEIGHTS, saved_weights, model)
-        model.load_ir_state_dict({k: v.to(dev) for k, v in saved_weights.items()})
-        try:
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            noise.set_state(state["noise_rng"])
-            torch.set_rng_state(state["torch_rng"])
-        except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as exc:
-            raise A.ArtifactError(out / A.TRAIN_STATE, f"its optimizer or random state does not fit this run "
-                                                       f"({A._short(exc)})") from None
-        epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
-        global_step, history = state["global_step"], list(state["history"])
-        sums, count = dict(state["epoch_sums"]), state["epoch_count"]
-        if sample_noise is not None:  # not checkpointed (per rank): a fresh, distinct stream per rank
-            sample_noise.manual_seed((t.seed + 1 + 7 * dist.rank + 1_000_003 * global_step) % 2**64)
-        log(f"resuming {out} at epoch {epoch + 1}, step {step_in_epoch} (global step {global_step})")
-    elif dist.main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            _clear_run(out)
-            _write_run_header(out, spec, graph)
-        except OSError as exc:
-            raise SpecError(f"cannot write the run folder: {exc.strerror or exc}", file=str(out)) from None
+        sample_noise = torch.Generator(device=device)
+        sample_noise.manual_seed((config.seed + 1 + 7 * dist.rank) % 2**64)
+    return Trainer(model, net, opt, sched, noise, sample_noise, dist, device, config)
 
-    def kept_checkpoint() -> str:
-        """What a stopped run leaves to resume from, for messages."""
+
+def training_state(trainer: Trainer, complete: bool = False) -> dict[str, Any]:
+    """What ``train_state.pt`` holds: the position, optimizer, schedule and both RNG states."""
+    p = trainer.position
+    return {"format": STATE_FORMAT, "epoch": p.epoch, "step_in_epoch": p.step_in_epoch,
+            "global_step": p.global_step, "optimizer": trainer.opt.state_dict(),
+            "scheduler": trainer.sched.state_dict(), "noise_rng": trainer.noise.get_state(),
+            "torch_rng": torch.get_rng_state(), "history": p.history, "epoch_sums": p.sums,
+            "epoch_count": p.count, "complete": complete}
+
+
+def restore_trainer(trainer: Trainer, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Continue from a checkpoint: weights, optimizer, schedule, RNG states and the position.
+
+    Raises:
+        ValueError, RuntimeError, KeyError, TypeError, IndexError: the state does not fit this network
+            (the run layer names the file).
+    """
+    trainer.model.load_ir_state_dict({k: v.to(trainer.device) for k, v in weights.items()})
+    trainer.opt.load_state_dict(state["optimizer"])
+    trainer.sched.load_state_dict(state["scheduler"])
+    trainer.noise.set_state(state["noise_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    trainer.position = Position(state["epoch"], state["step_in_epoch"], state["global_step"],
+                                list(state["history"]), dict(state["epoch_sums"]), state["epoch_count"])
+    if trainer.sample_noise is not None:  # not checkpointed (per rank): a fresh, distinct stream per rank
+        seed = trainer.config.seed + 1 + 7 * trainer.dist.rank + 1_000_003 * trainer.position.global_step
+        trainer.sample_noise.manual_seed(seed % 2**64)
+
+
+# ---------------------------------------------------------------- what the run layer plugs in
+@dataclass
+class Hooks:
+    """The run layer's side of the loop; each is called on rank 0 only.
+
+    Attributes:
+        save: write a checkpoint: ``save(weights, state)`` (``state`` from :func:`training_state`).
+        evaluate: the validation metrics of the model at the end of an epoch (``rec_loss``, ...).
+        epoch_done: ``epoch_done(history, row)`` after each epoch (metrics file, step log).
+        step_done: ``step_done(**row)`` after each optimizer step (the step log); None = nothing.
+        finish: the final evaluation of the trained model; returns its metrics.
+        completed: after the final checkpoint (the report page).
+        kept_checkpoint: for messages, what a stopped run leaves to resume from.
+        has_checkpoint: whether a checkpoint exists to resume from.
+        folder: the run folder, named in messages.
+        log: where progress lines go.
+    """
+
+    save: Callable[[dict[str, torch.Tensor], dict[str, Any]], None]
+    evaluate: Callable[[SpikingAutoencoder], dict[str, Any]]
+    epoch_done: Callable[[list[dict[str, Any]], dict[str, Any]], None]
+    finish: Callable[[SpikingAutoencoder], dict[str, Any]]
+    completed: Callable[[], None]
+    kept_checkpoint: Callable[[], str]
+    has_checkpoint: Callable[[], bool]
+    folder: str
+    step_done: Callable[..., None] | None = None
+    log: Callable[[str], None] = print
+
+
+def save_checkpoint(trainer: Trainer, hooks: Hooks, complete: bool = False) -> None:
+    """Weights, then the state that points at them (rank 0); refuses weights that became NaN or infinite."""
+    if not trainer.dist.main:
+        return
+    p = trainer.position
+    bad = [k for k, v in trainer.model.ir_state_dict().items() if not torch.isfinite(v).all()]
+    if bad:
+        raise TrainingDiverged(f"weights {', '.join(bad)} became NaN or infinite by global step {p.global_step} "
+                               f"(epoch {p.epoch + 1}); {hooks.kept_checkpoint()}; lower training.lr or add "
+                               f"training.grad_clip")
+    hooks.save(trainer.model.ir_state_dict(), training_state(trainer, complete))
+
+
+# ---------------------------------------------------------------- one step
+def train_step(trainer: Trainer, train_set: ImageSet, batch: torch.Tensor, hooks: Hooks) -> dict[str, float]:
+    """One optimizer step on the global ``batch``; the logged terms (global-batch means under DDP).
+
+    Raises:
+        TrainingDiverged: the loss is NaN or infinite (nothing was updated).
+    """
+    p, model, dist = trainer.position, trainer.model, trainer.dist
+    x, forward_args = _rank_inputs(model, train_set.images, batch, dist, trainer.noise, trainer.sample_noise,
+                                   trainer.device, train_set.spikes)
+    result = trainer.net(x, **forward_args)
+    loss, parts = objective(model, result, x)
+    parts = {**parts, "loss": float(loss.detach()), "spike_rate": mean_spike_rate(model, result)}
+    if dist.world > 1:
+        parts = _global_batch_means(parts, x.shape[0], trainer.device)
+    if not math.isfinite(parts["rec"]) or not math.isfinite(parts["loss"]):
+        raise TrainingDiverged(
+            f"loss became {parts['loss']} at epoch {p.epoch + 1}, step {p.step_in_epoch + 1} "
+            f"(global step {p.global_step + 1}); terms {parts}; {hooks.kept_checkpoint()}; lower "
+            f"training.lr or add training.grad_clip")
+    trainer.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = trainer.config.grad_clip
+    if clip is not None:
+        if clip.mode == "value":
+            torch.nn.utils.clip_grad_value_(model.parameters(), clip.max)
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip.max)
+    trainer.opt.step()
+    return parts
+
+
+# ---------------------------------------------------------------- the epoch loop
+def _run_epoch(trainer: Trainer, train_set: ImageSet, hooks: Hooks, bar: _Progress, ctrl_c: _CtrlC,
+               stop_after_steps: int | None) -> float:
+    """The remaining steps of the current epoch; its seconds."""
+    p, t = trainer.position, trainer.config
+    batches = epoch_batches(len(train_set), t.batch_size, t.seed, p.epoch)
+    n_steps = min(len(batches), t.max_steps or len(batches))
+    bar.start_epoch(p.epoch, t.epochs, n_steps, p.step_in_epoch)
+    t0 = time.perf_counter()
+    trainer.net.train()
+    while p.step_in_epoch < n_steps:
+        stop = ctrl_c.requested or (stop_after_steps is not None and p.global_step >= stop_after_steps)
+        if trainer.dist.world > 1:
+            stop = _any_rank(stop, trainer.device)
+        if stop:
+            raise _StopRequested
+        t_step = time.perf_counter()
+        parts = train_step(trainer, train_set, batches[p.step_in_epoch], hooks)
+        p.global_step += 1
+        p.step_in_epoch += 1
+        for k, v in parts.items():
+            p.sums[k] = p.sums.get(k, 0.0) + v
+        p.count += 1
+        if hooks.step_done is not None and trainer.dist.main:
+            hooks.step_done(epoch=p.epoch + 1, step=p.step_in_epoch, global_step=p.global_step,
+                            lr=trainer.opt.param_groups[0]["lr"], seconds=time.perf_counter() - t_step, parts=parts)
+        bar.step(f"loss {parts['loss']:.2f}  rec {parts['rec']:.2f}  rate {parts['spike_rate']:.3f}")
+    trainer.sched.step()
+    return time.perf_counter() - t0
+
+
+def _end_epoch(trainer: Trainer, hooks: Hooks, elapsed: float) -> None:
+    """Close the epoch's row (training means, validation on rank 0), log it, write the checkpoint."""
+    p, t = trainer.position, trainer.config
+    p.epoch += 1
+    p.step_in_epoch = 0
+    row: dict[str, Any] = {"epoch": p.epoch, "global_step": p.global_step}
+    row.update({f"train_{k}": v / max(p.count, 1) for k, v in p.sums.items()})
+    p.sums, p.count = {}, 0
+    row["seconds"] = elapsed
+    row["lr"] = trainer.opt.param_groups[0]["lr"]
+    if trainer.dist.main:
+        val = hooks.evaluate(trainer.model)
+        row["val_rec_loss"] = val["rec_loss"]
+        if "layers" in val:
+            row["val_spike_rate"] = val["mean_firing_rate"]
+            row["val_latent_anr"] = val["layers"][trainer.model.graph.attrs["latent"]]["anr"]
+        p.history.append(row)
+        hooks.epoch_done(p.history, row)
+        hooks.log(f"epoch {p.epoch}/{t.epochs}: train loss {row.get('train_loss', float('nan')):.3f}, "
+                  f"val L_rec {row['val_rec_loss']:.3f}"
+                  + (f", latent ANR {row['val_latent_anr']:.2f}, rate {row['val_spike_rate']:.3f}"
+                     if "val_latent_anr" in row else "") + f" ({elapsed:.1f} s)")
+    save_checkpoint(trainer, hooks)
+
+
+def _finish(trainer: Trainer, hooks: Hooks, ctrl_c: _CtrlC) -> dict[str, Any]:
+    """After the last epoch: the final evaluation (Ctrl-C stops it at once), the complete checkpoint."""
+    trainer.model.release_buffers()  # the training step's pooled buffers; evaluation has its own sizes
+    if not trainer.dist.main:
+        return {}
+    ctrl_c.immediate = True  # no step to finish: Ctrl-C stops the final evaluation at once
+    if ctrl_c.requested:
+        raise KeyboardInterrupt
+    final = hooks.finish(trainer.model)
+    ctrl_c.immediate = False
+    save_checkpoint(trainer, hooks, complete=True)
+    hooks.completed()
+    return final
+
+
+def run_training(trainer: Trainer, train_set: ImageSet, hooks: Hooks, *, progress: bool = True,
+                 stop_after_steps: int | None = None) -> dict[str, Any]:
+    """The epoch loop from ``trainer.position`` to the last epoch, then the final evaluation.
+
+    A checkpoint is saved at the end of every epoch and when the run stops, always at a step boundary.
+
+    Args:
+        trainer: from :func:`setup_trainer` (and :func:`restore_trainer` to resume).
+        train_set: the training images.
+        hooks: the run layer's callbacks.
+        progress: a progress bar on a terminal.
+        stop_after_steps: behave as if Ctrl-C was pressed once this many optimizer steps are done (tests).
+    Returns:
+        The final metrics (rank 0; {} on the other ranks).
+    Raises:
+        TrainingDiverged: NaN/inf loss or weights; the last checkpoint is left as it was.
+        TrainingInterrupted: Ctrl-C (or ``stop_after_steps``).
+    """
+    p = trainer.position
+    bar = _Progress(progress and trainer.dist.main, hooks.log)
+    with _CtrlC(hooks.log) as ctrl_c:
         try:
-            manifest = read_manifest(out)
-        except SpecError:
-            manifest = None
-        if manifest is not None:
-            return f"the last good checkpoint (global step {manifest.get('global_step')}) in {out} was kept"
-        return f"no checkpoint had been written to {out} yet"
-
-    def checkpoint(complete: bool = False) -> None:
-        """Weights, then the state that points at them (same global step), each written atomically."""
-        if not dist.main:
-            return
-        bad = [k for k, v in model.ir_state_dict().items() if not torch.isfinite(v).all()]
-        if bad:
-            raise TrainingDiverged(f"weights {', '.join(bad)} became NaN or infinite by global step {global_step} "
-                                   f"(epoch {epoch + 1}); {kept_checkpoint()}; lower training.lr or add "
-                                   f"training.grad_clip")
-        try:
-            write_checkpoint(out, model.ir_state_dict(),
-                             {"global_step": str(global_step), "spec_sha256": str(graph.attrs.get("spec_sha256", ""))},
-                             {"format": STATE_FORMAT, "epoch": epoch, "step_in_epoch": step_in_epoch,
-                              "global_step": global_step, "optimizer": opt.state_dict(),
-                              "scheduler": sched.state_dict(), "noise_rng": noise.get_state(),
-                              "torch_rng": torch.get_rng_state(), "history": history, "epoch_sums": sums,
-                              "epoch_count": count, "complete": complete})
-        except OSError as exc:
-            raise RunWriteFailed(f"writing the checkpoint at global step {global_step} failed: "
-                                 f"{exc.strerror or exc}; {kept_checkpoint()}") from None
-
-    bar = _Progress(progress and dist.main, log)
-    steplog: StepLog | None = None
-    if dist.main:
-        log(f"training {spec.name} on {dev} ({len(train_set)} train / {len(val_set)} validation images, "
-            f"T={model.timesteps}, batch {t.batch_size}, {t.epochs} epochs) -> {out}")
-    with _CtrlC(log) as ctrl_c:
-        try:
-            if dist.main:  # inside the try: a folder that cannot be written is a RunWriteFailed like the rest
-                steplog = StepLog(out, resume_from=global_step if state is not None else None, logger=logger)
-            while epoch < t.epochs:
-                batches = epoch_batches(len(train_set), t.batch_size, t.seed, epoch)
-                n_steps = min(len(batches), t.max_steps or len(batches))
-                bar.start_epoch(epoch, t.epochs, n_steps, step_in_epoch)
-                t0 = time.perf_counter()
-                net.train()
-                while step_in_epoch < n_steps:
-                    stop = ctrl_c.requested or (stop_after_steps is not None and global_step >= stop_after_steps)
-                    if dist.world > 1:
-                        stop = _any_rank(stop, dev)
-                    if stop:
-                        raise _StopRequested
-                    t_step = time.perf_counter()
-                    x, forward_args = _rank_inputs(model, train_set.images, batches[step_in_epoch], dist, noise,
-                                                   sample_noise, dev, train_set.spikes)
-                    result = net(x, **forward_args)
-                    loss, parts = objective(model, result, x)
-                    parts = {**parts, "loss": float(loss.detach()), "spike_rate": mean_spike_rate(model, result)}
-                    if dist.world > 1:
-                        parts = _global_batch_means(parts, x.shape[0], dev)
-                    if not math.isfinite(parts["rec"]) or not math.isfinite(parts["loss"]):
-                        raise TrainingDiverged(
-                            f"loss became {parts['loss']} at epoch {epoch + 1}, step {step_in_epoch + 1} "
-                            f"(global step {global_step + 1}); terms {parts}; {kept_checkpoint()}; lower "
-                            f"training.lr or add training.grad_clip")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if t.grad_clip is not None:
-                        if t.grad_clip.mode == "value":
-                            torch.nn.utils.clip_grad_value_(model.parameters(), t.grad_clip.max)
-                        else:
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip.max)
-                    opt.step()
-                    global_step += 1
-                    step_in_epoch += 1
-                    rate = parts["spike_rate"]
-                    for k, v in parts.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                    if steplog is not None:
-                        steplog.step(epoch=epoch + 1, step=step_in_epoch, global_step=global_step,
-                                     lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - t_step, parts=parts)
-                    bar.step(f"loss {parts['loss']:.2f}  rec {parts['rec']:.2f}  rate {rate:.3f}")
-                sched.step()
-                elapsed = time.perf_counter() - t0
-                epoch += 1
-                step_in_epoch = 0
-                row: dict[str, Any] = {"epoch": epoch, "global_step": global_step}
-                row.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
-                sums, count = {}, 0
-                row["seconds"] = elapsed
-                row["lr"] = opt.param_groups[0]["lr"]
-                if dist.main:
-                    val = evaluate(model, val_set, batch_size=t.batch_size, seed=t.seed, device=dev).metrics
-                    row["val_rec_loss"] = val["rec_loss"]
-                    if "layers" in val:
-                        row["val_spike_rate"] = val["mean_firing_rate"]
-                        row["val_latent_anr"] = val["layers"][spec.latent]["anr"]
-                    history.append(row)
-                    A.write_jsonl(out / A.METRICS, history)
-                    steplog.epoch(row)
-                    log(f"epoch {epoch}/{t.epochs}: train loss {row.get('train_loss', float('nan')):.3f}, "
-                        f"val L_rec {row['val_rec_loss']:.3f}"
-                        + (f", latent ANR {row['val_latent_anr']:.2f}, rate {row['val_spike_rate']:.3f}"
-                           if "val_latent_anr" in row else "") + f" ({elapsed:.1f} s)")
-                checkpoint()
-            final: dict[str, Any] = {}
-            model.release_buffers()  # the training step's pooled buffers; evaluation has its own sizes
-            if dist.main:
-                from saec.run.report import finish_run
-
-                ctrl_c.immediate = True  # no step to finish: Ctrl-C stops the final evaluation at once
-                if ctrl_c.requested:
-                    raise KeyboardInterrupt
-                final = finish_run(out, spec, model, val_set, device=dev)
-                ctrl_c.immediate = False
-                checkpoint(complete=True)
-                from saec.analysis.reportpage import write_run_report
-
-                log(f"report: {write_run_report(out)}")
+            while p.epoch < trainer.config.epochs:
+                elapsed = _run_epoch(trainer, train_set, hooks, bar, ctrl_c, stop_after_steps)
+                _end_epoch(trainer, hooks, elapsed)
+            final = _finish(trainer, hooks, ctrl_c)
         except _StopRequested:
             bar.close()
-            checkpoint()
-            raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {step_in_epoch} (global step "
-                                      f"{global_step}); a checkpoint was written: resume with "
-                                      f"`saec train --resume {out}`") from None
+            save_checkpoint(trainer, hooks)
+            raise TrainingInterrupted(f"interrupted at epoch {p.epoch + 1}, step {p.step_in_epoch} (global step "
+                                      f"{p.global_step}); a checkpoint was written: resume with "
+                                      f"`saec train --resume {hooks.folder}`") from None
         except KeyboardInterrupt:
             bar.close()
-            how = (f"`saec train --resume {out}` continues from it" if (out / MANIFEST).is_file()
+            how = (f"`saec train --resume {hooks.folder}` continues from it" if hooks.has_checkpoint()
                    else "start the run again")
             where = ("during the final evaluation" if ctrl_c.immediate
-                     else f"at once (second Ctrl-C) in epoch {epoch + 1}")
-            raise TrainingInterrupted(f"stopped {where}; {kept_checkpoint()}; {how}") from None
-        except OSError as exc:
-            bar.close()
-            raise RunWriteFailed(f"writing {getattr(exc, 'filename', None) or 'the run folder'} failed: "
-                                 f"{exc.strerror or exc}; {kept_checkpoint()}") from None
+                     else f"at once (second Ctrl-C) in epoch {p.epoch + 1}")
+            raise TrainingInterrupted(f"stopped {where}; {hooks.kept_checkpoint()}; {how}") from None
         finally:
             bar.close()
-            if steplog is not None:
-                steplog.close()
-    if dist.world > 1:
+    if trainer.dist.world > 1:
         import torch.distributed as tdist
 
         tdist.barrier()

@@ -17,7 +17,8 @@ from saec.compiler.pipeline import compile_spec
 from saec.analysis import metrics as M
 from saec.analysis.evaluate import EVAL_KEYS, EVAL_SEED_OFFSET, evaluate
 from saec.run.report import evaluate_run, validation_set
-from saec.training.train import load_model, train
+from saec.run.folder import load_model
+from saec.run.train import train
 from tests.conftest import SPECS
 
 runner = CliRunner()

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 import saec
 from saec.cli import app
-from saec.analysis.reportpage import line_chart, render_comparison, render_run_report
+from saec.analysis.reportpage import line_chart
+from saec.run.report import render_comparison, render_run_report
 from saec.run import artifacts as A
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from tests.conftest import SPECS
 
 TINY = {"data.dataset": "mnist5k", "encoding.timesteps": 2, "training.epochs": 2, "training.max_steps": 2,
@@ -111,7 +112,7 @@ def test_saec_report_compares_runs(two_runs, tmp_path):
 def test_report_of_a_folder_that_is_no_run_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path}: not a saec run folder (no spec.yaml)"
-    with pytest.raises(SpecError, match="no such run folder"):
+    with pytest.raises(UserError, match="no such run folder"):
         render_comparison([tmp_path / "absent", tmp_path])
 
 
@@ -171,14 +172,15 @@ def test_unknown_logger_and_missing_tensorboard_are_one_line(tmp_path, monkeypat
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     from saec.run.steplog import check_logger
 
-    with pytest.raises(SpecError, match="--logger: TensorBoard logging needs the tensorboard package: pip install"):
+    with pytest.raises(UserError, match="--logger: TensorBoard logging needs the tensorboard package: pip install"):
         check_logger("tensorboard")
     assert not (tmp_path / "x").exists()
 
 
 def test_steps_csv_of_a_resumed_run_matches_an_uninterrupted_one(two_runs, tmp_path):
     from saec.run.steplog import StepLog, read_steps
-    from saec.training.train import TrainingInterrupted, train
+    from saec.run.train import train
+    from saec.training.train import TrainingInterrupted
 
     compiled = saec.compile(SPECS / "sae_dense.yaml", TINY)
     with pytest.raises(TrainingInterrupted):

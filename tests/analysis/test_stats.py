@@ -17,11 +17,12 @@ from saec.compiler.passes.cost import synapses
 from saec.compiler.passes.shapes import output_shape
 from saec.compiler.pipeline import compile_spec
 from saec.analysis.stats import (DEFINITIONS, HOROWITZ_45NM_FP32, activation_sparsity, connection_sparsity, fan_out,
-                                  footprint_bytes, measure_stats, run_stats, synaptic_operations)
+                                  footprint_bytes, measure_stats, synaptic_operations)
+from saec.run.report import run_stats
 from saec.run import artifacts as A
 from saec.training.data import ImageSet
 from saec.runtime.model import SpikingAutoencoder
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from tests.conftest import SPECS
 
 runner = CliRunner()
@@ -222,7 +223,8 @@ TINY_TRAINING = ["encoding.timesteps=4", "training.max_steps=1", "training.epoch
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from saec.training.train import TrainingInterrupted, train
+    from saec.run.train import train
+    from saec.training.train import TrainingInterrupted
 
     out = tmp_path_factory.mktemp("stats") / "sae_dense"
     loaded, graph = compile_spec(str(SPECS / "sae_dense.yaml"), TINY_TRAINING)
@@ -234,7 +236,7 @@ def trained_run(tmp_path_factory):
 def test_stats_json_of_a_trained_run(trained_run):
     from saec.training.data import make_splits
     from saec.analysis.evaluate import evaluate
-    from saec.training.train import load_model
+    from saec.run.folder import load_model
 
     result = runner.invoke(app, ["stats", str(trained_run), "--device", "cpu"])
     assert result.exit_code == 0, result.output
@@ -312,7 +314,7 @@ def test_stats_cli_untrained_run_is_one_line_exit_2(trained_run, tmp_path):
 
 
 def test_stats_bad_examples_is_a_spec_error(trained_run):
-    with pytest.raises(SpecError, match="--examples"):
+    with pytest.raises(UserError, match="--examples"):
         run_stats(trained_run, examples=0)
 
 

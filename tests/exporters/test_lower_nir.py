@@ -20,7 +20,7 @@ from saec.compiler.graph import IRGraph
 from saec.compiler.passes import lower_nir as L
 from saec.compiler.pipeline import FLOWS, compile_spec, run_flow
 from saec.runtime.model import SpikingAutoencoder
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 T, BATCH = 6, 3
 
@@ -248,5 +248,5 @@ def test_flatten_linear_keeps_the_bias_per_output(tmp_path):
 def test_nir_flow_error_becomes_a_located_spec_error_through_compile_spec(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(SAE_YAML)
-    with pytest.raises(SpecError, match=r"spec.yaml:\d+: layers.fc_dec: a linear layer with a bias"):
+    with pytest.raises(UserError, match=r"spec.yaml:\d+: layers.fc_dec: a linear layer with a bias"):
         compile_spec(str(path), ["layers.fc_dec.bias=true"], flow="nir")

@@ -189,7 +189,7 @@ def test_export_target_loihi_l_rec_recomputed_from_the_golden_input(exported):
     """The recorded quantised L_rec is the integer simulation's reconstruction of the recorded input."""
     run, _ = exported
     from saec.run.report import validation_set
-    from saec.training.train import load_model
+    from saec.run.folder import load_model
 
     spec, model = load_model(run)
     qnet = quantize(model.graph, {k: v.numpy() for k, v in model.ir_state_dict().items()}, load_profile("loihi"))

@@ -31,8 +31,8 @@ from saec.importers.nir import (agreement, check_input_spikes, nir_to_ir, read_i
 from saec.run import artifacts as A
 from saec.runtime.encoding import poisson_encode
 from saec.runtime.model import SpikingAutoencoder
-from saec.training.train import load_model
-from saec.spec.errors import SpecError
+from saec.run.folder import load_model
+from saec.errors import UserError
 from saec.spec.loader import resolved_yaml
 from tests.conftest import SPECS
 
@@ -550,7 +550,7 @@ def test_nir_parameters_saec_cannot_simulate_are_named(node, change, message):
     graph = mixed_graph()
     for field, value in change.items():
         setattr(graph.nodes[node], field, value)
-    with pytest.raises(SpecError, match=re.escape(message)):
+    with pytest.raises(UserError, match=re.escape(message)):
         simulate_nir(graph, np.zeros((2, 1, 2, 4, 4)))
 
 
@@ -558,12 +558,12 @@ def test_unsupported_nir_node_is_named():
     graph = mixed_graph()
     graph.nodes["li"] = nir.CubaLI(tau_syn=np.full(3, 1e-3), tau_mem=np.full(3, 1e-3), r=np.ones(3),
                                    v_leak=np.zeros(3))
-    with pytest.raises(SpecError, match="node `li`: NIR node type CubaLI is not supported"):
+    with pytest.raises(UserError, match="node `li`: NIR node type CubaLI is not supported"):
         simulate_nir(graph, np.zeros((2, 1, 2, 4, 4)))
 
 
 def test_input_spikes_of_the_wrong_shape_are_rejected():
-    with pytest.raises(SpecError, match=r"input spikes must be \[T, B, 2x4x4\] or \[T, 2x4x4\] for this graph, "
+    with pytest.raises(UserError, match=r"input spikes must be \[T, B, 2x4x4\] or \[T, 2x4x4\] for this graph, "
                                         r"got \[3, 1, 4, 4\]"):
         check_input_spikes(np.zeros((3, 1, 4, 4)), (2, 4, 4))
 

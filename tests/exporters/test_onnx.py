@@ -22,11 +22,12 @@ from saec.cli import app
 from saec.compiler import ops
 from saec.compiler.pipeline import compile_spec
 from saec.exporters.onnx import (IMAGE_INPUT, IR_VERSION, OPSET, RECONSTRUCTION_OUTPUT, SPIKES_INPUT, activations_output,
-                                 build_onnx_model, compare_with_runtime, counts_output, export_onnx, run_onnx,
+                                 build_onnx_model, compare_with_runtime, counts_output, run_onnx,
                                  spike_train_mismatches, train_output)
+from saec.run.export import export_onnx
 from saec.run import artifacts as A
 from saec.runtime.model import SpikingAutoencoder
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from tests.conftest import SPECS
 
 runner = CliRunner()
@@ -203,7 +204,7 @@ def test_compare_with_runtime_fails_a_model_whose_trains_differ_with_equal_count
 
 def test_ae_rejects_timesteps(tmp_path):
     model = tiny_model(tmp_path, "ae")
-    with pytest.raises(SpecError, match="T = 1"):
+    with pytest.raises(UserError, match="T = 1"):
         build_onnx_model(model.graph, model.ir_state_dict(), timesteps=4)
 
 
@@ -211,7 +212,7 @@ def test_op_without_lowering_is_a_spec_error(tmp_path):
     model = tiny_model(tmp_path, "sae")
     graph = model.graph.copy()
     graph.replace_op("flat", ops.SumPool2d())
-    with pytest.raises(SpecError, match="no lowering for IR op 'sum_pool2d'"):
+    with pytest.raises(UserError, match="no lowering for IR op 'sum_pool2d'"):
         build_onnx_model(graph, model.ir_state_dict())
 
 
@@ -219,7 +220,8 @@ def test_op_without_lowering_is_a_spec_error(tmp_path):
 @pytest.fixture(scope="module")
 def interrupted_run(tmp_path_factory):
     """A run folder interrupted before its first step: initial weights, no evaluation (fast)."""
-    from saec.training.train import TrainingInterrupted, train
+    from saec.run.train import train
+    from saec.training.train import TrainingInterrupted
 
     out = tmp_path_factory.mktemp("run") / "sae"
     loaded, graph = compile_spec(str(SPECS / "sae_dense.yaml"), [
@@ -231,7 +233,7 @@ def interrupted_run(tmp_path_factory):
 
 
 def test_export_onnx_writes_checked_model_that_matches_runtime(interrupted_run):
-    from saec.training.train import load_model
+    from saec.run.folder import load_model
 
     path = export_onnx(interrupted_run)
     assert path == interrupted_run / A.EXPORT / "model.onnx"
@@ -251,7 +253,7 @@ def test_export_cli_onnx(interrupted_run):
     """The file `saec export` writes, run by onnxruntime itself, gives saec's spike counts and x_hat."""
     import onnxruntime as ort
 
-    from saec.training.train import load_model
+    from saec.run.folder import load_model
 
     path = interrupted_run / A.EXPORT / "model.onnx"
     path.unlink(missing_ok=True)
@@ -289,7 +291,7 @@ def test_export_untrained_run_is_a_spec_error(interrupted_run, tmp_path):
     half.mkdir()
     for name in (A.SPEC, A.IR):
         (half / name).write_text((interrupted_run / name).read_text())
-    with pytest.raises(SpecError, match="no trained weights"):
+    with pytest.raises(UserError, match="no trained weights"):
         export_onnx(half)
     result = runner.invoke(app, ["export", str(half), "--format", "onnx"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1

@@ -56,7 +56,7 @@ def recipe(name: str) -> str:
 def workdir(tmp_path_factory) -> Path:
     """A folder holding runs/sae_dense: trained (2 steps) and exported with the command line."""
     from saec.compiler.pipeline import compile_spec
-    from saec.training.train import train
+    from saec.run.train import train
 
     root = tmp_path_factory.mktemp("deploy")
     (root / "tiny.yaml").write_text(TINY)
@@ -86,7 +86,7 @@ def execute(code: str, workdir: Path, monkeypatch) -> tuple[dict, str]:
 def saec_trains(workdir: Path) -> dict[str, np.ndarray]:
     """saec's own run of the trained network on the golden input: every layer's train [B, T, neurons], x_hat."""
     from saec.exporters.nir import read_golden
-    from saec.training.train import load_model
+    from saec.run.folder import load_model
 
     run = workdir / "runs" / "sae_dense"
     _, model = load_model(run)

@@ -174,7 +174,7 @@ def test_export_target_speck_writes_the_layer_list_golden_data_and_the_compariso
 
 def test_export_target_speck_equals_the_integer_simulation_it_reports(speck_run):
     # golden.npz holds saec's integer simulation: rerun it from the written integers
-    from saec.training.train import load_model
+    from saec.run.folder import load_model
 
     _, model = load_model(speck_run)
     weights = {k: v.numpy() for k, v in model.ir_state_dict().items()}

@@ -19,7 +19,7 @@ from saec.cli import app
 from saec.compiler.pipeline import compile_spec
 from saec.exporters import xylo as X
 from saec.runtime.model import SpikingAutoencoder
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from saec.targets.profile import load_profile
 from saec.targets.quantize import XyloNetwork, quantize, xylo_decay
 from tests.conftest import SPECS
@@ -102,7 +102,7 @@ def test_quantiser_scales_each_neuron_as_rockpools_channel_quantize(tmp_path):
 def test_quantiser_refuses_a_bias_at_its_layer(tmp_path):
     graph = compiled(PROBE, tmp_path)
     weights = {"latent.weight": np.ones((2, 1)), "latent.bias": np.zeros(2), "output.weight": np.ones((1, 2))}
-    with pytest.raises(SpecError, match=r"^layers.latent.bias: Xylo takes no weight biases"):
+    with pytest.raises(UserError, match=r"^layers.latent.bias: Xylo takes no weight biases"):
         quantize(graph, weights, load_profile("xylo"))
 
 

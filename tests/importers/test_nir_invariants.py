@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from saec.cli import app
 from saec.importers.nir import simulate_nir
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from tests.exporters.test_nir import assert_one_line, mixed_graph
 
 runner = CliRunner()
@@ -22,7 +22,7 @@ def test_a_neuron_with_tau_shorter_than_dt_is_refused_naming_it(node, field, val
     graph = mixed_graph()  # dt = 1e-4 s in its metadata
     setattr(graph.nodes[node], field, np.full(3, value))
     kind = {"lif": "lif", "li": "leaky_integrator"}[node]
-    with pytest.raises(SpecError, match=re.escape(f"node `{node}`: {kind}: decay must lie in [0, 1], got -")) as info:
+    with pytest.raises(UserError, match=re.escape(f"node `{node}`: {kind}: decay must lie in [0, 1], got -")) as info:
         simulate_nir(graph, np.zeros((2, 1, 2, 4, 4)))
     assert f"tau = {value:g} s is shorter than the time step dt = 0.0001 s" in str(info.value)
 
@@ -50,7 +50,7 @@ def test_any_op_invariant_a_node_breaks_is_located():
     graph = mixed_graph()
     graph.nodes["pool"] = nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([0, 2]),
                                         padding=np.array([0, 0]))
-    with pytest.raises(SpecError, match=re.escape("cannot simulate: node `pool`: sum_pool2d: stride must be "
+    with pytest.raises(UserError, match=re.escape("cannot simulate: node `pool`: sum_pool2d: stride must be "
                                                   "positive integers, got (0, 2)")):
         simulate_nir(graph, np.zeros((2, 1, 2, 4, 4)))
 

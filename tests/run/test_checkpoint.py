@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 from saec.cli import app
 from saec.run import artifacts as A
 from saec.run import checkpoint as C
-from saec.training.train import RunWriteFailed, load_model, load_run, train
-from saec.spec.errors import SpecError
+from saec.run.folder import load_model, load_run
+from saec.run.train import RunWriteFailed, train
+from saec.errors import UserError
 from tests.conftest import REPO
 from tests.training.test_train import (MINI_SPEC, assert_same_weights, baseline, light_finish,  # noqa: F401
                                       mini, no_temporary_files)
@@ -52,7 +53,7 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         spec, graph = mini(tmp_path)
-        with pytest.raises(SpecError, match=rf"run: is in use by `saec train` \(pid {holder.pid} on .*started"):
+        with pytest.raises(UserError, match=rf"run: is in use by `saec train` \(pid {holder.pid} on .*started"):
             train(spec, graph, out, **quiet)
         # the command line: one line, exit 2, and the holder's folder untouched
         result = runner.invoke(app, ["train", str(tmp_path / "mini.yaml"), "--out", str(out), "--device", "cpu"])
@@ -78,7 +79,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(light_finish, tmp_path):
 
 def test_refused_run_leaves_no_empty_folder(tmp_path):
     spec, graph = mini(tmp_path, ["data.dataset=mnist", f"data.root={tmp_path / 'nowhere'}"])
-    with pytest.raises(SpecError):
+    with pytest.raises(UserError):
         train(spec, graph, tmp_path / "never", **quiet)
     assert not (tmp_path / "never").exists()
 
@@ -90,7 +91,8 @@ TRAIN_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from saec.run import artifacts as A, report
     from saec.analysis.evaluate import evaluate
-    from saec.training.train import load_run, train
+    from saec.run.folder import load_run
+    from saec.run.train import train
     from saec.compiler.pipeline import compile_spec
 
     def finish(out, spec, model, val_set, *, device="cpu", **_):
@@ -277,7 +279,7 @@ def test_training_state_checks_name_the_file(tmp_path, damage):
     path = tmp_path / A.TRAIN_STATE
     torch.save({"format": 2}, path)
     _corrupt_state(damage)(path)
-    with pytest.raises(SpecError, match=rf"{A.TRAIN_STATE}: (not a readable training state \(|holds a list|"
+    with pytest.raises(UserError, match=rf"{A.TRAIN_STATE}: (not a readable training state \(|holds a list|"
                                         r"not a complete saec training state \(missing format)") as err:
         C.check_state(path, A.load_torch(path))
     assert "weights_only=False" not in str(err.value)  # torch's advice to run the pickle is not passed on
@@ -308,7 +310,7 @@ def test_a_comment_in_spec_yaml_is_not_an_edit(run_copy):
 def test_nan_weights_are_refused_by_load_model(run_copy):
     (run_copy / C.MANIFEST).unlink()
     _corrupt_weights("nan")(run_copy / A.WEIGHTS)
-    with pytest.raises(SpecError, match=r"model.safetensors: tensor latent.weight holds NaN or infinite"):
+    with pytest.raises(UserError, match=r"model.safetensors: tensor latent.weight holds NaN or infinite"):
         load_model(run_copy)
 
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from saec.run import sweep as S
 from saec.cli import app
 from saec.run import artifacts as A
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from tests.conftest import SPECS
 
 runner = CliRunner()
@@ -262,7 +262,7 @@ def test_a_folder_of_another_spec_is_refused(tmp_path):
     run.folder.mkdir(parents=True)
     A.save_torch(run.folder / A.TRAIN_STATE, {"complete": True})
     (run.folder / A.SPEC).write_text((SPECS / "vae.yaml").read_text())  # not what config `a` asks for
-    with pytest.raises(SpecError, match="holds a run of a different spec"):
+    with pytest.raises(UserError, match="holds a run of a different spec"):
         S.run_state(run)
 
 
@@ -278,7 +278,7 @@ def test_train_command_new_and_resumed(tmp_path):
 
 
 def test_jobs_must_be_positive(tmp_path):
-    with pytest.raises(SpecError, match="--jobs: must be at least 1"):
+    with pytest.raises(UserError, match="--jobs: must be at least 1"):
         S.run_sweep(small_sweep(tmp_path), jobs=0)
 
 
@@ -385,7 +385,7 @@ def test_missing_data_stops_the_sweep_once_before_any_run(tmp_path, monkeypatch)
         seeds: [0, 1]
         out: {tmp_path / 'out'}
         """))
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(UserError) as info:
         S.run_sweep(sweep, jobs=1, log=lambda line: None)
     message = str(info.value)
     assert message.startswith(f"{sweep.file}: data: ") and "no run was started" in message

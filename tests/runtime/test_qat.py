@@ -27,7 +27,7 @@ from saec.runtime.model import SpikingAutoencoder
 from saec.runtime.qat import TARGET_ATTR
 from saec.targets.profile import load_profile
 from saec.targets.quantize import quantize
-from saec.training.train import load_model
+from saec.run.folder import load_model
 from tests.exporters.test_netx import TINY, TINY28
 
 LAYERS = ("conv1", "latent", "fc_dec", "output")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from saec.targets.formula import FormulaError, ceil_log2, check_formula, evaluate
 from saec.targets.profile import PROFILE_DIR, Profile, available_targets, load_profile
 
@@ -78,7 +78,7 @@ def test_a_profile_file_loads_by_path(tmp_path):
 
 def test_unknown_field_is_located_with_a_suggestion(tmp_path):
     path = _speck_with(tmp_path, "  spike_when: [ge]", "  spike_wen: [ge]")
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         load_profile(path)
     assert err.value.line == _line_of(path, "spike_wen")
     assert err.value.path == "neuron.spike_wen"
@@ -87,7 +87,7 @@ def test_unknown_field_is_located_with_a_suggestion(tmp_path):
 
 def test_a_fact_without_its_source_is_refused(tmp_path):
     path = _speck_with(tmp_path, ', source: sinabs 3.1.3 sinabs/backend/dynapcnn/discretize.py}\n  threshold', "}\n  threshold")
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         load_profile(path)
     assert err.value.path == "numbers.weight.source"
     assert err.value.line == _line_of(path, "  weight:")
@@ -96,7 +96,7 @@ def test_a_fact_without_its_source_is_refused(tmp_path):
 
 def test_a_formula_that_is_not_integer_arithmetic_is_refused(tmp_path):
     path = _speck_with(tmp_path, "formula: c_out * has_bias\n", "formula: __import__('os').getcwd()\n")
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         load_profile(path)
     assert err.value.path == "cores.memories.bias.formula"
     assert err.value.line == _line_of(path, "__import__")
@@ -105,7 +105,7 @@ def test_a_formula_that_is_not_integer_arithmetic_is_refused(tmp_path):
 
 def test_core_capacities_must_name_every_memory(tmp_path):
     path = _speck_with(tmp_path, "- {kernel: 16384, neuron: 65536, bias: 1024}", "- {kernel: 16384, neuron: 65536}")
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         load_profile(path)
     assert err.value.path == "cores"
     assert "core 0 gives capacities for ['kernel', 'neuron'], the memories are ['bias', 'kernel', 'neuron']" \
@@ -114,7 +114,7 @@ def test_core_capacities_must_name_every_memory(tmp_path):
 
 def test_cores_and_their_absence_are_exclusive(tmp_path):
     path = _speck_with(tmp_path, "io:\n", "cores_unknown: why not\nio:\n")
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         load_profile(path)
     assert "give exactly one of `cores`" in str(err.value)
     assert err.value.file == str(path)
@@ -122,20 +122,20 @@ def test_cores_and_their_absence_are_exclusive(tmp_path):
 
 def test_a_decay_register_needs_its_width(tmp_path):
     path = _speck_with(tmp_path, "decay: {kind: none,", "decay: {kind: bitshift,")
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         load_profile(path)
     assert err.value.path == "neuron.decay"
     assert "a bitshift decay needs `bits`" in str(err.value)
 
 
 def test_unknown_target_names_the_shipped_ones():
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         load_profile("lohi")
     assert str(err.value) == "--target: unknown target 'lohi'; shipped targets: loihi, speck, xylo (or give a profile file)"
 
 
 def test_missing_profile_file_is_named(tmp_path):
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         load_profile(tmp_path / "nope.yaml")
     assert err.value.file == str(tmp_path / "nope.yaml") and "cannot read target profile" in str(err.value)
 

@@ -12,7 +12,7 @@ import torch
 from saec.compiler import ops
 from saec.compiler.pipeline import compile_spec
 from saec.runtime.model import SpikingAutoencoder
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from saec.targets.profile import load_profile
 from saec.targets.quantize import (LOIHI_UV_LIMIT, loihi_cuba_step, loihi_decay, quantize, speck_iaf_step)
 from tests.conftest import SPECS
@@ -163,13 +163,13 @@ def test_speck_neuron_subtracts_its_register_and_clamps_at_minus_2_to_15():
 
 def test_quantize_refuses_a_network_that_does_not_fit_and_a_target_without_quantiser(tmp_path):
     graph, weights = _dyadic_model(tmp_path, DENSE, "{decay: 0.5}")
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         quantize(graph, weights, load_profile("speck"))
     assert str(err.value).startswith("layers.conv1: does not fit speck: LIF leak (decay 0.5) is not supported")
     # a profile that names no quantiser (xylo's, before Xylo got one, without its `quantizer:` line)
     text = (Path(PROFILES) / "xylo.yaml").read_text().replace("name: xylo", "name: xylo_noq")
     (tmp_path / "noq.yaml").write_text("\n".join(l for l in text.splitlines() if not l.startswith("quantizer:")))
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         quantize(graph, weights, load_profile(tmp_path / "noq.yaml"))
     assert str(err.value) == ("--target: no quantiser for target 'xylo_noq' yet "
                               "(quantisers: loihi_cuba, dynapcnn_iaf, xylo_iaf)")

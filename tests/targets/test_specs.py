@@ -11,7 +11,7 @@ from saec.compiler import ops
 from saec.compiler.pipeline import compile_spec
 from saec.runtime.model import SpikingAutoencoder
 from saec.training.objective import objective
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 from tests.conftest import SPECS
 
 runner = CliRunner()
@@ -67,11 +67,11 @@ def test_sum_pool_layer_rules_are_located(tmp_path):
     text = (SPECS / "targets" / "speck_ae.yaml").read_text()
     spec.write_text(text.replace("{name: pool1, type: sum_pool2d, kernel_size: 2}",
                                  "{name: pool1, type: sum_pool2d, kernel_size: 2, spiking: true}"))
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         compile_spec(str(spec))
     assert err.value.path == "layers.pool1.spiking" and "unknown field 'spiking'" in str(err.value)
     spec.write_text(text.replace("a1: {weight: 0.01, layers: [latent]}", "a1: {weight: 0.01, layers: [pool2]}"))
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         compile_spec(str(spec))
     assert err.value.path == "regularizers.a1.layers[0]"
     assert "layer 'pool2' has no spiking neurons to regularise" in str(err.value)

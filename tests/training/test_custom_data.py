@@ -18,7 +18,7 @@ import yaml
 import saec
 from saec.training.custom_data import load_custom, transform
 from saec.training.data import DataError, ImageSet, check_input_shape, make_splits, spike_target
-from saec.spec.errors import SpecError
+from saec.errors import UserError
 
 SIDE = 12
 TINY_SPEC = f"""\
@@ -92,7 +92,7 @@ def test_bad_npz_files_are_one_clear_error(tmp_path, arrays, message):
 
 def test_an_input_shape_mismatch_names_the_fix_and_writes_nothing(tmp_path):
     np.savez(tmp_path / "rgb.npz", images=rng_images(8, side=16)[:, None].repeat(3, 1))
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(UserError) as info:
         train_on(tmp_path, tiny_spec(dataset="npz", root=str(tmp_path / "rgb.npz")))
     message = str(info.value)
     assert message.startswith("data: the npz/split-train examples are 3x16x16 but input.shape is 1x12x12; set input.shape")
@@ -170,9 +170,9 @@ def test_torchvision_errors(tmp_path):
     data = saec.compile(tiny_spec(dataset="torchvision", torchvision="CIFAR10", root=str(tmp_path))).spec.data
     with pytest.raises(DataError, match="CIFAR10: Dataset not found.*data.download: true"):
         load_custom(data, "train", tmp_path)
-    with pytest.raises(SpecError, match=r"data.torchvision: dataset 'torchvision' needs the class name"):
+    with pytest.raises(UserError, match=r"data.torchvision: dataset 'torchvision' needs the class name"):
         saec.compile(tiny_spec(dataset="torchvision", root=str(tmp_path)))
-    with pytest.raises(SpecError, match=r"data.root: dataset 'npz' needs data.root"):
+    with pytest.raises(UserError, match=r"data.root: dataset 'npz' needs data.root"):
         saec.compile(tiny_spec(dataset="npz"))
 
 
@@ -206,7 +206,7 @@ def test_events_bypass_the_encoder_and_train(tmp_path):
     assert torch.equal(data.spikes, torch.from_numpy(spikes.astype(np.uint8)))
     assert torch.equal(data.images, spike_target(data.spikes))
     # exporters and stats assume a Poisson encoder: refused in one line, not a traceback
-    with pytest.raises(SpecError, match=r"saec export --format onnx does not support networks with pre-encoded"):
+    with pytest.raises(UserError, match=r"saec export --format onnx does not support networks with pre-encoded"):
         run.export("onnx")
     from typer.testing import CliRunner
 
@@ -241,9 +241,9 @@ def test_event_errors(tmp_path):
         load_custom(saec.compile(spec).spec.data, "train", tmp_path / "counts.npz")
     event_file(tmp_path / "t5.npz", timesteps=5)
     spec["data"]["root"] = str(tmp_path / "t5.npz")
-    with pytest.raises(SpecError, match=r"T = 5 steps but encoding.timesteps is 3; set encoding.timesteps: 5"):
+    with pytest.raises(UserError, match=r"T = 5 steps but encoding.timesteps is 3; set encoding.timesteps: 5"):
         train_on(tmp_path, spec)
-    with pytest.raises(SpecError, match=r"input.kind: pre-encoded spike input needs both data.dataset: events"):
+    with pytest.raises(UserError, match=r"input.kind: pre-encoded spike input needs both data.dataset: events"):
         saec.compile(tiny_spec(dataset="events", root=str(tmp_path / "t5.npz")))
 
 
@@ -274,7 +274,7 @@ def test_data_rules_are_located_in_the_file(tmp_path, data, extra, at, message):
     path = tmp_path / "own.yaml"
     path.write_text(text)
     line = next(i for i, row in enumerate(text.splitlines(), 1) if row.startswith(f"{at}:"))
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(UserError) as info:
         saec.compile(path)
     assert str(info.value).startswith(f"{path}:{line}: {message}"), str(info.value)
 
@@ -283,5 +283,5 @@ def test_spike_input_needs_a_spiking_network(tmp_path):
     spec = tiny_spec(dataset="events", root="e.npz")
     spec["input"]["kind"] = "spikes"
     spec["kind"] = "ae"
-    with pytest.raises(SpecError, match=r"^<dict>: input.kind: spike input needs a spiking network \(kind: sae\)"):
+    with pytest.raises(UserError, match=r"^<dict>: input.kind: spike input needs a spiking network \(kind: sae\)"):
         saec.compile(spec)

@@ -17,8 +17,11 @@ from saec.compiler.pipeline import compile_spec
 from saec.run import artifacts as A
 from saec.training import train as train_module
 from saec.run.checkpoint import LOCK
-from saec.training.train import TrainingDiverged, TrainingInterrupted, load_model, train
-from saec.spec.errors import SpecError
+from saec.run import folder as run_folder
+from saec.run.folder import load_model
+from saec.run.train import train
+from saec.training.train import TrainingDiverged, TrainingInterrupted
+from saec.errors import UserError
 from saec.spec.loader import load_spec
 
 real_objective = train_module.objective
@@ -175,7 +178,7 @@ def test_resume_after_interruption_ends_with_identical_weights(light_finish, sto
     assert not (out / A.EVAL).exists()
     no_temporary_files(out)
     # resume as the CLI does: spec and IR from the run folder
-    spec2, graph2 = train_module.load_run(out)
+    spec2, graph2 = run_folder.load_run(out)
     lines: list[str] = []
     final = train(spec2, graph2, out, device="cpu", progress=False, log=lines.append, resume=True)
     assert any(line.startswith("resuming") for line in lines)
@@ -190,7 +193,7 @@ def test_resume_after_interruption_ends_with_identical_weights(light_finish, sto
 
 def test_resume_needs_a_checkpoint(tmp_path):
     spec, graph = mini(tmp_path)
-    with pytest.raises(SpecError, match="nothing to resume"):
+    with pytest.raises(UserError, match="nothing to resume"):
         train(spec, graph, tmp_path / "empty", device="cpu", progress=False, resume=True)
 
 
@@ -237,7 +240,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(light_finish
     # the kept checkpoint resumes
     monkeypatch.setattr(train_module, "objective", real_objective)
     assert A.load_torch(out / A.TRAIN_STATE)["global_step"] == STEPS_PER_EPOCH
-    train(*train_module.load_run(out), out, device="cpu", progress=False, log=lambda line: None, resume=True)
+    train(*run_folder.load_run(out), out, device="cpu", progress=False, log=lambda line: None, resume=True)
 
 
 def test_huge_learning_rate_diverges_with_a_clear_message(tmp_path):
@@ -265,7 +268,7 @@ def test_ctrl_c_finishes_the_step_and_writes_a_resumable_checkpoint(light_finish
     state = A.load_torch(out / A.TRAIN_STATE)
     assert (state["global_step"], state["step_in_epoch"]) == (2, 2)  # the step in flight was completed
     monkeypatch.setattr(train_module, "objective", real_objective)
-    train(*train_module.load_run(out), out, device="cpu", progress=False, log=lambda line: None, resume=True)
+    train(*run_folder.load_run(out), out, device="cpu", progress=False, log=lambda line: None, resume=True)
     assert_same_weights(baseline[0], out)
 
 
@@ -291,30 +294,30 @@ def test_existing_run_is_refused_unless_forced(light_finish, baseline, tmp_path)
     with pytest.raises(TrainingInterrupted):
         train(spec, graph, out, device="cpu", progress=False, log=lambda line: None, stop_after_steps=1)
     before = folder_bytes(out)
-    with pytest.raises(SpecError, match="already holds a run"):
+    with pytest.raises(UserError, match="already holds a run"):
         train(spec, graph, out, device="cpu", progress=False, log=lambda line: None)
     assert folder_bytes(out) == before
     train(spec, graph, out, device="cpu", progress=False, log=lambda line: None, force=True)
     assert_same_weights(baseline[0], out)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SpecError, match="not a folder"):
+    with pytest.raises(UserError, match="not a folder"):
         train(spec, graph, tmp_path / "file", device="cpu", progress=False)
 
 
 def test_device_choices(tmp_path, monkeypatch):
     spec, graph = mini(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SpecError, match="--device cpu or auto"):
+    with pytest.raises(UserError, match="--device cpu or auto"):
         train(spec, graph, tmp_path / "cuda", device="cuda", progress=False)
-    with pytest.raises(SpecError, match="unknown device 'tpu'"):
+    with pytest.raises(UserError, match="unknown device 'tpu'"):
         train(spec, graph, tmp_path / "tpu", device="tpu", progress=False)
-    assert train_module.resolve_device("auto") == torch.device("cpu")
+    assert run_folder.resolve_device("auto") == torch.device("cpu")
     assert not (tmp_path / "cuda").exists()
 
 
 def test_missing_data_names_the_alternatives(tmp_path):
     spec, graph = mini(tmp_path, ["data.dataset=mnist", f"data.root={tmp_path / 'nowhere'}"])
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         train(spec, graph, tmp_path / "nodata", device="cpu", progress=False)
     message = str(err.value)
     assert "\n" not in message and "mnist5k" in message and "--data-dir" in message
