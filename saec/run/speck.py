@@ -78,6 +78,33 @@ def quantized_run(run: Path, target: str) -> tuple[Any, Any, QuantizedNetwork]:
     return spec, model, quantize(graph, weights, profile)
 
 
+def quantized_comparison(run: Path, target: str, *, examples: int, limit: int | None, seed: int,
+                         data_dir: str | Path | None) -> tuple[Any, Any, QuantizedNetwork, Any, QuantizedComparison]:
+    """A chip export's common start: the quantised run and its float-vs-quantised comparison.
+
+    Args:
+        run: the run folder.
+        target: the chip's profile name.
+        examples: golden examples to keep (>= 1, at most the validation images).
+        limit: validation images to measure on (None: all).
+        seed: encoder seed.
+        data_dir: folder holding MNIST, overriding the spec's data roots.
+    Returns:
+        (resolved spec, float model, quantised network, validation ImageSet, comparison).
+    Raises:
+        UserError: see :func:`quantized_run`; a bad ``examples``; data missing. Nothing is written.
+    """
+    run = Path(run)
+    if examples < 1:
+        raise UserError(f"golden data needs at least 1 example, got {examples}", path="--examples")
+    spec, model, qnet = quantized_run(run, target)
+    val = validation_set(spec, data_dir, limit)
+    if examples > len(val.images):
+        raise UserError(f"asks for {examples} golden examples, the validation set has {len(val.images)}",
+                        path="--examples")
+    return spec, model, qnet, val, compare_quantized(model, qnet, val.images, seed=seed, keep=examples)
+
+
 def export_speck(run: str | Path, *, examples: int = 4, limit: int | None = None, seed: int = 0,
                  data_dir: str | Path | None = None) -> SpeckExport:
     """Export a trained run for Speck and measure L_rec float vs quantised.
@@ -94,14 +121,8 @@ def export_speck(run: str | Path, *, examples: int = 4, limit: int | None = None
         UserError: see :func:`quantized_run`; a bad ``examples``; data missing. Nothing is written then.
     """
     run = Path(run)
-    if examples < 1:
-        raise UserError(f"golden data needs at least 1 example, got {examples}", path="--examples")
-    spec, model, qnet = quantized_run(run, "speck")
-    val = validation_set(spec, data_dir, limit)
-    if examples > len(val.images):
-        raise UserError(f"asks for {examples} golden examples, the validation set has {len(val.images)}",
-                        path="--examples")
-    comparison = compare_quantized(model, qnet, val.images, seed=seed, keep=examples)
+    spec, model, qnet, val, comparison = quantized_comparison(run, "speck", examples=examples, limit=limit, seed=seed,
+                                                              data_dir=data_dir)
     directory = run / A.EXPORT / SPECK_DIR
     files = write_speck(directory, qnet, metadata={"run": run.name, "spec": spec.name})
     golden = directory / GOLDEN_FILE

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from saec.analysis.quantized import QuantizedComparison, compare_quantized
+from saec.analysis.quantized import QuantizedComparison
 from saec.exporters.xylo import MODEL_FILE, XYLO_DT, write_xylo
 from saec.run import artifacts as A
-from saec.run.report import validation_set
-from saec.run.speck import COMPARISON_FILE, GOLDEN_FILE, quantized_run
+from saec.run.speck import COMPARISON_FILE, GOLDEN_FILE, quantized_comparison
 from saec.errors import UserError
 
 XYLO_DIR = "xylo"  # under RUN/export/
@@ -54,14 +53,8 @@ def export_xylo(run: str | Path, *, examples: int = 4, limit: int | None = None,
             missing. Nothing is written then.
     """
     run = Path(run)
-    if examples < 1:
-        raise UserError(f"golden data needs at least 1 example, got {examples}", path="--examples")
-    spec, model, qnet = quantized_run(run, "xylo")
-    val = validation_set(spec, data_dir, limit)
-    if examples > len(val.images):
-        raise UserError(f"asks for {examples} golden examples, the validation set has {len(val.images)}",
-                        path="--examples")
-    comparison = compare_quantized(model, qnet, val.images, seed=seed, keep=examples)
+    spec, model, qnet, val, comparison = quantized_comparison(run, "xylo", examples=examples, limit=limit, seed=seed,
+                                                              data_dir=data_dir)
     weights = {k: v.detach().cpu().numpy() for k, v in model.ir_state_dict().items()}
     directory = run / A.EXPORT / XYLO_DIR
     model_path = write_xylo(directory / MODEL_FILE, qnet, weights, dt=XYLO_DT,
