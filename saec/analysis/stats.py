@@ -327,83 +327,14 @@ def measure_stats(model, data, *, batch_size: int = 64, seed: int = 0, device: t
         ``{"examples", "timesteps", "kind", "layers": {...}, "total": {...}}``
         (see the module docstring for the definitions).
     """
-    from saec.training.data import batch_indices
-    from saec.analysis.evaluate import EVAL_SEED_OFFSET
-
     graph: IRGraph = model.graph
     sae = model.kind == "sae"
     T = model.timesteps if sae else 1
     weights = model.ir_state_dict()
-    connections: list[_Connection] = []
-    for node in graph.nodes():
-        op = graph.op(node)
-        if not op.has_weights:
-            continue
-        source = _presynaptic_source(graph, node)
-        in_shape = tuple(graph.meta(graph.inputs(node)[0])["shape"])
-        connections.append(_Connection(
-            node=node, layer=graph.meta(node)["layer"], op=op, in_shape=in_shape, source=source,
-            pools=_sum_pools_before(graph, node), fanout=fan_out(op, in_shape, weights[f"{node}.weight"]),
-            events=torch.zeros(in_shape, dtype=torch.float64),
-            binary_input=_source(graph, source).binary))
-    neurons_of = _activation_nodes(graph)
-
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed + EVAL_SEED_OFFSET)
-    acc = BatchAccumulator(T)
-    examples = 0
-    with torch.inference_mode():  # forward only: no autograd bookkeeping, the lif_scan fast path
-        for idx in batch_indices(len(data), batch_size, shuffle=False):
-            x = data.images[idx].to(device)
-            out = model(x, generator=gen, record={"_encode"} if sae else frozenset())
-            examples += x.shape[0]
-            for c in connections:
-                events = _pooled(graph, c.pools, _events_of(graph, c.source, out, x))
-                c.events += events.reshape(-1, *c.in_shape).sum(0)
-            # AE / VAE: an activation "fires" when it is non-zero (one step).
-            acc.update({layer: (v if sae else (v != 0)).to(torch.float64).cpu() for layer, v in out.counts.items()})
-    model.train(was_training)
-    if examples == 0:
-        raise UserError("no examples to measure (empty validation set)", path="--examples")
-
-    activity = acc.result()
-    layers: dict[str, dict[str, Any]] = {}
-    spikes_total: dict[str, float] = {}
-    neurons: dict[str, int] = {}
-    acs = macs = 0.0
-    for c in connections:
-        meta = graph.meta(c.node)
-        synops = synaptic_operations(c.events, c.fanout) / examples
-        if c.binary_input:
-            acs += synops
-        else:
-            macs += synops
-        n_weights = int(meta.get("params", 0))
-        weight = weights[f"{c.node}.weight"]
-        stored = [t for key, t in weights.items() if key.rsplit(".", 1)[0] == c.node]  # weight, bias
-        entry: dict[str, Any] = {
-            "neurons": 0, "synapses": int(meta["synapses"]), "weights": n_weights,
-            "weight_bytes_fp32": 4 * n_weights, "weight_bytes_int8": n_weights,
-            "zero_weights": int(torch.count_nonzero(weight == 0)),
-            "connection_sparsity": connection_sparsity([weight]),
-            "parameter_bytes": footprint_bytes(stored),
-            "firing_rate": None, "dead": None, "bursting": None, "spikes_per_example": None,
-            "synops_per_example": synops, "synop_kind": "AC" if c.binary_input else "MAC",
-            "presynaptic": _source(graph, c.source).presynaptic(graph, c.source),
-            "dense_synops_per_example": int(meta["synapses"]) * T,
-            "dense_macs_per_example": int(meta["macs"]),
-        }
-        act = neurons_of.get(c.layer)
-        if act is not None:
-            rates = activity[c.layer]["firing_rates"]
-            n = int(graph.meta(act)["neurons"])
-            entry.update(neurons=n, firing_rate=rates["mean"], dead=rates["dead"], bursting=rates["bursting"],
-                         spikes_per_example=activity[c.layer]["spikes_per_example"])
-            spikes_total[c.layer] = activity[c.layer]["spikes_per_example"] * examples
-            neurons[c.layer] = n
-        layers[c.layer] = entry
+    connections = _connections(graph, weights)
+    activity, examples = _record_activity(model, data, connections, T, batch_size=batch_size, seed=seed,
+                                          device=device)
+    layers, spikes_total, neurons, acs, macs = _layer_entries(graph, connections, weights, activity, examples, T)
 
     def total(key: str) -> float:
         return sum(v[key] for v in layers.values() if v[key] is not None)
@@ -447,6 +378,107 @@ def measure_stats(model, data, *, batch_size: int = 64, seed: int = 0, device: t
         "energy_per_operation": {"ac_joules": energy.ac_joules, "mac_joules": energy.mac_joules,
                                  "source": energy.source},
     }
+
+
+def _connections(graph: IRGraph, weights: dict[str, Tensor]) -> list[_Connection]:
+    """One record per synapse node (an op with weights): its source, pools, fan-out and an event counter."""
+    connections: list[_Connection] = []
+    for node in graph.nodes():
+        op = graph.op(node)
+        if not op.has_weights:
+            continue
+        source = _presynaptic_source(graph, node)
+        in_shape = tuple(graph.meta(graph.inputs(node)[0])["shape"])
+        connections.append(_Connection(
+            node=node, layer=graph.meta(node)["layer"], op=op, in_shape=in_shape, source=source,
+            pools=_sum_pools_before(graph, node), fanout=fan_out(op, in_shape, weights[f"{node}.weight"]),
+            events=torch.zeros(in_shape, dtype=torch.float64),
+            binary_input=_source(graph, source).binary))
+    return connections
+
+
+def _record_activity(model, data, connections: list[_Connection], T: int, *, batch_size: int, seed: int,
+                     device: torch.device | str) -> tuple[dict[str, Any], int]:
+    """Run the model over ``data``: add each connection's presynaptic events, and measure activity per layer.
+
+    Returns:
+        (per-layer activity of :class:`BatchAccumulator`, number of examples).
+    Raises:
+        UserError: ``data`` is empty.
+    """
+    from saec.analysis.evaluate import EVAL_SEED_OFFSET
+    from saec.training.data import batch_indices
+
+    graph: IRGraph = model.graph
+    sae = model.kind == "sae"
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed + EVAL_SEED_OFFSET)
+    acc = BatchAccumulator(T)
+    examples = 0
+    with torch.inference_mode():  # forward only: no autograd bookkeeping, the lif_scan fast path
+        for idx in batch_indices(len(data), batch_size, shuffle=False):
+            x = data.images[idx].to(device)
+            out = model(x, generator=gen, record={"_encode"} if sae else frozenset())
+            examples += x.shape[0]
+            for c in connections:
+                events = _pooled(graph, c.pools, _events_of(graph, c.source, out, x))
+                c.events += events.reshape(-1, *c.in_shape).sum(0)
+            # AE / VAE: an activation "fires" when it is non-zero (one step).
+            acc.update({layer: (v if sae else (v != 0)).to(torch.float64).cpu() for layer, v in out.counts.items()})
+    model.train(was_training)
+    if examples == 0:
+        raise UserError("no examples to measure (empty validation set)", path="--examples")
+    return acc.result(), examples
+
+
+def _layer_entries(graph: IRGraph, connections: list[_Connection], weights: dict[str, Tensor],
+                   activity: dict[str, Any], examples: int, T: int
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, float], dict[str, int], float, float]:
+    """The per-layer statistics, and what the totals sum.
+
+    Returns:
+        (layer name -> statistics, layer -> spikes over all examples, layer -> neurons,
+        accumulate operations per example, multiply-accumulates per example).
+    """
+    neurons_of = _activation_nodes(graph)
+    layers: dict[str, dict[str, Any]] = {}
+    spikes_total: dict[str, float] = {}
+    neurons: dict[str, int] = {}
+    acs = macs = 0.0
+    for c in connections:
+        meta = graph.meta(c.node)
+        synops = synaptic_operations(c.events, c.fanout) / examples
+        if c.binary_input:
+            acs += synops
+        else:
+            macs += synops
+        n_weights = int(meta.get("params", 0))
+        weight = weights[f"{c.node}.weight"]
+        stored = [t for key, t in weights.items() if key.rsplit(".", 1)[0] == c.node]  # weight, bias
+        entry: dict[str, Any] = {
+            "neurons": 0, "synapses": int(meta["synapses"]), "weights": n_weights,
+            "weight_bytes_fp32": 4 * n_weights, "weight_bytes_int8": n_weights,
+            "zero_weights": int(torch.count_nonzero(weight == 0)),
+            "connection_sparsity": connection_sparsity([weight]),
+            "parameter_bytes": footprint_bytes(stored),
+            "firing_rate": None, "dead": None, "bursting": None, "spikes_per_example": None,
+            "synops_per_example": synops, "synop_kind": "AC" if c.binary_input else "MAC",
+            "presynaptic": _source(graph, c.source).presynaptic(graph, c.source),
+            "dense_synops_per_example": int(meta["synapses"]) * T,
+            "dense_macs_per_example": int(meta["macs"]),
+        }
+        act = neurons_of.get(c.layer)
+        if act is not None:
+            rates = activity[c.layer]["firing_rates"]
+            n = int(graph.meta(act)["neurons"])
+            entry.update(neurons=n, firing_rate=rates["mean"], dead=rates["dead"], bursting=rates["bursting"],
+                         spikes_per_example=activity[c.layer]["spikes_per_example"])
+            spikes_total[c.layer] = activity[c.layer]["spikes_per_example"] * examples
+            neurons[c.layer] = n
+        layers[c.layer] = entry
+    return layers, spikes_total, neurons, acs, macs
 
 
 # ---------------------------------------------------------------- console
