@@ -30,7 +30,7 @@ from saec.compiler import ops
 from saec.compiler.graph import IRGraph
 from saec.errors import UserError
 from saec.targets.fit import chip_decay
-from saec.targets.quantize import LOIHI_BIAS_MANT, LOIHI_WEIGHT_RANGE, loihi_scale
+from saec.targets.quantize import LOIHI_BIAS_MANT, LOIHI_WEIGHT_RANGE, loihi_scale, speck_scale
 
 #: The graph attribute that turns quantisation-aware execution on: a profile name or file.
 TARGET_ATTR = "target"
@@ -66,9 +66,26 @@ def fake_quant_loihi(weight: Tensor, bias: Tensor | None, neuron: ops.LIF, decay
                              replace(neuron, decay=decay, threshold=threshold))
 
 
+def fake_quant_speck(weight: Tensor, bias: Tensor | None, neuron: ops.LIF, decay: float) -> LayerQuantization:
+    """Speck / DYNAP-CNN (saec.targets.quantize.quantize_speck): one power-of-two scale per layer,
+    weights and bias rounded to 8-bit integers, the threshold to its integer register; no leak
+    (the fit check admits integrate-and-fire layers only, decay 1). Not modelled: the 16-bit state's
+    clamp at -2**15 (min_v_mem), which a trained layer's membrane rarely reaches."""
+    with torch.no_grad():
+        scale = speck_scale(float(weight.detach().abs().max()), neuron.threshold)
+    q_weight = torch.round(weight.detach() * scale) / scale
+    q_bias = None
+    if bias is not None:
+        q_bias = _straight_through(bias, torch.clamp(torch.round(bias.detach() * scale), -128, 127) / scale)
+    threshold = round(neuron.threshold * scale) / scale
+    return LayerQuantization(_straight_through(weight, q_weight), q_bias,
+                             replace(neuron, decay=decay, threshold=threshold))
+
+
 #: profile.quantizer -> fake quantiser(weight, bias, LIF op, chip decay) -> LayerQuantization
 FAKE_QUANTIZERS: dict[str, Callable[[Tensor, Tensor | None, ops.LIF, float], LayerQuantization]] = {
     "loihi_cuba": fake_quant_loihi,
+    "dynapcnn_iaf": fake_quant_speck,
 }
 
 

@@ -475,6 +475,16 @@ def quantize_loihi(graph: IRGraph, weights: dict[str, np.ndarray], profile: Prof
                                    "(saec's current is the step's input)"])
 
 
+def speck_scale(largest_weight: float, threshold: float) -> float:
+    """Integer units per unit of saec's membrane for one DYNAP-CNN layer: the largest power of two that
+    keeps the layer's largest weight within 8 bits and its threshold within the 16-bit state.
+
+    The one rule both :func:`quantize_speck` and quantisation-aware training (saec.runtime.qat) use.
+    """
+    return min(_power_of_two_scale(largest_weight, SPECK_WEIGHT_MAX),
+               _power_of_two_scale(threshold, SPECK_STATE_LIMIT - 2))
+
+
 def quantize_speck(graph: IRGraph, weights: dict[str, np.ndarray], profile: Profile) -> QuantizedNetwork:
     """DYNAP-CNN's formats: 8-bit weights and bias, 16-bit threshold, one power-of-two scale per layer.
 
@@ -485,8 +495,7 @@ def quantize_speck(graph: IRGraph, weights: dict[str, np.ndarray], profile: Prof
     for node, lif in _spiking_layers(graph):
         op = graph.op(lif)
         w = np.asarray(weights[f"{node}.weight"], dtype=np.float64)
-        scale = min(_power_of_two_scale(float(np.abs(w).max()), SPECK_WEIGHT_MAX),
-                    _power_of_two_scale(op.threshold, SPECK_STATE_LIMIT - 2))
+        scale = speck_scale(float(np.abs(w).max()), op.threshold)
         threshold = int(round(op.threshold * scale))
         bias = None
         if f"{node}.bias" in weights:

@@ -135,13 +135,44 @@ def test_qat_trained_model_is_its_integer_simulation(tmp_path):
     assert _differing(out, sim) == dict.fromkeys(LAYERS, 0)
 
 
+def test_speck_quantised_forward_spikes_as_the_integer_simulation(tmp_path):
+    """Speck: integrate-and-fire, sum pooling, 8-bit weights at one power-of-two scale per layer; He
+    weights x 3 (not dyadic). The quantisation-aware forward is saec's DYNAP-CNN integer simulation."""
+    from tests.exporters.test_speck import TINY_SPECK
+
+    layers = ("conv1", "latent", "dec1", "output")
+    (tmp_path / "s.yaml").write_text(TINY_SPECK)
+    _, graph = compile_spec(str(tmp_path / "s.yaml"))
+    model = SpikingAutoencoder(train_for_target(graph, "speck"))
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)
+    weights = {k: v.numpy() for k, v in model.ir_state_dict().items()}
+    qnet = quantize(graph, weights, load_profile("speck"))
+    spikes = (np.random.default_rng(2).random((4, 3, 1, 28, 28)) < 0.5).astype(np.float32)
+
+    def differing(m: SpikingAutoencoder) -> dict[str, int]:
+        with torch.no_grad():
+            out = m(torch.zeros(3, 1, 28, 28), encoded=torch.from_numpy(spikes), record=frozenset(layers))
+        return {layer: int((out.trains[layer].numpy() != sim[layer].reshape(out.trains[layer].shape)).sum())
+                for layer in layers}
+
+    sim, _ = qnet.reconstruct(spikes)
+    assert all(sim[layer].sum() > 0 for layer in layers)
+    assert differing(model) == dict.fromkeys(layers, 0)
+    plain = SpikingAutoencoder(graph)  # the same float weights without quantisation: the check can fail
+    plain.load_ir_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    assert sum(differing(plain).values()) > 0
+
+
 def test_train_target_without_a_quantiser_for_training_is_one_line(tmp_path):
     (tmp_path / "t.yaml").write_text(TINY28)
     result = runner.invoke(app, ["train", str(tmp_path / "t.yaml"), "--target", "xylo", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
         "error: --target: quantisation-aware training has no quantiser for target 'xylo' yet (targets with one: "
-        "loihi)")
+        "loihi, speck)")
     assert not (tmp_path / "r").exists()
 
 
@@ -164,6 +195,6 @@ def test_resume_takes_no_target(tmp_path):
 
 def test_unknown_target_in_the_graph_names_it(tmp_path):
     graph, _ = _graphs(tmp_path, "0.5")
-    graph.attrs[TARGET_ATTR] = "speck"  # a profile whose quantiser training does not have
-    with pytest.raises(UserError, match="quantisation-aware training has no quantiser for target 'speck' yet"):
+    graph.attrs[TARGET_ATTR] = "xylo"  # a profile whose quantiser training does not have
+    with pytest.raises(UserError, match="quantisation-aware training has no quantiser for target 'xylo' yet"):
         SpikingAutoencoder(graph)
