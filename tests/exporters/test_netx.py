@@ -25,9 +25,10 @@ from saec.run import artifacts as A
 from saec.run.hardware import HARDWARE_EXPORTERS
 from saec.run.loihi import LOIHI_GOLDEN, LOIHI_NETX, LOIHI_RECORD
 from saec.runtime.model import SpikingAutoencoder
-from saec.spec.loader import resolved_yaml
 from saec.targets.profile import load_profile
 from saec.targets.quantize import quantize
+from tests.exporters.test_nir import TINY as TINY_NIR
+from tests.exporters.test_nir import make_run as make_nir_run
 
 runner = CliRunner()
 
@@ -128,36 +129,12 @@ def test_netx_refuses_a_network_quantised_for_another_chip(tmp_path):
 
 
 # ---------------------------------------------------------------- saec export RUN --target loihi
-TINY28 = """\
-name: tiny28
-kind: sae
-latent: latent
-input: {shape: [1, 28, 28]}
-encoding: {type: poisson, timesteps: 8, scale: 0.5}
-neuron: {type: lif, decay: 0.9, threshold: 1.0, reset: zero}
-layers:
-  - {name: conv1, type: conv2d, out_channels: 2, kernel_size: 5}
-  - {name: flat, type: flatten}
-  - {name: latent, type: linear, out_features: 8}
-  - {name: fc_dec, type: linear, out_features: 1152}
-  - {name: unflat, type: unflatten, shape: [2, 24, 24]}
-  - {name: output, type: conv_transpose2d, out_channels: 1, kernel_size: 5}
-readout: {type: max_cumulative_potential, scale: 0.5}
-data: {dataset: mnist5k, validation: {source: split, fraction: 0.02}}
-"""
+TINY28 = TINY_NIR  # the 28 x 28 network of the NIR tests (conv, flatten, linear, unflatten, conv-transpose)
 
 
 def make_run(folder: Path, spec_text: str = TINY28, *, gain: float = 3.0, seed: int = 0) -> Path:
-    """A run folder as `saec train` leaves it (spec.yaml, ir.json, model.safetensors), He weights times gain."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "source.yaml").write_text(spec_text)
-    loaded, graph = compile_spec(str(folder / "source.yaml"))
-    model = SpikingAutoencoder(graph)
-    model.reset_parameters(torch.Generator().manual_seed(seed))
-    A.write_text(folder / A.SPEC, resolved_yaml(loaded.spec))
-    A.write_text(folder / A.IR, graph.to_json())
-    A.save_weights(folder / A.WEIGHTS, {k: v * gain for k, v in model.ir_state_dict().items()})
-    return folder
+    """A run folder as `saec train` leaves it, He weights times gain (tests.exporters.test_nir.make_run)."""
+    return make_nir_run(folder, spec_text, gain=gain, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,11 @@ from saec.cli import app
 from saec.compiler import ops
 from saec.compiler.pipeline import compile_spec
 from saec.exporters import speck as S
-from saec.run import artifacts as A
 from saec.runtime.model import SpikingAutoencoder
-from saec.spec.loader import resolved_yaml
 from saec.targets.profile import load_profile
 from saec.targets.quantize import SPECK_STATE_LIMIT, quantize, quantize_speck
 from tests.conftest import SPECS
+from tests.exporters.test_nir import make_run
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
@@ -47,19 +46,6 @@ layers:
 readout: {type: max_cumulative_potential, scale: 0.5}
 data: {dataset: mnist5k, validation: {source: split, fraction: 0.02}}
 """
-
-
-def make_run(folder: Path, spec_text: str, overrides=(), *, gain: float = 3.0, seed: int = 0) -> Path:
-    """A run folder as `saec train` leaves it (spec.yaml, ir.json, model.safetensors), untrained weights."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "source.yaml").write_text(spec_text)
-    loaded, graph = compile_spec(str(folder / "source.yaml"), list(overrides))
-    model = SpikingAutoencoder(graph)
-    model.reset_parameters(torch.Generator().manual_seed(seed))
-    A.write_text(folder / A.SPEC, resolved_yaml(loaded.spec))
-    A.write_text(folder / A.IR, graph.to_json())
-    A.save_weights(folder / A.WEIGHTS, {k: v * gain for k, v in model.ir_state_dict().items()})
-    return folder
 
 
 def quantized(spec_text: str, tmp_path: Path, overrides=()):
