@@ -57,6 +57,7 @@ class Training:
     seed: int = 0  # weights, data order, encoding noise, held-out split
     grad_clip: GradClip | None = None
     max_steps: int | None = None  # optimizer steps per epoch at most
+    precision: str = "fp32"  # fp32 | bf16: the training forward's synapses under bf16 autocast
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def run_config(spec: Spec) -> RunConfig:
             epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer, weight_decay=t.weight_decay,
             schedule=Schedule(type=t.schedule.type, step_size=t.schedule.step_size, gamma=t.schedule.gamma),
             seed=t.seed, grad_clip=GradClip(mode=t.grad_clip.mode, max=t.grad_clip.max) if t.grad_clip else None,
-            max_steps=t.max_steps),
+            max_steps=t.max_steps, precision=t.precision),
         data=Data(
             dataset=d.dataset, root=_text(d.root), torchvision=d.torchvision,
             transform=Transform(grayscale=d.transform.grayscale,

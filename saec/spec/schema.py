@@ -249,6 +249,16 @@ class TrainingSpec(Strict):
         0, description="Seed of weights, data order, encoding noise (0 <= seed < 2**63).")
     grad_clip: GradClipSpec | None = Field(None, description="Gradient clipping; null = none.")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many steps per epoch (short schedules).")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="Arithmetic of the training step's forward. fp32 (default): float32 throughout. bf16: the "
+        "synapses (convolutions, transposed convolutions, linear layers) run under torch.autocast(device, "
+        "torch.bfloat16), their backward in bf16 too, on the CPU and on CUDA; the LIF state and its scan, the "
+        "readout, the loss, the optimizer and the master weights (the parameters) stay float32. Validation and "
+        "evaluation always run in float32. For speed on CPUs and GPUs with bf16 matrix units (AVX-512 BF16 / "
+        "AMX, NVIDIA Ampere and later); not with quantisation-aware training (saec train --target), whose "
+        "forward must equal the chip's integer arithmetic.",
+    )
 
 
 class ValidationSpec(Strict):

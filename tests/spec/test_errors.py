@@ -58,6 +58,8 @@ CASES = [
      r"layers\.latent: needs a flat input, got 32x20x20 .*`conv2`"),
     ("explicit-channels", "out_channels: 32, kernel_size: 5}", "in_channels: 8, out_channels: 32, kernel_size: 5}",
      "name: conv2", r"layers\.conv2: expects 8 input channels, got 16x24x24; its input `conv1`"),
+    ("precision", "optimizer: adam,", "optimizer: adam, precision: fp16,", "precision: fp16",
+     r"training\.precision: .*'fp32' or 'bf16' \(got 'fp16'\)"),
 ]
 
 
@@ -116,6 +118,7 @@ def test_empty_file(tmp_path):
     ("epochs", r"^error: --set: expected KEY=VALUE"),
     ("layers.9.name=x", r"^error: --set: layers\.9: index 9 out of range"),
     ("regularizers.a1.layers=[flat]", r"^error: --set: regularizers\.a1\.layers\[0\]: layer 'flat' has no spiking"),
+    ("training.precision=bf17", r"^error: --set: training\.precision: .*'fp32' or 'bf16' \(got 'bf17'\)"),
 ])
 def test_bad_set(override, pattern):
     result = runner.invoke(app, ["compile", str(SPECS / "sae_dense.yaml"), "--set", override])
