@@ -289,11 +289,12 @@ def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path |
     if target is not None:
         from saec.run.hardware import train_for_target
 
-        locate = None
+        locate = locate_field = None
         if compiled.loaded is not None:
             def locate(node: str, message: str) -> UserError:
                 return compiled.loaded.error(tuple(graph.meta(node).get("spec_path", ())), message)
-        graph = train_for_target(graph, target, locate)
+            locate_field = compiled.loaded.error
+        graph = train_for_target(graph, target, locate, locate_field)
         log(f"quantisation-aware training for {target}: the forward runs the chip's weights, thresholds and decay")
     run_training(compiled.spec, graph, run_dir, data_dir=str(data_dir) if data_dir else None,
                  device=device, force=force, progress=progress, logger=logger, log=log)

@@ -79,7 +79,8 @@ def refuse_unexported(target: str) -> None:
                     f"{', '.join(sorted(HARDWARE_EXPORTERS))})", path="--target")
 
 
-def train_for_target(graph, target: str, locate: Callable[[str, str], UserError] | None = None):
+def train_for_target(graph, target: str, locate: Callable[[str, str], UserError] | None = None,
+                     locate_field: Callable[[tuple, str], UserError] | None = None):
     """A copy of ``graph`` set to train quantisation-aware for ``target`` (``saec train --target``).
 
     The copy's ``attrs["target"]`` turns on the quantised forward (:mod:`saec.runtime.qat`); it is
@@ -89,10 +90,15 @@ def train_for_target(graph, target: str, locate: Callable[[str, str], UserError]
         graph: the compiled graph.
         target: a shipped profile name or a profile file.
         locate: ``locate(node, message)`` -> the error located in the spec (default: the layer's path).
+        locate_field: ``locate_field(path, message)`` -> the error at the spec field ``path`` (a tuple
+            such as ``("training", "precision")``; default: the dotted path alone).
     Raises:
-        UserError: an unknown target, one without a quantiser training can use, or a network that does
-            not fit it (its first problem, located, with the count of the others).
+        UserError: an unknown target, one without a quantiser training can use, ``training.precision``
+            other than fp32, or a network that does not fit it (its first problem, located, with the
+            count of the others).
     """
+    from saec.compiler.runconfig import ATTR as RUN_CONFIG
+    from saec.compiler.runconfig import RunConfig
     from saec.runtime.qat import FAKE_QUANTIZERS, TARGET_ATTR
     from saec.targets.fit import check_fit
     from saec.targets.profile import available_targets, load_profile
@@ -101,6 +107,16 @@ def train_for_target(graph, target: str, locate: Callable[[str, str], UserError]
     if (profile.quantizer or "") not in FAKE_QUANTIZERS:
         raise UserError(f"quantisation-aware training has no quantiser for target {profile.name!r} yet "
                         f"(targets with one: {', '.join(sorted(_targets_with(FAKE_QUANTIZERS)))})", path="--target")
+    precision = RunConfig.of(graph).training.precision if RUN_CONFIG in graph.attrs else "fp32"
+    if precision != "fp32":
+        # The quantised forward is the chip's integer network only while its currents are exact sums
+        # of the quantised weights; bf16 synapses round them to 8 significant bits.
+        message = (f"{precision} cannot be combined with quantisation-aware training (--target {profile.name}): "
+                   f"the forward must equal the chip's integer arithmetic, which {precision} synapses round "
+                   f"away; use training.precision: fp32, or train without --target")
+        if locate_field is not None:
+            raise locate_field(("training", "precision"), message)
+        raise UserError(message, path="training.precision")
     violations = check_fit(graph, profile).violations
     if violations:
         first, more = violations[0], len(violations) - 1

@@ -186,6 +186,28 @@ def test_train_target_refuses_a_network_that_does_not_fit_at_its_line(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("where", ["file", "--set"])
+def test_train_target_refuses_bf16_at_its_line(tmp_path, where):
+    """The quantised forward must be the chip's integer network; bf16 synapses would round its currents."""
+    text = TINY28 + ("training: {precision: bf16}\n" if where == "file" else "")
+    (tmp_path / "t.yaml").write_text(text)
+    extra = ["--set", "training.precision=bf16"] if where == "--set" else []
+    result = runner.invoke(app, ["train", str(tmp_path / "t.yaml"), "--target", "loihi", *extra,
+                                 "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    location = f"{tmp_path / 't.yaml'}:{len(text.splitlines())}" if where == "file" else "--set"
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {location}: training.precision: bf16 cannot be combined with quantisation-aware training "
+        f"(--target loihi): the forward must equal the chip's integer arithmetic, which bf16 synapses round away; "
+        f"use training.precision: fp32, or train without --target")
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+    # without a spec to point into, the error names the field
+    _, graph = compile_spec(str(tmp_path / "t.yaml"), extra[1:])
+    with pytest.raises(UserError, match=r"^training\.precision: bf16 cannot be combined"):
+        train_for_target(graph, "speck")
+
+
 def test_resume_takes_no_target(tmp_path):
     result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--target", "loihi"])
     assert result.exit_code == 2
