@@ -169,7 +169,8 @@ class Run:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """One dict per finished epoch (``metrics.jsonl``): training terms, validation L_rec, latent ANR."""
+        """One dict per finished epoch (``metrics.jsonl``): training terms, validation L_rec, latent ANR, the
+        training precision."""
         from saec.run import artifacts as A
 
         file = self.path / A.METRICS

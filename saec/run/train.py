@@ -126,7 +126,7 @@ class _Session:
         if dist.main:
             self.log(f"training {self.graph.attrs.get('name')} on {self.device} ({len(train_set)} train / "
                      f"{len(self.val_set)} validation images, T={trainer.model.timesteps}, batch {t.batch_size}, "
-                     f"{t.epochs} epochs) -> {self.out}")
+                     f"{t.epochs} epochs, precision {t.precision}) -> {self.out}")
         try:
             if dist.main:
                 self.steplog = StepLog(self.out, resume_from=trainer.position.global_step if checkpoint else None,

@@ -133,14 +133,17 @@ def _single_output_transposed(op: ops.ConvTranspose2d, weight: Tensor, bias: Ten
     x_hwc = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view for channels-last x
     taps = weight.reshape(c, kh * kw).t().matmul(x_hwc.t())  # [k*k, N*H*W]: sum over input channels
     taps = taps.view(kh, kw, n, h, w)
-    full = torch.zeros(n, h + kh - 1, w + kw - 1, dtype=taps.dtype, device=x.device)
+    # Under bf16 autocast the product rounds each tap to bf16; the shifted adds sum in float32 and
+    # the result rounds once, as oneDNN's own bf16 convolutions accumulate (a no-op in float32).
+    full = torch.zeros(n, h + kh - 1, w + kw - 1, dtype=torch.promote_types(taps.dtype, torch.float32),
+                       device=x.device)
     for i in range(kh):
         for j in range(kw):
             full[:, i:i + h, j:j + w] += taps[i, j]
     out = full[:, ph:h + kh - 1 - ph, pw:w + kw - 1 - pw].unsqueeze(1)
     if bias is not None:
         out = out + bias.view(1, 1, 1, 1)
-    return out
+    return out.to(taps.dtype)
 
 
 def channels_last(x: Tensor) -> Tensor:

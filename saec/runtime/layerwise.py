@@ -141,14 +141,24 @@ def _reshape(walk: Walk, name: str, op: ops.Op, h: Tensor) -> Tensor:
     return h.reshape(h.shape[0], walk.batch, *shape)
 
 
+def state_precision(current: Tensor) -> Tensor:
+    """``current`` in float32 when it comes in bf16 or fp16, else as it is.
+
+    Under ``torch.autocast`` (``training.precision: bf16``) the synapses hand out low-precision
+    currents; the neurons' state (the LIF membrane and its fused C or Triton scan, which take
+    float32 only, the leaky integrator) and the VAE's sampling stay float32, so rounding to 8
+    mantissa bits happens once per synapse and never accumulates over the T steps.
+    """
+    return current.float() if current.dtype in (torch.bfloat16, torch.float16) else current
+
+
 @LAYERWISE.register(ops.LIF)
 def _lif(walk: Walk, name: str, op: ops.LIF, h: Tensor) -> Tensor:
     op = walk.model.neuron(name, op)  # the chip's decay and threshold under quantisation-aware execution
     layer = walk.model.graph.meta(name).get("layer")
     keep_state = walk.record_potentials and layer in walk.record
     want = "all" if keep_state else walk.model.graph.meta(name)[META_KEY]["cumulative"]
-    if h.dtype in (torch.bfloat16, torch.float16):
-        h = h.float()  # under autocast: synapses in low precision, the LIF recurrence in fp32
+    h = state_precision(h)
     if walk.fast:
         res = lif_scan(h, op, cumulative=want, record_potential=keep_state, bool_spikes=walk.keep_binary,
                        counts=True, backend=walk.model.execution.scan_backend)
@@ -190,7 +200,7 @@ def _relu(walk: Walk, name: str, op: ops.ReLU, h: Tensor) -> Tensor:
 
 @LAYERWISE.register(ops.Reparameterize)
 def _reparameterize(walk: Walk, name: str, op: ops.Reparameterize, h: Tensor) -> Tensor:
-    z, walk.out.mu, walk.out.logvar = reparameterize(h[0], walk.model.training, walk.generator)
+    z, walk.out.mu, walk.out.logvar = reparameterize(state_precision(h[0]), walk.model.training, walk.generator)
     return z.unsqueeze(0)
 
 
@@ -209,7 +219,7 @@ def _sum_pool(walk: Walk, name: str, op: ops.SumPool2d, h: Tensor) -> Tensor:
 
 @LAYERWISE.register(ops.LeakyIntegrator)
 def _leaky_integrator(walk: Walk, name: str, op: ops.LeakyIntegrator, h: Tensor) -> Tensor:
-    y = leaky_integrate(h, op)
+    y = leaky_integrate(state_precision(h), op)
     layer = walk.model.graph.meta(name).get("layer")
     if layer in walk.record:
         walk.out.trains[layer] = y

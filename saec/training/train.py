@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 import torch
@@ -35,7 +35,7 @@ from saec.compiler import ops
 from saec.compiler.graph import IRGraph
 from saec.compiler.runconfig import Training
 from saec.runtime.encoding import poisson_encode
-from saec.runtime.model import SpikingAutoencoder
+from saec.runtime.model import NetOutput, SpikingAutoencoder
 from saec.training.data import ImageSet, batch_indices
 from saec.training.objective import mean_spike_rate, objective
 
@@ -366,6 +366,40 @@ def save_checkpoint(trainer: Trainer, hooks: Hooks, complete: bool = False) -> N
 
 
 # ---------------------------------------------------------------- one step
+#: ``training.precision`` -> the dtype autocast runs the synapses in (None: no autocast).
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def forward_precision(config: Training, device: torch.device) -> torch.autocast:
+    """The context the training forward runs in: ``torch.autocast(device.type, torch.bfloat16)`` for
+    ``precision: bf16`` (the synapses' convolutions and matrix products in bf16; the network keeps its
+    neurons' state in float32, :func:`saec.runtime.layerwise.state_precision`), autocast off for fp32.
+
+    Raises:
+        ValueError: a precision this saec does not know (an ``ir.json`` from another version).
+    """
+    if config.precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"training.precision must be one of {', '.join(AUTOCAST_DTYPES)}, got {config.precision!r}")
+    dtype = AUTOCAST_DTYPES[config.precision]
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def in_float32(out: NetOutput) -> NetOutput:
+    """``out`` with every bf16 / fp16 tensor cast to float32 (differentiably), so that the loss is float32.
+
+    Under bf16 autocast an SAE's loss inputs are float32 already (LIF state, readout); an AE's or
+    VAE's activations, reconstruction and posterior come out of the synapses in bf16.
+    """
+    def cast(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16):
+            return value.float()
+        if isinstance(value, dict):
+            return {k: cast(v) for k, v in value.items()}
+        return value
+
+    return NetOutput(**{f.name: cast(getattr(out, f.name)) for f in fields(out)})
+
+
 def train_step(trainer: Trainer, train_set: ImageSet, batch: torch.Tensor, hooks: Hooks) -> dict[str, float]:
     """One optimizer step on the global ``batch``; the logged terms (global-batch means under DDP).
 
@@ -375,8 +409,9 @@ def train_step(trainer: Trainer, train_set: ImageSet, batch: torch.Tensor, hooks
     p, model, dist = trainer.position, trainer.model, trainer.dist
     x, forward_args = _rank_inputs(model, train_set.images, batch, dist, trainer.noise, trainer.sample_noise,
                                    trainer.device, train_set.spikes)
-    result = trainer.net(x, **forward_args)
-    loss, parts = objective(model, result, x)
+    with forward_precision(trainer.config, trainer.device):
+        result = trainer.net(x, **forward_args)
+    loss, parts = objective(model, in_float32(result), x)
     parts = {**parts, "loss": float(loss.detach()), "spike_rate": mean_spike_rate(model, result)}
     if dist.world > 1:
         parts = _global_batch_means(parts, x.shape[0], trainer.device)
@@ -438,6 +473,7 @@ def _end_epoch(trainer: Trainer, hooks: Hooks, elapsed: float) -> None:
     p.sums, p.count = {}, 0
     row["seconds"] = elapsed
     row["lr"] = trainer.opt.param_groups[0]["lr"]
+    row["precision"] = t.precision  # how the epoch was trained (validation always runs in fp32)
     if trainer.dist.main:
         val = hooks.evaluate(trainer.model)
         row["val_rec_loss"] = val["rec_loss"]

@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 from saec.compiler.graph import IRGraph
 from saec.compiler.pipeline import compile_spec
+from saec.compiler.runconfig import RunConfig
 from saec.run import artifacts as A
 from saec.training import train as train_module
 from saec.run.checkpoint import LOCK
@@ -195,6 +196,34 @@ def test_resume_needs_a_checkpoint(tmp_path):
     spec, graph = mini(tmp_path)
     with pytest.raises(UserError, match="nothing to resume"):
         train(spec, graph, tmp_path / "empty", device="cpu", progress=False, resume=True)
+
+
+def test_bf16_run_says_so_and_resumes_in_bf16(light_finish, baseline, tmp_path):
+    spec, graph = mini(tmp_path, ["training.precision=bf16"])
+    whole = tmp_path / "whole"
+    lines: list[str] = []
+    train(spec, graph, whole, device="cpu", progress=False, log=lines.append)
+    header = next(line for line in lines if line.startswith("training mini on cpu"))
+    assert header.endswith(f"2 epochs, precision bf16) -> {whole}")
+    # the run records how it was trained: metrics.jsonl, the run config in ir.json, spec.yaml
+    assert [row["precision"] for row in metric_rows(whole)] == ["bf16", "bf16"]
+    assert [row["precision"] for row in metric_rows(baseline[0])] == ["fp32", "fp32"]
+    assert RunConfig.of(IRGraph.read_json(whole / A.IR)).training.precision == "bf16"
+    assert load_spec(whole / A.SPEC).spec.training.precision == "bf16"
+    # from the same seed bf16 ends with other weights than fp32 ...
+    assert all(not torch.equal(a, b) for a, b in zip(weights(baseline[0]).values(), weights(whole).values()))
+    # ... and an interrupted bf16 run, resumed from its folder, ends with the uninterrupted bf16 run's
+    # weights: the steps after the resume ran in bf16 too
+    out = tmp_path / "resumed"
+    with pytest.raises(TrainingInterrupted):
+        train(spec, graph, out, device="cpu", progress=False, log=lambda line: None,
+              stop_after_steps=STEPS_PER_EPOCH + 1)
+    lines.clear()
+    train(*run_folder.load_run(out), out, device="cpu", progress=False, log=lines.append, resume=True)
+    assert any(line.startswith("resuming") for line in lines)
+    assert any(line.endswith(f"precision bf16) -> {out}") for line in lines)
+    assert_same_weights(whole, out)
+    assert metric_rows(whole) == metric_rows(out)
 
 
 # ---------------------------------------------------------------- failures
