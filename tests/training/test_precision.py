@@ -55,8 +55,10 @@ regularizers: {}
 training: {batch_size: 4, lr: 0.01}
 data: {dataset: mnist5k}
 """
-SPECS = {"sae": TINY_SAE, "ae": TINY_AE}
-IMAGES = ImageSet(torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.zeros(4, dtype=torch.int64))
+TINY_VAE = TINY_AE.replace("kind: ae", "kind: vae").replace("regularizers: {}", "regularizers: {l2: 0.01, beta: 1.0}")
+SPECS = {"sae": TINY_SAE, "ae": TINY_AE, "vae": TINY_VAE}
+IMAGES = ImageSet(torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+                  torch.zeros(4, dtype=torch.int64))
 BATCH = torch.arange(4)
 HOOKS = SimpleNamespace(kept_checkpoint=lambda: "no checkpoint")  # train_step names it only when the loss diverges
 
@@ -178,22 +180,32 @@ def test_fp32_step_is_the_plain_step_bit_for_bit(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_bf16_step_of_an_ae_has_a_float32_loss(tmp_path, dtypes, monkeypatch):
-    """An AE's activations come out of the synapses in bf16; the loss is computed on them in fp32."""
+@pytest.mark.parametrize("kind", ["ae", "vae"])
+def test_bf16_step_of_an_ae_or_vae_has_a_float32_loss(tmp_path, dtypes, monkeypatch, kind):
+    """An AE's activations come out of the synapses in bf16; the loss is computed on them in fp32,
+    and the VAE samples its latent in fp32."""
     from saec.training import train as train_module
 
-    loss_dtypes = []
+    loss_dtypes, sampled = [], []
 
     def recorded_objective(model, out, x):
         loss_dtypes.extend([out.x_hat.dtype, *(c.dtype for c in out.counts.values())])
+        loss_dtypes.extend([t.dtype for t in (out.mu, out.logvar) if t is not None])
         return objective(model, out, x)
 
+    def recorded_reparameterize(h, *args):
+        sampled.append(h.dtype)
+        return reparameterize(h, *args)
+
+    reparameterize = layerwise.reparameterize
     monkeypatch.setattr(train_module, "objective", recorded_objective)
-    trainer = make_trainer(tmp_path, "bf16", kind="ae")
+    monkeypatch.setattr(layerwise, "reparameterize", recorded_reparameterize)
+    trainer = make_trainer(tmp_path, "bf16", kind=kind)
     before = weights(trainer)
     parts = train_step(trainer, IMAGES, BATCH, HOOKS)
     assert torch.bfloat16 in dtypes["synapse_out"]
     assert set(loss_dtypes) == {torch.float32}
+    assert sampled == ([torch.float32] if kind == "vae" else [])
     assert torch.isfinite(torch.tensor(parts["loss"]))
     after = weights(trainer)
     assert any(not torch.equal(before[k], after[k]) for k in before)
