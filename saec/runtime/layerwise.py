@@ -22,6 +22,7 @@ from saec.compiler import ops
 from saec.compiler.dispatch import OpTable
 from saec.compiler.passes.exec_plan import META_KEY
 from saec.runtime import fastpath
+from saec.runtime import pool as buffers
 from saec.runtime.encoding import poisson_encode
 from saec.runtime.layers import leaky_integrate, reparameterize, sum_pool2d
 from saec.runtime.lif import LIFResult, lif_scan, lif_scan_autograd
@@ -147,9 +148,27 @@ def state_precision(current: Tensor) -> Tensor:
     Under ``torch.autocast`` (``training.precision: bf16``) the synapses hand out low-precision
     currents; the neurons' state (the LIF membrane and its fused C or Triton scan, which take
     float32 only, the leaky integrator) and the VAE's sampling stay float32, so rounding to 8
-    mantissa bits happens once per synapse and never accumulates over the T steps.
+    mantissa bits happens once per synapse and never accumulates over the T steps. The float32
+    copy keeps the current's layout and comes from the step's buffer pool where one is active
+    (the fast path on the CPU, :mod:`saec.runtime.pool`), like the step's other large tensors;
+    the copy is differentiable (the gradient goes back to the current in its own dtype).
     """
-    return current.float() if current.dtype in (torch.bfloat16, torch.float16) else current
+    if current.dtype not in (torch.bfloat16, torch.float16):
+        return current
+    pool = buffers.active()
+    if pool is None or not _dense(current):  # the pool hands out dense layouts only
+        return current.float()
+    return buffers.empty_like(pool, current, torch.float32).copy_(current)
+
+
+def _dense(t: Tensor) -> bool:
+    """Whether ``t``'s elements fill its memory without gaps or overlaps (any order of dimensions)."""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n > 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 @LAYERWISE.register(ops.LIF)

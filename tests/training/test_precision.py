@@ -237,3 +237,24 @@ def test_single_output_transposed_conv_under_bf16_sums_taps_in_fp32():
 
     assert torch.equal(y, summed(torch.float32))
     assert not torch.equal(y, summed(torch.bfloat16))  # summing in bf16 would round differently: the check can fail
+
+
+def test_state_precision_copies_into_the_pool_in_the_current_layout():
+    """The fp32 copy of a bf16 current comes from the step's buffer pool, keeps the layout and the gradient."""
+    from saec.runtime.pool import BufferPool, use_pool
+
+    current = torch.randn(2, 3, 8, 128, 128).to(torch.bfloat16)  # [T, B, C, H, W], 2 MB in fp32: pooled
+    current = current.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    pool = BufferPool()
+    with use_pool(pool):
+        copy = layerwise.state_precision(current)
+    assert copy.dtype == torch.float32 and copy.stride() == current.stride()
+    assert torch.equal(copy, current.float()) and pool.misses == 1
+    copy.sum().backward()
+    assert current.grad.dtype == torch.bfloat16 and torch.equal(current.grad, torch.ones_like(current))
+    gapped = current.detach()[:, :, :, ::2]  # not dense: torch's own cast, outside the pool
+    with use_pool(pool):
+        assert torch.equal(layerwise.state_precision(gapped), gapped.float())
+    assert pool.misses == 1 and pool.hits == 0
+    fp32 = torch.zeros(2, 2)
+    assert layerwise.state_precision(fp32) is fp32
