@@ -387,8 +387,9 @@ def forward_precision(config: Training, device: torch.device) -> torch.autocast:
 def in_float32(out: NetOutput) -> NetOutput:
     """``out`` with every bf16 / fp16 tensor cast to float32 (differentiably), so that the loss is float32.
 
-    Under bf16 autocast an SAE's loss inputs are float32 already (LIF state, readout); an AE's or
-    VAE's activations, reconstruction and posterior come out of the synapses in bf16.
+    Under bf16 autocast an SAE's loss inputs are float32 already (LIF state, readout), and so is a
+    VAE's posterior (sampled in float32); an AE's or VAE's ReLU activations and reconstruction come
+    out of the synapses in bf16.
     """
     def cast(value: Any) -> Any:
         if isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16):
