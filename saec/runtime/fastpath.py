@@ -282,8 +282,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
                     list(op.output_padding) if transposed else [0, 0], 1, [need_x, need_w, need_b])
             if need_x:
                 _into_rows(gx_rows[a:b], gx_c)
-            gw = gw_c if gw is None else (gw.add_(gw_c) if gw_c is not None else gw)
-            gb = gb_c if gb is None else (gb.add_(gb_c) if gb_c is not None else gb)
+            gw, gb = _accumulate(gw, gw_c), _accumulate(gb, gb_c)
         return gx, None, _like(gw, param), _cast(gb, param.dtype), None, None, None, None, None
 
 
@@ -320,6 +319,17 @@ def _row_major_strides(y: Tensor, n: int) -> tuple[int, ...]:
     """Strides of an [n, *y.shape[1:]] tensor whose rows have ``y``'s layout (y dense)."""
     row = y[0].numel()
     return (row, *y.stride()[1:])
+
+
+def _accumulate(total: Tensor | None, part: Tensor | None) -> Tensor | None:
+    """``total + part`` in place, the first part taken as it is; a bf16 / fp16 part starts a float32
+    total, so that a weight gradient summed over row chunks rounds once per chunk in bf16 (as one
+    whole-tensor bf16 backward would), not again at every addition. In float32 nothing is copied."""
+    if part is None:
+        return total
+    if total is None:
+        return part.to(torch.promote_types(part.dtype, torch.float32))
+    return total.add_(part)
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:

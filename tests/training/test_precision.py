@@ -258,3 +258,30 @@ def test_state_precision_copies_into_the_pool_in_the_current_layout():
     assert pool.misses == 1 and pool.hits == 0
     fp32 = torch.zeros(2, 2)
     assert layerwise.state_precision(fp32) is fp32
+
+
+def test_bf16_fast_path_over_row_chunks_matches_the_reference_path(tmp_path, monkeypatch):
+    """The fast path's synapses over row chunks (3 x 48 rows in 2 chunks; pooled buffers) under bf16:
+    the same spikes as the reference path's whole-tensor autocast, weight gradients summed over the
+    chunks in fp32 and handed out in fp32, within bf16 rounding of the reference path's."""
+    from saec.runtime import pool
+
+    monkeypatch.setattr(fastpath, "CHUNK_BYTES", 5000)
+    monkeypatch.setattr(pool, "MIN_POOLED_BYTES", 1024)
+    x = torch.rand(48, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    results = {}
+    for path in ("fast", "reference"):
+        trainer = make_trainer(tmp_path, "bf16", path=path)
+        with forward_precision(trainer.config, torch.device("cpu")):
+            out = trainer.model(x, generator=torch.Generator().manual_seed(1), record={"conv1", "latent", "output"})
+        loss, _ = objective(trainer.model, in_float32(out), x)
+        loss.backward()
+        results[path] = out, {k: p.grad for k, p in trainer.model.named_parameters()}
+    (fast, fast_grads), (ref, ref_grads) = results["fast"], results["reference"]
+    for layer in ("conv1", "latent", "output"):
+        assert torch.equal(fast.trains[layer], ref.trains[layer]) and fast.trains[layer].any(), layer
+    for key, want in ref_grads.items():
+        assert fast_grads[key].dtype == torch.float32, key
+        scale = want.abs().max().item()
+        assert scale > 0, key
+        torch.testing.assert_close(fast_grads[key], want, rtol=1e-2, atol=1e-2 * scale, msg=key)
