@@ -233,8 +233,8 @@ class _SpikeInputSynapse(torch.autograd.Function):
     (on the CPU convolutions run channels-last; for a Conv2d that is bit-identical to
     the contiguous layout, a transposed convolution runs channels-last in every path,
     see :func:`synapse_forward`). Under autocast, backward
-    computes in the forward's dtype, as autocast's own convolution backward does, and
-    hands back gradients in the inputs' dtypes.
+    computes in the forward's dtype, as autocast's own convolution backward does, sums
+    the chunks' weight gradients in float32 and hands back gradients in the inputs' dtypes.
     """
 
     @staticmethod
