@@ -116,11 +116,12 @@ def test_precision_defaults_to_fp32_and_reaches_the_run_config(tmp_path):
 
 
 def test_forward_precision_is_autocast_only_for_bf16():
-    cpu = torch.device("cpu")
+    cpu, a = torch.device("cpu"), torch.ones(2, 2)
     with forward_precision(Training(precision="bf16"), cpu):
-        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.mm(a, a).dtype == torch.bfloat16
+        assert (a * a).dtype == torch.float32  # autocast casts matrix products, not elementwise ops
     with forward_precision(Training(precision="fp32"), cpu):
-        assert not torch.is_autocast_enabled("cpu")
+        assert torch.mm(a, a).dtype == torch.float32
     with pytest.raises(ValueError, match="training.precision must be one of fp32, bf16, got 'fp16'"):
         forward_precision(Training(precision="fp16"), cpu)
 
