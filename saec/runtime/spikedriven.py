@@ -29,6 +29,7 @@ such neurons).
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 from torch import Tensor
@@ -114,11 +115,35 @@ def synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, rows: Tensor, sampl
         channels_last = not contiguous_out and shape[1] > 1
     strides = _channels_last_strides(shape) if channels_last else buffers.contiguous_strides(shape)
     out = buffers.empty_strided(pool, shape, strides, torch.float32, rows.device)
-    wt = cpu_spike.arranged_weight(op, weight.detach())
+    wt = _arranged_weight(op, weight)
     b = None if bias is None else bias.detach().to(torch.float32).contiguous()
     if not cpu_spike.forward(op, wt, b, rows, tuple(sample), out):
         return None  # no scratch memory: the dense synapse will do
     return out
+
+
+#: id(weight) -> ((op type, data pointer, version), its rearranged copy); an entry goes with its weight
+_ARRANGED: dict[int, tuple[tuple, Tensor]] = {}
+
+
+def _arranged_weight(op: ops.Op, weight: Tensor) -> Tensor:
+    """:func:`cpu_spike.arranged_weight`, kept per weight tensor until the weight changes (its
+    version counter moves on an in-place update, e.g. an optimiser step or loading a state dict),
+    so that a forward does not copy all the weights again (the SAE: 10 MB). Costs one copy of the
+    weights' memory while they live; weights without a version counter (tensors made under
+    ``torch.inference_mode``, e.g. quantisation-aware execution's quantised weights) are not kept."""
+    try:
+        key = (type(op), weight.data_ptr(), weight._version)
+    except RuntimeError:  # an inference tensor
+        return cpu_spike.arranged_weight(op, weight.detach())
+    cached = _ARRANGED.get(id(weight))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if cached is None:
+        weakref.finalize(weight, _ARRANGED.pop, id(weight), None)
+    arranged = cpu_spike.arranged_weight(op, weight.detach())
+    _ARRANGED[id(weight)] = (key, arranged)
+    return arranged
 
 
 def _channels_last_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -265,3 +265,31 @@ def test_spike_synapse_passes_the_switch_through(monkeypatch):
         assert asked == []
         fastpath.spike_synapse(op, torch.ones(2, 4), None, x, None, lead_dims=2)
     assert len(asked) == 1
+
+
+@needs_c
+def test_kept_weight_copy_follows_in_place_updates():
+    """The rearranged weights are kept between forwards; an optimiser step or a loaded state dict
+    (in-place updates) must show in the next forward, a new weight tensor too."""
+    op = ops.Linear(in_features=30, out_features=5)
+    gen = torch.Generator().manual_seed(6)
+    weight = torch.nn.Parameter(torch.randn(5, 30, generator=gen))
+    x = (torch.rand(4, 30, generator=gen) < 0.1).float()
+    x[:, 0] = 1.0
+
+    def current():
+        with torch.no_grad():
+            return spikedriven.synapse(op, weight, None, x, (30,), max_activity=1.0)
+
+    first = current()
+    assert torch.equal(current(), first)  # kept: the same answer
+    with torch.no_grad():
+        weight.add_(1.0)  # as an optimiser step does
+    moved = current()
+    with torch.no_grad():
+        torch.testing.assert_close(moved, F.linear(x, weight), rtol=0, atol=1e-5)
+        assert not torch.allclose(moved, first)
+        weight.copy_(torch.zeros(5, 30))  # as load_state_dict does
+        assert torch.equal(current(), torch.zeros(4, 5))
+    weight.data = torch.ones(5, 30)  # a new storage
+    assert torch.equal(current(), x.sum(1, keepdim=True).expand(4, 5))
