@@ -28,8 +28,11 @@ such neurons).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import weakref
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -66,6 +69,20 @@ def applies(op: ops.Op, weight: Tensor, rows: Tensor) -> bool:
     if not is_on() or torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad):
         return False
     return cpu_spike.supports(op, rows, weight)
+
+
+@contextmanager
+def dense_synapses(model) -> Iterator[None]:
+    """Within the block, ``model`` (a :class:`~saec.runtime.model.SpikingAutoencoder`) runs its
+    inference with the dense synapses, bit-identical to its training forward: for golden data and
+    agreement checks whose meaning is "spike for spike" (exports, saec's NIR simulator, the
+    quantisation comparisons). Its execution is restored afterwards."""
+    before = model.execution
+    model.execution = dataclasses.replace(before, spike_driven=False)
+    try:
+        yield
+    finally:
+        model.execution = before
 
 
 def input_activity(rows: Tensor, sample_rows: int = ACTIVITY_SAMPLE_ROWS) -> float:
