@@ -132,8 +132,9 @@ def synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, rows: Tensor, sampl
         channels_last = not contiguous_out and shape[1] > 1
     strides = _channels_last_strides(shape) if channels_last else buffers.contiguous_strides(shape)
     out = buffers.empty_strided(pool, shape, strides, torch.float32, rows.device)
-    wt = _arranged_weight(op, weight)
-    b = None if bias is None else bias.detach().to(torch.float32).contiguous()
+    order = cpu_spike.feature_order(op, out)  # a linear's output handed out unflattened, channels-last
+    wt = _arranged_weight(op, weight, order, None if order is None else (out.shape[1:], out.stride()[1:]))
+    b = None if bias is None else (bias.detach() if order is None else bias.detach()[order]).float().contiguous()
     if not cpu_spike.forward(op, wt, b, rows, tuple(sample), out):
         return None  # no scratch memory: the dense synapse will do
     return out
@@ -143,22 +144,22 @@ def synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, rows: Tensor, sampl
 _ARRANGED: dict[int, tuple[tuple, Tensor]] = {}
 
 
-def _arranged_weight(op: ops.Op, weight: Tensor) -> Tensor:
+def _arranged_weight(op: ops.Op, weight: Tensor, order: Tensor | None, layout: tuple | None) -> Tensor:
     """:func:`cpu_spike.arranged_weight`, kept per weight tensor until the weight changes (its
     version counter moves on an in-place update, e.g. an optimiser step or loading a state dict),
     so that a forward does not copy all the weights again (the SAE: 10 MB). Costs one copy of the
     weights' memory while they live; weights without a version counter (tensors made under
     ``torch.inference_mode``, e.g. quantisation-aware execution's quantised weights) are not kept."""
     try:
-        key = (type(op), weight.data_ptr(), weight._version)
+        key = (op, weight.data_ptr(), weight._version, layout)
     except RuntimeError:  # an inference tensor
-        return cpu_spike.arranged_weight(op, weight.detach())
+        return cpu_spike.arranged_weight(op, weight.detach(), order)
     cached = _ARRANGED.get(id(weight))
     if cached is not None and cached[0] == key:
         return cached[1]
     if cached is None:
         weakref.finalize(weight, _ARRANGED.pop, id(weight), None)
-    arranged = cpu_spike.arranged_weight(op, weight.detach())
+    arranged = cpu_spike.arranged_weight(op, weight.detach(), order)
     _ARRANGED[id(weight)] = (key, arranged)
     return arranged
 

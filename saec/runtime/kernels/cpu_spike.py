@@ -44,8 +44,10 @@ class SpikeSynapseParams(ctypes.Structure):
         ("Co", ctypes.c_int64), ("Ho", ctypes.c_int64), ("Wo", ctypes.c_int64),
         ("kh", ctypes.c_int64), ("kw", ctypes.c_int64), ("sh", ctypes.c_int64), ("sw", ctypes.c_int64),
         ("ph", ctypes.c_int64), ("pw", ctypes.c_int64),
-        ("acc_sizes", ctypes.c_int64 * 3), ("out_strides", ctypes.c_int64 * 3),
-        ("out_row_stride", ctypes.c_int64), ("direct", ctypes.c_int64),
+        ("acc_numel", ctypes.c_int64), ("direct", ctypes.c_int64),
+        ("copy_sizes", ctypes.c_int64 * 3), ("copy_acc_strides", ctypes.c_int64 * 3),
+        ("copy_out_strides", ctypes.c_int64 * 3),
+        ("out_row_stride", ctypes.c_int64), ("row_step", ctypes.c_int64),
     ]
 
 
@@ -74,13 +76,33 @@ def supports(op: ops.Op, x: Tensor, weight: Tensor) -> bool:
             and library() is not None)
 
 
-def arranged_weight(op: ops.Op, weight: Tensor) -> Tensor:
+def flips_kernel(op: ops.Op) -> bool:
+    """A stride-1 conv2d runs as the scatter of a transposed convolution with its kernel flipped
+    (one kernel row's taps then land on consecutive outputs: one contiguous run of adds)."""
+    return isinstance(op, ops.Conv2d) and tuple(op.stride) == (1, 1)
+
+
+def feature_order(op: ops.Op, out: Tensor) -> Tensor | None:
+    """For a linear whose output rows ``out`` [n, C, H, W] are not stored in feature order (an
+    unflatten handed out channels-last): the feature index at each position of a row in memory;
+    None when the row is in feature order (and for convolutions)."""
+    if not isinstance(op, ops.Linear) or out.dim() == 2:
+        return None
+    dims = sorted(range(out.dim() - 1), key=lambda d: out.stride(d + 1), reverse=True)
+    if dims == sorted(dims):
+        return None
+    return torch.arange(out[0].numel()).view(out.shape[1:]).permute(dims).reshape(-1)
+
+
+def arranged_weight(op: ops.Op, weight: Tensor, order: Tensor | None = None) -> Tensor:
     """The weights with out channels innermost, one contiguous run per input (channel and tap):
-    linear [in, out], conv2d [C_in, kh, kw, C_out] (from [C_out, C_in, kh, kw]), transposed
-    convolution [C_in, kh, kw, C_out] (from [C_in, C_out, kh, kw])."""
+    linear [in, out] (out in ``order``, see :func:`feature_order`), conv2d [C_in, kh, kw, C_out]
+    (from [C_out, C_in, kh, kw]; flipped in kh and kw at stride 1, :func:`flips_kernel`),
+    transposed convolution [C_in, kh, kw, C_out] (from [C_in, C_out, kh, kw])."""
     if isinstance(op, ops.Linear):
-        return weight.t().contiguous()
+        return (weight if order is None else weight[order]).t().contiguous()
     if isinstance(op, ops.Conv2d):
+        weight = weight.flip(2, 3) if flips_kernel(op) else weight
         return weight.permute(1, 2, 3, 0).contiguous()
     return weight.permute(0, 2, 3, 1).contiguous()
 
@@ -106,13 +128,13 @@ def forward(op: ops.Op, wt: Tensor, bias: Tensor | None, x: Tensor, sample: tupl
 
     Args:
         op: a Linear, Conv2d or ConvTranspose2d op.
-        wt: the weights as :func:`arranged_weight` gives them (float32, contiguous).
-        bias: [out channels] float32, or None.
+        wt: the weights as :func:`arranged_weight` gives them for ``out`` (float32, contiguous).
+        bias: [out channels] float32 (a linear's in the same ``order``), or None.
         x: input rows [n, *source shape], float32 0/1 or bool/uint8, each row dense in any layout;
             any nonzero counts as 1 (not checked).
         sample: the op's input shape per row (a reshape of the source shape).
         out: the output [n, *op output shape per row] (a linear's [n, F] or [n, C, H, W]), float32,
-            each row in any layout; overwritten.
+            each row dense in any layout; overwritten.
 
     Returns:
         False when the kernel could not get its scratch memory (``out`` is then undefined).
@@ -121,34 +143,43 @@ def forward(op: ops.Op, wt: Tensor, bias: Tensor | None, x: Tensor, sample: tupl
     if x.dtype == torch.bool:
         x = x.view(torch.uint8)
     p = SpikeSynapseParams()
-    p.kind = _KIND[type(op)]
     sizes, strides, index = _input_walk(x)
     p.in_sizes[:], p.in_strides[:], p.in_index[:] = sizes, strides, index
     p.in_row_stride, p.in_numel = x.stride(0), math.prod(x.shape[1:])
-    if isinstance(op, ops.Linear):
-        p.Co, p.Ho, p.Wo = op.out_features, 1, 1
+    p.acc_numel, p.out_row_stride = out[0].numel() if n else 0, out.stride(0)
+    p.direct = 1
+    if isinstance(op, ops.Linear):  # the accumulator is the output row in memory order (feature_order)
+        p.kind, p.Co, p.Ho, p.Wo = 0, op.out_features, 1, 1
         p.H = p.W = p.kh = p.kw = p.sh = p.sw = 1
-        row = out.shape[1:]
-        if len(row) == 1:
-            acc, acc_strides = (1, 1, row[0]), (0, 0, out.stride(1))
-        else:  # unflattened [C, H, W]: feature c*H*W + y*W + x
-            acc, acc_strides = tuple(row), tuple(out.stride()[1:])
     else:
         _, h, w = sample
         co, ho, wo = out.shape[1:]
         p.H, p.W, p.Co, p.Ho, p.Wo = h, w, co, ho, wo
         (p.kh, p.kw), (p.sh, p.sw), (p.ph, p.pw) = op.kernel_size, op.stride, op.padding
-        acc, acc_strides = (ho, wo, co), (out.stride(2), out.stride(3), out.stride(1))
-    p.acc_sizes[:], p.out_strides[:] = acc, acc_strides
-    p.out_row_stride = out.stride(0)
-    p.direct = int(all(st == math.prod(acc[d + 1:]) for d, st in enumerate(acc_strides) if acc[d] > 1))
+        p.kind = 1 if isinstance(op, ops.Conv2d) else 2
+        if flips_kernel(op):  # the scatter form: padding k - 1 - p
+            p.kind, p.ph, p.pw = 2, p.kh - 1 - p.ph, p.kw - 1 - p.pw
+        _plan_copy(p, (ho, wo, co), (wo * co, co, 1), (out.stride(2), out.stride(3), out.stride(1)))
     fn = getattr(library(), "spike_synapse_u8" if x.dtype == torch.uint8 else "spike_synapse_f32")
     args = (x.data_ptr(), wt.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr())
     ref = ctypes.byref(p)
     workers = max(1, min(torch.get_num_threads(), n // _MIN_ROWS_PER_THREAD))
+    p.row_step = workers  # interleaved rows (see spike_synapse.c)
     if workers == 1:
         return fn(ref, 0, n, *args) == 0
-    bounds = [i * n // workers for i in range(workers + 1)]
     pool = _thread_pool(workers, os.getpid())
-    futures = [pool.submit(fn, ref, a, b, *args) for a, b in zip(bounds[:-1], bounds[1:])]
+    futures = [pool.submit(fn, ref, w, n, *args) for w in range(workers)]
     return all(f.result() == 0 for f in futures)
+
+
+def _plan_copy(p: SpikeSynapseParams, sizes: tuple[int, ...], acc_strides: tuple[int, ...],
+               out_strides: tuple[int, ...]) -> None:
+    """Accumulate in place when the output row has the accumulator's layout (size-1 dimensions
+    aside), else copy each row out, its loops in the output's memory order."""
+    if all(o == a for n, a, o in zip(sizes, acc_strides, out_strides) if n > 1):
+        return
+    dims = sorted(range(3), key=lambda d: out_strides[d], reverse=True)
+    p.direct = 0
+    p.copy_sizes[:] = [sizes[d] for d in dims]
+    p.copy_acc_strides[:] = [acc_strides[d] for d in dims]
+    p.copy_out_strides[:] = [out_strides[d] for d in dims]

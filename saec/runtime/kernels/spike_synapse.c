@@ -17,11 +17,12 @@
  * the only rounding is the order of the additions (the order of the active inputs
  * in memory), which differs from oneDNN's blocked sums by fp32 rounding only.
  *
- * The row's output is accumulated in a small [A0, A1, A2] row-major array: the
- * output row itself when its layout is that (channels-last convolutions, a plain
- * linear output), else a per-call scratch copied out with the output's strides at
- * the end of the row (a contiguous conv output for a flatten, a linear output
- * unflattened channels-last).
+ * The row's output is accumulated in a small array with out channels innermost
+ * ([Ho, Wo, C_out]; a linear's features): the output row itself when its layout is
+ * that (channels-last convolutions, a linear's output; for a linear unflattened
+ * channels-last the caller permutes W's columns to that order), else a per-call
+ * scratch copied out with the output's strides at the end of the row (a contiguous
+ * conv output, for a flatten).
  *
  * Parallelism: none here. The caller splits the rows over several Python threads
  * (ctypes releases the GIL), as for the LIF scan (lif_scan.c). Build with
@@ -41,10 +42,13 @@ typedef struct {
     int64_t H, W;            /* convolutions: input height and width (channel = index / (H W)) */
     int64_t Co, Ho, Wo;      /* out channels (linear: out features), output height and width */
     int64_t kh, kw, sh, sw, ph, pw;  /* kernel size, stride, padding */
-    int64_t acc_sizes[3];    /* the accumulator's dimensions, row-major and contiguous */
-    int64_t out_strides[3];  /* their strides in the output row */
-    int64_t out_row_stride;  /* elements between output rows */
+    int64_t acc_numel;       /* the accumulator: one output row, out channels innermost */
     int64_t direct;          /* 1: an output row is laid out as the accumulator: add in place */
+    int64_t copy_sizes[3];   /* else: the copy's loops, outermost first (output memory order), */
+    int64_t copy_acc_strides[3];  /* their strides in the accumulator */
+    int64_t copy_out_strides[3];  /* and in the output row */
+    int64_t out_row_stride;  /* elements between output rows */
+    int64_t row_step;        /* this call's rows: r0, r0 + row_step, ... below r1 */
 } spike_synapse_params;
 
 #define GATHER_BLOCK 16
@@ -107,22 +111,28 @@ static void scatter_linear(const spike_synapse_params *p, const int32_t *restric
 }
 
 /* Each active input (ci, iy, ix) adds W'[ci, ky, kx, :] to every output position its
- * kernel window reaches: the conv2d (gather form of the window) or the transposed
- * convolution (scatter form) written as the same scatter. */
+ * kernel window reaches. kind 2, the scatter form: oy = iy * sh + ky - ph (a transposed
+ * convolution, and a stride-1 conv2d whose kernel the caller flipped, with padding
+ * k - 1 - p); kind 1, a strided conv2d: oy = (iy + ph - ky) / sh where that divides.
+ * In the scatter form at stride 1, one kernel row's taps land on consecutive output
+ * positions, so they are one contiguous run of kw * Co floats in both the output and W'. */
 static void scatter_conv(const spike_synapse_params *p, const int32_t *restrict idx, int64_t count,
                          const float *restrict wt, float *restrict acc)
 {
     const int64_t H = p->H, W = p->W, Co = p->Co, Ho = p->Ho, Wo = p->Wo;
     const int64_t kh = p->kh, kw = p->kw, sh = p->sh, sw = p->sw, ph = p->ph, pw = p->pw;
-    const int transposed = p->kind == 2;
+    const int scatter = p->kind == 2;
     const int64_t HW = H * W, taps = kh * kw * Co;
     for (int64_t a = 0; a < count; ++a) {
         const int64_t f = idx[a];
         const int64_t ci = f / HW, iy = (f % HW) / W, ix = f % W;
         const float *restrict w_ci = wt + ci * taps;
+        /* stride-1 scatter: the taps kx0 <= kx < kx1 reach 0 <= ox = ix - pw + kx < Wo */
+        const int64_t kx0 = pw - ix > 0 ? pw - ix : 0;
+        const int64_t kx1 = Wo + pw - ix < kw ? Wo + pw - ix : kw;
         for (int64_t ky = 0; ky < kh; ++ky) {
             int64_t oy;
-            if (transposed) {
+            if (scatter) {
                 oy = iy * sh + ky - ph;
             } else {
                 const int64_t ty = iy + ph - ky;
@@ -130,9 +140,16 @@ static void scatter_conv(const spike_synapse_params *p, const int32_t *restrict 
                 oy = ty / sh;
             }
             if (oy < 0 || oy >= Ho) continue;
+            if (scatter && sw == 1) {
+                float *restrict out = acc + (oy * Wo + ix - pw + kx0) * Co;
+                const float *restrict w = w_ci + (ky * kw + kx0) * Co;
+                const int64_t run = (kx1 - kx0) * Co;
+                for (int64_t j = 0; j < run; ++j) out[j] = out[j] + w[j];
+                continue;
+            }
             for (int64_t kx = 0; kx < kw; ++kx) {
                 int64_t ox;
-                if (transposed) {
+                if (scatter) {
                     ox = ix * sw + kx - pw;
                 } else {
                     const int64_t tx = ix + pw - kx;
@@ -162,29 +179,34 @@ static void start_row(const spike_synapse_params *p, const float *restrict bias,
     }
 }
 
+/* The accumulator into an output row of another layout, walking the output in memory order
+ * (the caller orders the copy's three dimensions by output stride, outermost first). */
 static void copy_out(const spike_synapse_params *p, const float *restrict acc, float *restrict out)
 {
-    const int64_t A0 = p->acc_sizes[0], A1 = p->acc_sizes[1], A2 = p->acc_sizes[2];
-    const int64_t t0 = p->out_strides[0], t1 = p->out_strides[1], t2 = p->out_strides[2];
-    for (int64_t a0 = 0; a0 < A0; ++a0)
-        for (int64_t a1 = 0; a1 < A1; ++a1) {
-            const float *restrict src = acc + (a0 * A1 + a1) * A2;
-            float *restrict dst = out + a0 * t0 + a1 * t1;
-            for (int64_t a2 = 0; a2 < A2; ++a2) dst[a2 * t2] = src[a2];
+    const int64_t n0 = p->copy_sizes[0], n1 = p->copy_sizes[1], n2 = p->copy_sizes[2];
+    const int64_t a0 = p->copy_acc_strides[0], a1 = p->copy_acc_strides[1], a2 = p->copy_acc_strides[2];
+    const int64_t o0 = p->copy_out_strides[0], o1 = p->copy_out_strides[1], o2 = p->copy_out_strides[2];
+    for (int64_t i0 = 0; i0 < n0; ++i0)
+        for (int64_t i1 = 0; i1 < n1; ++i1) {
+            const float *restrict src = acc + i0 * a0 + i1 * a1;
+            float *restrict dst = out + i0 * o0 + i1 * o1;
+            for (int64_t i2 = 0; i2 < n2; ++i2) dst[i2 * o2] = src[i2 * a2];
         }
 }
 
-/* Rows [r0, r1) of the input x into the output; returns 0, or -1 when scratch memory
- * could not be had (the caller then uses the dense synapse). */
+/* Rows r0, r0 + row_step, ... (below r1) of the input x into the output (threads take
+ * interleaved rows: the first time steps, which fire less, are not all one thread's);
+ * returns 0, or -1 when scratch memory could not be had (the caller then uses the dense
+ * synapse). */
 #define DEFINE_FORWARD(NAME, GATHER, S)                                                       \
 int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x,                   \
          const float *wt, const float *bias, float *out)                                      \
 {                                                                                             \
-    const int64_t acc_numel = p->acc_sizes[0] * p->acc_sizes[1] * p->acc_sizes[2];            \
+    const int64_t acc_numel = p->acc_numel;                                                   \
     int32_t *idx = (int32_t *)malloc((size_t)(p->in_numel > 0 ? p->in_numel : 1) * sizeof(int32_t)); \
     float *scratch = p->direct ? NULL : (float *)malloc((size_t)acc_numel * sizeof(float));   \
     if (!idx || (!p->direct && !scratch)) { free(idx); free(scratch); return -1; }            \
-    for (int64_t r = r0; r < r1; ++r) {                                                       \
+    for (int64_t r = r0; r < r1; r += p->row_step) {                                          \
         float *row_out = out + r * p->out_row_stride;                                         \
         float *acc = p->direct ? row_out : scratch;                                           \
         const int64_t count = GATHER(p, x + r * p->in_row_stride, idx);                       \
