@@ -9,7 +9,7 @@ work in proportion to the number of spikes, no multiplications.
 
 When it runs: forward without autograd (``torch.no_grad()`` / ``torch.inference_mode()``:
 inference and evaluation) of a synapse the layer-wise walk knows to read a spike
-train, on the CPU, float32 weights, when the C kernel is built, and when the layer's
+train, on the CPU, float32 weights, not under autocast, when the C kernel is built, and when the layer's
 input activity (the fraction of ones, estimated on a spread sample of rows) is at most
 :data:`MAX_ACTIVITY`; otherwise, and always under autograd, the dense synapse runs
 (:func:`saec.runtime.fastpath.synapse_forward`). Off for one model with
@@ -64,9 +64,12 @@ def is_on() -> bool:
 
 def applies(op: ops.Op, weight: Tensor, rows: Tensor) -> bool:
     """Whether the spike-driven synapse can run ``op`` on the binary ``rows`` [n, ...] now: switched
-    on, no autograd, a conv2d / transposed conv2d / linear the C kernel handles on these tensors
-    (CPU, float32 weights), the kernel built (this call builds it on first use)."""
+    on, no autograd, no CPU autocast (which asks for low-precision synapses; the kernel sums in
+    float32), a conv2d / transposed conv2d / linear the C kernel handles on these tensors (CPU,
+    float32 weights), the kernel built (this call builds it on first use)."""
     if not is_on() or torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad):
+        return False
+    if torch.is_autocast_enabled("cpu"):
         return False
     return cpu_spike.supports(op, rows, weight)
 

@@ -140,8 +140,10 @@ def test_activity_gate_and_switches(monkeypatch):
             assert spikedriven.synapse(op, weight, None, busy, (40,), max_activity=1.0) is not None
         monkeypatch.setenv(spikedriven.ENV_SWITCH, "0")
         assert spikedriven.synapse(op, weight, None, busy, (40,), max_activity=1.0) is None
-    # with autograd (training) the dense synapse always runs
     monkeypatch.delenv(spikedriven.ENV_SWITCH)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # low-precision synapses asked for
+        assert spikedriven.synapse(op, weight, None, busy, (40,), max_activity=1.0) is None
+    # with autograd (training) the dense synapse always runs
     assert spikedriven.synapse(op, weight.requires_grad_(), None, busy, (40,), max_activity=1.0) is None
 
 
