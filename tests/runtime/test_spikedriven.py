@@ -125,6 +125,10 @@ def test_input_and_output_layouts_follow_the_dense_path():
         assert last.is_contiguous(memory_format=torch.channels_last) and contiguous.is_contiguous()
         assert torch.equal(last, contiguous)
         torch.testing.assert_close(last, F.conv2d(spikes, w_conv), rtol=0, atol=1e-5)
+        # a conv reading flat spikes through a deferred unflatten: the flat index in C, H, W order
+        flat_source = spikes.contiguous().reshape(6, 105)
+        unflattened = spikedriven.synapse(conv, w_conv, None, flat_source, (3, 5, 7), max_activity=1.0)
+        torch.testing.assert_close(unflattened, F.conv2d(flat_source.view(6, 3, 5, 7), w_conv), rtol=0, atol=1e-5)
 
 
 def test_activity_gate_and_switches(monkeypatch):
