@@ -46,7 +46,7 @@ class SpikeSynapseParams(ctypes.Structure):
         ("ph", ctypes.c_int64), ("pw", ctypes.c_int64),
         ("acc_numel", ctypes.c_int64), ("direct", ctypes.c_int64),
         ("copy_sizes", ctypes.c_int64 * 3), ("copy_acc_strides", ctypes.c_int64 * 3),
-        ("copy_out_strides", ctypes.c_int64 * 3),
+        ("copy_out_strides", ctypes.c_int64 * 3), ("copy_planes", ctypes.c_int64),
         ("out_row_stride", ctypes.c_int64), ("row_step", ctypes.c_int64),
     ]
 
@@ -183,3 +183,7 @@ def _plan_copy(p: SpikeSynapseParams, sizes: tuple[int, ...], acc_strides: tuple
     p.copy_sizes[:] = [sizes[d] for d in dims]
     p.copy_acc_strides[:] = [acc_strides[d] for d in dims]
     p.copy_out_strides[:] = [out_strides[d] for d in dims]
+    ho, wo, co = sizes
+    # channel planes, each a dense [Ho, Wo]: the kernel's blocked transpose
+    p.copy_planes = int(dims == [2, 0, 1] and out_strides[1] == 1 and out_strides[0] == wo
+                        and out_strides[2] >= ho * wo)
