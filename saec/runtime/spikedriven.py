@@ -143,7 +143,7 @@ def synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, rows: Tensor, sampl
     return out
 
 
-#: id(weight) -> ((op type, data pointer, version), its rearranged copy); an entry goes with its weight
+#: id(weight) -> ((op, data pointer, version, output layout), its rearranged copy); an entry goes with its weight
 _ARRANGED: dict[int, tuple[tuple, Tensor]] = {}
 
 

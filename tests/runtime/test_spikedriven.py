@@ -250,6 +250,11 @@ def test_without_a_compiler_inference_falls_back_with_one_warning(tmp_path, monk
         want = _infer(model, x, spike_driven=False)
         for layer in LAYERS:
             assert torch.equal(got.trains[layer], want.trains[layer]), layer
+        monkeypatch.delenv("CC")  # no compiler on the path at all
+        monkeypatch.setattr(cpu_lif.shutil, "which", lambda name: None)
+        cpu_spike.library.cache_clear()
+        with pytest.warns(RuntimeWarning, match="no C compiler found; spike-driven inference uses the dense synapses"):
+            assert cpu_spike.library() is None
         monkeypatch.setenv("SAEC_NATIVE_KERNELS", "0")
         cpu_spike.library.cache_clear()
         with warnings.catch_warnings():
