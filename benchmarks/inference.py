@@ -1,17 +1,24 @@
 #!/usr/bin/env python
-"""Inference (no autograd) on spike trains: the SAE's forward as saec runs it against the
-plain dense path, interleaved, on real MNIST.
+"""Inference (no autograd) on spike trains: the SAE's forward as saec runs it, with dense and with
+spike-driven synapses, against the plain dense path, interleaved, on real MNIST.
 
 - ``saec``: every synapse reads its input spike train as the producer wrote it (channels-last
   convolutions, flatten / unflatten per row chunk), works over ~8 MB row chunks into pooled
-  outputs (no fresh pages), the fused C scan sums the spike counts on the way.
+  outputs (no fresh pages), the fused C scan sums the spike counts on the way; dense synapses
+  (oneDNN / MKL), ``Execution(spike_driven=False)``.
+- ``spike``: the same, with the spike-driven synapses (``saec.runtime.spikedriven``, the default
+  without autograd): each row's active inputs add their weight columns / kernel windows, for every
+  layer whose input is at most ``MAX_ACTIVITY`` ones.
 - ``dense``: each synapse on the whole [T*B, ...] float tensor in the contiguous layout, fresh
   tensors every batch (what a plain PyTorch forward does); the same scan kernel.
 
     python benchmarks/inference.py [--timesteps 16] [--batch 64] [--rounds 5]
 
-Prints forward seconds per batch (median), image-timesteps per second, the speed-up, and
-whether the spikes of every layer agree bit for bit.
+Prints every synapse's input activity (the fraction of ones in its input spike train, from this
+run's spikes) and whether it ran spike-driven, forward seconds per batch (median), image-timesteps
+per second and the speed-ups; the spikes of ``saec`` and ``dense`` must agree bit for bit (exit 1
+otherwise), the spike-driven ones may differ where a membrane lies within fp32 summation-order
+rounding of the threshold: their count per layer is printed.
 """
 
 from __future__ import annotations
@@ -28,14 +35,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from saec.compiler.pipeline import compile_spec  # noqa: E402
-from saec.runtime import fastpath, pool  # noqa: E402
+from saec.compiler import ops  # noqa: E402
+from saec.runtime import fastpath, pool, spikedriven  # noqa: E402
+from saec.runtime.execution import Execution  # noqa: E402
 from saec.training.data import default_mnist_root, load_images  # noqa: E402
 from saec.runtime.model import SpikingAutoencoder  # noqa: E402
 
 LAYERS = ("conv1", "conv2", "latent", "fc_dec", "deconv1", "output")
 
 
-def _dense_synapse(op, w, b, x, x_bool, lead_dims=1, sample=None, contiguous_out=False, out_sample=None):
+def _dense_synapse(op, w, b, x, x_bool, lead_dims=1, sample=None, contiguous_out=False, out_sample=None,
+                   spike_driven=False):
     lead = x.shape[:lead_dims]
     rows = x.reshape(-1, *(sample or x.shape[lead_dims:])).contiguous()
     y = fastpath.synapse_forward(op, w, b, rows)
@@ -63,35 +73,89 @@ def main() -> int:
     root = default_mnist_root()  # $SAEC_MNIST_ROOT or ./data/mnist; else the embedded subset
     x = (load_images("mnist", "test", root=root) if root else load_images("mnist5k", "train")).images[: args.batch]
     saec_synapse, pooled_bytes = fastpath.spike_synapse, pool.MIN_POOLED_BYTES
+    spike_layers = _spike_layers(graph)
+    ran_driven: dict[str, bool] = {}
 
     def forward(kind: str):
-        fastpath.spike_synapse = saec_synapse if kind == "saec" else _dense_synapse
-        pool.MIN_POOLED_BYTES = pooled_bytes if kind == "saec" else 1 << 62
+        fastpath.spike_synapse = _dense_synapse if kind == "dense" else saec_synapse
+        pool.MIN_POOLED_BYTES = 1 << 62 if kind == "dense" else pooled_bytes
+        model.execution = Execution(spike_driven=kind == "spike")
         try:
             with torch.inference_mode():
                 t0 = time.perf_counter()
-                out = model(x, generator=torch.Generator().manual_seed(1), record=set(LAYERS))
+                out = model(x, generator=torch.Generator().manual_seed(1), record={"_encode", *LAYERS})
                 return time.perf_counter() - t0, out
         finally:
             fastpath.spike_synapse, pool.MIN_POOLED_BYTES = saec_synapse, pooled_bytes
 
-    times: dict[str, list[float]] = {"saec": [], "dense": []}
+    kinds = ("saec", "spike", "dense")
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
     outs = {}
     for r in range(args.rounds + 1):
-        for kind in (("saec", "dense") if r % 2 else ("dense", "saec")):
+        for kind in kinds[r % 3:] + kinds[:r % 3]:  # each kind first in turn
             seconds, outs[kind] = forward(kind)
             if r:  # the first round warms up (kernel build, pool)
                 times[kind].append(seconds)
+    with _watching(spikedriven, ran_driven, spike_layers), torch.inference_mode():  # which layers took it
+        model.execution = Execution(spike_driven=True)
+        model(x, generator=torch.Generator().manual_seed(1))
     rates = {layer: outs["saec"].trains[layer].float().mean().item() for layer in LAYERS}
     agree = all(torch.equal(outs["saec"].trains[layer], outs["dense"].trains[layer]) for layer in LAYERS)
     print(f"T={args.timesteps} B={args.batch} threads={args.threads}, {args.rounds} rounds, spike rates "
           + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
+    print(f"synapse input activity (fraction of ones; spike-driven up to {spikedriven.MAX_ACTIVITY:g}): "
+          + ", ".join(f"{syn} {_train(outs['saec'], src).float().mean().item():.3f}"
+                      f" ({'spike-driven' if ran_driven.get(syn) else 'dense'})"
+                      for syn, src in spike_layers.items()))
     med = {k: statistics.median(v) for k, v in times.items()}
-    for kind in ("saec", "dense"):
+    for kind in kinds:
         print(f"{kind:6s} {med[kind]:.3f} s per batch  {args.batch * args.timesteps / med[kind]:8.0f} image·T/s")
-    print(f"saec speed-up {med['dense'] / med['saec']:.2f}x; spikes identical in every layer: {agree}")
+    differ = {layer: int((outs["spike"].trains[layer] != outs["dense"].trains[layer]).sum()) for layer in LAYERS}
+    print(f"saec speed-up {med['dense'] / med['saec']:.2f}x, spike-driven speed-up {med['dense'] / med['spike']:.2f}x"
+          f" (over saec {med['saec'] / med['spike']:.2f}x); saec's spikes identical to dense in every layer: {agree}; "
+          "spike-driven spike positions differing from dense: "
+          + ", ".join(f"{k} {v} of {outs['dense'].trains[k].numel()}" for k, v in differ.items()))
     return 0 if agree else 1
 
+
+def _spike_layers(graph) -> dict[str, str]:
+    """Each synapse node -> the recorded layer whose spike train is its input ("_encode": the
+    Poisson input), following flattens and unflattens back to the producer."""
+    found = {}
+    for name in graph.order():
+        if not graph.op(name).has_weights:
+            continue
+        src = graph.inputs(name)[0]
+        while isinstance(graph.op(src), (ops.Flatten, ops.Unflatten)):
+            src = graph.inputs(src)[0]
+        found[name] = "_encode" if isinstance(graph.op(src), ops.PoissonEncode) else graph.meta(src)["layer"]
+    return found
+
+
+def _train(out, layer: str):
+    return out.encoded if layer == "_encode" else out.trains[layer]
+
+
+class _watching:
+    """Within the block, note for each synapse node whether the spike-driven synapse ran it."""
+
+    def __init__(self, module, ran: dict[str, bool], synapses: dict[str, str]) -> None:
+        self.module, self.ran, self.names = module, ran, list(synapses)
+
+    def __enter__(self):
+        self.original, calls = self.module.synapse, iter(self.names)  # synapses run in graph order
+
+        def watched(*args, **kwargs):
+            out = self.original(*args, **kwargs)
+            self.ran[next(calls)] = out is not None
+            return out
+
+        self.module.synapse = watched
+        return self
+
+    def __exit__(self, *exc):
+        self.module.synapse = self.original
+        return False
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -505,10 +505,12 @@ def compare_with_runtime(onnx_model: onnx.ModelProto | str | Path, model, inputs
     Returns:
         An :class:`OnnxAgreement`.
     """
+    from saec.runtime.spikedriven import dense_synapses
+
     was_training = model.training
     model.eval()
     sae = model.kind == "sae"
-    with torch.inference_mode():
+    with torch.inference_mode(), dense_synapses(model):  # the training forward's numerics, spike for spike
         x = torch.zeros(inputs.shape[1:]) if sae else inputs
         record = {model.graph.meta(n)["layer"] for n in model.graph.nodes(ops.LIF)} if sae else frozenset()
         ref = model(x.float(), encoded=inputs.float() if sae else None, record=record)

@@ -3,8 +3,9 @@
 One small immutable record, carried by the model and passed down to the LIF scan
 (no module-global switch): which path (``fast`` or ``reference``) and, for the
 fast path, which scan backend (:mod:`saec.runtime.lif.dispatch`). Every
-combination gives bit-identical spikes; the switches exist for tests and
-benchmarks.
+combination of path and backend gives bit-identical spikes; spike-driven
+inference gives the same currents within fp32 summation order. The switches
+exist for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class Execution:
             synapses. Same spikes, same gradients (fp32 rounding).
         scan_backend: how the fast path's LIF scan runs: ``"auto"`` (a fused kernel where one
             applies) or ``"torch"`` (torch ops); the reference path ignores it.
+        spike_driven: without autograd, the fast path's synapses on spike trains do work only
+            where the spikes are (:mod:`saec.runtime.spikedriven`: same currents within fp32
+            summation order, so not bit-identical to the other paths); False: dense synapses.
+            ``SAEC_SPIKE_DRIVEN=0`` turns it off for the whole process.
 
     Raises:
         ValueError: an unknown path or scan backend (on construction).
@@ -36,11 +41,14 @@ class Execution:
 
     path: ExecutionPath = "fast"
     scan_backend: ScanBackend = "auto"
+    spike_driven: bool = True
 
     def __post_init__(self) -> None:
         if self.path not in EXECUTION_PATHS:
             raise ValueError(f"execution path must be 'fast' or 'reference', got {self.path!r}")
         check_backend(self.scan_backend)
+        if not isinstance(self.spike_driven, bool):
+            raise ValueError(f"spike_driven must be True or False, got {self.spike_driven!r}")
 
     @property
     def fast(self) -> bool:

@@ -36,6 +36,7 @@ from saec.compiler import ops
 from saec.compiler.dispatch import OpTable
 from saec.compiler.passes.shapes import output_shape
 from saec.runtime import pool as buffers
+from saec.runtime import spikedriven
 
 #: "1" lets glibc keep freed memory for reuse (:func:`keep_freed_memory`); off by default.
 ENV_KEEP_FREED_MEMORY = "SAEC_KEEP_FREED_MEMORY"
@@ -355,7 +356,8 @@ def _like(grad: Tensor | None, param: Tensor) -> Tensor | None:
 
 def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_bool: Tensor,
                   lead_dims: int = 1, sample: tuple[int, ...] | None = None,
-                  contiguous_out: bool = False, out_sample: tuple[int, int, int] | None = None) -> Tensor:
+                  contiguous_out: bool = False, out_sample: tuple[int, int, int] | None = None,
+                  spike_driven: bool = True) -> Tensor:
     """``synapse_forward`` whose backward keeps ``x_bool`` (x as bool) instead of x.
 
     Args:
@@ -373,6 +375,8 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
         out_sample: for a Linear, return its output per row as this (C, H, W) shape,
             channels-last (an unflatten moved before the LIF layer, for spikes that a
             convolution reads next).
+        spike_driven: without autograd, run the spike-driven synapse where it applies
+            (:mod:`saec.runtime.spikedriven`); False: always the dense synapse.
 
     Returns:
         The synaptic current [*lead, *output shape]; gradients reach x (in x's shape and
@@ -382,6 +386,10 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
     sample = tuple(sample) if sample is not None else tuple(x.shape[lead_dims:])
     if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):  # inference
         rows = x.reshape(math.prod(lead), *x.shape[lead_dims:])
+        driven = spikedriven.synapse(op, weight, bias, rows, sample, contiguous_out, out_sample,
+                                     buffers.active()) if spike_driven else None
+        if driven is not None:  # work only where the spikes are (sparse, binary input; see spikedriven)
+            return driven.reshape(*lead, *driven.shape[1:])
         y = _forward_rows(op, weight, bias, rows, sample, contiguous_out,
                           None if out_sample is None else tuple(out_sample), buffers.active())
         return y.reshape(*lead, *y.shape[1:])

@@ -122,7 +122,8 @@ def _synapse(walk: Walk, name: str, op: ops.Op, h: Tensor) -> Tensor:
         out_sample = plan["out_sample"]
         return fastpath.spike_synapse(op, weight, bias, h, walk.binary[source], lead_dims=2,
                                       sample=walk.deferred.get(source), contiguous_out=plan["contiguous_out"],
-                                      out_sample=None if out_sample is None else tuple(out_sample))
+                                      out_sample=None if out_sample is None else tuple(out_sample),
+                                      spike_driven=walk.model.execution.spike_driven)
     t = h.shape[0]
     flat = fastpath.synapse_forward(op, weight, bias, h.reshape(t * walk.batch, *h.shape[2:]))
     return flat.reshape(t, walk.batch, *flat.shape[1:])

@@ -83,12 +83,12 @@ def _cpu_signature() -> str:
     return platform.machine() + platform.processor() + flags
 
 
-def _build(cc: str, target: Path) -> None:
+def _build(cc: str, source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True,
+        subprocess.run([cc, *CFLAGS, str(source), "-o", tmp], check=True, capture_output=True, text=True,
                        timeout=120)
         os.replace(tmp, target)
     finally:
@@ -96,26 +96,43 @@ def _build(cc: str, target: Path) -> None:
             os.unlink(tmp)
 
 
-@functools.lru_cache(maxsize=1)
-def library() -> ctypes.CDLL | None:
-    """The loaded kernel library, or None when native kernels are off or cannot be built."""
+def build_native(source: Path, what: str, fallback: str) -> ctypes.CDLL | None:
+    """Build (once per machine) and load the C source ``source``; None, after one warning, when
+    native kernels are off (``SAEC_NATIVE_KERNELS=0``, no warning then), no compiler is found or
+    the build fails.
+
+    Args:
+        source: a C file next to this module.
+        what: the kernel's name in the warning ("C LIF kernel").
+        fallback: what runs instead, for the warning ("the LIF scan uses torch ops ...").
+
+    Returns:
+        The loaded library (argument types not yet declared), or None.
+    """
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        warnings.warn("saec: no C compiler found; the LIF scan uses torch ops (slower, same results)",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(f"saec: no C compiler found; {fallback}", RuntimeWarning, stacklevel=3)
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + repr((CFLAGS, cc, _cpu_signature())).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"lif_scan-{key}.so"
+    key = hashlib.sha256(source.read_bytes() + repr((CFLAGS, cc, _cpu_signature())).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"{source.stem}-{key}.so"
     try:
         if not target.exists():
-            _build(cc, target)
-        lib = ctypes.CDLL(str(target))
+            _build(cc, source, target)
+        return ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
-        warnings.warn(f"saec: building the C LIF kernel failed ({detail.strip()[:300]}); the LIF scan uses "
-                      "torch ops (slower, same results)", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"saec: building the {what} failed ({detail.strip()[:300]}); {fallback}",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None when native kernels are off or cannot be built."""
+    lib = build_native(SOURCE, "C LIF kernel", "the LIF scan uses torch ops (slower, same results)")
+    if lib is None:
         return None
     for dtype in ("f32", "f64"):
         getattr(lib, f"lif_forward_{dtype}").argtypes = _FORWARD_ARGS

@@ -1,0 +1,189 @@
+"""The C spike-driven synapse (``spike_synapse.c``): built with the system C compiler on first
+use (the LIF scan's mechanism, :func:`saec.runtime.kernels.cpu_lif.build_native`: cached per
+source, flags, compiler and CPU, ``SAEC_NATIVE_KERNELS=0`` turns it off), called through ctypes.
+
+Nothing here is required: :func:`library` returns None (after one warning) when no compiler is
+found or the build fails, and :mod:`saec.runtime.spikedriven` then runs the dense synapse.
+
+Rows are split over ``torch.get_num_threads()`` Python threads; ctypes drops the GIL during a
+call, so the ranges run in parallel without a second OpenMP runtime next to torch's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from saec.compiler import ops
+from saec.runtime.kernels.cpu_lif import _pool as _thread_pool  # the LIF scan's per-process pool
+from saec.runtime.kernels.cpu_lif import build_native
+
+SOURCE = Path(__file__).with_name("spike_synapse.c")
+#: Below this many rows one thread does the whole call (a hand-off costs more than a few rows).
+_MIN_ROWS_PER_THREAD = 4
+#: Input rows are walked as at most this many dimensions (source shapes are [C, H, W] or [F]).
+_MAX_INPUT_DIMS = 4
+
+_KIND = {ops.Linear: 0, ops.Conv2d: 1, ops.ConvTranspose2d: 2}
+
+
+class SpikeSynapseParams(ctypes.Structure):
+    """Mirror of ``spike_synapse_params`` in spike_synapse.c (field order and types must match)."""
+
+    _fields_ = [
+        ("kind", ctypes.c_int64),
+        ("in_sizes", ctypes.c_int64 * 4), ("in_strides", ctypes.c_int64 * 4), ("in_index", ctypes.c_int64 * 4),
+        ("in_row_stride", ctypes.c_int64), ("in_numel", ctypes.c_int64),
+        ("H", ctypes.c_int64), ("W", ctypes.c_int64),
+        ("Co", ctypes.c_int64), ("Ho", ctypes.c_int64), ("Wo", ctypes.c_int64),
+        ("kh", ctypes.c_int64), ("kw", ctypes.c_int64), ("sh", ctypes.c_int64), ("sw", ctypes.c_int64),
+        ("ph", ctypes.c_int64), ("pw", ctypes.c_int64),
+        ("acc_numel", ctypes.c_int64), ("direct", ctypes.c_int64),
+        ("copy_sizes", ctypes.c_int64 * 3), ("copy_acc_strides", ctypes.c_int64 * 3),
+        ("copy_out_strides", ctypes.c_int64 * 3), ("copy_planes", ctypes.c_int64),
+        ("out_row_stride", ctypes.c_int64), ("row_step", ctypes.c_int64),
+    ]
+
+
+_ARGS = [ctypes.POINTER(SpikeSynapseParams), ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 4
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None when native kernels are off or cannot be built."""
+    lib = build_native(SOURCE, "C spike-driven synapse kernel",
+                       "spike-driven inference uses the dense synapses (slower, same results within fp32 rounding)")
+    if lib is None:
+        return None
+    for name in ("spike_synapse_f32", "spike_synapse_u8"):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = _ARGS, ctypes.c_int
+    return lib
+
+
+def supports(op: ops.Op, x: Tensor, weight: Tensor) -> bool:
+    """Whether the kernel can run ``op`` on input rows ``x`` (CPU; float32, bool or uint8 input;
+    float32 weights; at most 4 dimensions per row) and is available."""
+    return (type(op) in _KIND and x.device.type == "cpu" and weight.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.bool, torch.uint8) and weight.dtype == torch.float32
+            and x.dim() - 1 <= _MAX_INPUT_DIMS and math.prod(x.shape[1:]) < 1 << 31  # int32 indices
+            and library() is not None)
+
+
+def flips_kernel(op: ops.Op) -> bool:
+    """A stride-1 conv2d runs as the scatter of a transposed convolution with its kernel flipped
+    (one kernel row's taps then land on consecutive outputs: one contiguous run of adds)."""
+    return isinstance(op, ops.Conv2d) and tuple(op.stride) == (1, 1)
+
+
+def feature_order(op: ops.Op, out: Tensor) -> Tensor | None:
+    """For a linear whose output rows ``out`` [n, C, H, W] are not stored in feature order (an
+    unflatten handed out channels-last): the feature index at each position of a row in memory;
+    None when the row is in feature order (and for convolutions)."""
+    if not isinstance(op, ops.Linear) or out.dim() == 2:
+        return None
+    dims = sorted(range(out.dim() - 1), key=lambda d: out.stride(d + 1), reverse=True)
+    if dims == sorted(dims):
+        return None
+    return torch.arange(out[0].numel()).view(out.shape[1:]).permute(dims).reshape(-1)
+
+
+def arranged_weight(op: ops.Op, weight: Tensor, order: Tensor | None = None) -> Tensor:
+    """The weights with out channels innermost, one contiguous run per input (channel and tap):
+    linear [in, out] (out in ``order``, see :func:`feature_order`), conv2d [C_in, kh, kw, C_out]
+    (from [C_out, C_in, kh, kw]; flipped in kh and kw at stride 1, :func:`flips_kernel`),
+    transposed convolution [C_in, kh, kw, C_out] (from [C_in, C_out, kh, kw])."""
+    if isinstance(op, ops.Linear):
+        return (weight if order is None else weight[order]).t().contiguous()
+    if isinstance(op, ops.Conv2d):
+        weight = weight.flip(2, 3) if flips_kernel(op) else weight
+        return weight.permute(1, 2, 3, 0).contiguous()
+    return weight.permute(0, 2, 3, 1).contiguous()
+
+
+def _input_walk(x: Tensor) -> tuple[list[int], list[int], list[int]]:
+    """Sizes, memory strides and logical-index strides of a row of ``x`` [n, *source shape], its
+    dimensions ordered outermost first in memory (so the kernel reads the row in memory order)
+    and padded in front to four; the logical index is the row-major one of the source shape, which
+    a reshape (a deferred flatten or unflatten) keeps."""
+    shape = list(x.shape[1:])
+    index = [math.prod(shape[d + 1:]) for d in range(len(shape))]
+    # a size-1 dimension's stride means nothing (and may tie with the contiguous one): left out
+    dims = sorted((d for d in range(len(shape)) if shape[d] > 1), key=lambda d: x.stride(d + 1), reverse=True)
+    sizes = [shape[d] for d in dims]
+    strides = [x.stride(d + 1) for d in dims]
+    index = [index[d] for d in dims]
+    pad = _MAX_INPUT_DIMS - len(sizes)
+    return [1] * pad + sizes, [0] * pad + strides, [0] * pad + index
+
+
+def forward(op: ops.Op, wt: Tensor, bias: Tensor | None, x: Tensor, sample: tuple[int, ...], out: Tensor) -> bool:
+    """Run the synapse ``op`` on the binary rows ``x`` into ``out``.
+
+    Args:
+        op: a Linear, Conv2d or ConvTranspose2d op.
+        wt: the weights as :func:`arranged_weight` gives them for ``out`` (float32, contiguous).
+        bias: [out channels] float32 (a linear's in the same ``order``), or None.
+        x: input rows [n, *source shape], float32 0/1 or bool/uint8, each row dense in any layout;
+            any nonzero counts as 1 (not checked).
+        sample: the op's input shape per row (a reshape of the source shape).
+        out: the output [n, *op output shape per row] (a linear's [n, F] or [n, C, H, W]), float32,
+            each row dense in any layout; overwritten.
+
+    Returns:
+        False when the kernel could not get its scratch memory (``out`` is then undefined).
+    """
+    n = x.shape[0]
+    if x.dtype == torch.bool:
+        x = x.view(torch.uint8)
+    p = SpikeSynapseParams()
+    sizes, strides, index = _input_walk(x)
+    p.in_sizes[:], p.in_strides[:], p.in_index[:] = sizes, strides, index
+    p.in_row_stride, p.in_numel = x.stride(0), math.prod(x.shape[1:])
+    p.acc_numel, p.out_row_stride = out[0].numel() if n else 0, out.stride(0)
+    p.direct = 1
+    if isinstance(op, ops.Linear):  # the accumulator is the output row in memory order (feature_order)
+        p.kind, p.Co, p.Ho, p.Wo = 0, op.out_features, 1, 1
+        p.H = p.W = p.kh = p.kw = p.sh = p.sw = 1
+    else:
+        _, h, w = sample
+        co, ho, wo = out.shape[1:]
+        p.H, p.W, p.Co, p.Ho, p.Wo = h, w, co, ho, wo
+        (p.kh, p.kw), (p.sh, p.sw), (p.ph, p.pw) = op.kernel_size, op.stride, op.padding
+        p.kind = 1 if isinstance(op, ops.Conv2d) else 2
+        if flips_kernel(op):  # the scatter form: padding k - 1 - p
+            p.kind, p.ph, p.pw = 2, p.kh - 1 - p.ph, p.kw - 1 - p.pw
+        _plan_copy(p, (ho, wo, co), (wo * co, co, 1), (out.stride(2), out.stride(3), out.stride(1)))
+    fn = getattr(library(), "spike_synapse_u8" if x.dtype == torch.uint8 else "spike_synapse_f32")
+    args = (x.data_ptr(), wt.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr())
+    ref = ctypes.byref(p)
+    workers = max(1, min(torch.get_num_threads(), n // _MIN_ROWS_PER_THREAD))
+    p.row_step = workers  # interleaved rows (see spike_synapse.c)
+    if workers == 1:
+        return fn(ref, 0, n, *args) == 0
+    pool = _thread_pool(workers, os.getpid())
+    futures = [pool.submit(fn, ref, w, n, *args) for w in range(workers)]
+    return all(f.result() == 0 for f in futures)
+
+
+def _plan_copy(p: SpikeSynapseParams, sizes: tuple[int, ...], acc_strides: tuple[int, ...],
+               out_strides: tuple[int, ...]) -> None:
+    """Accumulate in place when the output row has the accumulator's layout (size-1 dimensions
+    aside), else copy each row out, its loops in the output's memory order."""
+    if all(o == a for n, a, o in zip(sizes, acc_strides, out_strides) if n > 1):
+        return
+    dims = sorted(range(3), key=lambda d: out_strides[d], reverse=True)
+    p.direct = 0
+    p.copy_sizes[:] = [sizes[d] for d in dims]
+    p.copy_acc_strides[:] = [acc_strides[d] for d in dims]
+    p.copy_out_strides[:] = [out_strides[d] for d in dims]
+    ho, wo, co = sizes
+    # channel planes, each a dense [Ho, Wo]: the kernel's blocked transpose
+    p.copy_planes = int(dims == [2, 0, 1] and out_strides[1] == 1 and out_strides[0] == wo
+                        and out_strides[2] >= ho * wo)

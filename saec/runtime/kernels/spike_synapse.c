@@ -1,0 +1,242 @@
+/* Spike-driven synapse forward on the CPU: conv2d, conv_transpose2d and linear on a
+ * binary input (0/1 spikes), doing work only where the input is 1.
+ *
+ * A dense synapse multiplies every input by its weights; with 1-5 % of the inputs
+ * at 1 (the SAE's spike trains) that is 20-100x more multiply-adds than needed.
+ * Here each row (one image at one time step) is handled in two passes:
+ *   1. gather: walk the input row in memory order and list the logical indices of
+ *      its ones (blocks of 16 inputs are tested at once, so zero runs are cheap);
+ *   2. scatter: start the row's output at the bias (or 0) and, for each active
+ *      input, add that input's weights, a contiguous run of out-channel floats:
+ *        linear          out[:]          += W^T[i, :]
+ *        conv2d          out[oy, ox, :]  += W'[ci, ky, kx, :]   for oy = (iy + ph - ky) / sh, ...
+ *        conv_transpose  out[oy, ox, :]  += W'[ci, ky, kx, :]   for oy = iy * sh + ky - ph, ...
+ *      with the weights rearranged by the caller so that out channels are innermost
+ *      (W' = W permuted to [C_in, kh, kw, C_out]).
+ * The input's values are never multiplied: a 1 contributes its weight exactly, so
+ * the only rounding is the order of the additions (the order of the active inputs
+ * in memory), which differs from oneDNN's blocked sums by fp32 rounding only.
+ *
+ * The row's output is accumulated in a small array with out channels innermost
+ * ([Ho, Wo, C_out]; a linear's features): the output row itself when its layout is
+ * that (channels-last convolutions, a linear's output; for a linear unflattened
+ * channels-last the caller permutes W's columns to that order), else a per-call
+ * scratch copied out with the output's strides at the end of the row (a contiguous
+ * conv output, for a flatten).
+ *
+ * Parallelism: none here. The caller splits the rows over several Python threads
+ * (ctypes releases the GIL), as for the LIF scan (lif_scan.c). Build with
+ * -ffp-contract=off (no fused multiply-add; nothing here multiplies anyway).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int64_t kind;            /* 0 linear, 1 conv2d, 2 conv_transpose2d */
+    int64_t in_sizes[4];     /* the input row's dimensions, outermost first in memory */
+    int64_t in_strides[4];   /* their strides in elements */
+    int64_t in_index[4];     /* their strides in the op's logical (row-major) input index */
+    int64_t in_row_stride;   /* elements between rows */
+    int64_t in_numel;        /* elements per row */
+    int64_t H, W;            /* convolutions: input height and width (channel = index / (H W)) */
+    int64_t Co, Ho, Wo;      /* out channels (linear: out features), output height and width */
+    int64_t kh, kw, sh, sw, ph, pw;  /* kernel size, stride, padding */
+    int64_t acc_numel;       /* the accumulator: one output row, out channels innermost */
+    int64_t direct;          /* 1: an output row is laid out as the accumulator: add in place */
+    int64_t copy_sizes[3];   /* else: the copy's loops, outermost first (output memory order), */
+    int64_t copy_acc_strides[3];  /* their strides in the accumulator */
+    int64_t copy_out_strides[3];  /* and in the output row */
+    int64_t copy_planes;     /* 1: the output row is [Co, Ho, Wo] with dense planes (a transpose) */
+    int64_t out_row_stride;  /* elements between output rows */
+    int64_t row_step;        /* this call's rows: r0, r0 + row_step, ... below r1 */
+} spike_synapse_params;
+
+#define GATHER_BLOCK 16
+
+/* The logical input indices of the nonzero elements of one row, in memory order. */
+#define DEFINE_GATHER(NAME, S)                                                                \
+static int64_t NAME(const spike_synapse_params *p, const S *restrict row, int32_t *restrict idx) \
+{                                                                                             \
+    const int64_t n0 = p->in_sizes[0], n1 = p->in_sizes[1], n2 = p->in_sizes[2], n3 = p->in_sizes[3]; \
+    const int64_t s0 = p->in_strides[0], s1 = p->in_strides[1], s2 = p->in_strides[2], s3 = p->in_strides[3]; \
+    const int64_t m0 = p->in_index[0], m1 = p->in_index[1], m2 = p->in_index[2], m3 = p->in_index[3]; \
+    int64_t count = 0;                                                                        \
+    for (int64_t i0 = 0; i0 < n0; ++i0)                                                       \
+        for (int64_t i1 = 0; i1 < n1; ++i1)                                                   \
+            for (int64_t i2 = 0; i2 < n2; ++i2) {                                             \
+                const S *restrict q = row + i0 * s0 + i1 * s1 + i2 * s2;                      \
+                const int64_t base = i0 * m0 + i1 * m1 + i2 * m2;                             \
+                int64_t j = 0;                                                                \
+                if (s3 == 1) {                                                                \
+                    for (; j + GATHER_BLOCK <= n3; j += GATHER_BLOCK) {                       \
+                        int any = 0;                                                          \
+                        for (int k = 0; k < GATHER_BLOCK; ++k) any |= (q[j + k] != (S)0);     \
+                        if (!any) continue;                                                   \
+                        for (int k = 0; k < GATHER_BLOCK; ++k)                                \
+                            if (q[j + k] != (S)0) idx[count++] = (int32_t)(base + (j + k) * m3); \
+                    }                                                                         \
+                }                                                                             \
+                for (; j < n3; ++j)                                                           \
+                    if (q[j * s3] != (S)0) idx[count++] = (int32_t)(base + j * m3);           \
+            }                                                                                 \
+    return count;                                                                             \
+}
+
+DEFINE_GATHER(gather_f32, float)
+DEFINE_GATHER(gather_u8, uint8_t)
+
+/* out[:] += the weight rows of the active inputs, four at a time: one pass over the
+ * accumulator per four inputs, the additions still one after the other in input order. */
+static void scatter_linear(const spike_synapse_params *p, const int32_t *restrict idx, int64_t count,
+                           const float *restrict wt, float *restrict acc)
+{
+    const int64_t F = p->Co;
+    int64_t a = 0;
+    for (; a + 4 <= count; a += 4) {
+        const float *restrict w0 = wt + (int64_t)idx[a] * F, *restrict w1 = wt + (int64_t)idx[a + 1] * F;
+        const float *restrict w2 = wt + (int64_t)idx[a + 2] * F, *restrict w3 = wt + (int64_t)idx[a + 3] * F;
+        for (int64_t o = 0; o < F; ++o) {
+            float s = acc[o];
+            s = s + w0[o];
+            s = s + w1[o];
+            s = s + w2[o];
+            s = s + w3[o];
+            acc[o] = s;
+        }
+    }
+    for (; a < count; ++a) {
+        const float *restrict w = wt + (int64_t)idx[a] * F;
+        for (int64_t o = 0; o < F; ++o) acc[o] = acc[o] + w[o];
+    }
+}
+
+/* Each active input (ci, iy, ix) adds W'[ci, ky, kx, :] to every output position its
+ * kernel window reaches. kind 2, the scatter form: oy = iy * sh + ky - ph (a transposed
+ * convolution, and a stride-1 conv2d whose kernel the caller flipped, with padding
+ * k - 1 - p); kind 1, a strided conv2d: oy = (iy + ph - ky) / sh where that divides.
+ * In the scatter form at stride 1, one kernel row's taps land on consecutive output
+ * positions, so they are one contiguous run of kw * Co floats in both the output and W'. */
+static void scatter_conv(const spike_synapse_params *p, const int32_t *restrict idx, int64_t count,
+                         const float *restrict wt, float *restrict acc)
+{
+    const int64_t H = p->H, W = p->W, Co = p->Co, Ho = p->Ho, Wo = p->Wo;
+    const int64_t kh = p->kh, kw = p->kw, sh = p->sh, sw = p->sw, ph = p->ph, pw = p->pw;
+    const int scatter = p->kind == 2;
+    const int64_t taps = kh * kw * Co;
+    const uint32_t HW32 = (uint32_t)(H * W), W32 = (uint32_t)W;  /* 32-bit divisions: 2-4x cheaper */
+    for (int64_t a = 0; a < count; ++a) {
+        const uint32_t f = (uint32_t)idx[a], ci32 = f / HW32, rem = f - ci32 * HW32, iy32 = rem / W32;
+        const int64_t ci = ci32, iy = iy32, ix = rem - iy32 * W32;
+        const float *restrict w_ci = wt + ci * taps;
+        /* stride-1 scatter: the taps kx0 <= kx < kx1 reach 0 <= ox = ix - pw + kx < Wo */
+        const int64_t kx0 = pw - ix > 0 ? pw - ix : 0;
+        const int64_t kx1 = Wo + pw - ix < kw ? Wo + pw - ix : kw;
+        for (int64_t ky = 0; ky < kh; ++ky) {
+            int64_t oy;
+            if (scatter) {
+                oy = iy * sh + ky - ph;
+            } else {
+                const int64_t ty = iy + ph - ky;
+                if (ty < 0 || ty % sh) continue;
+                oy = ty / sh;
+            }
+            if (oy < 0 || oy >= Ho) continue;
+            if (scatter && sw == 1) {
+                float *restrict out = acc + (oy * Wo + ix - pw + kx0) * Co;
+                const float *restrict w = w_ci + (ky * kw + kx0) * Co;
+                const int64_t run = (kx1 - kx0) * Co;
+                for (int64_t j = 0; j < run; ++j) out[j] = out[j] + w[j];
+                continue;
+            }
+            for (int64_t kx = 0; kx < kw; ++kx) {
+                int64_t ox;
+                if (scatter) {
+                    ox = ix * sw + kx - pw;
+                } else {
+                    const int64_t tx = ix + pw - kx;
+                    if (tx < 0 || tx % sw) continue;
+                    ox = tx / sw;
+                }
+                if (ox < 0 || ox >= Wo) continue;
+                float *restrict out = acc + (oy * Wo + ox) * Co;
+                const float *restrict w = w_ci + (ky * kw + kx) * Co;
+                for (int64_t co = 0; co < Co; ++co) out[co] = out[co] + w[co];
+            }
+        }
+    }
+}
+
+/* The accumulator's start: the bias of each output element (its out channel), or 0. */
+static void start_row(const spike_synapse_params *p, const float *restrict bias, float *restrict acc,
+                      int64_t acc_numel)
+{
+    if (!bias) {
+        memset(acc, 0, (size_t)acc_numel * sizeof(float));
+    } else if (p->kind == 0) {
+        memcpy(acc, bias, (size_t)p->Co * sizeof(float));
+    } else {
+        const int64_t Co = p->Co;
+        for (int64_t pos = 0; pos < p->Ho * p->Wo; ++pos)
+            for (int64_t co = 0; co < Co; ++co) acc[pos * Co + co] = bias[co];
+    }
+}
+
+#define TRANSPOSE_BLOCK 16
+
+/* The accumulator into an output row of another layout, walking the output in memory order
+ * (the caller orders the copy's three dimensions by output stride, outermost first).
+ * A conv's contiguous output (channel planes) is the common case: [Ho Wo, Co] -> [Co, Ho Wo],
+ * transposed in blocks of positions so that the reads stay in a few cache lines. */
+static void copy_out(const spike_synapse_params *p, const float *restrict acc, float *restrict out)
+{
+    if (p->copy_planes) {
+        const int64_t P = p->Ho * p->Wo, Co = p->Co, plane = p->copy_out_strides[0];
+        for (int64_t p0 = 0; p0 < P; p0 += TRANSPOSE_BLOCK) {
+            const int64_t p1 = p0 + TRANSPOSE_BLOCK < P ? p0 + TRANSPOSE_BLOCK : P;
+            for (int64_t co = 0; co < Co; ++co) {
+                float *restrict dst = out + co * plane;
+                for (int64_t q = p0; q < p1; ++q) dst[q] = acc[q * Co + co];
+            }
+        }
+        return;
+    }
+    const int64_t n0 = p->copy_sizes[0], n1 = p->copy_sizes[1], n2 = p->copy_sizes[2];
+    const int64_t a0 = p->copy_acc_strides[0], a1 = p->copy_acc_strides[1], a2 = p->copy_acc_strides[2];
+    const int64_t o0 = p->copy_out_strides[0], o1 = p->copy_out_strides[1], o2 = p->copy_out_strides[2];
+    for (int64_t i0 = 0; i0 < n0; ++i0)
+        for (int64_t i1 = 0; i1 < n1; ++i1) {
+            const float *restrict src = acc + i0 * a0 + i1 * a1;
+            float *restrict dst = out + i0 * o0 + i1 * o1;
+            for (int64_t i2 = 0; i2 < n2; ++i2) dst[i2 * o2] = src[i2 * a2];
+        }
+}
+
+/* Rows r0, r0 + row_step, ... (below r1) of the input x into the output (threads take
+ * interleaved rows: the first time steps, which fire less, are not all one thread's);
+ * returns 0, or -1 when scratch memory could not be had (the caller then uses the dense
+ * synapse). */
+#define DEFINE_FORWARD(NAME, GATHER, S)                                                       \
+int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x,                   \
+         const float *wt, const float *bias, float *out)                                      \
+{                                                                                             \
+    const int64_t acc_numel = p->acc_numel;                                                   \
+    int32_t *idx = (int32_t *)malloc((size_t)(p->in_numel > 0 ? p->in_numel : 1) * sizeof(int32_t)); \
+    float *scratch = p->direct ? NULL : (float *)malloc((size_t)acc_numel * sizeof(float));   \
+    if (!idx || (!p->direct && !scratch)) { free(idx); free(scratch); return -1; }            \
+    for (int64_t r = r0; r < r1; r += p->row_step) {                                          \
+        float *row_out = out + r * p->out_row_stride;                                         \
+        float *acc = p->direct ? row_out : scratch;                                           \
+        const int64_t count = GATHER(p, x + r * p->in_row_stride, idx);                       \
+        start_row(p, bias, acc, acc_numel);                                                   \
+        if (p->kind == 0) scatter_linear(p, idx, count, wt, acc);                             \
+        else scatter_conv(p, idx, count, wt, acc);                                            \
+        if (!p->direct) copy_out(p, acc, row_out);                                            \
+    }                                                                                         \
+    free(idx);                                                                                \
+    free(scratch);                                                                            \
+    return 0;                                                                                 \
+}
+
+DEFINE_FORWARD(spike_synapse_f32, gather_f32, float)
+DEFINE_FORWARD(spike_synapse_u8, gather_u8, uint8_t)

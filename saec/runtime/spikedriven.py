@@ -1,0 +1,173 @@
+"""Spike-driven inference: synapses whose input is a spike train do work only where it is 1.
+
+Every synapse input of the SAE is binary (the Poisson encoding, then each layer's
+spikes) and, trained, 1-5 % active. A dense convolution or matrix product spends
+its multiply-adds on the zeros; the spike-driven synapse (the C kernel
+:mod:`saec.runtime.kernels.cpu_spike`) lists each row's ones and adds their weight
+columns (linear) or kernel windows (conv2d, transposed conv2d) into the output:
+work in proportion to the number of spikes, no multiplications.
+
+When it runs: forward without autograd (``torch.no_grad()`` / ``torch.inference_mode()``:
+inference and evaluation) of a synapse the layer-wise walk knows to read a spike
+train, on the CPU, float32 weights, not under autocast, when the C kernel is built, and when the layer's
+input activity (the fraction of ones, estimated on a spread sample of rows) is at most
+:data:`MAX_ACTIVITY`; otherwise, and always under autograd, the dense synapse runs
+(:func:`saec.runtime.fastpath.synapse_forward`). Off for one model with
+``model.execution = Execution(spike_driven=False)``, for the whole process with
+``SAEC_SPIKE_DRIVEN=0``; per layer, a caller (an execution plan) passes ``max_activity``
+to :func:`synapse` (0: never, 1: whenever the kernel applies).
+
+Same answers within fp32 rounding: a 1 adds its weight exactly, so the currents
+differ from the dense path's only in the order of the additions (the kernel adds
+in the input's memory order, oneDNN and MKL in blocked orders). A neuron whose
+membrane potential lies within that rounding of its threshold can therefore
+spike differently; the spike-driven and dense paths are not bit-identical, unlike
+the training paths (tests/runtime/test_spikedriven.py states the bound and counts
+such neurons).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import weakref
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from saec.compiler import ops
+from saec.compiler.passes.shapes import output_shape
+from saec.runtime import pool as buffers
+from saec.runtime.kernels import cpu_spike
+
+#: "0" turns spike-driven inference off (the dense synapses run).
+ENV_SWITCH = "SAEC_SPIKE_DRIVEN"
+
+#: A layer whose input has a larger fraction of ones runs the dense synapse. The kernel does
+#: (fraction x the dense multiply-adds) additions, each a load, add and store of an output
+#: element, where oneDNN keeps its sums in registers: a provisional crossover that leaves the
+#: 1-5 % the SAE's layers run at well inside, and inputs such as the Poisson encoding of a
+#: bright image (often over a third ones) to the dense path. Not yet measured on a quiet machine:
+#: benchmarks/inference.py prints every layer's input activity beside the timings.
+MAX_ACTIVITY = 0.2
+
+#: Rows sampled (spread over time steps and images) to estimate a layer's input activity.
+ACTIVITY_SAMPLE_ROWS = 64
+
+
+def is_on() -> bool:
+    """Whether spike-driven inference is allowed in this process (``$SAEC_SPIKE_DRIVEN`` is not "0")."""
+    return os.environ.get(ENV_SWITCH, "1") != "0"
+
+
+def applies(op: ops.Op, weight: Tensor, rows: Tensor) -> bool:
+    """Whether the spike-driven synapse can run ``op`` on the binary ``rows`` [n, ...] now: switched
+    on, no autograd, no CPU autocast (which asks for low-precision synapses; the kernel sums in
+    float32), a conv2d / transposed conv2d / linear the C kernel handles on these tensors (CPU,
+    float32 weights), the kernel built (this call builds it on first use)."""
+    if not is_on() or torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad):
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    return cpu_spike.supports(op, rows, weight)
+
+
+@contextmanager
+def dense_synapses(model) -> Iterator[None]:
+    """Within the block, ``model`` (a :class:`~saec.runtime.model.SpikingAutoencoder`) runs its
+    inference with the dense synapses, bit-identical to its training forward: for golden data and
+    agreement checks whose meaning is "spike for spike" (exports, saec's NIR simulator, the
+    quantisation comparisons). Its execution is restored afterwards."""
+    before = model.execution
+    model.execution = dataclasses.replace(before, spike_driven=False)
+    try:
+        yield
+    finally:
+        model.execution = before
+
+
+def input_activity(rows: Tensor, sample_rows: int = ACTIVITY_SAMPLE_ROWS) -> float:
+    """The fraction of nonzero elements in about ``sample_rows`` rows of ``rows`` [n, ...], taken
+    at an even stride over all n rows (time steps and images: the first step alone fires less)."""
+    n = rows.shape[0]
+    if n == 0 or rows[0].numel() == 0:
+        return 0.0
+    sample = rows[::max(1, n // sample_rows)]
+    return torch.count_nonzero(sample).item() / sample.numel()
+
+
+def synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, rows: Tensor, sample: tuple[int, ...],
+            contiguous_out: bool = False, out_sample: tuple[int, int, int] | None = None,
+            pool: buffers.BufferPool | None = None, max_activity: float | None = None) -> Tensor | None:
+    """The spike-driven forward of a synapse on binary input rows, or None where it does not apply
+    (see the module docstring: the caller then runs the dense synapse).
+
+    Args:
+        op: the synapse op (Linear, Conv2d, ConvTranspose2d; any other gives None).
+        weight, bias: its parameters (float32).
+        rows: the input [n, *source shape]: spikes, float 0/1 or bool/uint8, each row dense in any
+            layout (e.g. a LIF layer's channels-last spikes before a flatten). Values are not
+            checked: any nonzero counts as 1.
+        sample: the op's input shape per row (the source shape reshaped: a deferred flatten).
+        contiguous_out, out_sample: the output layout, as for
+            :func:`saec.runtime.fastpath.spike_synapse` (a conv's output is otherwise channels-last,
+            a linear's contiguous).
+        pool: the buffer pool to take the output from (None: a fresh tensor).
+        max_activity: run only when the input's estimated fraction of ones is at most this
+            (default :data:`MAX_ACTIVITY`; 0 turns the layer off, 1 on).
+
+    Returns:
+        The synaptic current [n, *output shape] (float32), or None.
+    """
+    if not applies(op, weight, rows):
+        return None
+    limit = MAX_ACTIVITY if max_activity is None else max_activity
+    if limit <= 0 or input_activity(rows) > limit:
+        return None
+    n = rows.shape[0]
+    if isinstance(op, ops.Linear):
+        shape = (n, *out_sample) if out_sample is not None else (n, op.out_features)
+        channels_last = out_sample is not None
+    else:
+        shape = (n, *output_shape(op, tuple(sample), "synapse"))
+        channels_last = not contiguous_out and shape[1] > 1
+    strides = _channels_last_strides(shape) if channels_last else buffers.contiguous_strides(shape)
+    out = buffers.empty_strided(pool, shape, strides, torch.float32, rows.device)
+    order = cpu_spike.feature_order(op, out)  # a linear's output handed out unflattened, channels-last
+    wt = _arranged_weight(op, weight, order, None if order is None else (out.shape[1:], out.stride()[1:]))
+    b = None if bias is None else (bias.detach() if order is None else bias.detach()[order]).float().contiguous()
+    if not cpu_spike.forward(op, wt, b, rows, tuple(sample), out):
+        return None  # no scratch memory: the dense synapse will do
+    return out
+
+
+#: id(weight) -> ((op, data pointer, version, output layout), its rearranged copy); an entry goes with its weight
+_ARRANGED: dict[int, tuple[tuple, Tensor]] = {}
+
+
+def _arranged_weight(op: ops.Op, weight: Tensor, order: Tensor | None, layout: tuple | None) -> Tensor:
+    """:func:`cpu_spike.arranged_weight`, kept per weight tensor until the weight changes (its
+    version counter moves on an in-place update, e.g. an optimiser step or loading a state dict),
+    so that a forward does not copy all the weights again (the SAE: 10 MB). Costs one copy of the
+    weights' memory while they live; weights without a version counter (tensors made under
+    ``torch.inference_mode``, e.g. quantisation-aware execution's quantised weights) are not kept."""
+    try:
+        key = (op, weight.data_ptr(), weight._version, layout)
+    except RuntimeError:  # an inference tensor
+        return cpu_spike.arranged_weight(op, weight.detach(), order)
+    cached = _ARRANGED.get(id(weight))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if cached is None:
+        weakref.finalize(weight, _ARRANGED.pop, id(weight), None)
+    arranged = cpu_spike.arranged_weight(op, weight.detach(), order)
+    _ARRANGED[id(weight)] = (key, arranged)
+    return arranged
+
+
+def _channels_last_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    n, c, h, w = shape
+    return (h * w * c, 1, w * c, c)
+
