@@ -1,10 +1,11 @@
 """How a :class:`~saec.runtime.model.SpikingAutoencoder` runs its layer-wise forward.
 
 One small immutable record, carried by the model and passed down to the LIF scan
-(no module-global switch): which path (``fast`` or ``reference``) and, for the
-fast path, which scan backend (:mod:`saec.runtime.lif.dispatch`). Every
-combination gives bit-identical spikes; the switches exist for tests and
-benchmarks.
+and the synapses (no module-global switch): which path (``fast`` or ``reference``),
+for the fast path which scan backend (:mod:`saec.runtime.lif.dispatch`), and the
+per-machine execution plan (:mod:`saec.runtime.plan`: chunk sizes, layouts, the
+output layer's algorithm, the pool's threshold). Every combination gives
+bit-identical spikes on the fast and the reference path.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from saec.runtime.lif.dispatch import ScanBackend, check_backend
+from saec.runtime.plan import DEFAULT_PLAN, ExecutionPlan
 
 ExecutionPath = Literal["fast", "reference"]
 EXECUTION_PATHS: tuple[str, ...] = ("fast", "reference")
@@ -29,18 +31,25 @@ class Execution:
             synapses. Same spikes, same gradients (fp32 rounding).
         scan_backend: how the fast path's LIF scan runs: ``"auto"`` (a fused kernel where one
             applies) or ``"torch"`` (torch ops); the reference path ignores it.
+        plan: the per-machine choices (:class:`~saec.runtime.plan.ExecutionPlan`); the default
+            plan is today's built-in one. Its output-layer algorithm applies on every path (it
+            sets the rounding); the rest only on the fast path.
 
     Raises:
         ValueError: an unknown path or scan backend (on construction).
+        TypeError: ``plan`` is not an ExecutionPlan.
     """
 
     path: ExecutionPath = "fast"
     scan_backend: ScanBackend = "auto"
+    plan: ExecutionPlan = DEFAULT_PLAN
 
     def __post_init__(self) -> None:
         if self.path not in EXECUTION_PATHS:
             raise ValueError(f"execution path must be 'fast' or 'reference', got {self.path!r}")
         check_backend(self.scan_backend)
+        if not isinstance(self.plan, ExecutionPlan):
+            raise TypeError(f"plan must be a saec.runtime.plan.ExecutionPlan, got {self.plan!r}")
 
     @property
     def fast(self) -> bool:
