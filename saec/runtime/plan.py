@@ -549,7 +549,7 @@ def _read_cache(path: Path, fingerprint: dict[str, Any], log: Callable[[str], No
     when the file cannot be used."""
     try:
         text = path.read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing cached (a blocked folder: writing will say so)
         return {}
     except OSError as exc:
         log(f"warning: plan cache {path}: cannot read it ({exc.strerror or exc}); planning afresh")
