@@ -230,7 +230,7 @@ def _worker_main(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     trainer = Trainer(args.worker, args.timesteps[0], args.batch, args.device, args.data, args.images,
-                      json.loads(args.plan_json) if args.plan_json else None)
+                      json.loads(args.plan_json) if getattr(args, "plan_json", None) else None)
     out.write(json.dumps({"ready": True}) + "\n")
     out.flush()
     for line in sys.stdin:
