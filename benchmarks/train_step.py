@@ -322,9 +322,12 @@ class Result:
 def resolve_plans(args: argparse.Namespace) -> dict:
     """The execution plan saec runs with at each T (saec.runtime.plan.ResolvedPlan), in this process,
     before any worker starts (measuring must not share the CPU with them)."""
+    import torch
+
     from saec.compiler.pipeline import compile_spec
     from saec.runtime.plan import plan_policy, resolve_plan
 
+    torch.set_num_threads(args.threads)  # the workers' count: the plan is measured (and cached) for it
     policy = "replan" if args.replan else plan_policy("default" if args.smoke else "auto")
     plans = {}
     for T in args.timesteps:

@@ -258,7 +258,10 @@ class SpikingAutoencoder(nn.Module):
                     fast=fast, keep_binary=keep_binary)
         if keep_binary:
             fastpath.keep_freed_memory()
-        self._pool.min_pooled_bytes = self.execution.plan.min_pooled_bytes
+        plan = self.execution.plan
+        self._pool.min_pooled_bytes = plan.min_pooled_bytes
+        if plan.threads is not None and torch.get_num_threads() != plan.threads:
+            torch.set_num_threads(plan.threads)  # process-wide, as the plan says (saec.runtime.plan)
         self._quantize()
         with use_pool(self._pool if fast and x.device.type == "cpu" else None):
             return run_layerwise(walk)

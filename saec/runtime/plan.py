@@ -21,9 +21,10 @@ One knob changes rounding: the output layer's algorithm. The model passes it to 
 it runs (fast, reference, step by step), so they agree with each other under any plan; two
 plans may give the output layer different float rounding, as two CPUs may.
 
-Not planned: thread use (``torch.set_num_threads`` is process-wide and the caller's to set;
-the fingerprint records it, so a plan is measured per thread count), and ``MIN_CHUNK_ROWS``
-(a floor for bit-identical matrix products, not a speed choice). Off the CPU nothing here
+Thread use is planned as one count for the whole network (the trials time the synapses; the
+model applies it with ``torch.set_num_threads``, which is process-wide). The fingerprint holds
+the process's count at lookup, so a plan is measured per starting count. Not planned:
+``MIN_CHUNK_ROWS`` (a floor for bit-identical matrix products, not a speed choice). Off the CPU nothing here
 applies (one chunk, cuDNN's layouts): the plan is the default one and nothing is timed.
 
 This is not the IR's structural plan in ``meta["exec"]`` (:mod:`saec.compiler.passes.exec_plan`:
@@ -73,8 +74,16 @@ CACHE_FORMAT = 1
 CHUNK_CANDIDATE_BYTES: tuple[int, ...] = (2 << 20, 32 << 20)
 #: Pool thresholds tried besides the built-in 1 MiB.
 POOL_CANDIDATE_BYTES: tuple[int, ...] = (256 << 10, 16 << 20)
-#: Spike density of the synthetic inputs (the SAE's layers fire at 5-30 %).
+#: Spike density of the synthetic inputs (the kernels are dense: the values do not change the work).
 SYNTHETIC_SPIKE_RATE = 0.2
+
+
+def thread_candidates() -> list[int | None]:
+    """Thread counts tried: None (the process's count, first), then 1, half and all logical cores,
+    each once and not the process's own count."""
+    now = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    return [None, *(k for k in dict.fromkeys((1, max(1, cores // 2), cores)) if k != now)]
 
 
 @dataclass(frozen=True)
@@ -117,23 +126,26 @@ class ExecutionPlan:
 
     ``ExecutionPlan()`` is the built-in plan: every field None or empty means "today's
     constant" (:data:`saec.runtime.fastpath.CHUNK_BYTES`, :data:`saec.runtime.pool.MIN_POOLED_BYTES`,
-    :data:`DEFAULT_LAYER` for every layer), so with it nothing changes.
+    the process's thread count, :data:`DEFAULT_LAYER` for every layer), so with it nothing changes.
 
     Attributes:
         chunk_bytes: a chunk's float input or output stays under this many bytes where a layer
             has no planned ``chunk_rows``; None: ``fastpath.CHUNK_BYTES`` (8 MiB).
         min_pooled_bytes: the buffer pool holds tensors from this many bytes up; None:
             ``pool.MIN_POOLED_BYTES`` (1 MiB).
+        threads: torch's thread count (intra-op, and the C scan's workers); the model sets it
+            (process-wide, ``torch.set_num_threads``) when it runs. None: left as the process has it.
         layers: (layer key, choices) pairs, layer keys from :func:`layer_key`; a layer not
             listed runs with :data:`DEFAULT_LAYER`.
     """
 
     chunk_bytes: int | None = None
     min_pooled_bytes: int | None = None
+    threads: int | None = None
     layers: tuple[tuple[str, LayerPlan], ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("chunk_bytes", "min_pooled_bytes"):
+        for name in ("chunk_bytes", "min_pooled_bytes", "threads"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 1):
                 raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
@@ -154,12 +166,12 @@ class ExecutionPlan:
     @property
     def is_default(self) -> bool:
         """True when this plan runs exactly as the built-in one."""
-        return (self.chunk_bytes is None and self.min_pooled_bytes is None
+        return (self.chunk_bytes is None and self.min_pooled_bytes is None and self.threads is None
                 and all(layer == DEFAULT_LAYER for _, layer in self.layers))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (the cache's form); :meth:`from_dict` reads it back."""
-        return {"chunk_bytes": self.chunk_bytes, "min_pooled_bytes": self.min_pooled_bytes,
+        return {"chunk_bytes": self.chunk_bytes, "min_pooled_bytes": self.min_pooled_bytes, "threads": self.threads,
                 "layers": {key: dataclasses.asdict(layer) for key, layer in self.layers}}
 
     @classmethod
@@ -169,8 +181,8 @@ class ExecutionPlan:
         Raises:
             ValueError: ``doc`` is not such a plan (unknown or missing fields, bad values).
         """
-        if not isinstance(doc, dict) or set(doc) != {"chunk_bytes", "min_pooled_bytes", "layers"}:
-            raise ValueError("not an execution plan (expected chunk_bytes, min_pooled_bytes, layers)")
+        if not isinstance(doc, dict) or set(doc) != {"chunk_bytes", "min_pooled_bytes", "threads", "layers"}:
+            raise ValueError("not an execution plan (expected chunk_bytes, min_pooled_bytes, threads, layers)")
         if not isinstance(doc["layers"], dict):
             raise ValueError("layers: expected an object of layer key -> choices")
         layers = []
@@ -179,13 +191,14 @@ class ExecutionPlan:
             if not isinstance(choices, dict) or set(choices) - known:
                 raise ValueError(f"layers.{key}: expected an object with fields {sorted(known)}")
             layers.append((key, LayerPlan(**choices)))
-        return cls(doc["chunk_bytes"], doc["min_pooled_bytes"], tuple(layers))
+        return cls(doc["chunk_bytes"], doc["min_pooled_bytes"], doc["threads"], tuple(layers))
 
     def knob_lines(self, graph: IRGraph, batch: int) -> list[str]:
         """One line per knob as it applies to ``graph`` at ``batch`` images per step (built-in values
         marked ``(default)``)."""
         lines = [_knob("chunk_bytes", self.chunk_bytes, fastpath.CHUNK_BYTES),
-                 _knob("min_pooled_bytes", self.min_pooled_bytes, buffers.MIN_POOLED_BYTES)]
+                 _knob("min_pooled_bytes", self.min_pooled_bytes, buffers.MIN_POOLED_BYTES),
+                 _knob("threads", self.threads, torch.get_num_threads())]
         for layer in synapse_layers(graph, batch):
             chosen = self.layer(layer.key)
             for knob in layer.knobs():
@@ -212,6 +225,8 @@ class ExecutionPlan:
             parts.append(f"chunks under {self.chunk_bytes} bytes")
         if self.min_pooled_bytes is not None:
             parts.append(f"pool from {self.min_pooled_bytes} bytes")
+        if self.threads is not None:
+            parts.append(f"{self.threads} thread{'s' * (self.threads > 1)}")
         for key, layer in self.layers:
             for f in dataclasses.fields(LayerPlan):
                 value = getattr(layer, f.name)
@@ -439,10 +454,10 @@ def _candidates(layer: SynapseLayer, knob: str, chunk_bytes: int | None) -> list
 
 def plan_candidates(graph: IRGraph, batch: int) -> dict[str, dict[str, list[Any]]]:
     """Every knob's candidate values per layer node of ``graph`` (what :func:`plan_network` tries,
-    the built-in value first), and ``{"pool": {"min_pooled_bytes": [...]}}``."""
+    the built-in value first), and the global knobs under ``"global"``: ``min_pooled_bytes``, ``threads``."""
     found = {layer.node: {knob: _candidates(layer, knob, None) for knob in layer.knobs()}
              for layer in synapse_layers(graph, batch)}
-    found["pool"] = {"min_pooled_bytes": [None, *POOL_CANDIDATE_BYTES]}
+    found["global"] = {"min_pooled_bytes": [None, *POOL_CANDIDATE_BYTES], "threads": thread_candidates()}
     return found
 
 
@@ -452,7 +467,7 @@ def plan_network(graph: IRGraph, batch: int, *, device: torch.device | str = "cp
 
     Layer by layer, knob by knob (the output algorithm, the Conv2d layout, the handoff layout,
     then the chunk size), each candidate is timed with the knobs chosen so far; then the
-    pool's threshold over all layers. Each trial is a layer's forward and backward on
+    pool's threshold and the thread count, over all layers. Each trial is a layer's forward and backward on
     synthetic spikes of its real shape [T, B, ...] (the handoff layout: with its readers);
     a knob with one candidate is not timed, a layer key seen before is not planned again.
     Ties keep the built-in value.
@@ -491,20 +506,33 @@ def plan_network(graph: IRGraph, batch: int, *, device: torch.device | str = "cp
                 seconds.append(timer(Trial(knob, layer.key, value, run)))
             current = dataclasses.replace(current, **{knob: values[seconds.index(min(seconds))]})
         chosen[layer.key] = current
-    thresholds = [None, *POOL_CANDIDATE_BYTES]
-    seconds = []
-    for threshold in thresholds:
-        trial_pool = buffers.BufferPool(threshold)
 
-        def run_all(trial_pool=trial_pool) -> None:
+    def run_all(trial_pool: buffers.BufferPool, threads: int | None) -> None:
+        before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
             for layer in layers:
                 bench.run(layer, chosen[layer.key], None, False, trial_pool)
+        finally:
+            torch.set_num_threads(before)
 
-        seconds.append(timer(Trial("min_pooled_bytes", None, threshold, run_all)))
-    best_threshold = thresholds[seconds.index(min(seconds))]
+    pools = {threshold: buffers.BufferPool(threshold) for threshold in (None, *POOL_CANDIDATE_BYTES)}
+    best_threshold = _fastest(timer, "min_pooled_bytes", list(pools),
+                              lambda threshold: lambda: run_all(pools[threshold], None))
+    best_threads = _fastest(timer, "threads", thread_candidates(),
+                            lambda threads: lambda: run_all(pools[best_threshold], threads))
     kept = tuple(sorted(((key, layer) for key, layer in chosen.items() if layer != DEFAULT_LAYER),
                         key=lambda item: item[0]))
-    return ExecutionPlan(min_pooled_bytes=best_threshold, layers=kept)
+    return ExecutionPlan(min_pooled_bytes=best_threshold, threads=best_threads, layers=kept)
+
+
+def _fastest(timer: Timer, knob: str, values: list[Any], make_run: Callable[[Any], Callable[[], None]]) -> Any:
+    """The value of global knob ``knob`` whose trial (all layers) ``timer`` finds fastest; ties: the first."""
+    if len(values) < 2:
+        return values[0]
+    seconds = [timer(Trial(knob, None, value, make_run(value))) for value in values]
+    return values[seconds.index(min(seconds))]
 
 
 # ---------------------------------------------------------------- the cache

@@ -49,6 +49,14 @@ TINY = ["input.shape=[1,8,8]", "encoding.timesteps=4",
 BATCH = 48
 
 
+@pytest.fixture(autouse=True)
+def _keep_thread_count():
+    """A plan with ``threads`` sets torch's thread count for the process: each test gets it back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def _tiny_model(preset: str = "saec") -> SpikingAutoencoder:
     _, graph = compile_spec(str(PRESETS[preset]), TINY)
     model = SpikingAutoencoder(graph)
@@ -83,8 +91,9 @@ PLAN_CASES = {
     "min_pooled_bytes=1024": lambda m: ExecutionPlan(min_pooled_bytes=1024),
     "min_pooled_bytes=256KiB": lambda m: ExecutionPlan(min_pooled_bytes=256 << 10),
     "min_pooled_bytes=16MiB": lambda m: ExecutionPlan(min_pooled_bytes=16 << 20),
+    **{f"threads={k}": (lambda m, k=k: ExecutionPlan(threads=k)) for k in planning.thread_candidates() if k},
     "everything off the default": lambda m: ExecutionPlan(
-        min_pooled_bytes=1024, layers=_every_layer(m, chunk_rows=64, channels_last=False, handoff_layout=False,
+        min_pooled_bytes=1024, threads=1, layers=_every_layer(m, chunk_rows=64, channels_last=False, handoff_layout=False,
                                                    output_algorithm="onednn")),
 }
 
@@ -131,6 +140,7 @@ def test_the_cases_cover_every_candidate_of_the_planner():
     for make in PLAN_CASES.values():
         plan = make(model)
         tested.setdefault("min_pooled_bytes", set()).add(plan.min_pooled_bytes)
+        tested.setdefault("threads", set()).add(plan.threads)
         for _, layer in plan.layers or (("", DEFAULT_LAYER),):
             for f in dataclasses.fields(LayerPlan):
                 tested.setdefault(f.name, set()).add(getattr(layer, f.name))
@@ -205,6 +215,19 @@ def test_the_pool_threshold_changes_what_is_pooled(monkeypatch):
     assert _observe(monkeypatch, model, ExecutionPlan(min_pooled_bytes=1024))["pooled"] > 0
 
 
+def test_the_thread_count_is_set_when_the_model_runs():
+    model = _tiny_model()
+    torch.set_num_threads(2)
+    model.execution = Execution(plan=ExecutionPlan(threads=1))
+    with torch.no_grad():
+        model(_images(2))
+    assert torch.get_num_threads() == 1
+    model.execution = Execution()  # the default plan leaves the count as it is
+    with torch.no_grad():
+        model(_images(2))
+    assert torch.get_num_threads() == 1
+
+
 # ---------------------------------------------------------------- the planner
 def test_the_planner_keeps_each_knobs_fastest_candidate():
     """A fake timer: 1 s for every trial except the candidates listed, so the plan is known; every
@@ -214,14 +237,16 @@ def test_the_planner_keeps_each_knobs_fastest_candidate():
     layers = {layer.node: layer for layer in planning.synapse_layers(graph, batch)}
     candidates = planning.plan_candidates(graph, batch)
     assert candidates["conv2"]["chunk_rows"] == [None, 64]  # 1 chunk under 8 MiB, 4 under 2 MiB
+    other_threads = (candidates["global"]["threads"] + [None])[1]  # 1 where torch runs more threads
     faster = {("output", "output_algorithm", "onednn"): 0.5, ("conv2", "channels_last", False): 0.9,
               ("conv1", "channels_last", False): 1.5, ("fc_dec", "handoff_layout", False): 0.7,
-              ("conv2", "chunk_rows", 64): 0.8, ("pool", "min_pooled_bytes", 16 << 20): 0.2}
+              ("conv2", "chunk_rows", 64): 0.8, ("global", "min_pooled_bytes", 16 << 20): 0.2,
+              ("global", "threads", other_threads): 0.1}
     node_of = {layer.key: node for node, layer in layers.items()}
     tried = []
 
     def timer(trial: planning.Trial) -> float:
-        node = "pool" if trial.layer is None else node_of[trial.layer]
+        node = "global" if trial.layer is None else node_of[trial.layer]
         tried.append((node, trial.knob, trial.value))
         return faster.get((node, trial.knob, trial.value), 1.0)
 
@@ -229,7 +254,7 @@ def test_the_planner_keeps_each_knobs_fastest_candidate():
     want = [(node, knob, value) for node, knobs in candidates.items() for knob, values in knobs.items()
             if len(values) > 1 for value in values]
     assert sorted(tried, key=repr) == sorted(want, key=repr) and len(tried) == len(set(tried))
-    assert plan.min_pooled_bytes == 16 << 20
+    assert plan.min_pooled_bytes == 16 << 20 and plan.threads == other_threads
     assert plan.layer(layers["output"].key).output_algorithm == "onednn"
     assert plan.layer(layers["conv2"].key) == LayerPlan(chunk_rows=64, channels_last=False)
     assert plan.layer(layers["conv1"].key) == DEFAULT_LAYER  # slower off the default: kept
@@ -252,7 +277,7 @@ def test_the_planners_trials_run_each_layer_forward_and_backward():
 
     assert planning.plan_network(model.graph, BATCH, timer=run_once) == DEFAULT_PLAN
     assert ("output_algorithm", "onednn") in runs and ("handoff_layout", False) in runs
-    assert ("min_pooled_bytes", 256 << 10) in runs
+    assert ("min_pooled_bytes", 256 << 10) in runs and ("threads", None) in runs
 
 
 def test_plan_records_round_trip_and_refuse_bad_values():
