@@ -534,7 +534,7 @@ def test_saec_train_uses_the_cached_plan_and_resume_keeps_it(tmp_path, cache, mo
     lines = []
     out = tmp_path / "run"
     with pytest.raises(loop.TrainingInterrupted):
-        train(spec, graph, out, device="cpu", progress=False, log=lines.append, plan="auto", stop_after_steps=2)
+        train(spec, graph, out, device="cpu", progress=False, log=lines.append, plan="auto", stop_after_steps=1)
     assert f"plan: cached ({planning.cache_path(planning.machine_fingerprint())}): output output_algorithm=onednn" \
         in lines
     assert seen and all(p == plan for p in seen)
@@ -548,7 +548,9 @@ def test_saec_train_uses_the_cached_plan_and_resume_keeps_it(tmp_path, cache, mo
     assert seen and all(p == plan for p in seen)
     # a short run with nothing cached: the default plan, nothing measured, said in one line
     lines.clear()
-    train(spec, graph, tmp_path / "fresh", device="cpu", progress=False, log=lines.append, plan="auto")
+    with pytest.raises(loop.TrainingInterrupted):
+        train(spec, graph, tmp_path / "fresh", device="cpu", progress=False, log=lines.append, plan="auto",
+              stop_after_steps=1)
     assert [line for line in lines if line.startswith("plan:")] == [
         "plan: default (a short run of 6 steps is not worth measuring and none is cached for this network; "
         "`saec plan SPEC` measures one)"]
