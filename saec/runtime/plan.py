@@ -25,7 +25,8 @@ Thread use is planned as one count for the whole network (the trials time the sy
 model applies it with ``torch.set_num_threads``, which is process-wide). The fingerprint holds
 the process's count at lookup, so a plan is measured per starting count. Not planned:
 ``MIN_CHUNK_ROWS`` (a floor for bit-identical matrix products, not a speed choice). Off the CPU nothing here
-applies (one chunk, cuDNN's layouts): the plan is the default one and nothing is timed.
+applies (one chunk, cuDNN's layouts), nor to an AE or VAE (no spike synapses): the plan is the
+default one and nothing is timed.
 
 This is not the IR's structural plan in ``meta["exec"]`` (:mod:`saec.compiler.passes.exec_plan`:
 what to free, which reshapes to defer), which follows from the graph alone on every machine.
@@ -475,14 +476,15 @@ def plan_network(graph: IRGraph, batch: int, *, device: torch.device | str = "cp
     Args:
         graph: a compiled IR graph with its exec plan (``meta["exec"]``); T from ``attrs["timesteps"]``.
         batch: images per training step.
-        device: only the CPU has knobs; elsewhere the default plan comes back at once.
+        device: only the CPU has knobs; elsewhere (and for a network without spiking layers) the default
+            plan comes back at once.
         dtype: the parameters' dtype.
         timer: seconds per trial (default :func:`median_timer`; tests inject a fake one).
 
     Returns:
         The plan (layers whose choices are all built-in are left out).
     """
-    if torch.device(device).type != "cpu":
+    if nothing_to_plan(graph, device):
         return DEFAULT_PLAN
     timer = timer or median_timer()
     timesteps = int(graph.attrs.get("timesteps", 1))
@@ -525,6 +527,17 @@ def plan_network(graph: IRGraph, batch: int, *, device: torch.device | str = "cp
     kept = tuple(sorted(((key, layer) for key, layer in chosen.items() if layer != DEFAULT_LAYER),
                         key=lambda item: item[0]))
     return ExecutionPlan(min_pooled_bytes=best_threshold, threads=best_threads, layers=kept)
+
+
+def nothing_to_plan(graph: IRGraph, device: torch.device | str) -> str:
+    """Why nothing is planned for ``graph`` on ``device`` ("" when something is): off the CPU the knobs
+    do not apply; an AE or VAE (no spiking layer) runs no spike synapses, chunks or pool."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return f"nothing to plan on {device.type}"
+    if next(iter(graph.nodes(ops.LIF)), None) is None:
+        return "nothing to plan for a network without spiking layers"
+    return ""
 
 
 def _fastest(timer: Timer, knob: str, values: list[Any], make_run: Callable[[Any], Callable[[], None]]) -> Any:
@@ -694,8 +707,9 @@ def resolve_plan(graph: IRGraph, batch: int, *, device: torch.device | str = "cp
     device = torch.device(device)
     if policy == "default":
         return ResolvedPlan(DEFAULT_PLAN, "default", reason="policy default: nothing read or measured")
-    if device.type != "cpu":
-        return ResolvedPlan(DEFAULT_PLAN, "default", reason=f"nothing to plan on {device.type}")
+    reason = nothing_to_plan(graph, device)
+    if reason:
+        return ResolvedPlan(DEFAULT_PLAN, "default", reason=reason)
     fingerprint = machine_fingerprint(device)
     key = network_key(graph, batch, dtype)
     path = cache_path(fingerprint)

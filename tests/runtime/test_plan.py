@@ -409,6 +409,10 @@ def test_default_policy_and_short_runs_measure_nothing(cache):
     assert not cache.exists() and lines == []
     resolved, _ = _resolve(graph, timer, device="meta")
     assert resolved.source == "default" and resolved.reason == "nothing to plan on meta" and timer.trials == 0
+    _, ae = compile_spec(str(SPECS / "ae.yaml"), [])
+    resolved, _ = _resolve(ae, timer)
+    assert resolved.reason == "nothing to plan for a network without spiking layers" and timer.trials == 0
+    assert planning.plan_network(ae, 2, timer=timer) == DEFAULT_PLAN and timer.trials == 0
     with pytest.raises(ValueError, match="plan policy must be one of"):
         _resolve(graph, timer, policy="sometimes")
 
