@@ -330,6 +330,10 @@ def plan_cmd(
     path = planning.cache_path(fingerprint)
     plan = None if replan else planning.cached_plan(planning.network_key(graph, batch), fingerprint,
                                                    lambda line: typer.echo(line, err=True))
+    nothing = planning.nothing_to_plan(graph, "cpu")
+    if nothing:
+        typer.echo(f"plan: default ({nothing})")  # no knob applies: none to list
+        return
     if plan is not None:
         typer.echo(f"plan: cached ({path}): {plan.summary(graph)}")
     elif show:

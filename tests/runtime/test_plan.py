@@ -513,6 +513,9 @@ def test_saec_plan_measures_caches_shows_and_replans(cache, monkeypatch):
     assert "(measured in " in replanned.stdout and timer.trials == 2 * trials
     other_batch = runner.invoke(app, ["plan", spec, *TINY_SET, "--batch", "8", "--show"])
     assert "plan: none cached for this network at B=8" in other_batch.stdout
+    ae = runner.invoke(app, ["plan", str(SPECS / "ae.yaml")])
+    assert ae.exit_code == 0 and ae.stdout == "plan: default (nothing to plan for a network without spiking layers)\n"
+    assert timer.trials == 2 * trials
 
 
 @pytest.mark.usefixtures("light_finish")
