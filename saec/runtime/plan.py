@@ -249,6 +249,7 @@ def layer_key(op: ops.Op, sample: tuple[int, ...]) -> str:
     """What identifies a synapse layer for planning: op kind, input and output shape per row, and
     for convolutions kernel, stride and padding, e.g. ``conv2d(16x24x24->32x20x20 k5x5 s1x1 p0x0)``."""
     out = output_shape(op, sample, "synapse")
+
     def dims(values: Any) -> str:
         return "x".join(map(str, values))
 
@@ -392,14 +393,13 @@ class _Bench:
                 todo.extend(self.graph.users(user))
         return found
 
-    def run(self, layer: SynapseLayer, plan: LayerPlan, chunk_bytes: int | None, with_readers: bool,
-            pool: buffers.BufferPool) -> None:
+    def run(self, layer: SynapseLayer, plan: LayerPlan, with_readers: bool, pool: buffers.BufferPool) -> None:
         """Forward and backward of ``layer`` (and, with ``with_readers``, of its readers on its spikes in
         the layout it hands out) under ``plan``, inside ``pool``."""
         exec_meta = self.graph.meta(layer.node).get(META_KEY, {})
         contiguous_out = bool(exec_meta.get("contiguous_out")) and plan.handoff_layout
         out_sample = exec_meta.get("out_sample") if plan.handoff_layout else None
-        choice = ExecutionPlan(chunk_bytes=chunk_bytes, layers=((layer.key, plan),)).synapse_choice(layer.key)
+        choice = ExecutionPlan(layers=((layer.key, plan),)).synapse_choice(layer.key)
         x = self.inputs[layer.node]
         x = x.detach().requires_grad_(not layer.reads_encoder)
         weight, bias = self.weights[layer.node]
@@ -425,7 +425,7 @@ class _Bench:
                     t.grad = None
 
 
-def _chunk_candidates(layer: SynapseLayer, chunk_bytes: int | None) -> list[int | None]:
+def _chunk_candidates(layer: SynapseLayer) -> list[int | None]:
     """None (the byte rule) first, then rows for each candidate size and for one chunk, each only
     when it gives another number of chunks than the candidates before it."""
     in_numel, out_numel = math.prod(layer.sample), math.prod(output_shape(layer.op, layer.sample, "synapse"))
@@ -433,7 +433,7 @@ def _chunk_candidates(layer: SynapseLayer, chunk_bytes: int | None) -> list[int 
     def count(rows: int) -> int:
         return max(1, layer.rows // max(fastpath.MIN_CHUNK_ROWS, rows))
 
-    counts = {count(fastpath.chunk_rows(in_numel, out_numel, 4, fastpath.SynapseChoice(chunk_bytes=chunk_bytes)))}
+    counts = {count(fastpath.chunk_rows(in_numel, out_numel, 4))}
     values: list[int | None] = [None]
     for size in (*CHUNK_CANDIDATE_BYTES, None):
         rows = layer.rows if size is None else fastpath.chunk_rows(
@@ -444,10 +444,10 @@ def _chunk_candidates(layer: SynapseLayer, chunk_bytes: int | None) -> list[int 
     return values
 
 
-def _candidates(layer: SynapseLayer, knob: str, chunk_bytes: int | None) -> list[Any]:
+def _candidates(layer: SynapseLayer, knob: str) -> list[Any]:
     """The values tried for ``knob`` on ``layer``, the built-in one first."""
     if knob == "chunk_rows":
-        return _chunk_candidates(layer, chunk_bytes)
+        return _chunk_candidates(layer)
     if knob == "output_algorithm":
         return list(fastpath.OUTPUT_ALGORITHMS)
     return [True, False]
@@ -456,7 +456,7 @@ def _candidates(layer: SynapseLayer, knob: str, chunk_bytes: int | None) -> list
 def plan_candidates(graph: IRGraph, batch: int) -> dict[str, dict[str, list[Any]]]:
     """Every knob's candidate values per layer node of ``graph`` (what :func:`plan_network` tries,
     the built-in value first), and the global knobs under ``"global"``: ``min_pooled_bytes``, ``threads``."""
-    found = {layer.node: {knob: _candidates(layer, knob, None) for knob in layer.knobs()}
+    found = {layer.node: {knob: _candidates(layer, knob) for knob in layer.knobs()}
              for layer in synapse_layers(graph, batch)}
     found["global"] = {"min_pooled_bytes": [None, *POOL_CANDIDATE_BYTES], "threads": thread_candidates()}
     return found
@@ -497,14 +497,14 @@ def plan_network(graph: IRGraph, batch: int, *, device: torch.device | str = "cp
             continue
         current = DEFAULT_LAYER
         for knob in layer.knobs():
-            values = _candidates(layer, knob, None)
+            values = _candidates(layer, knob)
             if len(values) < 2:
                 continue
             seconds = []
             for value in values:
                 candidate = dataclasses.replace(current, **{knob: value})
                 run = (lambda layer=layer, candidate=candidate, readers=knob == "handoff_layout":
-                       bench.run(layer, candidate, None, readers, pool))
+                       bench.run(layer, candidate, readers, pool))
                 seconds.append(timer(Trial(knob, layer.key, value, run)))
             current = dataclasses.replace(current, **{knob: values[seconds.index(min(seconds))]})
         chosen[layer.key] = current
@@ -515,7 +515,7 @@ def plan_network(graph: IRGraph, batch: int, *, device: torch.device | str = "cp
             torch.set_num_threads(threads)
         try:
             for layer in layers:
-                bench.run(layer, chosen[layer.key], None, False, trial_pool)
+                bench.run(layer, chosen[layer.key], False, trial_pool)
         finally:
             torch.set_num_threads(before)
 
@@ -630,6 +630,9 @@ def cached_plan(key: str, fingerprint: dict[str, Any], log: Callable[[str], None
 def store_plan(key: str, plan: ExecutionPlan, fingerprint: dict[str, Any], seconds: float,
                log: Callable[[str], None]) -> Path:
     """Add (or replace) network ``key``'s plan in this machine's cache file, written atomically.
+
+    Two processes storing at once each leave a whole file (temporary name, then rename); the
+    entry of the one that wrote first may be lost and is then measured again on its next use.
 
     Raises:
         OSError: the cache folder cannot be written.
