@@ -497,16 +497,13 @@ def plan_network(graph: IRGraph, batch: int, *, device: torch.device | str = "cp
             continue
         current = DEFAULT_LAYER
         for knob in layer.knobs():
-            values = _candidates(layer, knob)
-            if len(values) < 2:
-                continue
-            seconds = []
-            for value in values:
+            def make_run(value: Any, layer: SynapseLayer = layer, knob: str = knob,
+                         current: LayerPlan = current) -> Callable[[], None]:
                 candidate = dataclasses.replace(current, **{knob: value})
-                run = (lambda layer=layer, candidate=candidate, readers=knob == "handoff_layout":
-                       bench.run(layer, candidate, readers, pool))
-                seconds.append(timer(Trial(knob, layer.key, value, run)))
-            current = dataclasses.replace(current, **{knob: values[seconds.index(min(seconds))]})
+                return lambda: bench.run(layer, candidate, knob == "handoff_layout", pool)
+
+            best = _fastest(timer, knob, _candidates(layer, knob), make_run, layer.key)
+            current = dataclasses.replace(current, **{knob: best})
         chosen[layer.key] = current
 
     def run_all(trial_pool: buffers.BufferPool, threads: int | None) -> None:
@@ -540,11 +537,13 @@ def nothing_to_plan(graph: IRGraph, device: torch.device | str) -> str:
     return ""
 
 
-def _fastest(timer: Timer, knob: str, values: list[Any], make_run: Callable[[Any], Callable[[], None]]) -> Any:
-    """The value of global knob ``knob`` whose trial (all layers) ``timer`` finds fastest; ties: the first."""
+def _fastest(timer: Timer, knob: str, values: list[Any], make_run: Callable[[Any], Callable[[], None]],
+             layer: str | None = None) -> Any:
+    """The value of ``knob`` (of layer key ``layer``, None: global) whose trial ``timer`` finds fastest;
+    ties: the first (the built-in value); a single candidate is not timed."""
     if len(values) < 2:
         return values[0]
-    seconds = [timer(Trial(knob, None, value, make_run(value))) for value in values]
+    seconds = [timer(Trial(knob, layer, value, make_run(value))) for value in values]
     return values[seconds.index(min(seconds))]
 
 
