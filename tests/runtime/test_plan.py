@@ -93,8 +93,8 @@ PLAN_CASES = {
     "min_pooled_bytes=16MiB": lambda m: ExecutionPlan(min_pooled_bytes=16 << 20),
     **{f"threads={k}": (lambda m, k=k: ExecutionPlan(threads=k)) for k in planning.thread_candidates() if k},
     "everything off the default": lambda m: ExecutionPlan(
-        min_pooled_bytes=1024, threads=1, layers=_every_layer(m, chunk_rows=64, channels_last=False, handoff_layout=False,
-                                                   output_algorithm="onednn")),
+        min_pooled_bytes=1024, threads=1,
+        layers=_every_layer(m, chunk_rows=64, channels_last=False, handoff_layout=False, output_algorithm="onednn")),
 }
 
 
@@ -374,7 +374,8 @@ def test_a_corrupt_cache_is_ignored_with_one_warning_and_replanned(cache, conten
         _resolve(graph, CountingTimer())
         doc = json.loads(path.read_text())
         entry = doc["plans"][planning.network_key(graph, BATCH)]["plan"]
-        entry["layers"] = {"conv2d(1x8x8->4x6x6 k3x3 s1x1 p0x0)": {**dataclasses.asdict(DEFAULT_LAYER), "chunk_rows": -3}}
+        bad_layer = {**dataclasses.asdict(DEFAULT_LAYER), "chunk_rows": -3}
+        entry["layers"] = {"conv2d(1x8x8->4x6x6 k3x3 s1x1 p0x0)": bad_layer}
         content = json.dumps(doc)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content)
