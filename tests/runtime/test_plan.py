@@ -311,8 +311,10 @@ class CountingTimer:
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("SAEC_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "plans"
+    """A temporary plan cache folder (not through SAEC_CACHE_DIR: the C kernel would be rebuilt there)."""
+    folder = tmp_path / "cache" / "plans"
+    monkeypatch.setattr(planning, "cache_dir", lambda: folder)
+    return folder
 
 
 def _resolve(graph, timer, policy="auto", **kwargs):
@@ -421,7 +423,7 @@ def test_default_policy_and_short_runs_measure_nothing(cache):
 def test_an_unwritable_cache_warns_and_the_plan_is_still_used(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    monkeypatch.setenv("SAEC_CACHE_DIR", str(blocker))
+    monkeypatch.setattr(planning, "cache_dir", lambda: blocker / "plans")
     resolved, lines = _resolve(_tiny_model().graph, CountingTimer())
     assert resolved.source == "measured" and not resolved.plan.is_default and resolved.path is None
     assert len(lines) == 1 and lines[0].startswith(f"warning: plan cache {blocker / 'plans'}")
