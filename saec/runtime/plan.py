@@ -584,6 +584,10 @@ def cache_path(fingerprint: dict[str, Any]) -> Path:
     return cache_dir() / f"plans-{digest}.json"
 
 
+#: What becomes of an unusable cache file or entry (a short run may not measure one at once).
+REPLACED = "the next plan measured replaces it"
+
+
 def _read_cache(path: Path, fingerprint: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """The plans in ``path`` (network key -> entry); {} when there is none, and after one warning line
     when the file cannot be used."""
@@ -592,18 +596,18 @@ def _read_cache(path: Path, fingerprint: dict[str, Any], log: Callable[[str], No
     except (FileNotFoundError, NotADirectoryError):  # nothing cached (a blocked folder: writing will say so)
         return {}
     except OSError as exc:
-        log(f"warning: plan cache {path}: cannot read it ({exc.strerror or exc}); planning afresh")
+        log(f"warning: plan cache {path}: cannot read it ({exc.strerror or exc}); ignored")
         return {}
     try:
         doc = json.loads(text)
         if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT or not isinstance(doc.get("plans"), dict):
             raise ValueError(f"not a saec plan cache of format {CACHE_FORMAT}")
     except ValueError as exc:
-        log(f"warning: plan cache {path}: ignored ({_first_line(exc)}); planning afresh")
+        log(f"warning: plan cache {path}: ignored ({_first_line(exc)}); {REPLACED}")
         return {}
     if doc.get("fingerprint") != fingerprint:
         log(f"warning: plan cache {path}: made on another machine or setup ({doc.get('fingerprint')}); "
-            "planning afresh")
+            f"ignored, {REPLACED}")
         return {}
     return doc["plans"]
 
@@ -622,7 +626,7 @@ def cached_plan(key: str, fingerprint: dict[str, Any], log: Callable[[str], None
         return ExecutionPlan.from_dict(entry.get("plan") if isinstance(entry, dict) else None)
     except (TypeError, ValueError) as exc:
         log(f"warning: plan cache {path}: the entry for this network is unusable ({_first_line(exc)}); "
-            "planning afresh")
+            f"ignored, {REPLACED}")
         return None
 
 
