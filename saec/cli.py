@@ -260,6 +260,10 @@ def train_cmd(
 
     With --resume DIR, continue an interrupted run and end with the same
     weights as an uninterrupted one.
+
+    On the CPU the run uses this machine's execution plan (see `saec plan`), measured
+    first when none is cached and the run has at least 200 steps; SAEC_PLAN=default
+    turns that off, SAEC_PLAN=replan measures again.
     """
     from saec import api
     from saec.run.train import RunWriteFailed
