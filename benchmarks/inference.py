@@ -45,10 +45,10 @@ LAYERS = ("conv1", "conv2", "latent", "fc_dec", "deconv1", "output")
 
 
 def _dense_synapse(op, w, b, x, x_bool, lead_dims=1, sample=None, contiguous_out=False, out_sample=None,
-                   spike_driven=False):
+                   spike_driven=False, choice=fastpath.DEFAULT_CHOICE):
     lead = x.shape[:lead_dims]
     rows = x.reshape(-1, *(sample or x.shape[lead_dims:])).contiguous()
-    y = fastpath.synapse_forward(op, w, b, rows)
+    y = fastpath.synapse_forward(op, w, b, rows, choice)
     if out_sample is not None:
         y = y.view(y.shape[0], *out_sample)
     return y.reshape(*lead, *y.shape[1:])

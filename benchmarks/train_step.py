@@ -21,6 +21,11 @@ memory between the smallest and largest T.
     python benchmarks/train_step.py              # the full table of benchmarks/README.md
     python benchmarks/train_step.py --smoke      # tiny shapes, seconds (the test suite runs this)
 
+saec runs with this machine's execution plan (saec/runtime/plan.py: chunk sizes, layouts,
+the output layer's algorithm, the pool's threshold), taken from the plan cache or measured
+first (``--replan``: measured again; ``SAEC_PLAN=default``: the built-in plan; ``--smoke``
+uses the built-in plan unless ``--replan``); the report prints it, one line per knob.
+
 The last line is ``saec_vs_best_peer=<x> mem_vs_snntorch=<y>``: x is the
 smallest, over the T values run, of (best peer's s/step) / (saec's s/step),
 so x > 1 means saec is faster than every peer at every T; y is saec's peak
@@ -79,14 +84,20 @@ def _load_images(data: str | None, count: int):
     return images[:count].contiguous()
 
 
-def _saec_trainer(name: str, graph, weights, device):
-    """saec's real training step: model + objective + backward + Adam step."""
+def _saec_trainer(name: str, graph, weights, device, plan_doc: dict | None = None):
+    """saec's real training step: model + objective + backward + Adam step, under the execution
+    plan ``plan_doc`` (:meth:`saec.runtime.plan.ExecutionPlan.to_dict`; None: the built-in plan)."""
+    import dataclasses
+
     import torch
 
     from saec.runtime import fastpath
     from saec.runtime.execution import Execution
     from saec.runtime.model import SpikingAutoencoder
+    from saec.runtime.plan import DEFAULT_PLAN, ExecutionPlan
     from saec.training.objective import objective
+
+    plan = DEFAULT_PLAN if plan_doc is None else ExecutionPlan.from_dict(plan_doc)
 
     switches = set(name.split(":", 1)[1].split("+")) if ":" in name else set()
     unknown = switches - {"torch-scan", "keep-memory", "float-saves", "no-channels-last", "reference", "bf16",
@@ -97,10 +108,11 @@ def _saec_trainer(name: str, graph, weights, device):
         from saec.runtime import pool
 
         pool.MIN_POOLED_BYTES = 1 << 62
+        plan = dataclasses.replace(plan, min_pooled_bytes=None)  # the module's threshold, set just above
     if "ftz" in switches:  # flush denormals to zero (this thread, and threads created after)
         torch.set_flush_denormal(True)
     if "no-channels-last" in switches:
-        fastpath._prefers_channels_last = lambda op, x: False
+        fastpath._prefers_channels_last = lambda op, x, choice=None: False
     if "heap-no-trim-change" in switches:  # large blocks from the heap, glibc's own trimming kept
         import ctypes
 
@@ -108,10 +120,11 @@ def _saec_trainer(name: str, graph, weights, device):
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.mallopt(-3, 1 << 30)
     if "float-saves" in switches:  # what plain autograd keeps: the float input
-        def plain_synapse(op, w, b, x, x_bool, lead_dims=1, sample=None, contiguous_out=False, out_sample=None):
+        def plain_synapse(op, w, b, x, x_bool, lead_dims=1, sample=None, contiguous_out=False, out_sample=None,
+                          choice=fastpath.DEFAULT_CHOICE):
             lead = x.shape[:lead_dims]
             rows = x.reshape(-1, *(sample or x.shape[lead_dims:]))
-            y = fastpath.synapse_forward(op, w, b, rows)
+            y = fastpath.synapse_forward(op, w, b, rows, choice)
             if out_sample is not None:
                 y = y.view(y.shape[0], *out_sample)
             return y.reshape(*lead, *y.shape[1:])
@@ -120,7 +133,7 @@ def _saec_trainer(name: str, graph, weights, device):
     model = SpikingAutoencoder(graph).to(device)
     model.load_ir_state_dict({k: v.to(device) for k, v in weights.items()})
     model.execution = Execution(path="reference" if "reference" in switches else "fast",
-                                scan_backend="torch" if "torch-scan" in switches else "auto")
+                                scan_backend="torch" if "torch-scan" in switches else "auto", plan=plan)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in switches)
 
@@ -145,7 +158,7 @@ class Trainer:
     """One framework's training state; ``step()`` runs one step and returns (wall, CPU) seconds."""
 
     def __init__(self, name: str, timesteps: int, batch: int, device: str, data: str | None,
-                 images_count: int) -> None:
+                 images_count: int, plan_doc: dict | None = None) -> None:
         switches = name.split(":", 1)[1].split("+") if ":" in name else []
         if "keep-memory" in switches:
             os.environ["SAEC_KEEP_FREED_MEMORY"] = "1"
@@ -167,7 +180,7 @@ class Trainer:
         init.reset_parameters(torch.Generator().manual_seed(0))
         weights = init.ir_state_dict()
         if name.split(":")[0] == "saec":
-            self._step = _saec_trainer(name, self.graph, weights, self.device)
+            self._step = _saec_trainer(name, self.graph, weights, self.device, plan_doc)
         else:
             self._step = peers.PEERS[name](self.graph, weights, LR, self.device)
         self.images = _load_images(data, images_count).to(self.device)
@@ -216,7 +229,8 @@ def _worker_main(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    trainer = Trainer(args.worker, args.timesteps[0], args.batch, args.device, args.data, args.images)
+    trainer = Trainer(args.worker, args.timesteps[0], args.batch, args.device, args.data, args.images,
+                      json.loads(args.plan_json) if getattr(args, "plan_json", None) else None)
     out.write(json.dumps({"ready": True}) + "\n")
     out.flush()
     for line in sys.stdin:
@@ -242,6 +256,8 @@ class SubprocessWorker:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--timesteps", str(T),
                "--batch", str(args.batch), "--device", args.device, "--threads", str(args.threads),
                "--images", str(args.images)] + (["--data", args.data] if args.data else [])
+        if name.split(":")[0] == "saec":
+            cmd += ["--plan-json", json.dumps(args.plans[T].plan.to_dict())]
         self.name = name
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      cwd=str(REPO))
@@ -272,7 +288,8 @@ class InProcessWorker:
     """A framework in this process (``--in-process``: fast start; memory figures are shared)."""
 
     def __init__(self, name: str, T: int, args: argparse.Namespace) -> None:
-        self.trainer = Trainer(name, T, args.batch, args.device, args.data, args.images)
+        self.trainer = Trainer(name, T, args.batch, args.device, args.data, args.images,
+                               args.plans[T].plan.to_dict() if name.split(":")[0] == "saec" else None)
 
     def ready(self) -> None:
         pass
@@ -300,6 +317,35 @@ class Result:
     @property
     def cpu_median(self) -> float:
         return statistics.median(self.cpu_seconds)
+
+
+def resolve_plans(args: argparse.Namespace) -> dict:
+    """The execution plan saec runs with at each T (saec.runtime.plan.ResolvedPlan), in this process,
+    before any worker starts (measuring must not share the CPU with them)."""
+    import torch
+
+    from saec.compiler.pipeline import compile_spec
+    from saec.runtime.plan import plan_policy, resolve_plan
+
+    torch.set_num_threads(args.threads)  # the workers' count: the plan is measured (and cached) for it
+    policy = "replan" if args.replan else plan_policy("default" if args.smoke else "auto")
+    plans = {}
+    for T in args.timesteps:
+        _, graph = compile_spec(str(SPEC), [f"encoding.timesteps={T}"])
+        plans[T] = resolve_plan(graph, args.batch, device=args.device, policy=policy)
+    return plans
+
+
+def plan_report(args: argparse.Namespace) -> list[str]:
+    """One line per knob of the plan saec ran with, per T."""
+    from saec.compiler.pipeline import compile_spec
+
+    lines = []
+    for T, resolved in args.plans.items():
+        _, graph = compile_spec(str(SPEC), [f"encoding.timesteps={T}"])
+        lines.append(f"saec T={T} {resolved.line(graph)}")
+        lines += [f"  {line}" for line in resolved.plan.knob_lines(graph, args.batch)]
+    return lines
 
 
 def run_timesteps(T: int, names: list[str], args: argparse.Namespace) -> dict[str, Result]:
@@ -354,6 +400,8 @@ def report(all_results: dict[int, dict[str, Result]], args: argparse.Namespace) 
     Ts = sorted(all_results)
     print(f"\nmachine: {machine()}; device {args.device}, {args.threads} threads, B={args.batch}, fp32, "
           f"{args.rounds} timed rounds (+{args.warmup} warm-up), median s/step")
+    for line in plan_report(args):  # the execution plan saec ran with
+        print(line)
     print("| T | framework | s/step | saec speed-up | img·T/s | GFLOP/s | CPU s/step | saec CPU speed-up "
           "| peak MB | mem / saec | MB per step |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -403,7 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-process", action="store_true", help="no worker processes (memory not separated)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="print every round's times to stderr")
+    parser.add_argument("--replan", action="store_true",
+                        help="measure saec's execution plan again (replacing the cached one) before the run")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--plan-json", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
         args.timesteps = args.timesteps or [2, 3]
@@ -429,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {reason}", file=sys.stderr)
         else:
             names.append(name)
+    args.plans = resolve_plans(args) if any(n.split(":")[0] == "saec" for n in names) else {}
     all_results = {}
     t0 = time.perf_counter()
     for T in args.timesteps:
@@ -441,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
             "results": {str(T): {n: {"seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "median": r.median,
                                      "peak_mb": r.peak_mb, "loss": r.loss} for n, r in res.items()}
                         for T, res in all_results.items()},
-            "saec_vs_best_peer": speedup, "mem_vs_snntorch": mem_ratio}, indent=1))
+            "saec_vs_best_peer": speedup, "mem_vs_snntorch": mem_ratio,
+            "plans": {str(T): {"source": p.source, "plan": p.plan.to_dict()} for T, p in args.plans.items()}},
+            indent=1))
     print(f"saec_vs_best_peer={speedup:.2f} mem_vs_snntorch={mem_ratio:.2f}")
     return 0
 

@@ -256,7 +256,8 @@ def load_run(path: str | Path) -> Run:
 
 def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path | None = None, *,
           data_dir: str | Path | None = None, device: str = "auto", force: bool = False, progress: bool = False,
-          logger: str = "csv", log: Callable[[str], None] = print, target: str | None = None) -> Run:
+          logger: str = "csv", log: Callable[[str], None] = print, target: str | None = None,
+          plan: str | None = None) -> Run:
     """Train a compiled spec end to end and write the run folder (``saec train``).
 
     Args:
@@ -272,6 +273,9 @@ def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path |
         target: a chip (``loihi``) to train quantisation-aware for (``--target``): the forward runs its
             quantised weights, thresholds and decay, the gradient passes straight through; the network
             must fit the chip. Recorded in the run's ``ir.json`` (``attrs["target"]``).
+        plan: the per-machine execution plan (:mod:`saec.runtime.plan`): ``default``, ``auto``
+            (cached, or measured on first use for a run of at least 200 steps) or ``replan``;
+            None: ``$SAEC_PLAN``, else ``default`` (``saec train`` defaults to ``auto``).
 
     Returns:
         The finished :class:`Run`.
@@ -282,7 +286,9 @@ def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path |
         saec.training.train.TrainingInterrupted: Ctrl-C; a resumable checkpoint was written.
     """
     from saec.run.train import train as run_training
+    from saec.runtime.plan import plan_policy
 
+    plan = plan_policy("default", plan)  # a bad name: one UserError before anything is written
     if not isinstance(compiled, Compiled):
         compiled = compile(compiled)
     run_dir = Path(out) if out is not None else Path("runs") / compiled.spec.name
@@ -298,26 +304,29 @@ def train(compiled: Compiled | str | Path | Mapping[str, Any], out: str | Path |
         graph = train_for_target(graph, target, locate, locate_field)
         log(f"quantisation-aware training for {target}: the forward runs the chip's weights, thresholds and decay")
     run_training(compiled.spec, graph, run_dir, data_dir=str(data_dir) if data_dir else None,
-                 device=device, force=force, progress=progress, logger=logger, log=log)
+                 device=device, force=force, progress=progress, logger=logger, log=log, plan=plan)
     return load_run(run_dir)
 
 
 def resume(path: str | Path, *, data_dir: str | Path | None = None, device: str = "auto", force: bool = False,
-           progress: bool = False, logger: str = "csv", log: Callable[[str], None] = print) -> Run:
+           progress: bool = False, logger: str = "csv", log: Callable[[str], None] = print,
+           plan: str | None = None) -> Run:
     """Continue an interrupted run (``saec train --resume``); ends with the weights of an uninterrupted one.
 
-    Args: as :func:`train`.
+    Args: as :func:`train` (``plan`` applies only to a checkpoint that recorded none: a run keeps its plan).
 
     Returns:
         The finished :class:`Run`.
     """
     from saec.run.folder import load_run as load_spec_and_graph
     from saec.run.train import train as run_training
+    from saec.runtime.plan import plan_policy
 
+    plan = plan_policy("default", plan)
     path = Path(path)
     spec, graph = load_spec_and_graph(path)  # "not a saec run folder (no spec.yaml)" for a wrong folder
     run_training(spec, graph, path, data_dir=str(data_dir) if data_dir else None, device=device,
-                 resume=True, force=force, progress=progress, logger=logger, log=log)
+                 resume=True, force=force, progress=progress, logger=logger, log=log, plan=plan)
     return Run(path, spec, graph)
 
 

@@ -29,6 +29,7 @@ from saec.errors import UserError
 EXAMPLES: dict[str, str] = {
     "compile": "saec compile specs/sae_dense.yaml --set layers.latent.out_features=10 -o ir.json",
     "train": "saec train specs/sae_dense.yaml --set data.dataset=mnist5k --set training.epochs=1 --out runs/try",
+    "plan": "saec plan specs/sae_dense.yaml --set encoding.timesteps=16 --replan",
     "eval": "saec eval runs/sae_dense --limit 1000",
     "export": "saec export runs/sae_dense --format nir --target snntorch",
     "simulate": "saec simulate runs/sae_dense/export/model.nir --input runs/sae_dense/export/golden.nir",
@@ -259,23 +260,30 @@ def train_cmd(
 
     With --resume DIR, continue an interrupted run and end with the same
     weights as an uninterrupted one.
+
+    On the CPU the run uses this machine's execution plan (see `saec plan`), measured
+    first when none is cached and the run has at least 200 steps; SAEC_PLAN=default
+    turns that off, SAEC_PLAN=replan measures again.
     """
     from saec import api
     from saec.run.train import RunWriteFailed
+    from saec.runtime.plan import plan_policy
     from saec.training.train import TrainingDiverged, TrainingInterrupted
 
+    plan = plan_policy("auto")  # the command line plans on first use; SAEC_PLAN=default turns it off
     try:
         if resume is not None:
             if spec is not None or set_ or target is not None:
                 raise UserError("--resume continues a run as it was specified; give no SPEC, --set or --target "
                                 "with it", path="--resume")
             run = api.resume(resume, data_dir=data_dir, device=device, force=force, progress=progress,
-                             logger=logger, log=typer.echo)
+                             logger=logger, log=typer.echo, plan=plan)
         else:
             if spec is None:
                 raise UserError("give a SPEC file to train, or --resume RUN_FOLDER")
             run = api.train(api.compile(spec, set_ or [], force=force), out, data_dir=data_dir, device=device,
-                            force=force, progress=progress, logger=logger, log=typer.echo, target=target)
+                            force=force, progress=progress, logger=logger, log=typer.echo, target=target,
+                            plan=plan)
     except TrainingInterrupted as exc:
         typer.echo(f"saec: {exc}", err=True)
         raise typer.Exit(130) from None
@@ -290,6 +298,59 @@ def train_cmd(
         typer.echo(f"run folder: {run_dir}")
         typer.echo(f"validation L_rec: {metrics['rec_loss']:.3f} (mean of batch means)")
         typer.echo(f"reconstructions: {run_dir / 'figures' / 'reconstructions.png'}")
+
+
+@app.command("plan")
+@user_errors
+def plan_cmd(
+    spec: Path = typer.Argument(..., help="The YAML spec file: the network, its T and batch size to plan for."),
+    set_: Optional[List[str]] = SetOption,
+    batch: Optional[int] = typer.Option(None, "--batch", help="Images per training step (default: the spec's "
+                                                              "training.batch_size)."),
+    replan: bool = typer.Option(False, "--replan", help="Measure again although a plan is cached; replace it."),
+    show: bool = typer.Option(False, "--show", help="Print the cached plan (or say there is none) and measure "
+                                                    "nothing."),
+) -> None:
+    """Choose this machine's execution plan for SPEC by measurement, cache it and print it.
+
+    The plan holds what depends on the CPU: row chunk sizes per layer, layouts, the output
+    layer's algorithm, the buffer pool's threshold. Each candidate is timed on synthetic spikes
+    of the network's shapes (seconds to tens of seconds); the fastest is cached per machine
+    under $SAEC_CACHE_DIR (default ~/.cache/saec) and `saec train` uses it. Spikes are the same
+    under every plan.
+    """
+    from saec import api
+    from saec.compiler.passes.exec_plan import plan_is_current, planned_copy
+    from saec.runtime import plan as planning
+
+    if show and replan:
+        raise UserError("give --show (print what is cached) or --replan (measure again), not both", path="--show")
+    if batch is not None and batch < 1:
+        raise UserError(f"must be at least 1, got {batch}", path="--batch")
+    compiled = api.compile(spec, set_ or [])
+    graph = compiled.graph if plan_is_current(compiled.graph) else planned_copy(compiled.graph)
+    batch = batch or compiled.config.training.batch_size
+    fingerprint = planning.machine_fingerprint("cpu")
+    path = planning.cache_path(fingerprint)
+    plan = None if replan else planning.cached_plan(planning.network_key(graph, batch), fingerprint,
+                                                   lambda line: typer.echo(line, err=True))
+    nothing = planning.nothing_to_plan(graph, "cpu")
+    if nothing:
+        typer.echo(f"plan: default ({nothing})")  # no knob applies: none to list
+        return
+    if plan is not None:
+        typer.echo(f"plan: cached ({path}): {plan.summary(graph)}")
+    elif show:
+        typer.echo(f"plan: none cached for this network at B={batch} on this machine ({path}); the default plan:")
+        plan = planning.DEFAULT_PLAN
+    else:
+        typer.echo(f"measuring the execution plan for B={batch}, T={graph.attrs.get('timesteps', 1)} on this CPU ...")
+        resolved = planning.resolve_plan(graph, batch, device="cpu", policy="replan",
+                                         log=lambda line: typer.echo(line, err=True))
+        plan = resolved.plan
+        typer.echo(resolved.line(graph))
+    for line in plan.knob_lines(graph, batch):
+        typer.echo(f"  {line}")
 
 
 AGREEMENT_HEADERS = ("node", "golden spikes", "NIR spikes", "positions (t, example, neuron) that differ", "")

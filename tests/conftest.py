@@ -12,10 +12,16 @@ To run as a fresh clone would, point the search at an empty folder:
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
 import pytest
+
+# Tests never measure an execution plan (saec/runtime/plan.py) nor read this machine's plan cache: the
+# built-in plan, in this process and in the `saec` commands tests start (tests/runtime/test_plan.py asks
+# for the others explicitly, with a fake timer and a temporary cache).
+os.environ["SAEC_PLAN"] = "default"
 
 from saec.training.data import default_mnist_root
 

@@ -11,7 +11,7 @@ import saec
 from saec.cli import EXAMPLES, app
 
 runner = CliRunner()
-COMMANDS = ["compile", "train", "eval", "export", "simulate", "sweep", "stats", "report", "schema"]
+COMMANDS = ["compile", "train", "plan", "eval", "export", "simulate", "sweep", "stats", "report", "schema"]
 
 
 def test_version():

@@ -10,6 +10,8 @@ figures, report page).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +43,8 @@ class RunWriteFailed(RuntimeError):
 
 def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None, device: str = "auto",
           resume: bool = False, force: bool = False, progress: bool = True, logger: str = "csv",
-          log: Callable[[str], None] = print, stop_after_steps: int | None = None) -> dict[str, Any]:
+          log: Callable[[str], None] = print, stop_after_steps: int | None = None,
+          plan: str = "default") -> dict[str, Any]:
     """Train ``graph`` as its run config says; write the run folder ``out``.
 
     Checkpoints (``model.safetensors`` + ``train_state.pt``) are written at the
@@ -62,6 +65,10 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         log: where progress lines go.
         stop_after_steps: behave as if Ctrl-C was pressed once this many optimizer
             steps (counted over the whole run) are done (tests).
+        plan: the execution plan policy (:mod:`saec.runtime.plan`): ``default`` (the built-in
+            plan), ``auto`` (this machine's cached plan; measured first when none is cached and the
+            run has at least :data:`PLAN_MIN_STEPS` steps) or ``replan`` (measured again). A
+            resumed run keeps the plan its checkpoint recorded.
     Returns:
         The final evaluation metrics (also in ``out/eval.json``).
     Raises:
@@ -73,7 +80,7 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
     """
     out = Path(out)
     session = _Session(spec, graph, out, data_dir=data_dir, device=resolve_device(device), resume=resume,
-                       force=force, logger=logger, log=log)
+                       force=force, logger=logger, log=log, plan=plan)
     check_logger(logger)
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a folder; give --out a folder for the run", file=str(out))
@@ -92,12 +99,18 @@ def train(spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None = None,
         lock.release()
 
 
+#: A run of fewer optimizer steps does not pay for measuring an execution plan (seconds to tens of
+#: seconds): it takes a cached one, else the default one.
+PLAN_MIN_STEPS = 200
+
+
 class _Session:
     """One ``saec train`` once the folder is locked: what is on disk, the data, the loop's callbacks."""
 
     def __init__(self, spec: Spec, graph: IRGraph, out: Path, *, data_dir: str | None, device: torch.device,
-                 resume: bool, force: bool, logger: str, log: Callable[[str], None]) -> None:
+                 resume: bool, force: bool, logger: str, log: Callable[[str], None], plan: str = "default") -> None:
         self.spec, self.graph, self.out = spec, graph, out
+        self.plan = plan
         self.config: RunConfig = with_run_config(spec, graph)
         self.data_dir, self.device, self.resume, self.force = data_dir, device, resume, force
         self.logger, self.log = logger, log
@@ -122,6 +135,7 @@ class _Session:
             self._restore(trainer, checkpoint)
         elif dist.main:
             self._start_folder()
+        self._use_plan(trainer, len(train_set), dist, checkpoint)
         t = self.config.training
         if dist.main:
             self.log(f"training {self.graph.attrs.get('name')} on {self.device} ({len(train_set)} train / "
@@ -170,6 +184,35 @@ class _Session:
                                                        f"({A._short(exc)})") from None
         p = trainer.position
         self.log(f"resuming {out} at epoch {p.epoch + 1}, step {p.step_in_epoch} (global step {p.global_step})")
+
+    def _use_plan(self, trainer: Trainer, train_examples: int, dist: Dist, checkpoint: Checkpoint | None) -> None:
+        """Give the model its execution plan: the checkpoint's, else the one the policy resolves;
+        print one ``plan: ...`` line unless both policy and plan are the default."""
+        from saec.runtime.plan import DEFAULT_PLAN, ExecutionPlan, resolve_plan
+
+        model = trainer.model
+        saved = checkpoint[2].get("plan") if checkpoint is not None else None
+        if saved is not None:
+            try:
+                plan = ExecutionPlan.from_dict(saved)
+            except (TypeError, ValueError) as exc:
+                raise A.ArtifactError(self.out / A.TRAIN_STATE, f"its execution plan is unusable ({exc})") from None
+            line = f"plan: the run's own, from its checkpoint ({plan.summary(model.graph)})"
+        else:
+            t = self.config.training
+            steps = t.epochs * min(math.ceil(train_examples / t.batch_size), t.max_steps or train_examples)
+            policy = "auto" if self.plan == "replan" and dist.world > 1 else self.plan  # ranks would measure at once
+            quiet = (lambda line: None)
+            resolved = resolve_plan(model.graph, math.ceil(t.batch_size / dist.world), device=self.device,
+                                    policy=policy, measure=dist.world == 1 and steps >= PLAN_MIN_STEPS,
+                                    log=self.log if dist.main else quiet)
+            plan, line = resolved.plan, resolved.line(model.graph)
+            if resolved.source == "unplanned":
+                line = (f"plan: default (a short run of {steps} steps is not worth measuring and none is cached "
+                        f"for this network; `saec plan SPEC` measures one)")
+        model.execution = dataclasses.replace(model.execution, plan=plan)
+        if dist.main and (self.plan != "default" or plan != DEFAULT_PLAN):
+            self.log(line)
 
     def _start_folder(self) -> None:
         try:

@@ -1,11 +1,13 @@
 """How a :class:`~saec.runtime.model.SpikingAutoencoder` runs its layer-wise forward.
 
 One small immutable record, carried by the model and passed down to the LIF scan
-(no module-global switch): which path (``fast`` or ``reference``) and, for the
-fast path, which scan backend (:mod:`saec.runtime.lif.dispatch`). Every
-combination of path and backend gives bit-identical spikes; spike-driven
-inference gives the same currents within fp32 summation order. The switches
-exist for tests and benchmarks.
+and the synapses (no module-global switch): which path (``fast`` or ``reference``),
+for the fast path which scan backend (:mod:`saec.runtime.lif.dispatch`), the
+per-machine execution plan (:mod:`saec.runtime.plan`: chunk sizes, layouts, the
+output layer's algorithm, the pool's threshold), and spike-driven inference. Every
+combination of path, backend and plan gives bit-identical spikes; spike-driven
+inference gives the same currents within fp32 summation order. The switches exist for
+tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from saec.runtime.lif.dispatch import ScanBackend, check_backend
+from saec.runtime.plan import DEFAULT_PLAN, ExecutionPlan
 
 ExecutionPath = Literal["fast", "reference"]
 EXECUTION_PATHS: tuple[str, ...] = ("fast", "reference")
@@ -34,14 +37,19 @@ class Execution:
             where the spikes are (:mod:`saec.runtime.spikedriven`: same currents within fp32
             summation order, so not bit-identical to the other paths); False: dense synapses.
             ``SAEC_SPIKE_DRIVEN=0`` turns it off for the whole process.
+        plan: the per-machine choices (:class:`~saec.runtime.plan.ExecutionPlan`); the default
+            plan is today's built-in one. Its output-layer algorithm applies on every path (it
+            sets the rounding); the rest only on the fast path.
 
     Raises:
         ValueError: an unknown path or scan backend (on construction).
+        TypeError: ``plan`` is not an ExecutionPlan.
     """
 
     path: ExecutionPath = "fast"
     scan_backend: ScanBackend = "auto"
     spike_driven: bool = True
+    plan: ExecutionPlan = DEFAULT_PLAN
 
     def __post_init__(self) -> None:
         if self.path not in EXECUTION_PATHS:
@@ -49,6 +57,8 @@ class Execution:
         check_backend(self.scan_backend)
         if not isinstance(self.spike_driven, bool):
             raise ValueError(f"spike_driven must be True or False, got {self.spike_driven!r}")
+        if not isinstance(self.plan, ExecutionPlan):
+            raise TypeError(f"plan must be a saec.runtime.plan.ExecutionPlan, got {self.plan!r}")
 
     @property
     def fast(self) -> bool:

@@ -25,7 +25,8 @@ import ctypes.util
 import functools
 import math
 import os
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,52 @@ def keep_freed_memory() -> bool:
         mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES))
 
 
-def synapse_forward(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+#: How a one-channel, stride-1 transposed convolution (the SAE's output layer) runs on the CPU:
+#: "gemm" (a small matrix product and shifted adds, :func:`_single_output_transposed`) or
+#: "onednn" (oneDNN's channels-last transposed convolution, as every other transposed convolution).
+OutputAlgorithm = Literal["gemm", "onednn"]
+OUTPUT_ALGORITHMS: tuple[str, ...] = ("gemm", "onednn")
+
+
+@dataclass(frozen=True)
+class SynapseChoice:
+    """How one synapse layer runs on the CPU: the per-layer knobs of the execution plan
+    (:mod:`saec.runtime.plan` chooses them per machine; these defaults are the built-in choices).
+
+    Attributes:
+        chunk_rows: rows (images x time steps) per chunk, at least :data:`MIN_CHUNK_ROWS`; None: as
+            many as keep a chunk's float input or output under ``chunk_bytes``.
+        chunk_bytes: the chunk size in bytes when ``chunk_rows`` is None; None: :data:`CHUNK_BYTES`.
+        channels_last: a Conv2d runs channels-last (bit-identical to contiguous). Transposed
+            convolutions always run channels-last: that layout defines their rounding.
+        output_algorithm: a one-channel stride-1 transposed convolution's kernel (see
+            :data:`OutputAlgorithm`). The two round differently, so every path of one model uses
+            the same one (the model passes its choice to the reference and step-by-step paths too).
+
+    Raises:
+        ValueError: an unknown algorithm or a chunk size below one (on construction).
+    """
+
+    chunk_rows: int | None = None
+    chunk_bytes: int | None = None
+    channels_last: bool = True
+    output_algorithm: OutputAlgorithm = "gemm"
+
+    def __post_init__(self) -> None:
+        if self.output_algorithm not in OUTPUT_ALGORITHMS:
+            raise ValueError(f"output algorithm must be one of {OUTPUT_ALGORITHMS}, got {self.output_algorithm!r}")
+        for name in ("chunk_rows", "chunk_bytes"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+
+
+#: The built-in choice (what every layer ran before plans existed).
+DEFAULT_CHOICE = SynapseChoice()
+
+
+def synapse_forward(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor,
+                    choice: SynapseChoice = DEFAULT_CHOICE) -> Tensor:
     """Conv / transposed conv / linear of ``op`` on x [N, ...] (N = T*B or B).
 
     This function defines saec's numerics for every execution (fast, reference,
@@ -89,26 +135,31 @@ def synapse_forward(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor) 
     one and rounds differently, so it must be the same kernel everywhere for the
     paths to give bit-identical spikes. (A Conv2d gives the same bits in either layout.)
 
+    ``choice`` picks the layout of a Conv2d and the output layer's algorithm (the latter
+    changes the rounding: pass the same choice on every path that must agree).
+
     Raises:
         UnsupportedOp: ``op`` is not a synapse (has no weights).
     """
-    return SYNAPSES.lookup(op)(op, weight, bias, x)
+    return SYNAPSES.lookup(op)(op, weight, bias, x, choice)
 
 
 #: The synapse ops' forward (every other op type is refused: it has no weights).
-SYNAPSES: OpTable[Callable[[ops.Op, Tensor, "Tensor | None", Tensor], Tensor]] = OpTable("synapse forward")
+SYNAPSES: OpTable[Callable[[ops.Op, Tensor, "Tensor | None", Tensor, SynapseChoice], Tensor]] = OpTable(
+    "synapse forward")
 SYNAPSES.refuse([cls for cls in ops.OP_TYPES.values() if not cls.has_weights], "not a synapse: it has no weights")
 
 
 @SYNAPSES.register(ops.Conv2d)
-def _conv2d(op: ops.Conv2d, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+def _conv2d(op: ops.Conv2d, weight: Tensor, bias: Tensor | None, x: Tensor, choice: SynapseChoice) -> Tensor:
     return F.conv2d(x, weight, bias, stride=op.stride, padding=op.padding)
 
 
 @SYNAPSES.register(ops.ConvTranspose2d)
-def _conv_transpose2d(op: ops.ConvTranspose2d, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
-    if _prefers_channels_last(op, x):
-        if op.out_channels == 1 and tuple(op.stride) == (1, 1):
+def _conv_transpose2d(op: ops.ConvTranspose2d, weight: Tensor, bias: Tensor | None, x: Tensor,
+                      choice: SynapseChoice) -> Tensor:
+    if _prefers_channels_last(op, x, choice):
+        if single_output_transposed(op) and choice.output_algorithm == "gemm":
             return _single_output_transposed(op, weight, bias, x)
         x = channels_last(x)
     return F.conv_transpose2d(x, weight, bias, stride=op.stride, padding=op.padding,
@@ -116,8 +167,14 @@ def _conv_transpose2d(op: ops.ConvTranspose2d, weight: Tensor, bias: Tensor | No
 
 
 @SYNAPSES.register(ops.Linear)
-def _linear(op: ops.Linear, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+def _linear(op: ops.Linear, weight: Tensor, bias: Tensor | None, x: Tensor, choice: SynapseChoice) -> Tensor:
     return F.linear(x, weight, bias)
+
+
+def single_output_transposed(op: ops.Op) -> bool:
+    """True for a stride-1 transposed convolution to one channel: the shape whose CPU algorithm
+    (:data:`OutputAlgorithm`) is a choice."""
+    return isinstance(op, ops.ConvTranspose2d) and op.out_channels == 1 and tuple(op.stride) == (1, 1)
 
 
 def _single_output_transposed(op: ops.ConvTranspose2d, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
@@ -156,9 +213,12 @@ def channels_last(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def _prefers_channels_last(op: ops.Op, x: Tensor) -> bool:
-    # oneDNN's channels-last convolutions run ~1/3 faster here (benchmarks/README.md, lever log)
-    return isinstance(op, (ops.Conv2d, ops.ConvTranspose2d)) and x.device.type == "cpu" and x.dim() == 4
+def _prefers_channels_last(op: ops.Op, x: Tensor, choice: SynapseChoice = DEFAULT_CHOICE) -> bool:
+    # oneDNN's channels-last convolutions run ~1/3 faster here (benchmarks/README.md, lever log);
+    # a Conv2d may be planned otherwise (same bits), a transposed one not (its rounding)
+    if x.device.type != "cpu" or x.dim() != 4:
+        return False
+    return isinstance(op, ops.ConvTranspose2d) or (isinstance(op, ops.Conv2d) and choice.channels_last)
 
 
 #: Rows (images x time steps) per chunk are chosen so that a chunk's float input or
@@ -173,19 +233,30 @@ CHUNK_BYTES = 8 << 20
 MIN_CHUNK_ROWS = 64
 
 
-def _chunks(n: int, in_sample: int, out_sample: int, itemsize: int, device: torch.device) -> list[tuple[int, int]]:
+def chunk_rows(in_sample: int, out_sample: int, itemsize: int, choice: SynapseChoice = DEFAULT_CHOICE) -> int:
+    """Rows per chunk of a synapse with ``in_sample`` / ``out_sample`` elements per row: the
+    choice's ``chunk_rows``, else what keeps a chunk under its byte size; never below MIN_CHUNK_ROWS."""
+    if choice.chunk_rows is not None:
+        return max(MIN_CHUNK_ROWS, choice.chunk_rows)
+    per_row = max(in_sample, out_sample, 1) * itemsize
+    limit = choice.chunk_bytes if choice.chunk_bytes is not None else CHUNK_BYTES
+    return max(MIN_CHUNK_ROWS, limit // per_row)
+
+
+def _chunks(n: int, in_sample: int, out_sample: int, itemsize: int, device: torch.device,
+            choice: SynapseChoice = DEFAULT_CHOICE) -> list[tuple[int, int]]:
     """Row ranges covering [0, n), each of at least min(n, MIN_CHUNK_ROWS) rows; one range off
     the CPU (CUDA's caching allocator already reuses memory, and small kernels cost launches)."""
     if device.type != "cpu":
         return [(0, n)]
-    per_row = max(in_sample, out_sample, 1) * itemsize
-    rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES // per_row)
+    rows = chunk_rows(in_sample, out_sample, itemsize, choice)
     k = max(1, n // rows)
     bounds = [i * n // k for i in range(k + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _as_input(t: Tensor, op: ops.Op, sample: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+def _as_input(t: Tensor, op: ops.Op, sample: tuple[int, ...], dtype: torch.dtype,
+              choice: SynapseChoice = DEFAULT_CHOICE) -> Tensor:
     """Rows ``t`` [n, *source shape] (float, or bool/uint8 spikes) as ``op``'s input
     [n, *sample] in ``dtype`` and the layout ``op`` runs fastest in (channels-last for
     convolutions on the CPU)."""
@@ -199,7 +270,7 @@ def _as_input(t: Tensor, op: ops.Op, sample: tuple[int, ...], dtype: torch.dtype
         return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t).view(n, -1)
     if tuple(t.shape[1:]) != sample:
         t = t.reshape(n, *sample)
-    if _prefers_channels_last(op, t):
+    if _prefers_channels_last(op, t, choice):
         if t.dtype == dtype and (t.is_contiguous(memory_format=torch.channels_last) or t.shape[1] == 1):
             return channels_last(t)
         return torch.empty(t.shape, dtype=dtype, device=t.device,
@@ -239,14 +310,14 @@ class _SpikeInputSynapse(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, x_bool, weight, bias, op, lead, sample, contiguous_out, out_sample):
+    def forward(ctx, x, x_bool, weight, bias, op, lead, sample, contiguous_out, out_sample, choice):
         pool = buffers.active()
         n = math.prod(lead)
         src = x.reshape(n, *x.shape[len(lead):])  # a view for time-major dense layouts
         ctx.op, ctx.has_bias, ctx.x_dtype, ctx.pool = op, bias is not None, x.dtype, pool
-        ctx.lead, ctx.sample = lead, sample
+        ctx.lead, ctx.sample, ctx.choice = lead, sample, choice
         ctx.save_for_backward(x_bool, weight)
-        out = _forward_rows(op, weight, bias, src, sample, contiguous_out, out_sample, pool)
+        out = _forward_rows(op, weight, bias, src, sample, contiguous_out, out_sample, pool, choice)
         ctx.compute_dtype = out.dtype
         return out.reshape(*lead, *out.shape[1:])
 
@@ -254,7 +325,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         x_bool, param = ctx.saved_tensors
-        op, lead, sample, pool = ctx.op, ctx.lead, ctx.sample, ctx.pool
+        op, lead, sample, pool, choice = ctx.op, ctx.lead, ctx.sample, ctx.pool, ctx.choice
         n = math.prod(lead)
         dtype = ctx.compute_dtype
         weight = param.to(dtype)
@@ -266,8 +337,8 @@ class _SpikeInputSynapse(torch.autograd.Function):
         gx_rows = gx.reshape(n, *gx.shape[len(lead):]) if need_x else None
         gw = gb = None
         transposed = isinstance(op, ops.ConvTranspose2d)
-        for a, b in _chunks(n, math.prod(sample), g_rows[0].numel(), 4, grad.device):
-            x = _as_input(x_rows[a:b], op, sample, dtype)
+        for a, b in _chunks(n, math.prod(sample), g_rows[0].numel(), 4, grad.device, choice):
+            x = _as_input(x_rows[a:b], op, sample, dtype, choice)
             g = g_rows[a:b].to(dtype)
             if isinstance(op, ops.Linear):
                 # addmm's own backward formulas (same kernels as autograd)
@@ -276,7 +347,7 @@ class _SpikeInputSynapse(torch.autograd.Function):
                 gw_c = g.t().mm(x) if need_w else None
                 gb_c = g.sum(0) if need_b else None
             else:
-                g = channels_last(g) if _prefers_channels_last(op, g) else g.contiguous()
+                g = channels_last(g) if _prefers_channels_last(op, g, choice) else g.contiguous()
                 gx_c, gw_c, gb_c = torch.ops.aten.convolution_backward(
                     g, x, weight, [weight.shape[1 if transposed else 0]] if ctx.has_bias else None,
                     list(op.stride), list(op.padding), [1, 1], transposed,
@@ -284,20 +355,20 @@ class _SpikeInputSynapse(torch.autograd.Function):
             if need_x:
                 _into_rows(gx_rows[a:b], gx_c)
             gw, gb = _accumulate(gw, gw_c), _accumulate(gb, gb_c)
-        return gx, None, _like(gw, param), _cast(gb, param.dtype), None, None, None, None, None
+        return gx, None, _like(gw, param), _cast(gb, param.dtype), None, None, None, None, None, None
 
 
 def _forward_rows(op: ops.Op, weight: Tensor, bias: Tensor | None, src: Tensor, sample: tuple[int, ...],
                   contiguous_out: bool, out_sample: tuple[int, int, int] | None,
-                  pool: buffers.BufferPool | None) -> Tensor:
+                  pool: buffers.BufferPool | None, choice: SynapseChoice = DEFAULT_CHOICE) -> Tensor:
     """The synapse on rows ``src`` [n, *source shape], chunk by chunk, into one [n, ...] output
     (from ``pool``); see :class:`_SpikeInputSynapse` and :func:`spike_synapse` for the layouts."""
     n = src.shape[0]
     out_numel = math.prod(output_shape(op, sample, "synapse"))  # the compiler's shape rules
-    chunks = _chunks(n, math.prod(sample), out_numel, src.element_size(), src.device)
+    chunks = _chunks(n, math.prod(sample), out_numel, src.element_size(), src.device, choice)
     out = None
     for a, b in chunks:
-        y = synapse_forward(op, weight, bias, _as_input(src[a:b], op, sample, src.dtype))
+        y = synapse_forward(op, weight, bias, _as_input(src[a:b], op, sample, src.dtype, choice), choice)
         if out_sample is not None:  # a linear's output as [n, C, H, W], stored channels-last
             y = y.view(y.shape[0], *out_sample)
         if len(chunks) == 1:  # one chunk: the result is the output
@@ -357,7 +428,7 @@ def _like(grad: Tensor | None, param: Tensor) -> Tensor | None:
 def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_bool: Tensor,
                   lead_dims: int = 1, sample: tuple[int, ...] | None = None,
                   contiguous_out: bool = False, out_sample: tuple[int, int, int] | None = None,
-                  spike_driven: bool = True) -> Tensor:
+                  spike_driven: bool = True, choice: SynapseChoice = DEFAULT_CHOICE) -> Tensor:
     """``synapse_forward`` whose backward keeps ``x_bool`` (x as bool) instead of x.
 
     Args:
@@ -377,6 +448,7 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
             convolution reads next).
         spike_driven: without autograd, run the spike-driven synapse where it applies
             (:mod:`saec.runtime.spikedriven`); False: always the dense synapse.
+        choice: the layer's chunk size, Conv2d layout and output-layer algorithm (the plan's).
 
     Returns:
         The synaptic current [*lead, *output shape]; gradients reach x (in x's shape and
@@ -391,11 +463,11 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
         if driven is not None:  # work only where the spikes are (sparse, binary input; see spikedriven)
             return driven.reshape(*lead, *driven.shape[1:])
         y = _forward_rows(op, weight, bias, rows, sample, contiguous_out,
-                          None if out_sample is None else tuple(out_sample), buffers.active())
+                          None if out_sample is None else tuple(out_sample), buffers.active(), choice)
         return y.reshape(*lead, *y.shape[1:])
     if x_bool.shape != x.shape:
         x_bool = x_bool.reshape(x.shape)
     if out_sample is not None and not isinstance(op, ops.Linear):
         raise ValueError("out_sample applies to Linear synapses only")
     return _SpikeInputSynapse.apply(x, x_bool, weight, bias, op, lead, sample, contiguous_out,
-                                    None if out_sample is None else tuple(out_sample))
+                                    None if out_sample is None else tuple(out_sample), choice)

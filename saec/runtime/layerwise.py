@@ -115,17 +115,17 @@ def _synapse(walk: Walk, name: str, op: ops.Op, h: Tensor) -> Tensor:
     graph = walk.model.graph
     source = graph.inputs(name)[0]
     weight, bias = walk.model.synapse_weights(name)  # quantised under quantisation-aware execution
+    choice = walk.model.synapse_choice(name)  # the per-machine plan's kernels for this layer
     if source in walk.binary:
         # the producer's spikes in their own shape and layout; the synapse reshapes them
         # chunk by chunk (a deferred flatten / unflatten)
-        plan = graph.meta(name)[META_KEY]
-        out_sample = plan["out_sample"]
+        contiguous_out, out_sample = walk.model.handoff(name)
         return fastpath.spike_synapse(op, weight, bias, h, walk.binary[source], lead_dims=2,
-                                      sample=walk.deferred.get(source), contiguous_out=plan["contiguous_out"],
-                                      out_sample=None if out_sample is None else tuple(out_sample),
+                                      sample=walk.deferred.get(source), contiguous_out=contiguous_out,
+                                      out_sample=out_sample, choice=choice,
                                       spike_driven=walk.model.execution.spike_driven)
     t = h.shape[0]
-    flat = fastpath.synapse_forward(op, weight, bias, h.reshape(t * walk.batch, *h.shape[2:]))
+    flat = fastpath.synapse_forward(op, weight, bias, h.reshape(t * walk.batch, *h.shape[2:]), choice)
     return flat.reshape(t, walk.batch, *flat.shape[1:])
 
 

@@ -36,6 +36,7 @@ from saec.compiler.passes.params import weight_shapes
 from saec.runtime import fastpath
 from saec.runtime.execution import Execution
 from saec.runtime.layerwise import Walk, run_layerwise
+from saec.runtime.plan import layer_key
 from saec.runtime.pool import BufferPool, use_pool
 from saec.runtime.qat import LayerQuantization, target_quantizer
 from saec.runtime.stepwise import run_stepwise
@@ -102,9 +103,10 @@ class SynapseParams(nn.Module):
             self.register_parameter(pname, nn.Parameter(torch.empty(shape)))
 
 
-def apply_synapse(op: ops.Op, p: SynapseParams, x: Tensor) -> Tensor:
-    """Conv / linear on x of shape [N, ...] (N = T*B, or B)."""
-    return fastpath.synapse_forward(op, p.weight, getattr(p, "bias", None), x)
+def apply_synapse(op: ops.Op, p: SynapseParams, x: Tensor,
+                  choice: fastpath.SynapseChoice = fastpath.DEFAULT_CHOICE) -> Tensor:
+    """Conv / linear on x of shape [N, ...] (N = T*B, or B); ``choice``: the layer's planned kernels."""
+    return fastpath.synapse_forward(op, p.weight, getattr(p, "bias", None), x, choice)
 
 
 class SpikingAutoencoder(nn.Module):
@@ -140,6 +142,12 @@ class SpikingAutoencoder(nn.Module):
         self._quantized: dict[str, LayerQuantization] = {}
         #: reusable large buffers of the training step (CPU; see saec.runtime.pool)
         self._pool = BufferPool()
+        #: each synapse node's planning key (saec.runtime.plan.layer_key), and the choices of the
+        #: plan last asked for (a plan is an immutable record: a new one is looked up afresh)
+        self._layer_keys = {name: layer_key(self.graph.op(name), tuple(self.graph.meta(self.graph.inputs(name)[0])
+                                                                       ["shape"]))
+                            for name in self.order if self.graph.op(name).has_weights}
+        self._choices: tuple[object, dict[str, fastpath.SynapseChoice]] = (None, {})
         self.reset_parameters()
 
     def release_buffers(self) -> None:
@@ -186,6 +194,22 @@ class SpikingAutoencoder(nn.Module):
             return layer.weight, layer.bias
         p = self.synapse(node)
         return p.weight, getattr(p, "bias", None)
+
+    def synapse_choice(self, node: str) -> fastpath.SynapseChoice:
+        """Weighted node ``node``'s chunk size, layout and algorithm under the execution's plan."""
+        plan = self.execution.plan
+        if self._choices[0] is not plan:
+            self._choices = (plan, {name: plan.synapse_choice(key) for name, key in self._layer_keys.items()})
+        return self._choices[1][node]
+
+    def handoff(self, node: str) -> tuple[bool, tuple[int, int, int] | None]:
+        """(contiguous_out, out_sample) of weighted node ``node`` on the fast path: the IR's suggestion
+        (``meta["exec"]``), unless the plan turns the layer's handoff layout off."""
+        suggested = self.graph.meta(node)["exec"]
+        if not self.execution.plan.layer(self._layer_keys[node]).handoff_layout:
+            return False, None
+        out_sample = suggested["out_sample"]
+        return suggested["contiguous_out"], None if out_sample is None else tuple(out_sample)
 
     def neuron(self, node: str, op: ops.LIF) -> ops.LIF:
         """LIF node ``node``'s op as the forward runs it: ``op``, or, quantisation-aware, with the
@@ -234,6 +258,10 @@ class SpikingAutoencoder(nn.Module):
                     fast=fast, keep_binary=keep_binary)
         if keep_binary:
             fastpath.keep_freed_memory()
+        plan = self.execution.plan
+        self._pool.min_pooled_bytes = plan.min_pooled_bytes
+        if plan.threads is not None and torch.get_num_threads() != plan.threads:
+            torch.set_num_threads(plan.threads)  # process-wide, as the plan says (saec.runtime.plan)
         self._quantize()
         with use_pool(self._pool if fast and x.device.type == "cpu" else None):
             return run_layerwise(walk)

@@ -49,9 +49,14 @@ class BufferPool:
     Buffers are keyed by byte size; a request of any shape, strides and dtype
     with that many bytes can reuse one. The pool only grows to the largest number
     of same-sized buffers alive at once; :meth:`clear` gives everything back.
+
+    Attributes:
+        min_pooled_bytes: requests below this many bytes are left to glibc's heap; None:
+            :data:`MIN_POOLED_BYTES` (the execution plan may set another, :mod:`saec.runtime.plan`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, min_pooled_bytes: int | None = None) -> None:
+        self.min_pooled_bytes = min_pooled_bytes
         self._buffers: dict[tuple[int, torch.device], list[Tensor]] = {}
         self._baseline: int | None = None
         self.hits = 0
@@ -68,7 +73,8 @@ class BufferPool:
         for n in shape:
             numel *= n
         nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        if device.type != "cpu" or nbytes < MIN_POOLED_BYTES or _use_count is None:
+        smallest = MIN_POOLED_BYTES if self.min_pooled_bytes is None else self.min_pooled_bytes
+        if device.type != "cpu" or nbytes < smallest or _use_count is None:
             return torch.empty_strided(tuple(shape), tuple(strides), dtype=dtype, device=device)
         bucket = self._buffers.setdefault((nbytes, device), [])
         for base in bucket:

@@ -114,7 +114,7 @@ def _encode(walk: StepWalk, name: str, op: ops.PoissonEncode, h: Tensor) -> Tens
 
 @STEPWISE.register(ops.Conv2d, ops.ConvTranspose2d, ops.Linear)
 def _synapse(walk: StepWalk, name: str, op: ops.Op, h: Tensor) -> Tensor:
-    return fastpath.synapse_forward(op, *walk.model.synapse_weights(name), h)
+    return fastpath.synapse_forward(op, *walk.model.synapse_weights(name), h, walk.model.synapse_choice(name))
 
 
 @STEPWISE.register(ops.Flatten)

@@ -294,13 +294,16 @@ def setup_trainer(graph: IRGraph, config: Training, device: torch.device, dist: 
 
 
 def training_state(trainer: Trainer, complete: bool = False) -> dict[str, Any]:
-    """What ``train_state.pt`` holds: the position, optimizer, schedule and both RNG states."""
+    """What ``train_state.pt`` holds: the position, optimizer, schedule, both RNG states and the
+    execution plan (:mod:`saec.runtime.plan`)."""
     p = trainer.position
     return {"format": STATE_FORMAT, "epoch": p.epoch, "step_in_epoch": p.step_in_epoch,
             "global_step": p.global_step, "optimizer": trainer.opt.state_dict(),
             "scheduler": trainer.sched.state_dict(), "noise_rng": trainer.noise.get_state(),
             "torch_rng": torch.get_rng_state(), "history": p.history, "epoch_sums": p.sums,
-            "epoch_count": p.count, "complete": complete}
+            "epoch_count": p.count, "complete": complete,
+            # the output layer's algorithm sets its rounding: a resumed run keeps the run's plan
+            "plan": trainer.model.execution.plan.to_dict()}
 
 
 def restore_trainer(trainer: Trainer, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:

@@ -160,3 +160,38 @@ def test_keep_memory_and_heap_switch_move_large_blocks_to_the_heap(observed):
     assert not base["heap_64mib"]  # glibc mmaps a 64 MiB block afresh and unmaps it on free
     assert keep["heap_64mib"] and keep["heap_kept_after_free"]  # from the heap, and kept there once freed
     assert heap["heap_64mib"] and heap["heap_trimmed_after_free"]  # from the heap; glibc trims it on free
+
+
+# ---------------------------------------------------------------- the execution plan in the report
+def test_the_report_prints_the_plan_saec_ran_with_and_replan_measures_it(tmp_path, monkeypatch, capsys):
+    """--smoke runs the built-in plan and prints it one line per knob; --replan measures first (a fake
+    timer here: nothing is timed) and the saec worker runs the measured plan."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import train_step
+
+    from saec.runtime import plan as planning
+
+    import torch
+
+    monkeypatch.setattr(planning, "cache_dir", lambda: tmp_path / "plans")
+    images = tmp_path / "images.pt"  # a few images of the right shape: no data set to load
+    torch.save(torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)), images)
+    args = ["--smoke", "--frameworks", "saec", "--timesteps", "2", "--rounds", "1", "--data", str(images),
+            "--images", "4"]
+    assert train_step.main(args) == 0
+    out = capsys.readouterr().out
+    assert "saec T=2 plan: default (policy default: nothing read or measured)" in out
+    for knob in ("chunk_bytes: 8388608 (default)", "min_pooled_bytes: 1048576 (default)",
+                 "conv2 channels_last: True (default)", "fc_dec handoff_layout: True (default)",
+                 "output output_algorithm: gemm (default)", "output chunk_rows: 4 (default: chunks under"):
+        assert f"\n  {knob}" in out, knob
+    monkeypatch.setattr(planning, "median_timer", lambda *a, **k: lambda trial: 0.5 if trial.value == "onednn" else 1)
+    ran = []
+    real_trainer = train_step._saec_trainer
+    monkeypatch.setattr(train_step, "_saec_trainer", lambda *a: ran.append(a[-1]) or real_trainer(*a))
+    assert train_step.main([*args, "--replan"]) == 0
+    out = capsys.readouterr().out
+    assert "saec T=2 plan: output output_algorithm=onednn (measured in " in out
+    assert "\n  output output_algorithm: onednn\n" in out
+    assert [planning.ExecutionPlan.from_dict(doc).summary() for doc in ran] == [
+        "conv_transpose2d(16x24x24->1x28x28 k5x5 s1x1 p0x0) output_algorithm=onednn"]
