@@ -121,7 +121,7 @@ def _saec_trainer(name: str, graph, weights, device, plan_doc: dict | None = Non
         libc.mallopt(-3, 1 << 30)
     if "float-saves" in switches:  # what plain autograd keeps: the float input
         def plain_synapse(op, w, b, x, x_bool, lead_dims=1, sample=None, contiguous_out=False, out_sample=None,
-                          choice=fastpath.DEFAULT_CHOICE):
+                          spike_driven=True, choice=fastpath.DEFAULT_CHOICE):  # spike_driven: training never is
             lead = x.shape[:lead_dims]
             rows = x.reshape(-1, *(sample or x.shape[lead_dims:]))
             y = fastpath.synapse_forward(op, w, b, rows, choice)

@@ -462,6 +462,26 @@ def plan_candidates(graph: IRGraph, batch: int) -> dict[str, dict[str, list[Any]
     return found
 
 
+def _plan_layers(timer: Timer, layers: list[SynapseLayer], bench: _Bench) -> dict[str, LayerPlan]:
+    """Each layer's knobs, one after the other, each timed with the knobs chosen so far; layer key -> choices."""
+    pool = buffers.BufferPool()
+    chosen: dict[str, LayerPlan] = {}
+    for layer in layers:
+        if layer.key in chosen:
+            continue
+        current = DEFAULT_LAYER
+        for knob in layer.knobs():
+            def make_run(value: Any, layer: SynapseLayer = layer, knob: str = knob,
+                         current: LayerPlan = current) -> Callable[[], None]:
+                candidate = dataclasses.replace(current, **{knob: value})
+                return lambda: bench.run(layer, candidate, knob == "handoff_layout", pool)
+
+            best = _fastest(timer, knob, _candidates(layer, knob), make_run, layer.key)
+            current = dataclasses.replace(current, **{knob: best})
+        chosen[layer.key] = current
+    return chosen
+
+
 def plan_network(graph: IRGraph, batch: int, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, timer: Timer | None = None) -> ExecutionPlan:
     """Measure the candidates of every knob for ``graph`` at ``batch`` images per step; the fastest plan.
@@ -490,21 +510,7 @@ def plan_network(graph: IRGraph, batch: int, *, device: torch.device | str = "cp
     timesteps = int(graph.attrs.get("timesteps", 1))
     layers = synapse_layers(graph, batch)
     bench = _Bench(graph, layers, timesteps, batch, dtype)
-    pool = buffers.BufferPool()
-    chosen: dict[str, LayerPlan] = {}
-    for layer in layers:
-        if layer.key in chosen:
-            continue
-        current = DEFAULT_LAYER
-        for knob in layer.knobs():
-            def make_run(value: Any, layer: SynapseLayer = layer, knob: str = knob,
-                         current: LayerPlan = current) -> Callable[[], None]:
-                candidate = dataclasses.replace(current, **{knob: value})
-                return lambda: bench.run(layer, candidate, knob == "handoff_layout", pool)
-
-            best = _fastest(timer, knob, _candidates(layer, knob), make_run, layer.key)
-            current = dataclasses.replace(current, **{knob: best})
-        chosen[layer.key] = current
+    chosen = _plan_layers(timer, layers, bench)
 
     def run_all(trial_pool: buffers.BufferPool, threads: int | None) -> None:
         before = torch.get_num_threads()

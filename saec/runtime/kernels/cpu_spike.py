@@ -15,12 +15,14 @@ import ctypes
 import functools
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from saec.compiler import ops
+from saec.compiler.dispatch import OpTable
 from saec.runtime.kernels.cpu_lif import _pool as _thread_pool  # the LIF scan's per-process pool
 from saec.runtime.kernels.cpu_lif import build_native
 
@@ -99,12 +101,36 @@ def arranged_weight(op: ops.Op, weight: Tensor, order: Tensor | None = None) -> 
     linear [in, out] (out in ``order``, see :func:`feature_order`), conv2d [C_in, kh, kw, C_out]
     (from [C_out, C_in, kh, kw]; flipped in kh and kw at stride 1, :func:`flips_kernel`),
     transposed convolution [C_in, kh, kw, C_out] (from [C_in, C_out, kh, kw])."""
-    if isinstance(op, ops.Linear):
-        return (weight if order is None else weight[order]).t().contiguous()
-    if isinstance(op, ops.Conv2d):
-        weight = weight.flip(2, 3) if flips_kernel(op) else weight
-        return weight.permute(1, 2, 3, 0).contiguous()
+    return ARRANGED.lookup(op)(op, weight, order)
+
+
+#: Per synapse op type: its weights as the kernel reads them (:func:`arranged_weight`).
+ARRANGED: OpTable[Callable[[ops.Op, Tensor, "Tensor | None"], Tensor]] = OpTable("spike-driven weight layout")
+ARRANGED.refuse([cls for cls in ops.OP_TYPES.values() if not cls.has_weights], "not a synapse: it has no weights")
+
+
+@ARRANGED.register(ops.Linear)
+def _arranged_linear(op: ops.Linear, weight: Tensor, order: Tensor | None) -> Tensor:
+    return (weight if order is None else weight[order]).t().contiguous()
+
+
+@ARRANGED.register(ops.Conv2d)
+def _arranged_conv2d(op: ops.Conv2d, weight: Tensor, order: Tensor | None) -> Tensor:
+    weight = weight.flip(2, 3) if flips_kernel(op) else weight
+    return weight.permute(1, 2, 3, 0).contiguous()
+
+
+@ARRANGED.register(ops.ConvTranspose2d)
+def _arranged_conv_transpose2d(op: ops.ConvTranspose2d, weight: Tensor, order: Tensor | None) -> Tensor:
     return weight.permute(0, 2, 3, 1).contiguous()
+
+
+#: Per synapse op type: the kernel's ``kind`` (0 linear, 1 conv2d gather, 2 scatter: transposed).
+KIND: OpTable[Callable[[ops.Op], int]] = OpTable("spike-driven kernel kind")
+KIND.refuse([cls for cls in ops.OP_TYPES.values() if not cls.has_weights], "not a synapse: it has no weights")
+KIND.add(ops.Linear, lambda op: 0)
+KIND.add(ops.Conv2d, lambda op: 1)
+KIND.add(ops.ConvTranspose2d, lambda op: 2)
 
 
 def _input_walk(x: Tensor) -> tuple[list[int], list[int], list[int]]:
@@ -148,7 +174,8 @@ def forward(op: ops.Op, wt: Tensor, bias: Tensor | None, x: Tensor, sample: tupl
     p.in_row_stride, p.in_numel = x.stride(0), math.prod(x.shape[1:])
     p.acc_numel, p.out_row_stride = out[0].numel() if n else 0, out.stride(0)
     p.direct = 1
-    if isinstance(op, ops.Linear):  # the accumulator is the output row in memory order (feature_order)
+    kind = KIND.lookup(op)(op)
+    if kind == 0:  # linear: the accumulator is the output row in memory order (feature_order)
         p.kind, p.Co, p.Ho, p.Wo = 0, op.out_features, 1, 1
         p.H = p.W = p.kh = p.kw = p.sh = p.sw = 1
     else:
@@ -156,7 +183,7 @@ def forward(op: ops.Op, wt: Tensor, bias: Tensor | None, x: Tensor, sample: tupl
         co, ho, wo = out.shape[1:]
         p.H, p.W, p.Co, p.Ho, p.Wo = h, w, co, ho, wo
         (p.kh, p.kw), (p.sh, p.sw), (p.ph, p.pw) = op.kernel_size, op.stride, op.padding
-        p.kind = 1 if isinstance(op, ops.Conv2d) else 2
+        p.kind = kind
         if flips_kernel(op):  # the scatter form: padding k - 1 - p
             p.kind, p.ph, p.pw = 2, p.kh - 1 - p.ph, p.kw - 1 - p.pw
         _plan_copy(p, (ho, wo, co), (wo * co, co, 1), (out.stride(2), out.stride(3), out.stride(1)))
