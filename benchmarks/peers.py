@@ -148,7 +148,20 @@ def torch_loop(graph: IRGraph, weights: dict[str, Tensor], lr: float, device: to
     return _trainer(net, forward, lr)
 
 
-def snntorch_loop(graph: IRGraph, weights: dict[str, Tensor], lr: float, device: torch.device) -> StepFn:
+def snntorch_network(graph: IRGraph, weights: dict[str, Tensor], device: torch.device
+                     ) -> tuple[NetParams, Callable[[Tensor, torch.Generator], tuple[list[Tensor], Tensor, Tensor]]]:
+    """The snnTorch network and its forward pass, for a trainer of one's own (time_to_quality.py).
+
+    Args:
+        graph: the compiled sae_dense IR (layer shapes, LIF and encoding parameters).
+        weights: initial weights, ``{"<synapse>.weight": tensor}`` (saec's ``ir_state_dict``).
+        device: where the network lives.
+
+    Returns:
+        (params, run): the weights as a module (for the optimizer), and ``run(x, gen)`` on images
+        x [B, 1, 28, 28] -> (U(T) of every layer, U(1..T) of the output layer [T, B, ...], the
+        latent layer's spike counts [B, 100]): the pieces :func:`objective` and the readout take.
+    """
     import snntorch as snn
     from snntorch import surrogate
 
@@ -158,7 +171,7 @@ def snntorch_loop(graph: IRGraph, weights: dict[str, Tensor], lr: float, device:
     neurons = [snn.Leaky(beta=lif.decay, threshold=lif.threshold, reset_mechanism="zero",
                          spike_grad=surrogate.straight_through_estimator()).to(device) for _ in SYNAPSES]
 
-    def forward(x: Tensor, gen: torch.Generator) -> Tensor:
+    def run(x: Tensor, gen: torch.Generator) -> tuple[list[Tensor], Tensor, Tensor]:
         spikes_in = poisson_encode(x, enc, generator=gen)
         mem = [n.reset_mem() for n in neurons]
         U: list = [0.0] * len(SYNAPSES)
@@ -172,7 +185,16 @@ def snntorch_loop(graph: IRGraph, weights: dict[str, Tensor], lr: float, device:
                 if name == "latent":
                     latent_counts = latent_counts + h
             U_out.append(U[-1])
-        return objective(graph, U, torch.stack(U_out), latent_counts, x)
+        return U, torch.stack(U_out), latent_counts
+
+    return net, run
+
+
+def snntorch_loop(graph: IRGraph, weights: dict[str, Tensor], lr: float, device: torch.device) -> StepFn:
+    net, run = snntorch_network(graph, weights, device)
+
+    def forward(x: Tensor, gen: torch.Generator) -> Tensor:
+        return objective(graph, *run(x, gen), x)
 
     return _trainer(net, forward, lr)
 
