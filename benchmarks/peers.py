@@ -1,5 +1,8 @@
 """The paper's SAE written the way a user of each peer would write it, for benchmarks/train_step.py.
 
+(Also :func:`dense_floor`, the same conv/linear work without any LIF, which is no peer but the
+floor train_step.py reads saec's step time against.)
+
 Every peer trains the same network (conv 1->16 k5, conv 16->32 k5, linear
 12800->100, linear 100->12800, deconv 32->16 k5, deconv 16->1 k5, a LIF after
 each; no biases), from the same initial weights, on the same Poisson spike
@@ -230,10 +233,37 @@ def spikingjelly_multistep(graph: IRGraph, weights: dict[str, Tensor], lr: float
     return _trainer(net, forward, lr)
 
 
+def dense_floor(graph: IRGraph, weights: dict[str, Tensor], lr: float, device: torch.device) -> StepFn:
+    """The dense floor: saec's conv/linear work alone, with ReLU where the LIF layers are.
+
+    The same six synapses with the same shapes and weights, run the way saec runs them: each on
+    the whole spike train with the T time steps folded into the batch dimension ([T·B, ...]),
+    forward, backward (input and weight gradients) and Adam, in plain torch (default layouts,
+    fresh tensors). In place of each LIF scan, one elementwise ReLU; in place of the readout and
+    the objective, the squared error of the mean over T of the output against the image. It
+    learns nothing useful: it is the time the dense kernels of this machine need for the work
+    every framework here must do, so a step of saec (or of any peer) can be read against it.
+    """
+    net = NetParams(graph, weights).to(device)
+    enc = graph.op("_encode")
+
+    def forward(x: Tensor, gen: torch.Generator) -> Tensor:
+        h = poisson_encode(x, enc, generator=gen)
+        T, B = h.shape[:2]
+        h = h.flatten(0, 1)
+        for name in SYNAPSES:
+            h = torch.relu(net.synapse(name, h))
+        x_hat = h.reshape(T, B, *h.shape[1:]).mean(0)
+        return (x_hat - x).square().flatten(1).sum(1).mean()
+
+    return _trainer(net, forward, lr)
+
+
 PEERS: dict[str, Callable[..., StepFn]] = {
     "torch_loop": torch_loop,
     "snntorch": snntorch_loop,
     "spikingjelly": spikingjelly_multistep,
+    "dense_floor": dense_floor,  # not a peer: the reference of train_step.py's saec_vs_dense_floor
 }
 
 
