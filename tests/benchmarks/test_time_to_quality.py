@@ -88,26 +88,45 @@ def test_non_positive_options_are_refused(option, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {option}: must be positive, got 0"]
 
 
-def test_validation_rec_loss_is_what_saec_train_prints(tmp_path):
-    """The script's validation of saec's weights equals `saec train`'s val L_rec for the same weights."""
-    import saec
+def test_saec_trains_and_validates_as_saec_train_does(tmp_path):
+    """The script's saec trainer ends an epoch with the weights `saec train` checkpoints there, and its
+    validation L_rec of them is the val L_rec `saec train` prints for that epoch (metrics.jsonl)."""
+    import json
+
+    import torch
+
     from saec import demo
-    from saec.run.folder import load_model
+    from saec.compiler.pipeline import compile_spec
+    from saec.run.folder import load_model, with_run_config
+    from saec.run.train import train
     from saec.training.data import make_splits
+    from saec.training.train import TrainingInterrupted
 
     # threshold 0.1: the network fires at T = 4, so the reconstruction is not the all-zero one
-    overrides = demo.schedule_overrides(epochs=1, timesteps=4) + [
-        "training.batch_size=4", "training.max_steps=2", "data.train_limit=8", "data.validation.source=split",
+    overrides = demo.schedule_overrides(epochs=2, timesteps=4) + [
+        "training.batch_size=4", "data.train_limit=8", "data.validation.source=split",
         "data.validation.limit=6", "neuron.threshold=0.1"]
-    compiled = saec.compile(str(demo.SPEC), overrides)
-    run = saec.train(compiled, tmp_path / "run", device="cpu", force=True, progress=False, log=lambda line: None)
-    printed = run.history[-1]["val_rec_loss"]
-    spec, model = load_model(tmp_path / "run")
-    _, val = make_splits(spec.data, None, seed=spec.training.seed)
-    ours = ttq.validation_rec_loss(lambda x, gen: model(x, generator=gen).x_hat, val, spec.training.batch_size,
-                                   spec.training.seed, "cpu")
-    assert ours == printed == run.metrics["rec_loss"]
-    assert abs(ours - run.metrics["rec_loss_zero_output"]) > 1.0  # a reconstruction, not silence
+    loaded, graph = compile_spec(str(demo.SPEC), overrides)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):  # stopped after epoch 1 (2 steps): no final evaluation, no figures
+        train(loaded.spec, graph, out, device="cpu", progress=False, log=lambda line: None, stop_after_steps=2)
+    printed = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert printed["epoch"] == 1 and printed["global_step"] == 2
+    spec, trained = load_model(out)
+    train_set, val_set = make_splits(spec.data, None, seed=spec.training.seed)
+
+    ours = ttq.validation_rec_loss(lambda x, gen: trained(x, generator=gen).x_hat, val_set,
+                                   spec.training.batch_size, spec.training.seed, "cpu")
+    assert ours == printed["val_rec_loss"]
+    assert abs(ours - demo.all_zero_rec_loss(val_set.images, 4)) > 1.0  # a reconstruction, not silence
+
+    framework = ttq.Framework("saec", graph, with_run_config(loaded.spec, graph), train_set, val_set, "cpu",
+                              budget_s=300.0)
+    framework.train(2)
+    assert framework.global_step == 2 and framework.epoch == 1
+    for key, weight in trained.ir_state_dict().items():
+        assert torch.equal(framework.trainer.model.ir_state_dict()[key], weight), key
+    assert framework.validate() == printed["val_rec_loss"]
 
 
 def test_snntorch_trains_from_saecs_weights_spikes_batches_and_schedule():
