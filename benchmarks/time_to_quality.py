@@ -247,10 +247,11 @@ class Framework:
 
         x = self.train_set.images[batch].to(self.device)
         loss = self._objective(self.graph, *self._run(x, self.trainer.noise), x)
-        if not math.isfinite(float(loss.detach())):
+        value = float(loss.detach())
+        if not math.isfinite(value):  # as saec's train_step: stop before an update with a NaN loss
             from saec.training.train import TrainingDiverged
 
-            raise TrainingDiverged(f"snnTorch loss became {float(loss.detach())} at global step {self.global_step + 1}")
+            raise TrainingDiverged(f"snnTorch loss became {value} at global step {self.global_step + 1}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.t.grad_clip  # as saec's train_step (the demo has none)
@@ -260,7 +261,7 @@ class Framework:
             else:
                 torch.nn.utils.clip_grad_norm_(self.params.parameters(), clip.max)
         self.opt.step()
-        return float(loss.detach())
+        return value
 
     def _end_epoch(self) -> None:
         (self.trainer.sched if self.name == "saec" else self.sched).step()  # once per epoch, as saec train

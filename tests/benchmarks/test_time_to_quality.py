@@ -181,3 +181,21 @@ def test_json_holds_every_validation(tmp_path, capsys):
     steps = [h["step"] for h in written["history"]["saec"]]
     assert steps == [0, 2, 4] and written["budget_s"] == 300 and written["machine"]
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("ttq saec_s=never saec_rec_5min=")
+
+
+@pytest.mark.parametrize("name", ["saec", "snntorch"])
+def test_a_nan_loss_stops_the_framework_as_diverged(name):
+    import torch
+
+    if name == "snntorch":
+        pytest.importorskip("snntorch")
+    framework = ttq.make_framework(name, _tiny_args())
+    module = framework.trainer.model if name == "saec" else framework.params
+    (first, poisoned), *others = list(module.named_parameters())
+    with torch.no_grad():
+        poisoned.fill_(float("nan"))  # the loss (P2 on this layer's potential) becomes NaN
+    before = {k: v.detach().clone() for k, v in others}
+    reply = framework.chunk(2)
+    assert reply["stopped_by"] == "diverged" and reply["step"] == 0
+    for k, v in others:  # stopped before the update
+        assert torch.equal(v.detach(), before[k]), k
