@@ -352,7 +352,8 @@ def _worker_main(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     framework = make_framework(args.worker, args)
-    out.write(json.dumps({"ready": True}) + "\n")
+    # the wait policy this worker's OpenMP runtime read when torch loaded (the environment it was started with)
+    out.write(json.dumps({"ready": True, "omp_wait_policy": USER_OMP_WAIT_POLICY}) + "\n")
     out.flush()
     for line in sys.stdin:
         command = line.split()
@@ -390,8 +391,9 @@ class SubprocessWorker:
             raise SystemExit(f"worker {self.name} ended (exit code {code}); see its output above")
         return json.loads(line)
 
-    def ready(self) -> None:
-        self._ask(None)
+    def ready(self) -> str | None:
+        """Wait for the worker; its OMP_WAIT_POLICY (None: unset)."""
+        return self._ask(None)["omp_wait_policy"]
 
     def chunk(self, steps: int) -> dict:
         return self._ask(f"chunk {steps}")
@@ -408,8 +410,8 @@ class InProcessWorker:
     def __init__(self, name: str, args: argparse.Namespace) -> None:
         self.framework = make_framework(name, args)
 
-    def ready(self) -> None:
-        pass
+    def ready(self) -> str:
+        return "one process for all"
 
     def chunk(self, steps: int) -> dict:
         return self.framework.chunk(steps)
@@ -424,6 +426,7 @@ class Progress:
     """One framework's validations, as the coordinator received them."""
 
     name: str
+    omp_wait_policy: str | None = None
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -446,9 +449,7 @@ def run(names: list[str], args: argparse.Namespace, worker_argv: list[str]) -> d
     for name in names:
         workers[name] = (InProcessWorker(name, args) if args.in_process
                          else SubprocessWorker(name, worker_argv, args.threads))
-    for w in workers.values():
-        w.ready()
-    progress = {name: Progress(name) for name in names}
+    progress = {name: Progress(name, omp_wait_policy=w.ready()) for name, w in workers.items()}
     for name in names:  # the initial weights' L_rec (step 0)
         progress[name].history.append(workers[name].chunk(0))
     r = 0
@@ -480,7 +481,8 @@ def report(progress: dict[str, Progress], args: argparse.Namespace, spec_line: s
     print(f"\nmachine: {machine()}; device {args.device}, {args.threads} threads")
     print(spec_line)
     print(f"budget {args.budget_s:g} s of training per framework, validation every {args.validate_every} steps "
-          f"(not timed), target validation L_rec <= {target:g}")
+          f"(not timed), target validation L_rec <= {target:g}; OMP_WAIT_POLICY: "
+          + ", ".join(f"{n} {p.omp_wait_policy or 'unset'}" for n, p in progress.items()))
     print(f"| framework | s to L_rec <= {target:g} | at step | at epoch | L_rec at start | best L_rec | last L_rec "
           "| steps | training s | CPU s | s/step | validation s | stopped by |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
