@@ -526,8 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timesteps", type=int, default=None, help="override the demo's T (smoke runs)")
     parser.add_argument("--batch", type=int, default=None, help="override the demo's batch size (smoke runs)")
     parser.add_argument("--train-images", type=int, default=None, help="first N training images (smoke runs)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per worker")
     parser.add_argument("--in-process", action="store_true", help="no worker processes")
     parser.add_argument("--json", default=None, help="also write every validation of every framework here")
     parser.add_argument("--verbose", action="store_true", help="print every validation to stderr")
@@ -568,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.worker:
             _worker_main(args)
             return 0
+        from saec.run.folder import resolve_device
+
+        args.device = str(resolve_device(args.device))  # cpu, cuda or auto, checked before any worker starts
         _, graph, config = demo_run_config(args)  # checks the data before any worker starts
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import peers

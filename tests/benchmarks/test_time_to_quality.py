@@ -87,6 +87,15 @@ def test_missing_mnist_folder_is_one_line_and_exit_2(tmp_path, monkeypatch, caps
         f"error: --data-dir: no MNIST folder found (nothing at $SAEC_MNIST_ROOT or ./data/mnist); {HOW}"]
 
 
+def test_cuda_without_a_gpu_is_one_line_and_exit_2(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ttq.main(["--smoke", "--validation", "split", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --device: CUDA was asked for (--device cuda) but torch sees no GPU; use --device cpu or auto"]
+
+
 @pytest.mark.parametrize("option", ["--budget-s", "--validate-every", "--val-images"])
 def test_non_positive_options_are_refused(option, capsys):
     assert ttq.main(["--smoke", "--validation", "split", option, "0"]) == 2
