@@ -205,7 +205,7 @@ def test_a_nan_loss_stops_the_framework_as_diverged(name):
         pytest.importorskip("snntorch")
     framework = ttq.make_framework(name, _tiny_args())
     module = framework.trainer.model if name == "saec" else framework.params
-    (first, poisoned), *others = list(module.named_parameters())
+    (_, poisoned), *others = list(module.named_parameters())
     with torch.no_grad():
         poisoned.fill_(float("nan"))  # the loss (P2 on this layer's potential) becomes NaN
     before = {k: v.detach().clone() for k, v in others}
