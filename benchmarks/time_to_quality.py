@@ -131,6 +131,8 @@ def demo_run_config(args: argparse.Namespace):
         overrides.append(f"training.batch_size={args.batch}")
     if args.train_images is not None:
         overrides.append(f"data.train_limit={args.train_images}")
+    if args.seed is not None:
+        overrides.append(f"training.seed={args.seed}")
     loaded, graph = compile_spec(str(demo.SPEC), overrides)
     return loaded.spec, graph, with_run_config(loaded.spec, graph)
 
@@ -526,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timesteps", type=int, default=None, help="override the demo's T (smoke runs)")
     parser.add_argument("--batch", type=int, default=None, help="override the demo's batch size (smoke runs)")
     parser.add_argument("--train-images", type=int, default=None, help="first N training images (smoke runs)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="training.seed (default: the spec's, 0): initial weights, data order, encoding noise "
+                             "of both frameworks")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per worker")
     parser.add_argument("--in-process", action="store_true", help="no worker processes")
@@ -623,6 +628,8 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
         argv += ["--batch", str(args.batch)]
     if args.train_images is not None:
         argv += ["--train-images", str(args.train_images)]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
     return argv
 
 

@@ -27,7 +27,7 @@ LAST_LINE = re.compile(rf"^ttq saec_s={NUMBER} snntorch_s={NUMBER} saec_rec_5min
 def _tiny_args(**changes) -> argparse.Namespace:
     """Tiny options: T=2, batch 4, 8 training images (2 steps per epoch), 8 held-out validation images."""
     args = argparse.Namespace(epochs=2, timesteps=2, batch=4, train_images=8, val_images=8, validation="split",
-                              data_dir=None, device="cpu", budget_s=300.0)
+                              data_dir=None, device="cpu", budget_s=300.0, seed=None)
     for k, v in changes.items():
         setattr(args, k, v)
     return args
@@ -169,6 +169,13 @@ def test_snntorch_trains_from_saecs_weights_spikes_batches_and_schedule():
     assert ours.trainer.opt.param_groups[0]["lr"] == theirs.opt.param_groups[0]["lr"] == pytest.approx(5e-4)
     assert math.isfinite(ours.loss) and math.isfinite(theirs.loss)
     assert ours.train_s > 0 and theirs.train_s > 0 and ours.stopped_by is theirs.stopped_by is None
+
+
+def test_seed_reaches_both_frameworks_through_the_workers():
+    args = _tiny_args(seed=3, batch=None, train_images=None)
+    assert "--seed" in ttq._worker_args(args) and ttq._worker_args(args)[-1] == "3"
+    _, _, config = ttq.demo_run_config(args)
+    assert config.training.seed == 3 and config.training.batch_size == 64  # the demo's batch
 
 
 def test_the_budget_stops_training_at_a_step_boundary():
