@@ -36,7 +36,9 @@ def _tiny_args(**changes) -> argparse.Namespace:
 def test_smoke_run_ends_with_the_machine_readable_line():
     """As the measurement runs: a worker process per framework (SAEC_BENCH_SUBPROCESS)."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--validation", "split"], cwd=REPO,
+    # one thread: idle OpenMP workers of the snnTorch worker (wait policy unset) spin, which on a loaded
+    # machine made this tiny run take minutes instead of seconds
+    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--validation", "split", "--threads", "1"], cwd=REPO,
                           capture_output=True, text=True, timeout=600, env={**env, "SAEC_BENCH_SUBPROCESS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
