@@ -1,5 +1,8 @@
 """The paper's SAE written the way a user of each peer would write it, for benchmarks/train_step.py.
 
+(Also :func:`dense_floor`, the same conv/linear work without any LIF, which is no peer but the
+floor train_step.py reads saec's step time against.)
+
 Every peer trains the same network (conv 1->16 k5, conv 16->32 k5, linear
 12800->100, linear 100->12800, deconv 32->16 k5, deconv 16->1 k5, a LIF after
 each; no biases), from the same initial weights, on the same Poisson spike
@@ -148,7 +151,20 @@ def torch_loop(graph: IRGraph, weights: dict[str, Tensor], lr: float, device: to
     return _trainer(net, forward, lr)
 
 
-def snntorch_loop(graph: IRGraph, weights: dict[str, Tensor], lr: float, device: torch.device) -> StepFn:
+def snntorch_network(graph: IRGraph, weights: dict[str, Tensor], device: torch.device
+                     ) -> tuple[NetParams, Callable[[Tensor, torch.Generator], tuple[list[Tensor], Tensor, Tensor]]]:
+    """The snnTorch network and its forward pass, for a trainer of one's own (time_to_quality.py).
+
+    Args:
+        graph: the compiled sae_dense IR (layer shapes, LIF and encoding parameters).
+        weights: initial weights, ``{"<synapse>.weight": tensor}`` (saec's ``ir_state_dict``).
+        device: where the network lives.
+
+    Returns:
+        (params, run): the weights as a module (for the optimizer), and ``run(x, gen)`` on images
+        x [B, 1, 28, 28] -> (U(T) of every layer, U(1..T) of the output layer [T, B, ...], the
+        latent layer's spike counts [B, 100]): the pieces :func:`objective` and the readout take.
+    """
     import snntorch as snn
     from snntorch import surrogate
 
@@ -158,7 +174,7 @@ def snntorch_loop(graph: IRGraph, weights: dict[str, Tensor], lr: float, device:
     neurons = [snn.Leaky(beta=lif.decay, threshold=lif.threshold, reset_mechanism="zero",
                          spike_grad=surrogate.straight_through_estimator()).to(device) for _ in SYNAPSES]
 
-    def forward(x: Tensor, gen: torch.Generator) -> Tensor:
+    def run(x: Tensor, gen: torch.Generator) -> tuple[list[Tensor], Tensor, Tensor]:
         spikes_in = poisson_encode(x, enc, generator=gen)
         mem = [n.reset_mem() for n in neurons]
         U: list = [0.0] * len(SYNAPSES)
@@ -172,7 +188,16 @@ def snntorch_loop(graph: IRGraph, weights: dict[str, Tensor], lr: float, device:
                 if name == "latent":
                     latent_counts = latent_counts + h
             U_out.append(U[-1])
-        return objective(graph, U, torch.stack(U_out), latent_counts, x)
+        return U, torch.stack(U_out), latent_counts
+
+    return net, run
+
+
+def snntorch_loop(graph: IRGraph, weights: dict[str, Tensor], lr: float, device: torch.device) -> StepFn:
+    net, run = snntorch_network(graph, weights, device)
+
+    def forward(x: Tensor, gen: torch.Generator) -> Tensor:
+        return objective(graph, *run(x, gen), x)
 
     return _trainer(net, forward, lr)
 
@@ -208,10 +233,37 @@ def spikingjelly_multistep(graph: IRGraph, weights: dict[str, Tensor], lr: float
     return _trainer(net, forward, lr)
 
 
+def dense_floor(graph: IRGraph, weights: dict[str, Tensor], lr: float, device: torch.device) -> StepFn:
+    """The dense floor: saec's conv/linear work alone, with ReLU where the LIF layers are.
+
+    The same six synapses with the same shapes and weights, run the way saec runs them: each on
+    the whole spike train with the T time steps folded into the batch dimension ([T·B, ...]),
+    forward, backward (input and weight gradients) and Adam, in plain torch (default layouts,
+    fresh tensors). In place of each LIF scan, one elementwise ReLU; in place of the readout and
+    the objective, the squared error of the mean over T of the output against the image. It
+    learns nothing useful: it is the time the dense kernels of this machine need for the work
+    every framework here must do, so a step of saec (or of any peer) can be read against it.
+    """
+    net = NetParams(graph, weights).to(device)
+    enc = graph.op("_encode")
+
+    def forward(x: Tensor, gen: torch.Generator) -> Tensor:
+        h = poisson_encode(x, enc, generator=gen)
+        T, B = h.shape[:2]
+        h = h.flatten(0, 1)
+        for name in SYNAPSES:
+            h = torch.relu(net.synapse(name, h))
+        x_hat = h.reshape(T, B, *h.shape[1:]).mean(0)
+        return (x_hat - x).square().flatten(1).sum(1).mean()
+
+    return _trainer(net, forward, lr)
+
+
 PEERS: dict[str, Callable[..., StepFn]] = {
     "torch_loop": torch_loop,
     "snntorch": snntorch_loop,
     "spikingjelly": spikingjelly_multistep,
+    "dense_floor": dense_floor,  # not a peer: the reference of train_step.py's saec_vs_dense_floor
 }
 
 

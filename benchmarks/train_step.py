@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training-step benchmark: saec against a plain PyTorch loop, snnTorch and SpikingJelly.
+"""Training-step benchmark: saec against a plain PyTorch loop, snnTorch and SpikingJelly, and the dense floor.
 
 Every framework trains the paper's SAE (specs/sae_dense.yaml: 28x28, conv16 /
 conv32 / latent 100 / fc 12800 / deconv, fp32) for a few steps on the same
@@ -21,6 +21,13 @@ memory between the smallest and largest T.
     python benchmarks/train_step.py              # the full table of benchmarks/README.md
     python benchmarks/train_step.py --smoke      # tiny shapes, seconds (the test suite runs this)
 
+The dense floor (``dense_floor``, peers.dense_floor; no peer) runs the same
+conv/linear work as saec's step, with the same layer shapes, T, B and
+weights, each synapse on [T*B, ...] as saec runs it, forward + backward +
+Adam, in plain torch, with one ReLU in place of each LIF and a plain squared
+error in place of the readout and objective: what the dense kernels alone
+take on this machine. It runs interleaved with the others like a framework.
+
 saec runs with this machine's execution plan (saec/runtime/plan.py: chunk sizes, layouts,
 the output layer's algorithm, the pool's threshold), taken from the plan cache or measured
 first (``--replan``: measured again; ``SAEC_PLAN=default``: the built-in plan; ``--smoke``
@@ -31,7 +38,17 @@ smallest, over the T values run, of (best peer's s/step) / (saec's s/step),
 so x > 1 means saec is faster than every peer at every T; y is saec's peak
 memory over snnTorch's at the largest T.
 
-Framework names: ``saec``, ``torch_loop``, ``snntorch``, ``spikingjelly``, and
+The line before the last is ``saec_vs_dense_floor=<z>``: z is the smallest,
+over the T values run, of (dense floor's s/step) / (saec's s/step), so z < 1
+means saec takes longer than the dense work alone (z = 0.75: saec runs at 75 %
+of the dense floor's speed); nan when the dense floor was not run. The last
+line is ``saec_vs_best_peer=<x> mem_vs_snntorch=<y>``: x is the
+smallest, over the T values run, of (best peer's s/step) / (saec's s/step),
+so x > 1 means saec is faster than every peer at every T (the dense floor is
+not a peer and never counts here); y is saec's peak memory over snnTorch's at
+the largest T.
+
+Framework names: ``saec``, ``torch_loop``, ``snntorch``, ``spikingjelly``, ``dense_floor``, and
 saec variants for measuring one lever at a time, ``saec:`` followed by
 ``+``-joined switches: ``torch-scan`` (no fused kernel), ``keep-memory``
 (SAEC_KEEP_FREED_MEMORY=1), ``thp`` (THP_MEM_ALLOC_ENABLE=1), ``float-saves``
@@ -60,7 +77,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "specs" / "sae_dense.yaml"
 PEER_NAMES = ("torch_loop", "snntorch", "spikingjelly")
-DEFAULT_FRAMEWORKS = ("saec", *PEER_NAMES)
+DENSE_FLOOR = "dense_floor"  # the conv/linear work alone (peers.dense_floor): a reference, never a peer
+DEFAULT_FRAMEWORKS = ("saec", *PEER_NAMES, DENSE_FLOOR)
 LR = 5e-4
 
 
@@ -392,8 +410,8 @@ def machine() -> str:
     return text
 
 
-def report(all_results: dict[int, dict[str, Result]], args: argparse.Namespace) -> tuple[float, float]:
-    """Print the markdown table; return (saec_vs_best_peer, mem_vs_snntorch)."""
+def report(all_results: dict[int, dict[str, Result]], args: argparse.Namespace) -> tuple[float, float, float]:
+    """Print the markdown table; return (saec_vs_best_peer, mem_vs_snntorch, saec_vs_dense_floor)."""
     import peers
     from saec.compiler.pipeline import compile_spec
 
@@ -405,7 +423,7 @@ def report(all_results: dict[int, dict[str, Result]], args: argparse.Namespace) 
     print("| T | framework | s/step | saec speed-up | img·T/s | GFLOP/s | CPU s/step | saec CPU speed-up "
           "| peak MB | mem / saec | MB per step |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    speedups = []
+    speedups, floor_ratios = [], []
     for T in Ts:
         res = all_results[T]
         _, graph = compile_spec(str(SPEC), [f"encoding.timesteps={T}"])
@@ -424,14 +442,18 @@ def report(all_results: dict[int, dict[str, Result]], args: argparse.Namespace) 
         peer_times = [r.median for n, r in res.items() if n in PEER_NAMES]
         if saec and peer_times:
             speedups.append(min(peer_times) / saec.median)
+        if saec and DENSE_FLOOR in res:
+            floor_ratios.append(res[DENSE_FLOOR].median / saec.median)
     speedup = min(speedups) if speedups else float("nan")
+    floor_ratio = min(floor_ratios) if floor_ratios else float("nan")
     last = all_results[Ts[-1]]
     mem_ratio = last["saec"].peak_mb / last["snntorch"].peak_mb if "saec" in last and "snntorch" in last \
         else float("nan")
     print("\nsaec speed-up = framework's s/step / saec's (>1: saec faster); GFLOP/s counts the nominal "
           "conv/linear FLOPs (3 x forward MACs x 2) per step; CPU s/step = the worker's process CPU time "
-          "(all threads), less sensitive to other load on the machine than wall time")
-    return speedup, mem_ratio
+          "(all threads), less sensitive to other load on the machine than wall time; dense_floor = the same "
+          "conv/linear work with ReLU for the LIF, no peer (saec_vs_dense_floor = its s/step / saec's)")
+    return speedup, mem_ratio, floor_ratio
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -485,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for T in args.timesteps:
         all_results[T] = run_timesteps(T, names, args)
-    speedup, mem_ratio = report(all_results, args)
+    speedup, mem_ratio, floor_ratio = report(all_results, args)
     print(f"(benchmark wall time {time.perf_counter() - t0:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps({
@@ -493,9 +515,10 @@ def main(argv: list[str] | None = None) -> int:
             "results": {str(T): {n: {"seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "median": r.median,
                                      "peak_mb": r.peak_mb, "loss": r.loss} for n, r in res.items()}
                         for T, res in all_results.items()},
-            "saec_vs_best_peer": speedup, "mem_vs_snntorch": mem_ratio,
+            "saec_vs_best_peer": speedup, "mem_vs_snntorch": mem_ratio, "saec_vs_dense_floor": floor_ratio,
             "plans": {str(T): {"source": p.source, "plan": p.plan.to_dict()} for T, p in args.plans.items()}},
             indent=1))
+    print(f"saec_vs_dense_floor={floor_ratio:.2f}")
     print(f"saec_vs_best_peer={speedup:.2f} mem_vs_snntorch={mem_ratio:.2f}")
     return 0
 

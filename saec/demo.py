@@ -60,6 +60,20 @@ def validation_overrides(data_dir: str | None) -> tuple[list[str], str]:
             "a held-out tenth of mnist5k (500 images; the MNIST test set was not found: pass --data-dir to use it)")
 
 
+def schedule_overrides(epochs: int = SCHEDULE["epochs"], timesteps: int = SCHEDULE["timesteps"]) -> list[str]:
+    """``--set`` overrides of :data:`SPEC` for the demo's data and schedule (validation apart).
+
+    Also used by ``benchmarks/time_to_quality.py``, which trains exactly what the demo trains.
+
+    Args:
+        epochs: passes over mnist5k.
+        timesteps: T, simulation steps per image.
+    """
+    return ["data.dataset=mnist5k", f"encoding.timesteps={timesteps}", f"training.epochs={epochs}",
+            f"training.lr={SCHEDULE['lr']}", f"training.batch_size={SCHEDULE['batch_size']}",
+            f"training.schedule.type={SCHEDULE['schedule']}"]
+
+
 def all_zero_rec_loss(images, batch_size: int) -> float:
     """L_rec of an all-zero reconstruction (sum of x^2 per image), averaged like ``eval.json``'s rec_loss."""
     from saec.analysis.metrics import reconstruction_loss_stats
@@ -89,9 +103,7 @@ def run_demo(out: Path, *, data_dir: str | None = None, epochs: int = SCHEDULE["
     from saec.run.train import train
 
     val_sets, val_text = validation_overrides(data_dir)
-    overrides = ["data.dataset=mnist5k", f"encoding.timesteps={timesteps}", f"training.epochs={epochs}",
-                 f"training.lr={SCHEDULE['lr']}", f"training.batch_size={SCHEDULE['batch_size']}",
-                 f"training.schedule.type={SCHEDULE['schedule']}", *val_sets]
+    overrides = [*schedule_overrides(epochs, timesteps), *val_sets]
     loaded, graph = compile_spec(str(SPEC), overrides)
     spec = loaded.spec
     log(f"saec demo: {SPEC.name} on mnist5k (5,000 embedded MNIST training images), T={timesteps}, "

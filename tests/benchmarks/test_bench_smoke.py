@@ -195,3 +195,64 @@ def test_the_report_prints_the_plan_saec_ran_with_and_replan_measures_it(tmp_pat
     assert "\n  output output_algorithm: onednn\n" in out
     assert [planning.ExecutionPlan.from_dict(doc).summary() for doc in ran] == [
         "conv_transpose2d(16x24x24->1x28x28 k5x5 s1x1 p0x0) output_algorithm=onednn"]
+
+
+# ---------------------------------------------------------------- the dense floor
+FLOOR_LINE = re.compile(r"^saec_vs_dense_floor=(\S+)$")
+
+
+def test_smoke_run_reports_the_dense_floor_before_the_summary():
+    done = _run("--frameworks", "saec", "dense_floor", "--timesteps", "2", "--rounds", "1")
+    lines = done.stdout.strip().splitlines()
+    assert SUMMARY.match(lines[-1]), lines[-1]
+    match = FLOOR_LINE.match(lines[-2])
+    assert match, lines[-2]
+    assert float(match.group(1)) > 0 and math.isfinite(float(match.group(1)))
+    rows = {line.split("|")[2].strip(): line.split("|") for line in lines if line.startswith("| 2 |")}
+    assert set(rows) == {"saec", "dense_floor"}
+    assert float(rows["dense_floor"][3]) > 0  # its s/step
+    # no peer ran: the dense floor does not stand in for one
+    assert lines[-1].startswith("saec_vs_best_peer=nan ")
+
+
+def test_dense_floor_never_counts_as_a_peer():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import argparse
+
+    import train_step
+
+    def result(name, T, seconds):
+        return train_step.Result(name, T, seconds=[seconds], cpu_seconds=[seconds], peak_mb=100.0)
+
+    # the dense floor is the fastest at both T; the best peer (snntorch) is 2x / 3x slower than saec
+    all_results = {T: {"saec": result("saec", T, 1.0 * T), "snntorch": result("snntorch", T, k * T),
+                       "dense_floor": result("dense_floor", T, 0.5 * T)}
+                   for T, k in ((2, 2.0), (3, 3.0))}
+    args = argparse.Namespace(device="cpu", threads=1, batch=2, rounds=1, warmup=0)
+    speedup, mem_ratio, floor_ratio = train_step.report(all_results, args)
+    assert speedup == pytest.approx(2.0) and mem_ratio == pytest.approx(1.0)
+    assert floor_ratio == pytest.approx(0.5)
+
+
+def test_dense_floor_does_the_nominal_conv_linear_work():
+    """Forward, input and weight gradients of the six synapses on [T*B, ...]: the nominal count of
+    peers.nominal_flops, less the first layer's input gradient (its input, the spikes, needs none)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import peers
+    from saec.compiler.pipeline import compile_spec
+    from saec.runtime.model import SpikingAutoencoder
+
+    T, B = 2, 2
+    _, graph = compile_spec(str(REPO / "specs" / "sae_dense.yaml"), [f"encoding.timesteps={T}"])
+    init = SpikingAutoencoder(graph)
+    init.reset_parameters(torch.Generator().manual_seed(0))
+    step = peers.dense_floor(graph, init.ir_state_dict(), 5e-4, torch.device("cpu"))
+    x = torch.rand(B, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with FlopCounterMode(display=False) as counter:
+        loss = step(x, torch.Generator().manual_seed(2))
+    conv1_input_grad = 2 * graph.meta("conv1")["macs"] * T * B
+    assert counter.get_total_flops() == peers.nominal_flops(graph, T, B) - conv1_input_grad
+    assert math.isfinite(loss)
