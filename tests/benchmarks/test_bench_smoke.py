@@ -228,7 +228,7 @@ def test_dense_floor_never_counts_as_a_peer():
     all_results = {T: {"saec": result("saec", T, 1.0 * T), "snntorch": result("snntorch", T, k * T),
                        "dense_floor": result("dense_floor", T, 0.5 * T)}
                    for T, k in ((2, 2.0), (3, 3.0))}
-    args = argparse.Namespace(device="cpu", threads=1, batch=2, rounds=1, warmup=0)
+    args = argparse.Namespace(device="cpu", threads=1, batch=2, rounds=1, warmup=0, plans={})
     speedup, mem_ratio, floor_ratio = train_step.report(all_results, args)
     assert speedup == pytest.approx(2.0) and mem_ratio == pytest.approx(1.0)
     assert floor_ratio == pytest.approx(0.5)

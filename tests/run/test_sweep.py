@@ -510,29 +510,30 @@ def test_shipped_claims_sweep_runs_the_papers_models_on_the_probed_schedule(tmp_
     from saec.compiler.pipeline import compile_spec
 
     sweep = S.load_sweep(SPECS / "sweeps" / "claims_cpu.yaml")
-    assert sweep.configs == ("SAE", "SAE-sparse", "SAE-dense", "SAE-dense-saec", "AE", "AE-l2", "VAE", "beta-VAE")
+    assert sweep.configs == ("VAE", "beta-VAE", "SAE", "SAE-sparse", "SAE-dense", "SAE-dense-saec", "AE", "AE-l2")
     assert sweep.seeds == (0, 1, 2) and len(sweep.runs) == 24
     specs = {r.config: compile_spec(str(r.spec_file), r.set_args())[0].spec for r in sweep.runs if r.seed == 2}
     for name, spec in specs.items():
         t = spec.training
-        assert (spec.data.dataset, spec.data.validation.limit, t.batch_size, t.schedule.type, t.seed) == (
-            "mnist5k", 1000, 64, "cosine", 2), name
+        assert (spec.data.dataset, spec.data.validation.limit, t.batch_size, t.seed) == ("mnist5k", 1000, 64, 2), name
         if spec.kind == "sae":
-            assert (spec.encoding.timesteps, t.epochs, t.lr) == (8, 16, 1e-3), name
+            assert (spec.encoding.timesteps, t.epochs, t.lr, t.schedule.type) == (16, 4, 1e-4, "cosine"), name
+        elif spec.kind == "vae":
+            assert (t.epochs, t.lr, t.schedule.type) == (80, 1e-3, "constant"), name
         else:
-            assert (t.epochs, t.lr) == (8, 1e-4), name
+            assert (t.epochs, t.lr, t.schedule.type) == (8, 1e-4, "cosine"), name
     # the reference preset (the published code) for the paper's three SAEs, the deployable default beside them
     assert [specs[n].preset for n in ("SAE", "SAE-sparse", "SAE-dense", "SAE-dense-saec")] == [
         "reference", "reference", "reference", "saec"]
     assert specs["SAE-dense"].regularizers == specs["SAE-dense-saec"].regularizers
-    # 5,000 images / 64 = 79 steps per epoch when the test set validates: 12 spiking runs x 1,264 steps, 12 AE/VAE
-    # runs x 632
+    # 5,000 images / 64 = 79 steps per epoch when the test set validates: 12 spiking runs x 316 steps at T = 16,
+    # 6 AE runs x 632, 6 VAE runs x 6,320
     plans = S.plan_sweep(sweep, str(_fake_mnist(tmp_path / "mnist", "test")))
     assert {p.config: p.steps_per_run for p in plans} == {
-        **{n: 1264 for n in ("SAE", "SAE-sparse", "SAE-dense", "SAE-dense-saec")},
-        **{n: 632 for n in ("AE", "AE-l2", "VAE", "beta-VAE")}}
-    assert sum(p.steps_per_run * p.runs for p in plans) == 22_752
-    assert sum(p.steps_per_run * p.runs * p.timesteps for p in plans if p.kind == "sae") == 121_344
+        **{n: 316 for n in ("SAE", "SAE-sparse", "SAE-dense", "SAE-dense-saec")},
+        **{n: 632 for n in ("AE", "AE-l2")}, **{n: 6320 for n in ("VAE", "beta-VAE")}}
+    assert sum(p.steps_per_run * p.runs for p in plans) == 45_504
+    assert sum(p.steps_per_run * p.runs * p.timesteps for p in plans if p.kind == "sae") == 60_672
 
 
 def test_plan_of_custom_data_leaves_the_steps_unknown(tmp_path):
