@@ -12,7 +12,7 @@ frameworks alike; the reported time is the median per framework.
 Columns: seconds per step (median) and saec's speed-up against it (its
 s/step / saec's), image-timesteps per second (B*T / s), achieved GFLOP/s of
 the nominal conv/linear work (3 x forward MACs x 2 FLOPs; peers.nominal_flops),
-and peak memory: CPU, growth of the worker's peak RSS (ru_maxrss) over its RSS
+and peak memory: CPU, growth of the worker's peak RSS (VmHWM) over its RSS
 just before the first step; CUDA, torch.cuda.max_memory_allocated over the
 memory allocated before the first step. MB per time step is the slope of peak
 memory between the smallest and largest T.
@@ -28,10 +28,10 @@ Adam, in plain torch, with one ReLU in place of each LIF and a plain squared
 error in place of the readout and objective: what the dense kernels alone
 take on this machine. It runs interleaved with the others like a framework.
 
-saec runs with this machine's execution plan (saec/runtime/plan.py: chunk sizes, layouts,
-the output layer's algorithm, the pool's threshold), taken from the plan cache or measured
-first (``--replan``: measured again; ``SAEC_PLAN=default``: the built-in plan; ``--smoke``
-uses the built-in plan unless ``--replan``); the report prints it, one line per knob.
+saec runs with the built-in execution plan (saec/runtime/plan.py: chunk sizes, layouts, the
+output layer's algorithm, the pool's threshold) unless ``SAEC_PLAN=auto`` (the cached plan,
+measured first when none is cached) or ``--replan`` (measured again); the report prints it,
+one line per knob.
 
 The last line is ``saec_vs_best_peer=<x> mem_vs_snntorch=<y>``: x is the
 smallest, over the T values run, of (best peer's s/step) / (saec's s/step),
@@ -167,6 +167,22 @@ def _saec_trainer(name: str, graph, weights, device, plan_doc: dict | None = Non
     return step
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS: /proc/self/status VmHWM, the high-water mark of its own address space.
+
+    Not ``ru_maxrss``: Linux carries that over from the parent through fork and exec, so a worker
+    started after the coordinator planned (hundreds of MB) would report the coordinator's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -233,7 +249,7 @@ class Trainer:
     def peak_mb(self) -> float:
         if self.device.type == "cuda":
             return self.torch.cuda.max_memory_allocated() / 2**20 - self.base_mb
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self.base_mb
+        return _peak_rss_mb() - self.base_mb
 
 
 def _worker_main(args: argparse.Namespace) -> None:
@@ -346,7 +362,7 @@ def resolve_plans(args: argparse.Namespace) -> dict:
     from saec.runtime.plan import plan_policy, resolve_plan
 
     torch.set_num_threads(args.threads)  # the workers' count: the plan is measured (and cached) for it
-    policy = "replan" if args.replan else plan_policy("default" if args.smoke else "auto")
+    policy = "replan" if args.replan else plan_policy("default")  # SAEC_PLAN=auto: the cached (or a measured) plan
     plans = {}
     for T in args.timesteps:
         _, graph = compile_spec(str(SPEC), [f"encoding.timesteps={T}"])

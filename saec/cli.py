@@ -261,16 +261,17 @@ def train_cmd(
     With --resume DIR, continue an interrupted run and end with the same
     weights as an uninterrupted one.
 
-    On the CPU the run uses this machine's execution plan (see `saec plan`), measured
-    first when none is cached and the run has at least 200 steps; SAEC_PLAN=default
-    turns that off, SAEC_PLAN=replan measures again.
+    The run uses the built-in execution plan; SAEC_PLAN=auto uses this machine's cached
+    plan (see `saec plan`), measured first when none is cached and the run has at least
+    200 steps, SAEC_PLAN=replan measures it again.
     """
     from saec import api
     from saec.run.train import RunWriteFailed
     from saec.runtime.plan import plan_policy
     from saec.training.train import TrainingDiverged, TrainingInterrupted
 
-    plan = plan_policy("auto")  # the command line plans on first use; SAEC_PLAN=default turns it off
+    # built-in plan unless asked: measured per-layer plans were slower on the whole step (README, "Tuned per machine")
+    plan = plan_policy("default")
     try:
         if resume is not None:
             if spec is not None or set_ or target is not None:
