@@ -52,6 +52,20 @@ INSTALL = {
 SYNAPSES = ("conv1", "conv2", "latent", "fc_dec", "deconv1", "output")
 
 
+def available(frameworks: list[str]) -> list[str]:
+    """The frameworks that can run here; each missing peer is named on stderr with its install command."""
+    import sys
+
+    names = []
+    for name in frameworks:
+        reason = missing_peer(name)
+        if reason:
+            print(f"skipping {reason}", file=sys.stderr)
+        else:
+            names.append(name)
+    return names
+
+
 def missing_peer(name: str) -> str | None:
     """None when peer ``name`` imports, else the reason and the install command."""
     module = {"snntorch": "snntorch", "spikingjelly": "spikingjelly.activation_based.neuron"}.get(name)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,8 @@ sys.path.insert(0, str(REPO))
 # as the saec command line does (saec/cli.py), so the numbers are those of `saec train`: idle OpenMP workers
 # sleep instead of spinning (spinning burns CPU time, badly so on a loaded machine); set before torch loads
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from saec.runtime.plan import cpu_model  # noqa: E402  (the plan cache's fingerprint names the CPU the same way)
 
 
 def measure(run, threads: int, steps: int, warmup: int) -> tuple[float, float]:
@@ -136,15 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -580,13 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import peers
 
-        names = []
-        for name in args.frameworks:
-            reason = peers.missing_peer(name)
-            if reason:
-                print(f"skipping {reason}", file=sys.stderr)
-            else:
-                names.append(name)
+        names = peers.available(args.frameworks)
         t = config.training
         spec_line = (f"{demo.SPEC.name} on {config.data.dataset} ({config.data.validation.source} validation, "
                      f"{args.val_images} images), T={graph.attrs['timesteps']}, batch {t.batch_size}, "

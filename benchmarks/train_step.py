@@ -511,13 +511,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import peers
 
-    names = []
-    for name in args.frameworks:
-        reason = peers.missing_peer(name)
-        if reason:
-            print(f"skipping {reason}", file=sys.stderr)
-        else:
-            names.append(name)
+    names = peers.available(args.frameworks)
     args.plans = resolve_plans(args) if any(n.split(":")[0] == "saec" for n in names) else {}
     all_results = {}
     t0 = time.perf_counter()
