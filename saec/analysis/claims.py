@@ -17,10 +17,16 @@ The verdict rule, in order (the first that applies decides):
    L_rec an all-zero output scores on the same images (``eval.json``
    ``rec_loss_zero_output``). An untrained network says nothing about the
    paper's trained ones;
-3. **holds** when the two models' mean ± std intervals (population std over
+3. **not resolved** when the two models trained different numbers of
+   optimizer steps (``train_steps``, which the sweep adds from each run's
+   checkpoint): the paper trains every model for the same 10 epochs, so a
+   comparison at unequal budgets neither confirms nor refutes it (the claims
+   sweep gives each model family the shortest schedule at which it leaves the
+   all-zero output, which differ);
+4. **holds** when the two models' mean ± std intervals (population std over
    seeds) are apart in the claimed direction;
-4. **does not hold** when they are apart in the opposite direction;
-5. **not resolved** otherwise: the intervals overlap.
+5. **does not hold** when they are apart in the opposite direction;
+6. **not resolved** otherwise: the intervals overlap.
 
 The same rule, applied to the paper's own mean ± std, is shown beside it: a
 claim the paper's numbers do not separate either (AE 7.89 ± 4.83 vs beta-VAE
@@ -157,6 +163,27 @@ class Finding:
     paper_verdict: str
 
 
+def _steps_text(runs: Sequence[Mapping[str, Any]]) -> str | None:
+    """The runs' optimizer steps as one text ("9,480", or "316-632" when they differ); None when a run lacks them."""
+    steps = [m.get("train_steps") for m in runs]
+    if not steps or not all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
+        return None
+    lo, hi = min(steps), max(steps)
+    return f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
+
+
+def unequal_training(higher: str, higher_runs: Sequence[Mapping[str, Any]],
+                     lower: str, lower_runs: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why two models' results are not comparable because they trained unequal step counts (rule 3), or None.
+
+    Runs without ``train_steps`` (results from before the sweep recorded them) are not judged by this rule.
+    """
+    a, b = _steps_text(higher_runs), _steps_text(lower_runs)
+    if a is None or b is None or a == b:
+        return None
+    return f"unequal training: {higher} {a} optimizer steps, {lower} {b} (the paper trains both 10 epochs)"
+
+
 def judge(claim: Claim, results: Mapping[str, Sequence[Mapping[str, Any]]]) -> Finding:
     """Apply the module's verdict rule to ``claim``.
 
@@ -187,6 +214,9 @@ def judge(claim: Claim, results: Mapping[str, Sequence[Mapping[str, Any]]]) -> F
         why = not_learned(name, runs[name])
         if why is not None:
             return finding(NOT_RESOLVED, why)
+    why = unequal_training(claim.higher, runs[claim.higher], claim.lower, runs[claim.lower])
+    if why is not None:
+        return finding(NOT_RESOLVED, why)
     verdict = separated((hi.mean, hi.std), (lo.mean, lo.std))
     a, b = hi.cell(decimals), lo.cell(decimals)
     reason = {
@@ -227,6 +257,7 @@ def render_findings(rows: Sequence[Finding], *, source: str | None = None) -> st
     lines += ["", f"Rule (`saec.analysis.claims`): a claim holds when the two models' mean ± std (population std "
               f"over seeds) are apart in the paper's direction, does not hold when they are apart in the other "
               f"direction, and is not resolved when they overlap, when a model has fewer than {MIN_SEEDS} "
-              f"finished seeds, or when a seed's L_rec is not {LEFT_ZERO_MARGIN:.0%} below the all-zero "
-              f"output's on the same images."]
+              f"finished seeds, when a seed's L_rec is not {LEFT_ZERO_MARGIN:.0%} below the all-zero "
+              f"output's on the same images, or when the two models trained different numbers of optimizer "
+              f"steps."]
     return "\n".join(lines) + "\n"

@@ -742,11 +742,16 @@ def render_runs_csv(sweep: Sweep) -> str:
 
 
 def seed_results(sweep: Sweep) -> dict[str, list[dict]]:
-    """Configuration -> the ``eval.json`` of each of its complete runs, with ``seed`` added."""
+    """Configuration -> the ``eval.json`` of each of its complete runs, with ``seed`` added, and
+    ``train_steps`` (the optimizer steps the run trained, from its checkpoint manifest) where known."""
+    from saec.run.checkpoint import read_manifest
+
     results: dict[str, list[dict]] = {config: [] for config in sweep.configs}
     for run in sweep.runs:
         if _is_complete(run.folder):
-            results[run.config].append({**_read_eval(run.folder), "seed": run.seed})
+            steps = (read_manifest(run.folder) or {}).get("global_step")  # complete: the manifest is readable
+            extra = {"train_steps": steps} if isinstance(steps, int) and not isinstance(steps, bool) else {}
+            results[run.config].append({**_read_eval(run.folder), "seed": run.seed, **extra})
     return results
 
 

@@ -57,6 +57,27 @@ def test_a_model_at_the_all_zero_output_leaves_the_claim_unresolved():
     assert C.not_learned("SAE", [run(3, 77.0)]) is None
 
 
+def test_unequal_training_budgets_leave_the_claim_unresolved():
+    # The paper trains every model 10 epochs; the claims sweep gives each family its own schedule.
+    sae = [{**m, "train_steps": 9480} for m in seeds(60.0, 62.0, 64.0)]
+    dense = [{**m, "train_steps": 316} for m in seeds(40.0, 41.0, 42.0)]
+    result = C.judge(L_REC, {"SAE": sae, "SAE-dense": dense})
+    assert result.verdict == C.NOT_RESOLVED
+    assert result.reason == ("unequal training: SAE 9,480 optimizer steps, SAE-dense 316 "
+                             "(the paper trains both 10 epochs)")
+    # seeds of one model that differ among themselves are shown as a range
+    mixed = [{**m, "train_steps": s} for m, s in zip(seeds(40.0, 41.0, 42.0), (316, 316, 632))]
+    assert C.judge(L_REC, {"SAE": sae, "SAE-dense": mixed}).reason.startswith(
+        "unequal training: SAE 9,480 optimizer steps, SAE-dense 316-632")
+    # equal budgets are judged on the numbers; results without train_steps are not judged by this rule
+    same = [{**m, "train_steps": 9480} for m in seeds(40.0, 41.0, 42.0)]
+    assert C.judge(L_REC, {"SAE": sae, "SAE-dense": same}).verdict == C.HOLDS
+    assert C.judge(L_REC, {"SAE": sae, "SAE-dense": seeds(40.0, 41.0, 42.0)}).verdict == C.HOLDS
+    # the all-zero rule comes first: a model that has not learned is reported as such
+    zero = [{**m, "train_steps": 316} for m in seeds(81.5, 81.5, 81.5)]
+    assert C.judge(L_REC, {"SAE": sae, "SAE-dense": zero}).reason.startswith("SAE-dense seed 0 has not left")
+
+
 def test_an_eval_json_without_the_all_zero_value_is_not_judged():
     result = C.judge(L_REC, {"SAE": seeds(60.0, 62.0, 64.0, zero=None), "SAE-dense": seeds(40.0, 41.0, 42.0)})
     assert result.verdict == C.NOT_RESOLVED

@@ -503,6 +503,16 @@ def test_findings_judge_the_finished_runs_by_model_name(tmp_path):
     S.write_findings(S.load_sweep(sweep.file))
     assert "SAE-dense: latent ANR undefined for 3 of 3 seeds" in (tmp_path / "out" / "findings.md").read_text()
     assert [m["rec_loss"] for m in results["SAE"]] == [60.0, 62.0, 64.0]
+    assert all("train_steps" not in m for m in results["SAE"])  # no checkpoint manifest: steps unknown
+    # the checkpoint manifest's global step says how long each run trained: unequal budgets are not compared
+    from saec.run.checkpoint import MANIFEST, MANIFEST_FORMAT
+
+    for run, steps in zip(sweep.runs, (9480, 9480, 9480, 316, 316, 316)):
+        A.write_json(run.folder / MANIFEST, {"format": MANIFEST_FORMAT, "serial": 1, "global_step": steps,
+                                             "complete": True, "files": {A.WEIGHTS: "0", A.TRAIN_STATE: "0"}})
+    results = S.seed_results(S.load_sweep(sweep.file))
+    assert [m["train_steps"] for m in results["SAE"] + results["SAE-dense"]] == [9480] * 3 + [316] * 3
+    # (the verdict rule on unequal steps: tests/analysis/test_claims.py)
 
 
 def test_shipped_claims_sweep_runs_the_papers_models_on_the_probed_schedule(tmp_path):
