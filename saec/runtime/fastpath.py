@@ -375,11 +375,16 @@ class _SpikeInputSynapse(torch.autograd.Function):
                 if x is None and (dense_w or need_x or need_b):
                     x = _as_input(x_rows[a:b], op, sample, dtype, choice)
                 gx_c = gw_c = gb_c = None
-                if need_x or dense_w or need_b:
+                # oneDNN computes the weight gradient whenever the bias's is asked for (whatever the
+                # mask says), so with the spike-driven weight gradient the bias's is a plain sum
+                dense_b = need_b and not by_spikes
+                if need_x or dense_w or dense_b:
                     gx_c, gw_c, gb_c = torch.ops.aten.convolution_backward(
-                        g, x, w, [weight.shape[1 if transposed else 0]] if ctx.has_bias else None,
+                        g, x, w, [weight.shape[1 if transposed else 0]] if dense_b else None,
                         list(op.stride), list(op.padding), [1, 1], transposed,
-                        list(op.output_padding) if transposed else [0, 0], 1, [need_x, dense_w, need_b])
+                        list(op.output_padding) if transposed else [0, 0], 1, [need_x, dense_w, dense_b])
+                if by_spikes and need_b:
+                    gb_c = g.sum((0, 2, 3))
             if by_spikes:
                 spike_grad.add(x_rows[a:b], g)
             if need_x:
