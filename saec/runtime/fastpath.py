@@ -15,6 +15,13 @@ tensors. Forward calls the same kernels as the plain path on the same rows
 bit-identical; gradients agree within fp32 rounding (weight gradients are sums
 of chunk sums).
 
+The weight gradient itself needs the input only where it is 1: per row chunk, by the layer's
+plan (``SynapseChoice.weight_grad``) or, by default, by the chunk's input activity, backward
+computes it with the spike-driven C kernel (:func:`saec.runtime.kernels.cpu_spike.weight_grad`,
+work in proportion to the spikes, no multiplications) instead of oneDNN / MKL on the rebuilt
+float input, which is then not rebuilt at all where the input gradient does not need it (see
+:class:`_SpikeWeightGrad`). The forward is the same either way.
+
 An opt-in allocator setting (:func:`keep_freed_memory`) is kept for measurements.
 """
 
@@ -316,7 +323,10 @@ class _SpikeInputSynapse(torch.autograd.Function):
     (:mod:`saec.runtime.pool`). Backward likewise: per chunk the float input is
     rebuilt from the bool spikes, the weight gradient accumulated and the input
     gradient written into a pooled tensor in the producer's shape and layout, so
-    no whole-T float temporary is ever allocated.
+    no whole-T float temporary is ever allocated. A chunk whose weight gradient is
+    spike-driven (``choice.weight_grad``, or its input activity; float32 on the CPU,
+    ``spike_driven``) hands the bool spikes to the C kernel, and the float input is
+    rebuilt only where the input gradient's kernel choice needs it.
 
     Forward calls the same kernels on the same values as the plain path, row by row
     (on the CPU convolutions run channels-last; for a Conv2d that is bit-identical to
