@@ -16,9 +16,10 @@ activity (fraction of ones), and a random output gradient of the layer's output 
   parameter's layout (``fastpath._SpikeWeightGrad``: what the backward pays).
 
 All T*B rows at once (the backward works in row chunks of ~8 MB: the same work in pieces). After
-one untimed warm-up of each, each round times dense and spike one after the other (order alternating), the median of ``--rounds``
-is printed with the ratio dense / spike (> 1: the spike-driven gradient is faster) and the largest
-difference of the two gradients relative to the largest gradient element (fp32 summation order).
+one untimed warm-up of each, each round times dense and spike one after the other (order
+alternating); the median of ``--rounds`` is printed with the ratio dense / spike (> 1: the
+spike-driven gradient is faster) and the largest difference of the two gradients relative to the
+largest gradient element (fp32 summation order).
 
     python benchmarks/weight_grad.py [--spec specs/sae_dense.yaml] [--timesteps 16] [--batch 64]
                                      [--rounds 7] [--activities 0.01 0.03 0.1 0.2]

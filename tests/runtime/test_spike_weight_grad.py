@@ -176,6 +176,10 @@ BACKWARD_CASES = {
                            (150, 4, 5, 5), (4, 5, 5), {}),
     "conv_t": (ops.ConvTranspose2d(in_channels=4, out_channels=3, kernel_size=(3, 3)), (4, 3, 3, 3),
                (150, 4, 5, 5), (4, 5, 5), {}),
+    "conv2d_planned_contiguous": (ops.Conv2d(in_channels=3, out_channels=6, kernel_size=(3, 3)), (6, 3, 3, 3),
+                                  (150, 3, 7, 6), (3, 7, 6), {"channels_last": False}),
+    "conv2d_one_output_channel": (ops.Conv2d(in_channels=3, out_channels=1, kernel_size=(3, 3)), (1, 3, 3, 3),
+                                  (150, 3, 7, 6), (3, 7, 6), {}),
 }
 
 
@@ -185,7 +189,7 @@ def _backward_case(case, activity=0.05):
     x = torch.rand(x_shape, generator=torch.Generator().manual_seed(12)) < activity
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    return op, weight, x, sample, options
+    return op, weight, x, sample, dict(options)
 
 
 @pytest.fixture
@@ -207,11 +211,12 @@ def kernel_calls(monkeypatch):
 def test_backward_with_the_spike_driven_weight_gradient(case, chunk_rows, kernel_calls):
     """Forward bit-identical, input gradient bit-identical, dW within the fp32 bound of the dense dW."""
     op, weight, x, sample, options = _backward_case(case)
-    dense = _synapse_step(op, weight, x, sample, fastpath.SynapseChoice(chunk_rows=chunk_rows, weight_grad="dense"),
-                          **options)
+    layout = {"channels_last": options.pop("channels_last", True)}  # the Conv2d layout planned
+    dense = _synapse_step(op, weight, x, sample,
+                          fastpath.SynapseChoice(chunk_rows=chunk_rows, weight_grad="dense", **layout), **options)
     assert kernel_calls == []
-    spike = _synapse_step(op, weight, x, sample, fastpath.SynapseChoice(chunk_rows=chunk_rows, weight_grad="spike"),
-                          **options)
+    spike = _synapse_step(op, weight, x, sample,
+                          fastpath.SynapseChoice(chunk_rows=chunk_rows, weight_grad="spike", **layout), **options)
     assert kernel_calls == ([150] if chunk_rows is None else [75, 75])  # 150 rows: 2 chunks of >= 64
     assert torch.equal(spike[0], dense[0])  # the forward does not change
     assert torch.equal(spike[2], dense[2])  # nor the input gradient (same call, weight gradient masked out)
