@@ -15,6 +15,13 @@ tensors. Forward calls the same kernels as the plain path on the same rows
 bit-identical; gradients agree within fp32 rounding (weight gradients are sums
 of chunk sums).
 
+The weight gradient itself needs the input only where it is 1: per row chunk, by the layer's
+plan (``SynapseChoice.weight_grad``) or, by default, by the chunk's input activity, backward
+computes it with the spike-driven C kernel (:func:`saec.runtime.kernels.cpu_spike.weight_grad`,
+work in proportion to the spikes, no multiplications) instead of oneDNN / MKL on the rebuilt
+float input, which is then not rebuilt at all where the input gradient does not need it (see
+:class:`_SpikeWeightGrad`). The forward is the same either way.
+
 An opt-in allocator setting (:func:`keep_freed_memory`) is kept for measurements.
 """
 
@@ -38,6 +45,7 @@ from saec.compiler.dispatch import OpTable
 from saec.compiler.passes.shapes import output_shape
 from saec.runtime import pool as buffers
 from saec.runtime import spikedriven
+from saec.runtime.kernels import cpu_spike
 
 #: "1" lets glibc keep freed memory for reuse (:func:`keep_freed_memory`); off by default.
 ENV_KEEP_FREED_MEMORY = "SAEC_KEEP_FREED_MEMORY"
@@ -87,6 +95,15 @@ def keep_freed_memory() -> bool:
 OutputAlgorithm = Literal["gemm", "onednn"]
 OUTPUT_ALGORITHMS: tuple[str, ...] = ("gemm", "onednn")
 
+#: How a synapse's weight gradient is computed in the fast path's backward on the CPU: "dense"
+#: (oneDNN's convolution backward / MKL's matrix product on the float input rebuilt from the spikes)
+#: or "spike" (the spike-driven kernel, :func:`saec.runtime.kernels.cpu_spike.weight_grad`: work only
+#: where the input is 1). None (the built-in choice): per row chunk by the input's measured activity,
+#: spike-driven up to :data:`saec.runtime.spikedriven.WEIGHT_GRAD_MAX_ACTIVITY`. Either gives the
+#: same gradient within fp32 summation order; the forward is the same whatever the choice.
+WeightGrad = Literal["dense", "spike"]
+WEIGHT_GRAD_CHOICES: tuple[str, ...] = ("dense", "spike")
+
 
 @dataclass(frozen=True)
 class SynapseChoice:
@@ -102,19 +119,26 @@ class SynapseChoice:
         output_algorithm: a one-channel stride-1 transposed convolution's kernel (see
             :data:`OutputAlgorithm`). The two round differently, so every path of one model uses
             the same one (the model passes its choice to the reference and step-by-step paths too).
+        weight_grad: how the weight gradient is computed (see :data:`WeightGrad`); None: by the
+            input's activity. "spike" applies only where the kernel does (float32 on the CPU, the
+            kernel built, ``SAEC_SPIKE_DRIVEN`` not "0"); elsewhere the dense gradient runs.
 
     Raises:
-        ValueError: an unknown algorithm or a chunk size below one (on construction).
+        ValueError: an unknown algorithm or weight-gradient choice, or a chunk size below one
+            (on construction).
     """
 
     chunk_rows: int | None = None
     chunk_bytes: int | None = None
     channels_last: bool = True
     output_algorithm: OutputAlgorithm = "gemm"
+    weight_grad: WeightGrad | None = None
 
     def __post_init__(self) -> None:
         if self.output_algorithm not in OUTPUT_ALGORITHMS:
             raise ValueError(f"output algorithm must be one of {OUTPUT_ALGORITHMS}, got {self.output_algorithm!r}")
+        if self.weight_grad is not None and self.weight_grad not in WEIGHT_GRAD_CHOICES:
+            raise ValueError(f"weight_grad must be one of {WEIGHT_GRAD_CHOICES} or None, got {self.weight_grad!r}")
         for name in ("chunk_rows", "chunk_bytes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -299,7 +323,10 @@ class _SpikeInputSynapse(torch.autograd.Function):
     (:mod:`saec.runtime.pool`). Backward likewise: per chunk the float input is
     rebuilt from the bool spikes, the weight gradient accumulated and the input
     gradient written into a pooled tensor in the producer's shape and layout, so
-    no whole-T float temporary is ever allocated.
+    no whole-T float temporary is ever allocated. A chunk whose weight gradient is
+    spike-driven (``choice.weight_grad``, or its input activity; float32 on the CPU,
+    ``spike_driven``) hands the bool spikes to the C kernel, and the float input is
+    rebuilt only where the input gradient's kernel choice needs it.
 
     Forward calls the same kernels on the same values as the plain path, row by row
     (on the CPU convolutions run channels-last; for a Conv2d that is bit-identical to
@@ -310,12 +337,12 @@ class _SpikeInputSynapse(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, x_bool, weight, bias, op, lead, sample, contiguous_out, out_sample, choice):
+    def forward(ctx, x, x_bool, weight, bias, op, lead, sample, contiguous_out, out_sample, choice, spike_driven):
         pool = buffers.active()
         n = math.prod(lead)
         src = x.reshape(n, *x.shape[len(lead):])  # a view for time-major dense layouts
         ctx.op, ctx.has_bias, ctx.x_dtype, ctx.pool = op, bias is not None, x.dtype, pool
-        ctx.lead, ctx.sample, ctx.choice = lead, sample, choice
+        ctx.lead, ctx.sample, ctx.choice, ctx.spike_driven = lead, sample, choice, spike_driven
         ctx.save_for_backward(x_bool, weight)
         out = _forward_rows(op, weight, bias, src, sample, contiguous_out, out_sample, pool, choice)
         ctx.compute_dtype = out.dtype
@@ -337,25 +364,117 @@ class _SpikeInputSynapse(torch.autograd.Function):
         gx_rows = gx.reshape(n, *gx.shape[len(lead):]) if need_x else None
         gw = gb = None
         transposed = isinstance(op, ops.ConvTranspose2d)
-        for a, b in _chunks(n, math.prod(sample), g_rows[0].numel(), 4, grad.device, choice):
-            x = _as_input(x_rows[a:b], op, sample, dtype, choice)
+        chunks = _chunks(n, math.prod(sample), g_rows[0].numel(), 4, grad.device, choice)
+        spike_grad = (_SpikeWeightGrad(op, param, sample, max(b - a for a, b in chunks))
+                      if need_w and ctx.spike_driven and choice.weight_grad != "dense"
+                      and spikedriven.weight_grad_applies(op, param, dtype, grad.device, sample) else None)
+        for a, b in chunks:
+            by_spikes = spike_grad is not None and spike_grad.wants(x_rows[a:b], choice)
+            dense_w = need_w and not by_spikes
             g = g_rows[a:b].to(dtype)
             if isinstance(op, ops.Linear):
                 # addmm's own backward formulas (same kernels as autograd)
                 g = g.reshape(g.shape[0], -1) if g.dim() > 2 else g.contiguous()
                 gx_c = g.mm(weight) if need_x else None
-                gw_c = g.t().mm(x) if need_w else None
+                gw_c = g.t().mm(_as_input(x_rows[a:b], op, sample, dtype, choice)) if dense_w else None
                 gb_c = g.sum(0) if need_b else None
             else:
-                g = channels_last(g) if _prefers_channels_last(op, g, choice) else g.contiguous()
-                gx_c, gw_c, gb_c = torch.ops.aten.convolution_backward(
-                    g, x, weight, [weight.shape[1 if transposed else 0]] if ctx.has_bias else None,
-                    list(op.stride), list(op.padding), [1, 1], transposed,
-                    list(op.output_padding) if transposed else [0, 0], 1, [need_x, need_w, need_b])
+                layout_cl = _prefers_channels_last(op, g, choice)
+                g = channels_last(g) if layout_cl else g.contiguous()
+                x, w = spike_grad.shape_only(g, weight, layout_cl) if by_spikes else (None, weight)
+                if x is None and (dense_w or need_x or need_b):
+                    x = _as_input(x_rows[a:b], op, sample, dtype, choice)
+                gx_c = gw_c = gb_c = None
+                # oneDNN computes the weight gradient whenever the bias's is asked for (whatever the
+                # mask says), so with the spike-driven weight gradient the bias's is a plain sum
+                dense_b = need_b and not by_spikes
+                if need_x or dense_w or dense_b:
+                    gx_c, gw_c, gb_c = torch.ops.aten.convolution_backward(
+                        g, x, w, [weight.shape[1 if transposed else 0]] if dense_b else None,
+                        list(op.stride), list(op.padding), [1, 1], transposed,
+                        list(op.output_padding) if transposed else [0, 0], 1, [need_x, dense_w, dense_b])
+                if by_spikes and need_b:
+                    gb_c = g.sum((0, 2, 3))
+            if by_spikes:
+                spike_grad.add(x_rows[a:b], g)
             if need_x:
                 _into_rows(gx_rows[a:b], gx_c)
             gw, gb = _accumulate(gw, gw_c), _accumulate(gb, gb_c)
-        return gx, None, _like(gw, param), _cast(gb, param.dtype), None, None, None, None, None, None
+        if spike_grad is not None:
+            gw = _accumulate(gw, spike_grad.total())
+        return (gx, None, _like(gw, param), _cast(gb, param.dtype), None, None, None, None, None, None, None)
+
+
+class _SpikeWeightGrad:
+    """One backward's spike-driven weight gradient of a synapse (the C kernel,
+    :func:`saec.runtime.kernels.cpu_spike.weight_grad`), summed over the row chunks it is given.
+
+    Each of the kernel's threads adds its rows into its own partial gradient (in the kernel's
+    arranged weight layout, out channels innermost); :meth:`total` sums them and turns the sum
+    into the parameter's shape. Float32 only (:func:`saec.runtime.spikedriven.weight_grad_applies`).
+    """
+
+    def __init__(self, op: ops.Op, param: Tensor, sample: tuple[int, ...], max_rows: int) -> None:
+        self.op, self.sample, self.param = op, sample, param
+        self.partials: Tensor | None = None
+        self.max_rows = max_rows
+        self._weight_channels_last: Tensor | None = None
+
+    def wants(self, x_rows: Tensor, choice: SynapseChoice) -> bool:
+        """Whether the chunk ``x_rows`` gets the spike-driven gradient: the choice says "spike", or it
+        says nothing and the chunk's input activity is at most the crossover."""
+        if choice.weight_grad == "spike":
+            return True
+        return spikedriven.input_activity(x_rows) <= spikedriven.WEIGHT_GRAD_MAX_ACTIVITY
+
+    def add(self, x_rows: Tensor, g: Tensor) -> None:
+        """Add the gradient of the chunk's input rows ``x_rows`` [n, *source shape] (bool) and output
+        gradient rows ``g`` (float32, as the dense backward has them).
+
+        Raises:
+            MemoryError: the kernel could not get its few kilobytes of scratch memory.
+        """
+        if not cpu_spike.grad_rows_supported(self.op, g):  # a contiguous-planned Conv2d: channels-last rows
+            g = g.contiguous(memory_format=torch.channels_last)
+        if self.partials is None:
+            shape = cpu_spike.arranged_weight_shape(self.op, tuple(self.param.shape))
+            self.partials = torch.zeros(cpu_spike.weight_grad_workers(self.max_rows), *shape,
+                                        dtype=torch.float32, device=self.param.device)
+        if not cpu_spike.weight_grad(self.op, x_rows, g, self.sample, self.partials):
+            raise MemoryError("the spike-driven weight gradient could not allocate its scratch memory")
+
+    def total(self) -> Tensor | None:
+        """The summed weight gradient in the parameter's shape (a view; None when no chunk was added)."""
+        if self.partials is None:
+            return None
+        return cpu_spike.from_arranged(self.op, self.partials.sum(0))
+
+    def shape_only(self, g: Tensor, weight: Tensor, channels_last_mode: bool) -> tuple[Tensor | None, Tensor]:
+        """A stand-in for a convolution's float input, and the weight to pass with it, for an
+        input-gradient-only ``convolution_backward`` (its input gradient reads the input's shape and
+        layout, never its values), so that the float input need not be rebuilt; (None, weight) where
+        the stand-in could change which kernel runs (the caller then rebuilds the input).
+
+        oneDNN picks the channels-last kernel from the input's or the weight's layout. The stand-in is
+        a broadcast zero (no memory, no layout), so in channels-last mode the weight is passed
+        channels-last instead; that layout is unambiguous only when the weight's dimension 1 and the
+        input's channels exceed 1 (otherwise channels-last strides equal contiguous ones and the kernel
+        choice could change: the one-channel output layer, a one-channel input).
+
+        Args:
+            g: the chunk's output gradient (its dtype and device; its rows count).
+            weight: the weight as the dense backward passes it.
+            channels_last_mode: the dense backward runs this op channels-last (:func:`_prefers_channels_last`).
+        """
+        rows = g.shape[0]
+        stand_in = torch.zeros((), dtype=g.dtype, device=g.device).expand(rows, *self.sample)
+        if not channels_last_mode:  # the contiguous kernel, as the dense path runs it
+            return (stand_in, weight) if weight.is_contiguous() else (None, weight)
+        if weight.shape[1] == 1 or self.sample[0] == 1:
+            return None, weight
+        if self._weight_channels_last is None or self._weight_channels_last.dtype != weight.dtype:
+            self._weight_channels_last = weight.contiguous(memory_format=torch.channels_last)
+        return stand_in, self._weight_channels_last
 
 
 def _forward_rows(op: ops.Op, weight: Tensor, bias: Tensor | None, src: Tensor, sample: tuple[int, ...],
@@ -447,7 +566,9 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
             channels-last (an unflatten moved before the LIF layer, for spikes that a
             convolution reads next).
         spike_driven: without autograd, run the spike-driven synapse where it applies
-            (:mod:`saec.runtime.spikedriven`); False: always the dense synapse.
+            (:mod:`saec.runtime.spikedriven`), with autograd the spike-driven weight gradient where
+            ``choice.weight_grad`` and the input's activity say so; False: always the dense synapse
+            and weight gradient.
         choice: the layer's chunk size, Conv2d layout and output-layer algorithm (the plan's).
 
     Returns:
@@ -470,4 +591,4 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
     if out_sample is not None and not isinstance(op, ops.Linear):
         raise ValueError("out_sample applies to Linear synapses only")
     return _SpikeInputSynapse.apply(x, x_bool, weight, bias, op, lead, sample, contiguous_out,
-                                    None if out_sample is None else tuple(out_sample), choice)
+                                    None if out_sample is None else tuple(out_sample), choice, spike_driven)

@@ -60,6 +60,7 @@ from saec.compiler.passes.shapes import output_shape
 from saec.errors import UserError
 from saec.runtime import fastpath
 from saec.runtime import pool as buffers
+from saec.runtime import spikedriven
 
 #: ``SAEC_PLAN``: which plan the runtime uses (see :data:`PLAN_POLICIES`).
 ENV_PLAN = "SAEC_PLAN"
@@ -75,8 +76,12 @@ CACHE_FORMAT = 1
 CHUNK_CANDIDATE_BYTES: tuple[int, ...] = (2 << 20, 32 << 20)
 #: Pool thresholds tried besides the built-in 1 MiB.
 POOL_CANDIDATE_BYTES: tuple[int, ...] = (256 << 10, 16 << 20)
-#: Spike density of the synthetic inputs (the kernels are dense: the values do not change the work).
-SYNTHETIC_SPIKE_RATE = 0.2
+#: Spike density of the synthetic inputs of a layer that reads the Poisson encoding, and of one that
+#: reads a LIF layer's spikes. The dense kernels' work does not depend on it, the spike-driven weight
+#: gradient's does (``weight_grad``): realistic values, PROVISIONAL (the trained SAE's LIF layers fire
+#: at 1-5 %; the encoding's density depends on the images and ``encoding.scale``).
+SYNTHETIC_ENCODED_RATE = 0.1
+SYNTHETIC_SPIKE_RATE = 0.03
 
 
 def thread_candidates() -> list[int | None]:
@@ -100,12 +105,15 @@ class LayerPlan:
             the op's own output layout, the reader converts.
         output_algorithm: a one-channel stride-1 transposed convolution's kernel,
             ``gemm`` or ``onednn`` (:data:`saec.runtime.fastpath.OutputAlgorithm`).
+        weight_grad: how the weight gradient is computed in training, ``dense`` or ``spike``
+            (:data:`saec.runtime.fastpath.WeightGrad`); null: per row chunk by the input's activity.
     """
 
     chunk_rows: int | None = None
     channels_last: bool = True
     handoff_layout: bool = True
     output_algorithm: str = "gemm"
+    weight_grad: str | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_rows is not None and (type(self.chunk_rows) is not int or self.chunk_rows < 1):
@@ -116,6 +124,9 @@ class LayerPlan:
         if self.output_algorithm not in fastpath.OUTPUT_ALGORITHMS:
             raise ValueError(f"output_algorithm must be one of {', '.join(fastpath.OUTPUT_ALGORITHMS)}, "
                              f"got {self.output_algorithm!r}")
+        if self.weight_grad is not None and self.weight_grad not in fastpath.WEIGHT_GRAD_CHOICES:
+            raise ValueError(f"weight_grad must be one of {', '.join(fastpath.WEIGHT_GRAD_CHOICES)} or null, "
+                             f"got {self.weight_grad!r}")
 
 
 DEFAULT_LAYER = LayerPlan()
@@ -162,7 +173,8 @@ class ExecutionPlan:
         """The fast path's form of the layer's choices."""
         layer = self.layer(key)
         return fastpath.SynapseChoice(chunk_rows=layer.chunk_rows, chunk_bytes=self.chunk_bytes,
-                                      channels_last=layer.channels_last, output_algorithm=layer.output_algorithm)
+                                      channels_last=layer.channels_last, output_algorithm=layer.output_algorithm,
+                                      weight_grad=layer.weight_grad)
 
     @property
     def is_default(self) -> bool:
@@ -212,6 +224,9 @@ class ExecutionPlan:
                            if value is None else "planned")
                     lines.append(f"{layer.node} chunk_rows: {rows} ({how}; {chunks} chunk{'s' * (chunks > 1)} "
                                  f"of {layer.rows} rows at B={layer.batch})")
+                elif knob == "weight_grad" and value is None:
+                    lines.append(f"{layer.node} weight_grad: by input activity, spike-driven up to "
+                                 f"{spikedriven.WEIGHT_GRAD_MAX_ACTIVITY} (default)")
                 else:
                     lines.append(f"{layer.node} {knob}: {value}" + (" (default)" if value == default else ""))
         return lines
@@ -283,6 +298,7 @@ class SynapseLayer:
             knobs.append("channels_last")
         if self.handoff:
             knobs.append("handoff_layout")
+        knobs.append("weight_grad")
         knobs.append("chunk_rows")
         return knobs
 
@@ -371,12 +387,13 @@ class _Bench:
             weight = (torch.randn(shapes["weight"], generator=gen) * 0.05).to(dtype).requires_grad_()
             bias = torch.zeros(shapes["bias"], dtype=dtype).requires_grad_() if "bias" in shapes else None
             self.weights[layer.node] = (weight, bias)
-            self.inputs[layer.node] = self.spikes((*self.lead, *layer.sample), dtype, gen)
+            rate = SYNTHETIC_ENCODED_RATE if layer.reads_encoder else SYNTHETIC_SPIKE_RATE
+            self.inputs[layer.node] = self.spikes((*self.lead, *layer.sample), dtype, gen, rate)
             self.fired[layer.node] = self.inputs[layer.node] != 0
 
     @staticmethod
-    def spikes(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> Tensor:
-        x = (torch.rand(shape, generator=gen) < SYNTHETIC_SPIKE_RATE).to(dtype)
+    def spikes(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator, rate: float) -> Tensor:
+        x = (torch.rand(shape, generator=gen) < rate).to(dtype)
         if len(shape) == 5:  # per step channels-last, as the LIF scan hands out a convolution's spikes
             t, b = shape[:2]
             x = x.reshape(t * b, *shape[2:]).contiguous(memory_format=torch.channels_last).reshape(shape)
@@ -450,6 +467,10 @@ def _candidates(layer: SynapseLayer, knob: str) -> list[Any]:
         return _chunk_candidates(layer)
     if knob == "output_algorithm":
         return list(fastpath.OUTPUT_ALGORITHMS)
+    if knob == "weight_grad":  # planned only where the spike-driven kernel can run
+        usable = spikedriven.weight_grad_applies(layer.op, torch.empty(0), torch.float32, torch.device("cpu"),
+                                                 layer.sample)
+        return [None, *fastpath.WEIGHT_GRAD_CHOICES] if usable else [None]
     return [True, False]
 
 

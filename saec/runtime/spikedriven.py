@@ -17,6 +17,13 @@ input activity (the fraction of ones, estimated on a spread sample of rows) is a
 ``SAEC_SPIKE_DRIVEN=0``; per layer, a caller (an execution plan) passes ``max_activity``
 to :func:`synapse` (0: never, 1: whenever the kernel applies).
 
+Training uses the same kernel source for the weight gradient (:func:`weight_grad_applies`,
+:data:`WEIGHT_GRAD_MAX_ACTIVITY`; the fast path's backward, :mod:`saec.runtime.fastpath`): dW =
+sum over rows of g (x) x needs work only where x is 1, each active input adding a window of the
+output gradient into its weight taps. The forward stays dense (its spikes bit-identical to the
+reference path); the weight gradient differs from the dense one by fp32 summation order only.
+``SAEC_SPIKE_DRIVEN=0`` and ``Execution(spike_driven=False)`` turn it off too.
+
 Same answers within fp32 rounding: a 1 adds its weight exactly, so the currents
 differ from the dense path's only in the order of the additions (the kernel adds
 in the input's memory order, oneDNN and MKL in blocked orders). A neuron whose
@@ -29,6 +36,7 @@ such neurons).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import weakref
 from contextlib import contextmanager
@@ -42,7 +50,7 @@ from saec.compiler.passes.shapes import output_shape
 from saec.runtime import pool as buffers
 from saec.runtime.kernels import cpu_spike
 
-#: "0" turns spike-driven inference off (the dense synapses run).
+#: "0" turns spike-driven inference and the spike-driven weight gradient off (the dense synapses run).
 ENV_SWITCH = "SAEC_SPIKE_DRIVEN"
 
 #: A layer whose input has a larger fraction of ones runs the dense synapse. The kernel does
@@ -53,12 +61,21 @@ ENV_SWITCH = "SAEC_SPIKE_DRIVEN"
 #: benchmarks/inference.py prints every layer's input activity beside the timings.
 MAX_ACTIVITY = 0.2
 
+#: The weight gradient's crossover: a row chunk whose input has a larger fraction of ones gets the
+#: dense weight gradient (oneDNN's / MKL's), a sparser one the spike-driven kernel's, where a layer's
+#: execution plan does not choose (``SynapseChoice.weight_grad``). The kernel does (fraction x the
+#: dense multiply-adds) additions, each a load, add and store of a weight-gradient element with no
+#: register blocking, where a dense GEMM runs near the CPU's peak: PROVISIONAL, not measured on a
+#: quiet machine; ``python benchmarks/weight_grad.py`` times both per layer and activity to set it.
+WEIGHT_GRAD_MAX_ACTIVITY = 0.1
+
 #: Rows sampled (spread over time steps and images) to estimate a layer's input activity.
 ACTIVITY_SAMPLE_ROWS = 64
 
 
 def is_on() -> bool:
-    """Whether spike-driven inference is allowed in this process (``$SAEC_SPIKE_DRIVEN`` is not "0")."""
+    """Whether spike-driven inference and weight gradients are allowed in this process
+    (``$SAEC_SPIKE_DRIVEN`` is not "0")."""
     return os.environ.get(ENV_SWITCH, "1") != "0"
 
 
@@ -72,6 +89,18 @@ def applies(op: ops.Op, weight: Tensor, rows: Tensor) -> bool:
     if torch.is_autocast_enabled("cpu"):
         return False
     return cpu_spike.supports(op, rows, weight)
+
+
+def weight_grad_applies(op: ops.Op, weight: Tensor, dtype: torch.dtype, device: torch.device,
+                        sample: tuple[int, ...]) -> bool:
+    """Whether the spike-driven weight gradient can run for ``op`` in a backward that computes in
+    ``dtype`` on ``device``: switched on (``$SAEC_SPIKE_DRIVEN`` is not "0"), float32 (bf16 / autocast
+    keep the dense path: the kernel sums in float32), CPU, a conv2d / transposed conv2d / linear on
+    input rows of shape ``sample`` (at most 4 dimensions, int32 indices), the kernel built (this call
+    builds it on first use)."""
+    return (is_on() and dtype == torch.float32 and weight.dtype == torch.float32 and device.type == "cpu"
+            and weight.device.type == "cpu" and type(op) in (ops.Linear, ops.Conv2d, ops.ConvTranspose2d)
+            and len(sample) <= 4 and 0 < math.prod(sample) < 1 << 31 and cpu_spike.library() is not None)
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from saec.run import artifacts as A
 from saec.runtime import fastpath
 from saec.runtime import plan as planning
 from saec.runtime.execution import Execution
+from saec.runtime.kernels import cpu_spike
 from saec.runtime.model import SpikingAutoencoder
 from saec.runtime.plan import DEFAULT_LAYER, DEFAULT_PLAN, ExecutionPlan, LayerPlan
 from saec.training import train as loop
@@ -88,13 +89,16 @@ PLAN_CASES = {
     "channels_last=False": lambda m: ExecutionPlan(layers=_every_layer(m, channels_last=False)),
     "handoff_layout=False": lambda m: ExecutionPlan(layers=_every_layer(m, handoff_layout=False)),
     "output_algorithm=onednn": lambda m: ExecutionPlan(layers=_every_layer(m, output_algorithm="onednn")),
+    "weight_grad=dense": lambda m: ExecutionPlan(layers=_every_layer(m, weight_grad="dense")),
+    "weight_grad=spike": lambda m: ExecutionPlan(layers=_every_layer(m, weight_grad="spike")),
     "min_pooled_bytes=1024": lambda m: ExecutionPlan(min_pooled_bytes=1024),
     "min_pooled_bytes=256KiB": lambda m: ExecutionPlan(min_pooled_bytes=256 << 10),
     "min_pooled_bytes=16MiB": lambda m: ExecutionPlan(min_pooled_bytes=16 << 20),
     **{f"threads={k}": (lambda m, k=k: ExecutionPlan(threads=k)) for k in planning.thread_candidates() if k},
     "everything off the default": lambda m: ExecutionPlan(
         min_pooled_bytes=1024, threads=1,
-        layers=_every_layer(m, chunk_rows=64, channels_last=False, handoff_layout=False, output_algorithm="onednn")),
+        layers=_every_layer(m, chunk_rows=64, channels_last=False, handoff_layout=False, output_algorithm="onednn",
+                            weight_grad="spike")),
 }
 
 
@@ -209,6 +213,19 @@ def test_each_layer_knob_changes_what_runs(monkeypatch, knob, value, observed, d
     assert observed(_observe(monkeypatch, model, plan)) == planned_seen
 
 
+@pytest.mark.skipif(cpu_spike.library() is None, reason="no C compiler: the spike-driven kernel is not built")
+def test_the_weight_grad_knob_changes_what_runs(monkeypatch):
+    model = _tiny_model()
+    calls = []
+    real = cpu_spike.weight_grad
+    monkeypatch.setattr(cpu_spike, "weight_grad", lambda op, *args: calls.append(op) or real(op, *args))
+    _train_pass(model, _images(BATCH), "fast", ExecutionPlan(layers=_every_layer(model, weight_grad="dense")))
+    assert calls == []
+    _train_pass(model, _images(BATCH), "fast", ExecutionPlan(layers=_every_layer(model, weight_grad="spike")))
+    assert sorted(type(op).__name__ for op in calls) == sorted(["Conv2d"] * 2 + ["Linear"] * 2 +
+                                                               ["ConvTranspose2d"] * 2)
+
+
 def test_the_pool_threshold_changes_what_is_pooled(monkeypatch):
     model = _tiny_model()
     assert _observe(monkeypatch, model, DEFAULT_PLAN)["pooled"] == 0  # tiny tensors: all below 1 MiB
@@ -287,6 +304,8 @@ def test_plan_records_round_trip_and_refuse_bad_values():
     assert not plan.is_default and DEFAULT_PLAN.is_default
     with pytest.raises(ValueError, match="output_algorithm must be one of gemm, onednn, got 'fft'"):
         LayerPlan(output_algorithm="fft")
+    with pytest.raises(ValueError, match="weight_grad must be one of dense, spike or null, got 'sparse'"):
+        LayerPlan(weight_grad="sparse")
     with pytest.raises(ValueError, match="chunk_rows must be a positive integer or null, got 0"):
         LayerPlan(chunk_rows=0)
     with pytest.raises(ValueError, match="min_pooled_bytes must be a positive integer or null, got -1"):
@@ -502,6 +521,7 @@ def test_saec_plan_measures_caches_shows_and_replans(cache, monkeypatch):
     shown = runner.invoke(app, ["plan", spec, *TINY_SET, "--show"])
     assert shown.exit_code == 0 and "plan: none cached for this network at B=64" in shown.stdout
     assert "  output output_algorithm: gemm (default)" in shown.stdout and timer.trials == 0
+    assert "  conv1 weight_grad: by input activity, spike-driven up to 0.1 (default)" in shown.stdout
     measured = runner.invoke(app, ["plan", spec, *TINY_SET])
     assert measured.exit_code == 0, measured.stderr
     assert f"plan: output output_algorithm=onednn (measured in " in measured.stdout

@@ -1,4 +1,5 @@
-"""The C spike-driven synapse (``spike_synapse.c``): built with the system C compiler on first
+"""The C spike-driven synapse (``spike_synapse.c``: the forward, :func:`forward`, and the weight
+gradient, :func:`weight_grad`): built with the system C compiler on first
 use (the LIF scan's mechanism, :func:`saec.runtime.kernels.cpu_lif.build_native`: cached per
 source, flags, compiler and CPU, ``SAEC_NATIVE_KERNELS=0`` turns it off), called through ctypes.
 
@@ -54,6 +55,7 @@ class SpikeSynapseParams(ctypes.Structure):
 
 
 _ARGS = [ctypes.POINTER(SpikeSynapseParams), ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 4
+_GRAD_ARGS = [ctypes.POINTER(SpikeSynapseParams), ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,6 +68,9 @@ def library() -> ctypes.CDLL | None:
     for name in ("spike_synapse_f32", "spike_synapse_u8"):
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = _ARGS, ctypes.c_int
+    for name in ("spike_weight_grad_f32", "spike_weight_grad_u8"):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = _GRAD_ARGS, ctypes.c_int
     return lib
 
 
@@ -174,28 +179,43 @@ def forward(op: ops.Op, wt: Tensor, bias: Tensor | None, x: Tensor, sample: tupl
     p.in_row_stride, p.in_numel = x.stride(0), math.prod(x.shape[1:])
     p.acc_numel, p.out_row_stride = out[0].numel() if n else 0, out.stride(0)
     p.direct = 1
+    _set_geometry(p, op, sample, tuple(out.shape[1:]))
+    if p.kind != 0:
+        ho, wo, co = p.Ho, p.Wo, p.Co
+        _plan_copy(p, (ho, wo, co), (wo * co, co, 1), (out.stride(2), out.stride(3), out.stride(1)))
+    fn = getattr(library(), "spike_synapse_u8" if x.dtype == torch.uint8 else "spike_synapse_f32")
+    args = (x.data_ptr(), wt.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr())
+    workers = max(1, min(torch.get_num_threads(), n // _MIN_ROWS_PER_THREAD))
+    return _run_rows(fn, p, n, [args] * workers)
+
+
+def _set_geometry(p: SpikeSynapseParams, op: ops.Op, sample: tuple[int, ...], out_row: tuple[int, ...]) -> None:
+    """The kernel's kind, sizes, kernel, stride and padding for ``op`` on input rows of shape ``sample``
+    and output rows of shape ``out_row`` (a linear's [F] or [C, H, W]; a convolution's [Co, Ho, Wo])."""
     kind = KIND.lookup(op)(op)
     if kind == 0:  # linear: the accumulator is the output row in memory order (feature_order)
         p.kind, p.Co, p.Ho, p.Wo = 0, op.out_features, 1, 1
         p.H = p.W = p.kh = p.kw = p.sh = p.sw = 1
-    else:
-        _, h, w = sample
-        co, ho, wo = out.shape[1:]
-        p.H, p.W, p.Co, p.Ho, p.Wo = h, w, co, ho, wo
-        (p.kh, p.kw), (p.sh, p.sw), (p.ph, p.pw) = op.kernel_size, op.stride, op.padding
-        p.kind = kind
-        if flips_kernel(op):  # the scatter form: padding k - 1 - p
-            p.kind, p.ph, p.pw = 2, p.kh - 1 - p.ph, p.kw - 1 - p.pw
-        _plan_copy(p, (ho, wo, co), (wo * co, co, 1), (out.stride(2), out.stride(3), out.stride(1)))
-    fn = getattr(library(), "spike_synapse_u8" if x.dtype == torch.uint8 else "spike_synapse_f32")
-    args = (x.data_ptr(), wt.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr())
+        return
+    _, h, w = sample
+    co, ho, wo = out_row
+    p.H, p.W, p.Co, p.Ho, p.Wo = h, w, co, ho, wo
+    (p.kh, p.kw), (p.sh, p.sw), (p.ph, p.pw) = op.kernel_size, op.stride, op.padding
+    p.kind = kind
+    if flips_kernel(op):  # the scatter form: padding k - 1 - p
+        p.kind, p.ph, p.pw = 2, p.kh - 1 - p.ph, p.kw - 1 - p.pw
+
+
+def _run_rows(fn, p: SpikeSynapseParams, n: int, worker_args: list[tuple]) -> bool:
+    """``fn(p, w, n, *worker_args[w])`` for each worker w over interleaved rows (w, w + workers, ...;
+    see spike_synapse.c), in the LIF scan's thread pool; True when every call returned 0."""
+    workers = len(worker_args)
+    p.row_step = workers
     ref = ctypes.byref(p)
-    workers = max(1, min(torch.get_num_threads(), n // _MIN_ROWS_PER_THREAD))
-    p.row_step = workers  # interleaved rows (see spike_synapse.c)
     if workers == 1:
-        return fn(ref, 0, n, *args) == 0
+        return fn(ref, 0, n, *worker_args[0]) == 0
     pool = _thread_pool(workers, os.getpid())
-    futures = [pool.submit(fn, ref, w, n, *args) for w in range(workers)]
+    futures = [pool.submit(fn, ref, w, n, *args) for w, args in enumerate(worker_args)]
     return all(f.result() == 0 for f in futures)
 
 
@@ -214,3 +234,87 @@ def _plan_copy(p: SpikeSynapseParams, sizes: tuple[int, ...], acc_strides: tuple
     # channel planes, each a dense [Ho, Wo]: the kernel's blocked transpose
     p.copy_planes = int(dims == [2, 0, 1] and out_strides[1] == 1 and out_strides[0] == wo
                         and out_strides[2] >= ho * wo)
+
+
+# ---------------------------------------------------------------- weight gradient
+def weight_grad_workers(rows: int) -> int:
+    """Threads :func:`weight_grad` uses on ``rows`` rows (each one partial weight gradient): torch's
+    thread count, but at least :data:`_MIN_ROWS_PER_THREAD` rows per thread."""
+    return max(1, min(torch.get_num_threads(), rows // _MIN_ROWS_PER_THREAD))
+
+
+def arranged_weight_shape(op: ops.Op, weight_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of :func:`arranged_weight`'s layout for a parameter of shape ``weight_shape``."""
+    if isinstance(op, ops.Linear):
+        return (weight_shape[1], weight_shape[0])
+    a, b, kh, kw = weight_shape
+    return (b, kh, kw, a) if isinstance(op, ops.Conv2d) else (a, kh, kw, b)
+
+
+def from_arranged(op: ops.Op, arranged: Tensor) -> Tensor:
+    """The inverse of :func:`arranged_weight` (no output ``order``): a tensor in the arranged layout
+    back in the parameter's shape (a view; the caller copies it into the parameter's strides)."""
+    if isinstance(op, ops.Linear):
+        return arranged.t()
+    if isinstance(op, ops.Conv2d):
+        w = arranged.permute(3, 0, 1, 2)
+        return w.flip(2, 3) if flips_kernel(op) else w
+    return arranged.permute(0, 3, 1, 2)
+
+
+def grad_rows_supported(op: ops.Op, g: Tensor) -> bool:
+    """Whether output-gradient rows ``g`` are laid out as :func:`weight_grad` reads them: float32 on
+    the CPU, each row dense with out channels innermost (a linear's [n, F] rows contiguous, a
+    convolution's [n, Co, Ho, Wo] rows channels-last; size-1 dimensions' strides do not matter)."""
+    if g.dtype != torch.float32 or g.device.type != "cpu":
+        return False
+    if isinstance(op, ops.Linear):
+        return g.dim() == 2 and (g.shape[1] <= 1 or g.stride(1) == 1)
+    if g.dim() != 4:
+        return False
+    _, co, ho, wo = g.shape
+    want = {1: 1, 2: wo * co, 3: co}
+    return all(g.shape[d] == 1 or g.stride(d) == stride for d, stride in want.items())
+
+
+def weight_grad(op: ops.Op, x: Tensor, g: Tensor, sample: tuple[int, ...], partials: Tensor) -> bool:
+    """Add the weight gradient of ``op`` on the binary input rows ``x`` and output-gradient rows ``g``
+    into ``partials``, doing work only where ``x`` is 1 (see spike_synapse.c, weight gradient).
+
+    Args:
+        op: a Linear, Conv2d or ConvTranspose2d op (any stride and padding).
+        x: input rows [n, *source shape], bool/uint8 or float32 0/1, each row dense in any layout (as for
+            :func:`forward`); any nonzero counts as 1 (not checked).
+        g: the output gradient rows [n, *op output shape per row] (a linear's [n, F]), float32, laid
+            out as :func:`grad_rows_supported` says (checked).
+        sample: the op's input shape per row (a reshape of the source shape).
+        partials: [k, *arranged weight shape] float32, contiguous (:func:`arranged_weight_shape`),
+            k >= :func:`weight_grad_workers` (n): worker w adds its rows' gradient into ``partials[w]``;
+            their sum over the first dimension is dW in the arranged layout (:func:`from_arranged`).
+
+    Returns:
+        False when the kernel could not get its scratch memory (``partials`` may then hold part of
+        the sum: the caller discards it).
+
+    Raises:
+        ValueError: ``g`` or ``partials`` not laid out as described.
+    """
+    n = x.shape[0]
+    if not grad_rows_supported(op, g) or g.shape[0] != n:
+        raise ValueError(f"output gradient rows must be float32 [{n}, ...] with out channels innermost, "
+                         f"got {tuple(g.shape)} strides {g.stride()} {g.dtype}")
+    workers = weight_grad_workers(n)
+    if not partials.is_contiguous() or partials.dtype != torch.float32 or partials.shape[0] < workers:
+        raise ValueError(f"partials must be contiguous float32 [>= {workers}, ...], got {tuple(partials.shape)}")
+    if n == 0:
+        return True
+    if x.dtype == torch.bool:
+        x = x.view(torch.uint8)
+    p = SpikeSynapseParams()
+    sizes, strides, index = _input_walk(x)
+    p.in_sizes[:], p.in_strides[:], p.in_index[:] = sizes, strides, index
+    p.in_row_stride, p.in_numel = x.stride(0), math.prod(x.shape[1:])
+    p.out_row_stride = g.stride(0)
+    _set_geometry(p, op, sample, tuple(g.shape[1:]))
+    fn = getattr(library(), "spike_weight_grad_u8" if x.dtype == torch.uint8 else "spike_weight_grad_f32")
+    return _run_rows(fn, p, n, [(x.data_ptr(), g.data_ptr(), partials[w].data_ptr()) for w in range(workers)])

@@ -1,5 +1,6 @@
-/* Spike-driven synapse forward on the CPU: conv2d, conv_transpose2d and linear on a
- * binary input (0/1 spikes), doing work only where the input is 1.
+/* Spike-driven synapse forward and weight gradient on the CPU: conv2d, conv_transpose2d and
+ * linear on a binary input (0/1 spikes), doing work only where the input is 1 (the weight
+ * gradient: see the section at the end of the file).
  *
  * A dense synapse multiplies every input by its weights; with 1-5 % of the inputs
  * at 1 (the SAE's spike trains) that is 20-100x more multiply-adds than needed.
@@ -240,3 +241,102 @@ int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x,     
 
 DEFINE_FORWARD(spike_synapse_f32, gather_f32, float)
 DEFINE_FORWARD(spike_synapse_u8, gather_u8, uint8_t)
+
+/* ------------------------------------------------------------------ weight gradient
+ * The weight gradient of a synapse on binary input, dW = sum over rows of g (x) x, from the
+ * active inputs only: the same index walk as the forward's scatter with the roles of the
+ * output and the weights swapped. Each active input adds a contiguous run of out-channel
+ * gradients into its weight taps (no multiplications: x is 1):
+ *   linear          dW^T[i, :]          += g[:]
+ *   conv2d          dW'[ci, ky, kx, :]  += g[oy, ox, :]  for oy = (iy + ph - ky) / sh, ...
+ *   conv_transpose  dW'[ci, ky, kx, :]  += g[oy, ox, :]  for oy = iy * sh + ky - ph, ...
+ * with g's row channels-last ([Ho, Wo, Co]; a linear's [F]) and dW' the weights in the
+ * arranged layout of the forward (out channels innermost; a stride-1 conv2d's flipped, so
+ * that one kernel row's taps are one contiguous run in dW' and in g). The caller turns dW'
+ * back into the parameter's layout. The additions happen in row order, then in the active
+ * inputs' memory order: the sums differ from a dense GEMM's only in fp32 summation order.
+ *
+ * Parallelism: none here. The caller gives each thread its own dW' (rows r0, r0 + row_step,
+ * ...) and sums them afterwards. */
+
+/* dW' taps of one row's active inputs += the row's gradient windows (see scatter_conv). */
+static void accumulate_conv(const spike_synapse_params *p, const int32_t *restrict idx, int64_t count,
+                            const float *restrict g, float *restrict dw)
+{
+    const int64_t H = p->H, W = p->W, Co = p->Co, Ho = p->Ho, Wo = p->Wo;
+    const int64_t kh = p->kh, kw = p->kw, sh = p->sh, sw = p->sw, ph = p->ph, pw = p->pw;
+    const int scatter = p->kind == 2;
+    const int64_t taps = kh * kw * Co;
+    const uint32_t HW32 = (uint32_t)(H * W), W32 = (uint32_t)W;
+    for (int64_t a = 0; a < count; ++a) {
+        const uint32_t f = (uint32_t)idx[a], ci32 = f / HW32, rem = f - ci32 * HW32, iy32 = rem / W32;
+        const int64_t ci = ci32, iy = iy32, ix = rem - iy32 * W32;
+        float *restrict dw_ci = dw + ci * taps;
+        const int64_t kx0 = pw - ix > 0 ? pw - ix : 0;
+        const int64_t kx1 = Wo + pw - ix < kw ? Wo + pw - ix : kw;
+        for (int64_t ky = 0; ky < kh; ++ky) {
+            int64_t oy;
+            if (scatter) {
+                oy = iy * sh + ky - ph;
+            } else {
+                const int64_t ty = iy + ph - ky;
+                if (ty < 0 || ty % sh) continue;
+                oy = ty / sh;
+            }
+            if (oy < 0 || oy >= Ho) continue;
+            if (scatter && sw == 1) {
+                const float *restrict src = g + (oy * Wo + ix - pw + kx0) * Co;
+                float *restrict d = dw_ci + (ky * kw + kx0) * Co;
+                const int64_t run = (kx1 - kx0) * Co;
+                for (int64_t j = 0; j < run; ++j) d[j] = d[j] + src[j];
+                continue;
+            }
+            for (int64_t kx = 0; kx < kw; ++kx) {
+                int64_t ox;
+                if (scatter) {
+                    ox = ix * sw + kx - pw;
+                } else {
+                    const int64_t tx = ix + pw - kx;
+                    if (tx < 0 || tx % sw) continue;
+                    ox = tx / sw;
+                }
+                if (ox < 0 || ox >= Wo) continue;
+                const float *restrict src = g + (oy * Wo + ox) * Co;
+                float *restrict d = dw_ci + (ky * kw + kx) * Co;
+                for (int64_t co = 0; co < Co; ++co) d[co] = d[co] + src[co];
+            }
+        }
+    }
+}
+
+/* dW^T rows of one row's active inputs += the row's gradient [F]. */
+static void accumulate_linear(const spike_synapse_params *p, const int32_t *restrict idx, int64_t count,
+                              const float *restrict g, float *restrict dw)
+{
+    const int64_t F = p->Co;
+    for (int64_t a = 0; a < count; ++a) {
+        float *restrict d = dw + (int64_t)idx[a] * F;
+        for (int64_t o = 0; o < F; ++o) d[o] = d[o] + g[o];
+    }
+}
+
+/* Rows r0, r0 + row_step, ... (below r1) of the input x and the output gradient g (row stride
+ * out_row_stride, each row channels-last) added into dw (the arranged weight layout, float32,
+ * not cleared here); returns 0, or -1 when scratch memory could not be had. */
+#define DEFINE_WEIGHT_GRAD(NAME, GATHER, S)                                                   \
+int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x, const float *g, float *dw) \
+{                                                                                             \
+    int32_t *idx = (int32_t *)malloc((size_t)(p->in_numel > 0 ? p->in_numel : 1) * sizeof(int32_t)); \
+    if (!idx) return -1;                                                                      \
+    for (int64_t r = r0; r < r1; r += p->row_step) {                                          \
+        const int64_t count = GATHER(p, x + r * p->in_row_stride, idx);                       \
+        const float *g_row = g + r * p->out_row_stride;                                       \
+        if (p->kind == 0) accumulate_linear(p, idx, count, g_row, dw);                        \
+        else accumulate_conv(p, idx, count, g_row, dw);                                       \
+    }                                                                                         \
+    free(idx);                                                                                \
+    return 0;                                                                                 \
+}
+
+DEFINE_WEIGHT_GRAD(spike_weight_grad_f32, gather_f32, float)
+DEFINE_WEIGHT_GRAD(spike_weight_grad_u8, gather_u8, uint8_t)
