@@ -57,7 +57,8 @@ saec variants for measuring one lever at a time, ``saec:`` followed by
 synapses), ``bf16`` (CPU autocast to bfloat16), ``heap-no-trim-change`` (glibc's mmap
 threshold raised to 1 GiB, its trimming left as it is), ``no-pool`` (no buffer pool:
 every large tensor freshly allocated), ``omp-active`` (the saec worker does not set
-OMP_WAIT_POLICY=PASSIVE), ``ftz`` (flush denormals to zero).
+OMP_WAIT_POLICY=PASSIVE), ``ftz`` (flush denormals to zero), ``dense-wgrad`` (every weight
+gradient dense, none spike-driven).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def _saec_trainer(name: str, graph, weights, device, plan_doc: dict | None = Non
 
     switches = set(name.split(":", 1)[1].split("+")) if ":" in name else set()
     unknown = switches - {"torch-scan", "keep-memory", "float-saves", "no-channels-last", "reference", "bf16",
-                          "thp", "heap-no-trim-change", "ftz", "no-pool", "omp-active"}
+                          "thp", "heap-no-trim-change", "ftz", "no-pool", "omp-active", "dense-wgrad"}
     if unknown:
         raise SystemExit(f"unknown saec switches {sorted(unknown)}")
     if "no-pool" in switches:  # no buffer pool: every large tensor freshly allocated
@@ -127,6 +128,12 @@ def _saec_trainer(name: str, graph, weights, device, plan_doc: dict | None = Non
 
         pool.MIN_POOLED_BYTES = 1 << 62
         plan = dataclasses.replace(plan, min_pooled_bytes=None)  # the module's threshold, set just above
+    if "dense-wgrad" in switches:  # every weight gradient dense (oneDNN / MKL), none spike-driven
+        from saec.runtime import spikedriven
+
+        spikedriven.WEIGHT_GRAD_MAX_ACTIVITY = -1.0  # no activity is at most -1
+        plan = dataclasses.replace(plan, layers=tuple((k, dataclasses.replace(v, weight_grad="dense"))
+                                                      for k, v in plan.layers))
     if "ftz" in switches:  # flush denormals to zero (this thread, and threads created after)
         torch.set_flush_denormal(True)
     if "no-channels-last" in switches:

@@ -65,8 +65,12 @@ MAX_ACTIVITY = 0.2
 #: dense weight gradient (oneDNN's / MKL's), a sparser one the spike-driven kernel's, where a layer's
 #: execution plan does not choose (``SynapseChoice.weight_grad``). The kernel does (fraction x the
 #: dense multiply-adds) additions, each a load, add and store of a weight-gradient element with no
-#: register blocking, where a dense GEMM runs near the CPU's peak: PROVISIONAL, not measured on a
-#: quiet machine; ``python benchmarks/weight_grad.py`` times both per layer and activity to set it.
+#: register blocking, where a dense GEMM runs near the CPU's peak. Measured on a quiet 2-core AMD
+#: EPYC (``python benchmarks/weight_grad.py --rounds 5``, benchmarks/README.md): the spike-driven
+#: gradient wins up to ~0.2 for conv2, deconv1 and latent (3.5x, 3.6x, 2.3x at 0.03), breaks even
+#: at ~0.03-0.1 for fc_dec and the output layer, and loses above ~0.015 for conv1 (0.62x at 0.03,
+#: 2 ms a step); 0.1 takes the large layers' gain (1.23x on the whole training step, A/B) and
+#: costs conv1 ~2 ms. A per-machine plan (``saec plan``) chooses per layer instead.
 WEIGHT_GRAD_MAX_ACTIVITY = 0.1
 
 #: Rows sampled (spread over time steps and images) to estimate a layer's input activity.
