@@ -10,6 +10,7 @@ the switch code (tests/benchmarks/test_bench_smoke.py reads them):
 - ``omp_wait_policy``: OMP_WAIT_POLICY as the worker left it (the test starts
   the probe without it);
 - ``c_scan_calls``: calls of the C LIF kernel (forward and backward) in the second step;
+- ``spike_weight_grad_calls``: calls of the spike-driven weight-gradient kernel in that step;
 - ``scan_backends``: the scan backends the LIF scan was called with in that step (the
   ``backend`` argument its kernel choice received, sorted);
 - ``fresh_pool_bytes``: large tensors (at least ``POOL_FROM_BYTES``) the buffer pool
@@ -92,6 +93,16 @@ def probe(name: str) -> dict:
             return wrapper
 
         cpu_lif.forward, cpu_lif.backward = counting(cpu_lif.forward), counting(cpu_lif.backward)
+        from saec.runtime.kernels import cpu_spike
+
+        counters["spike_weight_grad_calls"] = 0
+        real_weight_grad = cpu_spike.weight_grad
+
+        def weight_grad(*a, **k):  # the fast path calls it through the module
+            counters["spike_weight_grad_calls"] += self._probe_on
+            return real_weight_grad(*a, **k)
+
+        cpu_spike.weight_grad = weight_grad
 
         class CountingTorch:  # pool.py's `torch`: counts the fresh buffers the pool asks for
             def __getattr__(self, attr):

@@ -73,12 +73,12 @@ def test_every_saec_switch_runs():
 
 # ---------------------------------------------------------------- each switch changes what it claims
 PROBE = REPO / "tests" / "benchmarks" / "switch_probe.py"
-# Four worker processes instead of twelve: switches grouped so that within a group no switch moves another's
+# Five worker processes instead of thirteen: switches grouped so that within a group no switch moves another's
 # observation. Each switch alone was probed once to see what it moves besides its own: torch-scan also drops
 # the channels-last saves and most pooled buffers, float-saves a few pooled buffers, reference the fused scan
 # and the C kernel calls; so no-pool and no-channels-last sit apart from torch-scan and float-saves.
 PROBE_RUNS = ("saec", "saec:float-saves+thp+ftz+omp-active+torch-scan+keep-memory",
-              "saec:reference+heap-no-trim-change", "saec:no-channels-last+bf16+no-pool")
+              "saec:reference+heap-no-trim-change", "saec:no-channels-last+bf16+no-pool", "saec:dense-wgrad")
 # What the worker may inherit that a switch sets: the probe starts without it.
 SWITCH_ENVIRONMENT = ("OMP_WAIT_POLICY", "SAEC_KEEP_FREED_MEMORY", "SAEC_NATIVE_KERNELS", "THP_MEM_ALLOC_ENABLE")
 
@@ -123,6 +123,10 @@ def test_float_saves_keeps_float_inputs_instead_of_bool_spikes(observed):
 
 def test_thp_aligns_large_blocks_to_pages(observed):
     assert not observed[""]["thp_aligned"] and observed["thp"]["thp_aligned"]
+
+
+def test_dense_wgrad_computes_no_weight_gradient_from_spikes(observed):
+    assert observed[""]["spike_weight_grad_calls"] > 0 and observed["dense-wgrad"]["spike_weight_grad_calls"] == 0
 
 
 def test_ftz_flushes_denormals(observed):
@@ -256,3 +260,21 @@ def test_dense_floor_does_the_nominal_conv_linear_work():
     conv1_input_grad = 2 * graph.meta("conv1")["macs"] * T * B
     assert counter.get_total_flops() == peers.nominal_flops(graph, T, B) - conv1_input_grad
     assert math.isfinite(loss)
+
+
+def test_profile_step_prints_the_ops_by_self_cpu_time():
+    script = REPO / "benchmarks" / "profile_step.py"
+    done = subprocess.run([sys.executable, str(script), "--timesteps", "2", "--batch", "2", "--warmup", "1",
+                           "--steps", "1", "--rows", "4", "--threads", "1"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    head = next(line for line in lines if line.startswith("saec: "))
+    assert "T=2 B=2" in head and "1 profiled steps after 1" in head
+    total = float(head.split("self CPU of all ops ")[1].split(" ms")[0])
+    rows = [line for line in lines if line.startswith("| `")]
+    assert len(rows) == 4
+    ms = [float(r.split("|")[3]) for r in rows]
+    assert ms == sorted(ms, reverse=True) and 0 < sum(ms) <= total + 0.5  # largest first, a part of the whole
+    bad = subprocess.run([sys.executable, str(script), "--steps", "0"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--steps and --rows must be at least 1" in bad.stderr
