@@ -13,6 +13,7 @@ call, so the ranges run in parallel without a second OpenMP runtime next to torc
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import math
 import os
@@ -245,21 +246,35 @@ def weight_grad_workers(rows: int) -> int:
 
 def arranged_weight_shape(op: ops.Op, weight_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape of :func:`arranged_weight`'s layout for a parameter of shape ``weight_shape``."""
-    if isinstance(op, ops.Linear):
-        return (weight_shape[1], weight_shape[0])
-    a, b, kh, kw = weight_shape
-    return (b, kh, kw, a) if isinstance(op, ops.Conv2d) else (a, kh, kw, b)
+    return FROM_ARRANGED.lookup(op).shape(weight_shape)
 
 
 def from_arranged(op: ops.Op, arranged: Tensor) -> Tensor:
     """The inverse of :func:`arranged_weight` (no output ``order``): a tensor in the arranged layout
     back in the parameter's shape (a view; the caller copies it into the parameter's strides)."""
-    if isinstance(op, ops.Linear):
-        return arranged.t()
-    if isinstance(op, ops.Conv2d):
-        w = arranged.permute(3, 0, 1, 2)
-        return w.flip(2, 3) if flips_kernel(op) else w
-    return arranged.permute(0, 3, 1, 2)
+    return FROM_ARRANGED.lookup(op).back(op, arranged)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ArrangedInverse:
+    """For one synapse kind: the arranged layout's shape from the parameter's (``shape``), and the
+    arranged tensor back in the parameter's shape (``back``)."""
+
+    shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+    back: Callable[[ops.Op, Tensor], Tensor]
+
+
+def _conv2d_back(op: ops.Op, arranged: Tensor) -> Tensor:
+    w = arranged.permute(3, 0, 1, 2)
+    return w.flip(2, 3) if flips_kernel(op) else w
+
+
+FROM_ARRANGED: OpTable[_ArrangedInverse] = OpTable("spike-driven weight layout, inverse")
+FROM_ARRANGED.refuse([cls for cls in ops.OP_TYPES.values() if not cls.has_weights], "not a synapse: it has no weights")
+FROM_ARRANGED.add(ops.Linear, _ArrangedInverse(lambda s: (s[1], s[0]), lambda op, a: a.t()))
+FROM_ARRANGED.add(ops.Conv2d, _ArrangedInverse(lambda s: (s[1], s[2], s[3], s[0]), _conv2d_back))
+FROM_ARRANGED.add(ops.ConvTranspose2d, _ArrangedInverse(lambda s: (s[0], s[2], s[3], s[1]),
+                                                        lambda op, a: a.permute(0, 3, 1, 2)))
 
 
 def grad_rows_supported(op: ops.Op, g: Tensor) -> bool:
