@@ -155,6 +155,18 @@ def _input_walk(x: Tensor) -> tuple[list[int], list[int], list[int]]:
     return [1] * pad + sizes, [0] * pad + strides, [0] * pad + index
 
 
+def _input_params(x: Tensor) -> tuple[Tensor, SpikeSynapseParams]:
+    """Input rows ``x`` as the kernel reads them (bool viewed as uint8) and new kernel parameters
+    with the input's walk (sizes, strides, index order, row stride, elements per row) filled in."""
+    if x.dtype == torch.bool:
+        x = x.view(torch.uint8)
+    p = SpikeSynapseParams()
+    sizes, strides, index = _input_walk(x)
+    p.in_sizes[:], p.in_strides[:], p.in_index[:] = sizes, strides, index
+    p.in_row_stride, p.in_numel = x.stride(0), math.prod(x.shape[1:])
+    return x, p
+
+
 def forward(op: ops.Op, wt: Tensor, bias: Tensor | None, x: Tensor, sample: tuple[int, ...], out: Tensor) -> bool:
     """Run the synapse ``op`` on the binary rows ``x`` into ``out``.
 
@@ -172,12 +184,7 @@ def forward(op: ops.Op, wt: Tensor, bias: Tensor | None, x: Tensor, sample: tupl
         False when the kernel could not get its scratch memory (``out`` is then undefined).
     """
     n = x.shape[0]
-    if x.dtype == torch.bool:
-        x = x.view(torch.uint8)
-    p = SpikeSynapseParams()
-    sizes, strides, index = _input_walk(x)
-    p.in_sizes[:], p.in_strides[:], p.in_index[:] = sizes, strides, index
-    p.in_row_stride, p.in_numel = x.stride(0), math.prod(x.shape[1:])
+    x, p = _input_params(x)
     p.acc_numel, p.out_row_stride = out[0].numel() if n else 0, out.stride(0)
     p.direct = 1
     _set_geometry(p, op, sample, tuple(out.shape[1:]))
@@ -323,12 +330,7 @@ def weight_grad(op: ops.Op, x: Tensor, g: Tensor, sample: tuple[int, ...], parti
         raise ValueError(f"partials must be contiguous float32 [>= {workers}, ...], got {tuple(partials.shape)}")
     if n == 0:
         return True
-    if x.dtype == torch.bool:
-        x = x.view(torch.uint8)
-    p = SpikeSynapseParams()
-    sizes, strides, index = _input_walk(x)
-    p.in_sizes[:], p.in_strides[:], p.in_index[:] = sizes, strides, index
-    p.in_row_stride, p.in_numel = x.stride(0), math.prod(x.shape[1:])
+    x, p = _input_params(x)
     p.out_row_stride = g.stride(0)
     _set_geometry(p, op, sample, tuple(g.shape[1:]))
     fn = getattr(library(), "spike_weight_grad_u8" if x.dtype == torch.uint8 else "spike_weight_grad_f32")
