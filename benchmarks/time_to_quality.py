@@ -384,14 +384,9 @@ class SubprocessWorker:
                                      env=env)
 
     def _ask(self, command: str | None) -> dict:
-        if command is not None:
-            self.proc.stdin.write(command + "\n")
-            self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            code = self.proc.wait()
-            raise SystemExit(f"worker {self.name} ended (exit code {code}); see its output above")
-        return json.loads(line)
+        from train_step import ask_worker  # (benchmarks/ is on sys.path: main put it there)
+
+        return ask_worker(self.proc, self.name, command)
 
     def ready(self) -> str | None:
         """Wait for the worker; its OMP_WAIT_POLICY (None: unset)."""

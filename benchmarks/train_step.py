@@ -304,13 +304,7 @@ class SubprocessWorker:
                                      cwd=str(REPO))
 
     def _ask(self, command: str | None) -> dict:
-        if command is not None:
-            self.proc.stdin.write(command + "\n")
-            self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.name} died (exit code {self.proc.wait()}); see its stderr above")
-        return json.loads(line)
+        return ask_worker(self.proc, self.name, command)
 
     def ready(self) -> None:
         self._ask(None)
@@ -414,6 +408,21 @@ def run_timesteps(T: int, names: list[str], args: argparse.Namespace) -> dict[st
         reply = w.done()
         results[name].peak_mb, results[name].loss = reply["peak_mb"], reply["loss"]
     return results
+
+
+def ask_worker(proc: subprocess.Popen, name: str, command: str | None) -> dict:
+    """Send ``command`` (None: nothing, just read) to a worker process and return its one-line JSON reply.
+
+    Raises:
+        SystemExit: the worker ended before answering (its own output, above, says why).
+    """
+    if command is not None:
+        proc.stdin.write(command + "\n")
+        proc.stdin.flush()
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"worker {name} ended (exit code {proc.wait()}); see its output above")
+    return json.loads(line)
 
 
 def machine() -> str:
