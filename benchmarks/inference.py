@@ -45,7 +45,7 @@ LAYERS = ("conv1", "conv2", "latent", "fc_dec", "deconv1", "output")
 
 
 def _dense_synapse(op, w, b, x, x_bool, lead_dims=1, sample=None, contiguous_out=False, out_sample=None,
-                   spike_driven=False, choice=fastpath.DEFAULT_CHOICE):
+                   spike_driven=False, choice=fastpath.DEFAULT_CHOICE, gated_input=False):
     lead = x.shape[:lead_dims]
     rows = x.reshape(-1, *(sample or x.shape[lead_dims:])).contiguous()
     y = fastpath.synapse_forward(op, w, b, rows, choice)

@@ -58,7 +58,8 @@ synapses), ``bf16`` (CPU autocast to bfloat16), ``heap-no-trim-change`` (glibc's
 threshold raised to 1 GiB, its trimming left as it is), ``no-pool`` (no buffer pool:
 every large tensor freshly allocated), ``omp-active`` (the saec worker does not set
 OMP_WAIT_POLICY=PASSIVE), ``ftz`` (flush denormals to zero), ``dense-wgrad`` (every weight
-gradient dense, none spike-driven).
+gradient dense, none spike-driven), ``dense-igrad`` (every input gradient dense, none at the active
+inputs only).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def _saec_trainer(name: str, graph, weights, device, plan_doc: dict | None = Non
 
     switches = set(name.split(":", 1)[1].split("+")) if ":" in name else set()
     unknown = switches - {"torch-scan", "keep-memory", "float-saves", "no-channels-last", "reference", "bf16",
-                          "thp", "heap-no-trim-change", "ftz", "no-pool", "omp-active", "dense-wgrad"}
+                          "thp", "heap-no-trim-change", "ftz", "no-pool", "omp-active", "dense-wgrad",
+                          "dense-igrad"}
     if unknown:
         raise SystemExit(f"unknown saec switches {sorted(unknown)}")
     if "no-pool" in switches:  # no buffer pool: every large tensor freshly allocated
@@ -134,6 +136,12 @@ def _saec_trainer(name: str, graph, weights, device, plan_doc: dict | None = Non
         spikedriven.WEIGHT_GRAD_MAX_ACTIVITY = -1.0  # no activity is at most -1
         plan = dataclasses.replace(plan, layers=tuple((k, dataclasses.replace(v, weight_grad="dense"))
                                                       for k, v in plan.layers))
+    if "dense-igrad" in switches:  # every input gradient dense (oneDNN / MKL), none at the active inputs only
+        from saec.runtime import spikedriven
+
+        spikedriven.INPUT_GRAD_MAX_ACTIVITY = -1.0
+        plan = dataclasses.replace(plan, layers=tuple((k, dataclasses.replace(v, input_grad="dense"))
+                                                      for k, v in plan.layers))
     if "ftz" in switches:  # flush denormals to zero (this thread, and threads created after)
         torch.set_flush_denormal(True)
     if "no-channels-last" in switches:
@@ -146,7 +154,8 @@ def _saec_trainer(name: str, graph, weights, device, plan_doc: dict | None = Non
         libc.mallopt(-3, 1 << 30)
     if "float-saves" in switches:  # what plain autograd keeps: the float input
         def plain_synapse(op, w, b, x, x_bool, lead_dims=1, sample=None, contiguous_out=False, out_sample=None,
-                          spike_driven=True, choice=fastpath.DEFAULT_CHOICE):  # spike_driven: training never is
+                          spike_driven=True, choice=fastpath.DEFAULT_CHOICE,
+                          gated_input=False):  # spike_driven, gated_input: plain autograd uses neither
             lead = x.shape[:lead_dims]
             rows = x.reshape(-1, *(sample or x.shape[lead_dims:]))
             y = fastpath.synapse_forward(op, w, b, rows, choice)

@@ -104,6 +104,16 @@ OUTPUT_ALGORITHMS: tuple[str, ...] = ("gemm", "onednn")
 WeightGrad = Literal["dense", "spike"]
 WEIGHT_GRAD_CHOICES: tuple[str, ...] = ("dense", "spike")
 
+#: How a synapse's input gradient is computed in the fast path's backward on the CPU, where its input's
+#: gradient is read only where the input is 1 (the producer is a ``spike_gated`` LIF layer; elsewhere
+#: the dense one always runs): "dense" (oneDNN's / MKL's transposed product, every input) or "spike"
+#: (:func:`saec.runtime.kernels.cpu_spike.input_grad`: a dot product at each active input, 0 elsewhere).
+#: None (the built-in choice): per row chunk by the input's measured activity, spike-driven up to
+#: :data:`saec.runtime.spikedriven.INPUT_GRAD_MAX_ACTIVITY`. Either gives the same parameter gradients
+#: within fp32 summation order.
+InputGrad = Literal["dense", "spike"]
+INPUT_GRAD_CHOICES: tuple[str, ...] = ("dense", "spike")
+
 
 @dataclass(frozen=True)
 class SynapseChoice:
@@ -122,6 +132,8 @@ class SynapseChoice:
         weight_grad: how the weight gradient is computed (see :data:`WeightGrad`); None: by the
             input's activity. "spike" applies only where the kernel does (float32 on the CPU, the
             kernel built, ``SAEC_SPIKE_DRIVEN`` not "0"); elsewhere the dense gradient runs.
+        input_grad: how the input gradient is computed where the input's producer is spike-gated
+            (see :data:`InputGrad`); None: by the input's activity. Applies as ``weight_grad`` does.
 
     Raises:
         ValueError: an unknown algorithm or weight-gradient choice, or a chunk size below one
@@ -133,12 +145,15 @@ class SynapseChoice:
     channels_last: bool = True
     output_algorithm: OutputAlgorithm = "gemm"
     weight_grad: WeightGrad | None = None
+    input_grad: InputGrad | None = None
 
     def __post_init__(self) -> None:
         if self.output_algorithm not in OUTPUT_ALGORITHMS:
             raise ValueError(f"output algorithm must be one of {OUTPUT_ALGORITHMS}, got {self.output_algorithm!r}")
         if self.weight_grad is not None and self.weight_grad not in WEIGHT_GRAD_CHOICES:
             raise ValueError(f"weight_grad must be one of {WEIGHT_GRAD_CHOICES} or None, got {self.weight_grad!r}")
+        if self.input_grad is not None and self.input_grad not in INPUT_GRAD_CHOICES:
+            raise ValueError(f"input_grad must be one of {INPUT_GRAD_CHOICES} or None, got {self.input_grad!r}")
         for name in ("chunk_rows", "chunk_bytes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -337,12 +352,14 @@ class _SpikeInputSynapse(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, x_bool, weight, bias, op, lead, sample, contiguous_out, out_sample, choice, spike_driven):
+    def forward(ctx, x, x_bool, weight, bias, op, lead, sample, contiguous_out, out_sample, choice, spike_driven,
+                gated_input):
         pool = buffers.active()
         n = math.prod(lead)
         src = x.reshape(n, *x.shape[len(lead):])  # a view for time-major dense layouts
         ctx.op, ctx.has_bias, ctx.x_dtype, ctx.pool = op, bias is not None, x.dtype, pool
         ctx.lead, ctx.sample, ctx.choice, ctx.spike_driven = lead, sample, choice, spike_driven
+        ctx.gated_input = gated_input
         ctx.save_for_backward(x_bool, weight)
         out = _forward_rows(op, weight, bias, src, sample, contiguous_out, out_sample, pool, choice)
         ctx.compute_dtype = out.dtype
@@ -363,46 +380,77 @@ class _SpikeInputSynapse(torch.autograd.Function):
         gx = buffers.empty_like(pool, x_bool, ctx.x_dtype) if need_x else None
         gx_rows = gx.reshape(n, *gx.shape[len(lead):]) if need_x else None
         gw = gb = None
-        transposed = isinstance(op, ops.ConvTranspose2d)
         chunks = _chunks(n, math.prod(sample), g_rows[0].numel(), 4, grad.device, choice)
+        kernel_applies = ctx.spike_driven and spikedriven.weight_grad_applies(op, param, dtype, grad.device, sample)
         spike_grad = (_SpikeWeightGrad(op, param, sample, max(b - a for a, b in chunks))
-                      if need_w and ctx.spike_driven and choice.weight_grad != "dense"
-                      and spikedriven.weight_grad_applies(op, param, dtype, grad.device, sample) else None)
+                      if need_w and kernel_applies and choice.weight_grad != "dense" else None)
+        # the input gradient at the active inputs only: where the producer reads no other (spike_gated)
+        spike_input = (_SpikeInputGrad(op, param, sample)
+                       if need_x and ctx.gated_input and kernel_applies and choice.input_grad != "dense"
+                       and gx.dtype == torch.float32 else None)
+        stand_in = _InputStandIn(sample)
         for a, b in chunks:
-            by_spikes = spike_grad is not None and spike_grad.wants(x_rows[a:b], choice)
-            dense_w = need_w and not by_spikes
-            g = g_rows[a:b].to(dtype)
-            if isinstance(op, ops.Linear):
-                # addmm's own backward formulas (same kernels as autograd)
-                g = g.reshape(g.shape[0], -1) if g.dim() > 2 else g.contiguous()
-                gx_c = g.mm(weight) if need_x else None
-                gw_c = g.t().mm(_as_input(x_rows[a:b], op, sample, dtype, choice)) if dense_w else None
-                gb_c = g.sum(0) if need_b else None
-            else:
-                layout_cl = _prefers_channels_last(op, g, choice)
-                g = channels_last(g) if layout_cl else g.contiguous()
-                x, w = spike_grad.shape_only(g, weight, layout_cl) if by_spikes else (None, weight)
-                if x is None and (dense_w or need_x or need_b):
-                    x = _as_input(x_rows[a:b], op, sample, dtype, choice)
-                gx_c = gw_c = gb_c = None
-                # oneDNN computes the weight gradient whenever the bias's is asked for (whatever the
-                # mask says), so with the spike-driven weight gradient the bias's is a plain sum
-                dense_b = need_b and not by_spikes
-                if need_x or dense_w or dense_b:
-                    gx_c, gw_c, gb_c = torch.ops.aten.convolution_backward(
-                        g, x, w, [weight.shape[1 if transposed else 0]] if dense_b else None,
-                        list(op.stride), list(op.padding), [1, 1], transposed,
-                        list(op.output_padding) if transposed else [0, 0], 1, [need_x, dense_w, dense_b])
-                if by_spikes and need_b:
-                    gb_c = g.sum((0, 2, 3))
+            activity = (spikedriven.input_activity(x_rows[a:b])
+                        if None in (choice.weight_grad, choice.input_grad) and (spike_grad or spike_input) else None)
+            by_spikes = spike_grad is not None and _by_spikes(choice.weight_grad, activity,
+                                                              spikedriven.WEIGHT_GRAD_MAX_ACTIVITY)
+            x_by_spikes = spike_input is not None and _by_spikes(choice.input_grad, activity,
+                                                                 spikedriven.INPUT_GRAD_MAX_ACTIVITY)
+            dense_w, dense_x = need_w and not by_spikes, need_x and not x_by_spikes
+            g, gx_c, gw_c, gb_c = _dense_chunk_grads(op, g_rows[a:b].to(dtype), x_rows[a:b], weight, sample, choice,
+                                                     dense_x, dense_w, need_b, by_spikes, stand_in)
             if by_spikes:
                 spike_grad.add(x_rows[a:b], g)
-            if need_x:
+            if x_by_spikes:
+                spike_input.into(x_rows[a:b], g, gx_rows[a:b])
+            elif need_x:
                 _into_rows(gx_rows[a:b], gx_c)
             gw, gb = _accumulate(gw, gw_c), _accumulate(gb, gb_c)
         if spike_grad is not None:
             gw = _accumulate(gw, spike_grad.total())
-        return (gx, None, _like(gw, param), _cast(gb, param.dtype), None, None, None, None, None, None, None)
+        return (gx, None, _like(gw, param), _cast(gb, param.dtype), None, None, None, None, None, None, None, None)
+
+
+def _dense_chunk_grads(op: ops.Op, g: Tensor, x_rows: Tensor, weight: Tensor, sample: tuple[int, ...],
+                       choice: SynapseChoice, dense_x: bool, dense_w: bool, need_b: bool, by_spikes: bool,
+                       stand_in: "_InputStandIn") -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """One row chunk's dense gradients (oneDNN / MKL, as autograd computes them): the input's where
+    ``dense_x``, the weight's where ``dense_w``, the bias's where ``need_b``; with the spike-driven weight
+    gradient (``by_spikes``) the bias's is a plain sum. Returns the output gradient ``g`` in the layout
+    the kernels read, and the three gradients (None where not computed)."""
+    if isinstance(op, ops.Linear):
+        # addmm's own backward formulas (same kernels as autograd)
+        g = g.reshape(g.shape[0], -1) if g.dim() > 2 else g.contiguous()
+        gx_c = g.mm(weight) if dense_x else None
+        gw_c = g.t().mm(_as_input(x_rows, op, sample, weight.dtype, choice)) if dense_w else None
+        return g, gx_c, gw_c, g.sum(0) if need_b else None
+    layout_cl = _prefers_channels_last(op, g, choice)
+    g = channels_last(g) if layout_cl else g.contiguous()
+    # oneDNN computes the weight gradient whenever the bias's is asked for (whatever the
+    # mask says), so with the spike-driven weight gradient the bias's is a plain sum
+    dense_b = need_b and not by_spikes
+    # the float input's values only serve a dense weight gradient; for the rest its shape will do
+    x, w = stand_in.get(g, weight, layout_cl) if not dense_w and (dense_x or dense_b) else (None, weight)
+    if x is None and (dense_w or dense_x or dense_b):
+        x = _as_input(x_rows, op, sample, weight.dtype, choice)
+    gx_c = gw_c = gb_c = None
+    if dense_x or dense_w or dense_b:
+        transposed = isinstance(op, ops.ConvTranspose2d)
+        gx_c, gw_c, gb_c = torch.ops.aten.convolution_backward(
+            g, x, w, [weight.shape[1 if transposed else 0]] if dense_b else None,
+            list(op.stride), list(op.padding), [1, 1], transposed,
+            list(op.output_padding) if transposed else [0, 0], 1, [dense_x, dense_w, dense_b])
+    if by_spikes and need_b:
+        gb_c = g.sum((0, 2, 3))
+    return g, gx_c, gw_c, gb_c
+
+
+def _by_spikes(choice: str | None, activity: float | None, crossover: float) -> bool:
+    """Whether a chunk's gradient takes the spike-driven kernel: the plan says "spike", or it says
+    nothing and the chunk's input activity is at most the crossover."""
+    if choice is not None:
+        return choice == "spike"
+    return activity is not None and activity <= crossover
 
 
 class _SpikeWeightGrad:
@@ -418,14 +466,6 @@ class _SpikeWeightGrad:
         self.op, self.sample, self.param = op, sample, param
         self.partials: Tensor | None = None
         self.max_rows = max_rows
-        self._weight_channels_last: Tensor | None = None
-
-    def wants(self, x_rows: Tensor, choice: SynapseChoice) -> bool:
-        """Whether the chunk ``x_rows`` gets the spike-driven gradient: the choice says "spike", or it
-        says nothing and the chunk's input activity is at most the crossover."""
-        if choice.weight_grad == "spike":
-            return True
-        return spikedriven.input_activity(x_rows) <= spikedriven.WEIGHT_GRAD_MAX_ACTIVITY
 
     def add(self, x_rows: Tensor, g: Tensor) -> None:
         """Add the gradient of the chunk's input rows ``x_rows`` [n, *source shape] (bool) and output
@@ -449,7 +489,40 @@ class _SpikeWeightGrad:
             return None
         return cpu_spike.from_arranged(self.op, self.partials.sum(0))
 
-    def shape_only(self, g: Tensor, weight: Tensor, channels_last_mode: bool) -> tuple[Tensor | None, Tensor]:
+class _SpikeInputGrad:
+    """One backward's input gradient at the active inputs only (the C kernel,
+    :func:`saec.runtime.kernels.cpu_spike.input_grad`): for a synapse whose input's gradient is read
+    only where the input is 1 (its producer is a ``spike_gated`` LIF layer, whose surrogate is zero
+    wherever the neuron did not fire), so the dense transposed product's other values are never used.
+    Each active input's gradient is the dot product of its weights with the output-gradient window they
+    reach; the rest of the chunk's gradient is 0. Float32 only."""
+
+    def __init__(self, op: ops.Op, param: Tensor, sample: tuple[int, ...]) -> None:
+        self.op, self.sample = op, sample
+        self.wt = cpu_spike.arranged_weight(op, param.detach().float())
+
+    def into(self, x_rows: Tensor, g: Tensor, dx_rows: Tensor) -> None:
+        """Write the chunk's input gradient into ``dx_rows`` (the input's rows and layout) from its bool
+        input rows ``x_rows`` and output-gradient rows ``g`` (float32, as the dense backward has them).
+
+        Raises:
+            MemoryError: the kernel could not get its few kilobytes of scratch memory.
+        """
+        if not cpu_spike.grad_rows_supported(self.op, g):  # a contiguous-planned Conv2d: channels-last rows
+            g = g.contiguous(memory_format=torch.channels_last)
+        if not cpu_spike.input_grad(self.op, x_rows, g, self.sample, self.wt, dx_rows):
+            raise MemoryError("the spike-driven input gradient could not allocate its scratch memory")
+
+
+class _InputStandIn:
+    """One backward's stand-in for a convolution's float input where only its shape and layout
+    matter (:meth:`get`)."""
+
+    def __init__(self, sample: tuple[int, ...]) -> None:
+        self.sample = sample
+        self._weight_channels_last: Tensor | None = None
+
+    def get(self, g: Tensor, weight: Tensor, channels_last_mode: bool) -> tuple[Tensor | None, Tensor]:
         """A stand-in for a convolution's float input, and the weight to pass with it, for an
         input-gradient-only ``convolution_backward`` (its input gradient reads the input's shape and
         layout, never its values), so that the float input need not be rebuilt; (None, weight) where
@@ -547,7 +620,8 @@ def _like(grad: Tensor | None, param: Tensor) -> Tensor | None:
 def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_bool: Tensor,
                   lead_dims: int = 1, sample: tuple[int, ...] | None = None,
                   contiguous_out: bool = False, out_sample: tuple[int, int, int] | None = None,
-                  spike_driven: bool = True, choice: SynapseChoice = DEFAULT_CHOICE) -> Tensor:
+                  spike_driven: bool = True, choice: SynapseChoice = DEFAULT_CHOICE,
+                  gated_input: bool = False) -> Tensor:
     """``synapse_forward`` whose backward keeps ``x_bool`` (x as bool) instead of x.
 
     Args:
@@ -570,10 +644,14 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
             ``choice.weight_grad`` and the input's activity say so; False: always the dense synapse
             and weight gradient.
         choice: the layer's chunk size, Conv2d layout and output-layer algorithm (the plan's).
+        gated_input: x's gradient is read only where x is 1 (x's producer is a ``spike_gated`` LIF
+            layer, the only reader of that gradient): backward may then compute it at the active
+            inputs only and hand back 0 elsewhere (``choice.input_grad``; with ``spike_driven``).
 
     Returns:
         The synaptic current [*lead, *output shape]; gradients reach x (in x's shape and
-        layout), weight and bias as through ``synapse_forward`` (fp32 rounding).
+        layout; with ``gated_input`` possibly only where x is 1), weight and bias as through
+        ``synapse_forward`` (fp32 rounding).
     """
     lead = tuple(x.shape[:lead_dims])
     sample = tuple(sample) if sample is not None else tuple(x.shape[lead_dims:])
@@ -591,4 +669,5 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
     if out_sample is not None and not isinstance(op, ops.Linear):
         raise ValueError("out_sample applies to Linear synapses only")
     return _SpikeInputSynapse.apply(x, x_bool, weight, bias, op, lead, sample, contiguous_out,
-                                    None if out_sample is None else tuple(out_sample), choice, spike_driven)
+                                    None if out_sample is None else tuple(out_sample), choice, spike_driven,
+                                    gated_input)

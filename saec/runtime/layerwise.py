@@ -51,6 +51,8 @@ class Walk:
             once its last user has run.
         binary: values known to be spike trains (fast path): their bool copies, or None
             when no copy is needed (inference).
+        gated: spike trains whose gradient is read only where they are 1: a ``spike_gated`` LIF
+            layer's (its surrogate is zero where the neuron did not fire), and reshapes of them.
         deferred: Flatten / Unflatten nodes left to their synapses: the per-row shape
             they stand for.
     """
@@ -66,6 +68,7 @@ class Walk:
     keep_binary: bool
     values: dict[str, Tensor] = field(default_factory=dict)
     binary: dict[str, Tensor | None] = field(default_factory=dict)
+    gated: set[str] = field(default_factory=set)
     deferred: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
@@ -123,7 +126,8 @@ def _synapse(walk: Walk, name: str, op: ops.Op, h: Tensor) -> Tensor:
         return fastpath.spike_synapse(op, weight, bias, h, walk.binary[source], lead_dims=2,
                                       sample=walk.deferred.get(source), contiguous_out=contiguous_out,
                                       out_sample=out_sample, choice=choice,
-                                      spike_driven=walk.model.execution.spike_driven)
+                                      spike_driven=walk.model.execution.spike_driven,
+                                      gated_input=source in walk.gated)
     t = h.shape[0]
     flat = fastpath.synapse_forward(op, weight, bias, h.reshape(t * walk.batch, *h.shape[2:]), choice)
     return flat.reshape(t, walk.batch, *flat.shape[1:])
@@ -136,6 +140,8 @@ def _reshape(walk: Walk, name: str, op: ops.Op, h: Tensor) -> Tensor:
     spikes = source in walk.binary
     if spikes:  # same spikes; the synapse reshapes them
         walk.binary[name] = walk.binary[source]
+        if source in walk.gated:
+            walk.gated.add(name)
     if spikes and graph.meta(name)[META_KEY]["defer_reshape"]:
         walk.deferred[name] = tuple(graph.meta(name)["shape"])
         return h  # the synapses after it take the producer's spikes as they are
@@ -183,6 +189,8 @@ def _lif(walk: Walk, name: str, op: ops.LIF, h: Tensor) -> Tensor:
         res = lif_scan(h, op, cumulative=want, record_potential=keep_state, bool_spikes=walk.keep_binary,
                        counts=True, backend=walk.model.execution.scan_backend)
         walk.binary[name] = res.fired
+        if op.surrogate == "spike_gated":
+            walk.gated.add(name)
     else:
         res = lif_scan_autograd(h, op, cumulative=want, record_potential=keep_state)
     _record_lif(walk, name, layer, res, want, keep_state)

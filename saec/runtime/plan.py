@@ -107,6 +107,9 @@ class LayerPlan:
             ``gemm`` or ``onednn`` (:data:`saec.runtime.fastpath.OutputAlgorithm`).
         weight_grad: how the weight gradient is computed in training, ``dense`` or ``spike``
             (:data:`saec.runtime.fastpath.WeightGrad`); null: per row chunk by the input's activity.
+        input_grad: how the input gradient is computed in training where the input's producer is
+            spike-gated, ``dense`` or ``spike`` (:data:`saec.runtime.fastpath.InputGrad`); null: per
+            row chunk by the input's activity.
     """
 
     chunk_rows: int | None = None
@@ -114,6 +117,7 @@ class LayerPlan:
     handoff_layout: bool = True
     output_algorithm: str = "gemm"
     weight_grad: str | None = None
+    input_grad: str | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_rows is not None and (type(self.chunk_rows) is not int or self.chunk_rows < 1):
@@ -127,6 +131,9 @@ class LayerPlan:
         if self.weight_grad is not None and self.weight_grad not in fastpath.WEIGHT_GRAD_CHOICES:
             raise ValueError(f"weight_grad must be one of {', '.join(fastpath.WEIGHT_GRAD_CHOICES)} or null, "
                              f"got {self.weight_grad!r}")
+        if self.input_grad is not None and self.input_grad not in fastpath.INPUT_GRAD_CHOICES:
+            raise ValueError(f"input_grad must be one of {', '.join(fastpath.INPUT_GRAD_CHOICES)} or null, "
+                             f"got {self.input_grad!r}")
 
 
 DEFAULT_LAYER = LayerPlan()
@@ -174,7 +181,7 @@ class ExecutionPlan:
         layer = self.layer(key)
         return fastpath.SynapseChoice(chunk_rows=layer.chunk_rows, chunk_bytes=self.chunk_bytes,
                                       channels_last=layer.channels_last, output_algorithm=layer.output_algorithm,
-                                      weight_grad=layer.weight_grad)
+                                      weight_grad=layer.weight_grad, input_grad=layer.input_grad)
 
     @property
     def is_default(self) -> bool:
@@ -227,6 +234,9 @@ class ExecutionPlan:
                 elif knob == "weight_grad" and value is None:
                     lines.append(f"{layer.node} weight_grad: by input activity, spike-driven up to "
                                  f"{spikedriven.WEIGHT_GRAD_MAX_ACTIVITY} (default)")
+                elif knob == "input_grad" and value is None:
+                    lines.append(f"{layer.node} input_grad: by input activity, at the active inputs only up to "
+                                 f"{spikedriven.INPUT_GRAD_MAX_ACTIVITY} (default)")
                 else:
                     lines.append(f"{layer.node} {knob}: {value}" + (" (default)" if value == default else ""))
         return lines
@@ -288,6 +298,7 @@ class SynapseLayer:
     batch: int
     handoff: bool  # the IR suggests a handoff layout for it (contiguous_out or out_sample)
     reads_encoder: bool  # its input is the encoded image (no input gradient in training)
+    gated_input: bool = False  # its input is a spike_gated LIF layer's spikes (fastpath.spike_synapse)
 
     def knobs(self) -> list[str]:
         """The knobs that apply to this layer (the others leave it as it is)."""
@@ -299,6 +310,8 @@ class SynapseLayer:
         if self.handoff:
             knobs.append("handoff_layout")
         knobs.append("weight_grad")
+        if self.gated_input and not self.reads_encoder:
+            knobs.append("input_grad")
         knobs.append("chunk_rows")
         return knobs
 
@@ -323,21 +336,25 @@ def synapse_layers(graph: IRGraph, batch: int = 1) -> list[SynapseLayer]:
         # a linear's output is contiguous anyway: only a convolution's contiguous_out changes a layout
         handoff = (bool(exec_meta.get("contiguous_out")) and not isinstance(op, ops.Linear)
                    or exec_meta.get("out_sample") is not None)
+        producer = graph.op(_producer(graph, source))
         layers.append(SynapseLayer(name, op, sample, layer_key(op, sample), timesteps * batch, batch, handoff,
-                                   _reads_encoder(graph, source)))
+                                   isinstance(producer, (ops.PoissonEncode, ops.Input)),
+                                   isinstance(producer, ops.LIF) and producer.surrogate == "spike_gated"))
     return layers
 
 
-def _reads_encoder(graph: IRGraph, node: str) -> bool:
+def _producer(graph: IRGraph, node: str) -> str:
+    """The node whose output ``node`` is, reshapes aside."""
     while isinstance(graph.op(node), (ops.Flatten, ops.Unflatten)):
         node = graph.inputs(node)[0]
-    return isinstance(graph.op(node), (ops.PoissonEncode, ops.Input))
+    return node
 
 
 def network_key(graph: IRGraph, batch: int, dtype: torch.dtype = torch.float32) -> str:
     """What a cached plan is for: batch, T, dtype and every synapse layer's key, in order."""
     timesteps = int(graph.attrs.get("timesteps", 1))
-    layers = " | ".join(layer.key for layer in synapse_layers(graph))
+    # a layer whose input is spike-gated has one more knob (input_grad): marked, so that its plan is its own
+    layers = " | ".join(layer.key + " gated" * layer.gated_input for layer in synapse_layers(graph))
     return f"B={batch} T={timesteps} {str(dtype).removeprefix('torch.')} | {layers}"
 
 
@@ -424,7 +441,8 @@ class _Bench:
             y = fastpath.spike_synapse(layer.op, weight, bias, x, self.fired[layer.node], lead_dims=2,
                                        sample=layer.sample,
                                        contiguous_out=contiguous_out,
-                                       out_sample=None if out_sample is None else tuple(out_sample), choice=choice)
+                                       out_sample=None if out_sample is None else tuple(out_sample), choice=choice,
+                                       gated_input=layer.gated_input)
             outputs, grads = [y], [torch.ones_like(y)]
             readers = self.readers(layer.node) if with_readers else []
             if readers:
@@ -432,7 +450,8 @@ class _Bench:
                 spikes = fired.to(y.dtype).requires_grad_()
                 for reader in readers:
                     w, b = self.weights[reader.node]
-                    z = fastpath.spike_synapse(reader.op, w, b, spikes, fired, lead_dims=2, sample=reader.sample)
+                    z = fastpath.spike_synapse(reader.op, w, b, spikes, fired, lead_dims=2, sample=reader.sample,
+                                               gated_input=reader.gated_input)
                     outputs.append(z)
                     grads.append(torch.ones_like(z))
             torch.autograd.backward(outputs, grads)
@@ -471,6 +490,10 @@ def _candidates(layer: SynapseLayer, knob: str) -> list[Any]:
         usable = spikedriven.weight_grad_applies(layer.op, torch.empty(0), torch.float32, torch.device("cpu"),
                                                  layer.sample)
         return [None, *fastpath.WEIGHT_GRAD_CHOICES] if usable else [None]
+    if knob == "input_grad":  # likewise; the layer's input is spike-gated (SynapseLayer.knobs)
+        usable = spikedriven.weight_grad_applies(layer.op, torch.empty(0), torch.float32, torch.device("cpu"),
+                                                 layer.sample)
+        return [None, *fastpath.INPUT_GRAD_CHOICES] if usable else [None]
     return [True, False]
 
 
@@ -508,7 +531,7 @@ def plan_network(graph: IRGraph, batch: int, *, device: torch.device | str = "cp
     """Measure the candidates of every knob for ``graph`` at ``batch`` images per step; the fastest plan.
 
     Layer by layer, knob by knob (the output algorithm, the Conv2d layout, the handoff layout,
-    then the chunk size), each candidate is timed with the knobs chosen so far; then the
+    the weight and input gradients' kernels, then the chunk size), each candidate is timed with the knobs chosen so far; then the
     pool's threshold and the thread count, over all layers. Each trial is a layer's forward and backward on
     synthetic spikes of its real shape [T, B, ...] (the handoff layout: with its readers);
     a knob with one candidate is not timed, a layer key seen before is not planned again.

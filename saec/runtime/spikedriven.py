@@ -73,6 +73,12 @@ MAX_ACTIVITY = 0.2
 #: costs conv1 ~2 ms. A per-machine plan (``saec plan``) chooses per layer instead.
 WEIGHT_GRAD_MAX_ACTIVITY = 0.1
 
+#: The input gradient's crossover (where the producer is spike-gated, see
+#: :func:`saec.runtime.fastpath.spike_synapse`): a row chunk whose input has a larger fraction of ones
+#: gets the dense input gradient, a sparser one the kernel's dot products at its active inputs, where
+#: a layer's execution plan does not choose (``SynapseChoice.input_grad``). PROVISIONAL until measured.
+INPUT_GRAD_MAX_ACTIVITY = 0.1
+
 #: Rows sampled (spread over time steps and images) to estimate a layer's input activity.
 ACTIVITY_SAMPLE_ROWS = 64
 

@@ -11,6 +11,7 @@ the switch code (tests/benchmarks/test_bench_smoke.py reads them):
   the probe without it);
 - ``c_scan_calls``: calls of the C LIF kernel (forward and backward) in the second step;
 - ``spike_weight_grad_calls``: calls of the spike-driven weight-gradient kernel in that step;
+- ``spike_input_grad_calls``: calls of the input-gradient kernel (active inputs only) in that step;
 - ``scan_backends``: the scan backends the LIF scan was called with in that step (the
   ``backend`` argument its kernel choice received, sorted);
 - ``fresh_pool_bytes``: large tensors (at least ``POOL_FROM_BYTES``) the buffer pool
@@ -103,6 +104,14 @@ def probe(name: str) -> dict:
             return real_weight_grad(*a, **k)
 
         cpu_spike.weight_grad = weight_grad
+        counters["spike_input_grad_calls"] = 0
+        real_input_grad = cpu_spike.input_grad
+
+        def input_grad(*a, **k):
+            counters["spike_input_grad_calls"] += self._probe_on
+            return real_input_grad(*a, **k)
+
+        cpu_spike.input_grad = input_grad
 
         class CountingTorch:  # pool.py's `torch`: counts the fresh buffers the pool asks for
             def __getattr__(self, attr):

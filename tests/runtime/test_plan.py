@@ -91,6 +91,8 @@ PLAN_CASES = {
     "output_algorithm=onednn": lambda m: ExecutionPlan(layers=_every_layer(m, output_algorithm="onednn")),
     "weight_grad=dense": lambda m: ExecutionPlan(layers=_every_layer(m, weight_grad="dense")),
     "weight_grad=spike": lambda m: ExecutionPlan(layers=_every_layer(m, weight_grad="spike")),
+    "input_grad=dense": lambda m: ExecutionPlan(layers=_every_layer(m, input_grad="dense")),
+    "input_grad=spike": lambda m: ExecutionPlan(layers=_every_layer(m, input_grad="spike")),
     "min_pooled_bytes=1024": lambda m: ExecutionPlan(min_pooled_bytes=1024),
     "min_pooled_bytes=256KiB": lambda m: ExecutionPlan(min_pooled_bytes=256 << 10),
     "min_pooled_bytes=16MiB": lambda m: ExecutionPlan(min_pooled_bytes=16 << 20),
@@ -98,7 +100,7 @@ PLAN_CASES = {
     "everything off the default": lambda m: ExecutionPlan(
         min_pooled_bytes=1024, threads=1,
         layers=_every_layer(m, chunk_rows=64, channels_last=False, handoff_layout=False, output_algorithm="onednn",
-                            weight_grad="spike")),
+                            weight_grad="spike", input_grad="spike")),
 }
 
 
@@ -224,6 +226,26 @@ def test_the_weight_grad_knob_changes_what_runs(monkeypatch):
     _train_pass(model, _images(BATCH), "fast", ExecutionPlan(layers=_every_layer(model, weight_grad="spike")))
     assert sorted(type(op).__name__ for op in calls) == sorted(["Conv2d"] * 2 + ["Linear"] * 2 +
                                                                ["ConvTranspose2d"] * 2)
+
+
+@pytest.mark.skipif(cpu_spike.library() is None, reason="no C compiler: the spike-driven kernel is not built")
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_the_input_grad_knob_changes_what_runs_where_the_input_is_spike_gated(monkeypatch, preset):
+    model = _tiny_model(preset)
+    gated = {name for name in LAYERS if name != "output"
+             and model.graph.op(f"{name}.lif").surrogate == "spike_gated"}
+    calls = []
+    real = cpu_spike.input_grad
+    monkeypatch.setattr(cpu_spike, "input_grad", lambda op, *args: calls.append(op) or real(op, *args))
+    _train_pass(model, _images(BATCH), "fast", ExecutionPlan(layers=_every_layer(model, input_grad="dense")))
+    assert calls == []
+    _train_pass(model, _images(BATCH), "fast", ExecutionPlan(layers=_every_layer(model, input_grad="spike")))
+    # every synapse reading a gated layer's spikes (conv1 reads the encoding: no input gradient)
+    readers = {"conv1": "conv2", "conv2": "latent", "latent": "fc_dec", "fc_dec": "deconv1", "deconv1": "output"}
+    assert sorted(id(op) for op in calls) == sorted(id(model.graph.op(readers[name])) for name in gated)
+    assert len(gated) == 5  # both presets' surrogate is spike_gated (the published code's is)
+    knobs = planning.plan_candidates(model.graph, BATCH)
+    assert {node for node, k in knobs.items() if "input_grad" in k} == {readers[name] for name in gated}
 
 
 def test_the_pool_threshold_changes_what_is_pooled(monkeypatch):

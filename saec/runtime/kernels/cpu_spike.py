@@ -1,5 +1,5 @@
-"""The C spike-driven synapse (``spike_synapse.c``: the forward, :func:`forward`, and the weight
-gradient, :func:`weight_grad`): built with the system C compiler on first
+"""The C spike-driven synapse (``spike_synapse.c``: the forward, :func:`forward`, the weight
+gradient, :func:`weight_grad`, and the input gradient at the active inputs, :func:`input_grad`): built with the system C compiler on first
 use (the LIF scan's mechanism, :func:`saec.runtime.kernels.cpu_lif.build_native`: cached per
 source, flags, compiler and CPU, ``SAEC_NATIVE_KERNELS=0`` turns it off), called through ctypes.
 
@@ -57,6 +57,7 @@ class SpikeSynapseParams(ctypes.Structure):
 
 _ARGS = [ctypes.POINTER(SpikeSynapseParams), ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 4
 _GRAD_ARGS = [ctypes.POINTER(SpikeSynapseParams), ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3
+_INPUT_GRAD_ARGS = _ARGS
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,6 +73,9 @@ def library() -> ctypes.CDLL | None:
     for name in ("spike_weight_grad_f32", "spike_weight_grad_u8"):
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = _GRAD_ARGS, ctypes.c_int
+    for name in ("spike_input_grad_f32", "spike_input_grad_u8"):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = _INPUT_GRAD_ARGS, ctypes.c_int
     return lib
 
 
@@ -299,6 +303,12 @@ def grad_rows_supported(op: ops.Op, g: Tensor) -> bool:
     return all(g.shape[d] == 1 or g.stride(d) == stride for d, stride in want.items())
 
 
+def _check_grad_rows(op: ops.Op, g: Tensor, n: int) -> None:
+    if not grad_rows_supported(op, g) or g.shape[0] != n:
+        raise ValueError(f"output gradient rows must be float32 [{n}, ...] with out channels innermost, "
+                         f"got {tuple(g.shape)} strides {g.stride()} {g.dtype}")
+
+
 def weight_grad(op: ops.Op, x: Tensor, g: Tensor, sample: tuple[int, ...], partials: Tensor) -> bool:
     """Add the weight gradient of ``op`` on the binary input rows ``x`` and output-gradient rows ``g``
     into ``partials``, doing work only where ``x`` is 1 (see spike_synapse.c, weight gradient).
@@ -322,9 +332,7 @@ def weight_grad(op: ops.Op, x: Tensor, g: Tensor, sample: tuple[int, ...], parti
         ValueError: ``g`` or ``partials`` not laid out as described.
     """
     n = x.shape[0]
-    if not grad_rows_supported(op, g) or g.shape[0] != n:
-        raise ValueError(f"output gradient rows must be float32 [{n}, ...] with out channels innermost, "
-                         f"got {tuple(g.shape)} strides {g.stride()} {g.dtype}")
+    _check_grad_rows(op, g, n)
     workers = weight_grad_workers(n)
     if not partials.is_contiguous() or partials.dtype != torch.float32 or partials.shape[0] < workers:
         raise ValueError(f"partials must be contiguous float32 [>= {workers}, ...], got {tuple(partials.shape)}")
@@ -335,3 +343,44 @@ def weight_grad(op: ops.Op, x: Tensor, g: Tensor, sample: tuple[int, ...], parti
     _set_geometry(p, op, sample, tuple(g.shape[1:]))
     fn = getattr(library(), "spike_weight_grad_u8" if x.dtype == torch.uint8 else "spike_weight_grad_f32")
     return _run_rows(fn, p, n, [(x.data_ptr(), g.data_ptr(), partials[w].data_ptr()) for w in range(workers)])
+
+
+# ---------------------------------------------------------------- input gradient
+def input_grad(op: ops.Op, x: Tensor, g: Tensor, sample: tuple[int, ...], wt: Tensor, dx: Tensor) -> bool:
+    """The input gradient of ``op`` at the active inputs of ``x`` (0 elsewhere) into ``dx``, with
+    work only where ``x`` is 1 (see spike_synapse.c, input gradient): what a synapse needs when its
+    input's gradient is read only where the input fired (a ``spike_gated`` producer).
+
+    Args:
+        op: a Linear, Conv2d or ConvTranspose2d op (any stride and padding).
+        x: input rows [n, *source shape], bool/uint8 or float32 0/1, each row dense in any layout (as
+            for :func:`forward`); any nonzero counts as 1 (not checked).
+        g: the output-gradient rows, laid out as :func:`grad_rows_supported` says (checked).
+        sample: the op's input shape per row (a reshape of the source shape).
+        wt: the weights as :func:`arranged_weight` gives them (no ``order``), float32, contiguous.
+        dx: [n, *source shape] float32 with ``x``'s strides (checked); overwritten.
+
+    Returns:
+        False when the kernel could not get its scratch memory (``dx`` is then undefined).
+
+    Raises:
+        ValueError: ``g``, ``wt`` or ``dx`` not laid out as described.
+    """
+    n = x.shape[0]
+    _check_grad_rows(op, g, n)
+    if dx.dtype != torch.float32 or dx.shape != x.shape or (n > 1 and dx.stride() != x.stride()) \
+            or (n == 1 and dx.stride()[1:] != x.stride()[1:]):
+        raise ValueError(f"dx must be float32 with x's shape and strides {tuple(x.shape)} {x.stride()}, "
+                         f"got {tuple(dx.shape)} {dx.stride()} {dx.dtype}")
+    want = ((math.prod(sample), g.shape[1]) if isinstance(op, ops.Linear)
+            else (sample[0], *op.kernel_size, g.shape[1]))
+    if not wt.is_contiguous() or wt.dtype != torch.float32 or tuple(wt.shape) != want:
+        raise ValueError(f"wt must be the arranged float32 weights, got {tuple(wt.shape)} {wt.dtype}")
+    if n == 0:
+        return True
+    x, p = _input_params(x)
+    p.out_row_stride = g.stride(0)
+    _set_geometry(p, op, sample, tuple(g.shape[1:]))
+    fn = getattr(library(), "spike_input_grad_u8" if x.dtype == torch.uint8 else "spike_input_grad_f32")
+    args = (x.data_ptr(), g.data_ptr(), wt.data_ptr(), dx.data_ptr())
+    return _run_rows(fn, p, n, [args] * weight_grad_workers(n))

@@ -55,9 +55,12 @@ typedef struct {
 
 #define GATHER_BLOCK 16
 
-/* The logical input indices of the nonzero elements of one row, in memory order. */
-#define DEFINE_GATHER(NAME, S)                                                                \
-static int64_t NAME(const spike_synapse_params *p, const S *restrict row, int32_t *restrict idx) \
+/* The logical input indices of the nonzero elements of one row, in memory order; with MEM, their
+ * offsets in the row's memory too (into mem, for the input gradient, which is written in the
+ * input's layout). */
+#define DEFINE_GATHER(NAME, S, MEM)                                                           \
+static int64_t NAME(const spike_synapse_params *p, const S *restrict row, int32_t *restrict idx, \
+                    int32_t *restrict mem)                                                    \
 {                                                                                             \
     const int64_t n0 = p->in_sizes[0], n1 = p->in_sizes[1], n2 = p->in_sizes[2], n3 = p->in_sizes[3]; \
     const int64_t s0 = p->in_strides[0], s1 = p->in_strides[1], s2 = p->in_strides[2], s3 = p->in_strides[3]; \
@@ -66,7 +69,8 @@ static int64_t NAME(const spike_synapse_params *p, const S *restrict row, int32_
     for (int64_t i0 = 0; i0 < n0; ++i0)                                                       \
         for (int64_t i1 = 0; i1 < n1; ++i1)                                                   \
             for (int64_t i2 = 0; i2 < n2; ++i2) {                                             \
-                const S *restrict q = row + i0 * s0 + i1 * s1 + i2 * s2;                      \
+                const int64_t off = i0 * s0 + i1 * s1 + i2 * s2;                              \
+                const S *restrict q = row + off;                                              \
                 const int64_t base = i0 * m0 + i1 * m1 + i2 * m2;                             \
                 int64_t j = 0;                                                                \
                 if (s3 == 1) {                                                                \
@@ -75,17 +79,25 @@ static int64_t NAME(const spike_synapse_params *p, const S *restrict row, int32_
                         for (int k = 0; k < GATHER_BLOCK; ++k) any |= (q[j + k] != (S)0);     \
                         if (!any) continue;                                                   \
                         for (int k = 0; k < GATHER_BLOCK; ++k)                                \
-                            if (q[j + k] != (S)0) idx[count++] = (int32_t)(base + (j + k) * m3); \
+                            if (q[j + k] != (S)0) {                                           \
+                                if (MEM) mem[count] = (int32_t)(off + j + k);                 \
+                                idx[count++] = (int32_t)(base + (j + k) * m3);                \
+                            }                                                                 \
                     }                                                                         \
                 }                                                                             \
                 for (; j < n3; ++j)                                                           \
-                    if (q[j * s3] != (S)0) idx[count++] = (int32_t)(base + j * m3);           \
+                    if (q[j * s3] != (S)0) {                                                  \
+                        if (MEM) mem[count] = (int32_t)(off + j * s3);                        \
+                        idx[count++] = (int32_t)(base + j * m3);                              \
+                    }                                                                         \
             }                                                                                 \
     return count;                                                                             \
 }
 
-DEFINE_GATHER(gather_f32, float)
-DEFINE_GATHER(gather_u8, uint8_t)
+DEFINE_GATHER(gather_f32, float, 0)
+DEFINE_GATHER(gather_u8, uint8_t, 0)
+DEFINE_GATHER(gather_mem_f32, float, 1)
+DEFINE_GATHER(gather_mem_u8, uint8_t, 1)
 
 /* out[:] += the weight rows of the active inputs, four at a time: one pass over the
  * accumulator per four inputs, the additions still one after the other in input order. */
@@ -112,60 +124,75 @@ static void scatter_linear(const spike_synapse_params *p, const int32_t *restric
     }
 }
 
-/* Each active input (ci, iy, ix) adds W'[ci, ky, kx, :] to every output position its
- * kernel window reaches. kind 2, the scatter form: oy = iy * sh + ky - ph (a transposed
- * convolution, and a stride-1 conv2d whose kernel the caller flipped, with padding
- * k - 1 - p); kind 1, a strided conv2d: oy = (iy + ph - ky) / sh where that divides.
- * In the scatter form at stride 1, one kernel row's taps land on consecutive output
- * positions, so they are one contiguous run of kw * Co floats in both the output and W'. */
+/* The kernel window of one active input, as contiguous runs of out-channel floats: for the input
+ * with logical index F (channel ci, row iy, column ix), BODY runs once per run with w_off (the
+ * run's start in the arranged weights W' [C_in, kh, kw, C_out]), o_off (its start in an output
+ * row [Ho, Wo, C_out]) and len (its length in floats), kernel rows first, then columns (the
+ * macro's variadic argument is BODY).
+ * kind 2, the scatter form: oy = iy * sh + ky - ph (a transposed convolution, and a stride-1
+ * conv2d whose kernel the caller flipped, with padding k - 1 - p); kind 1, a strided conv2d:
+ * oy = (iy + ph - ky) / sh where that divides. In the scatter form at stride 1, one kernel row's
+ * taps land on consecutive output positions: one run of kw * Co floats in both the output and W'.
+ * The forward, the weight gradient and the input gradient all walk windows this way. */
+#define FOR_EACH_RUN(p, F, ...)                                                              \
+    do {                                                                                      \
+        const int64_t Co_ = (p)->Co, Ho_ = (p)->Ho, Wo_ = (p)->Wo, kh_ = (p)->kh, kw_ = (p)->kw; \
+        const int64_t sh_ = (p)->sh, sw_ = (p)->sw, ph_ = (p)->ph, pw_ = (p)->pw;             \
+        const int scatter_ = (p)->kind == 2;                                                  \
+        const uint32_t HW32_ = (uint32_t)((p)->H * (p)->W), W32_ = (uint32_t)(p)->W; /* 32-bit: 2-4x cheaper */ \
+        const uint32_t f_ = (uint32_t)(F), ci32_ = f_ / HW32_, rem_ = f_ - ci32_ * HW32_, iy32_ = rem_ / W32_; \
+        const int64_t ci_ = ci32_, iy_ = iy32_, ix_ = rem_ - iy32_ * W32_;                     \
+        const int64_t w_ci_ = ci_ * kh_ * kw_ * Co_;                                          \
+        /* stride-1 scatter: the taps kx0 <= kx < kx1 reach 0 <= ox = ix - pw + kx < Wo */     \
+        const int64_t kx0_ = pw_ - ix_ > 0 ? pw_ - ix_ : 0;                                   \
+        const int64_t kx1_ = Wo_ + pw_ - ix_ < kw_ ? Wo_ + pw_ - ix_ : kw_;                   \
+        for (int64_t ky_ = 0; ky_ < kh_; ++ky_) {                                             \
+            int64_t oy_;                                                                      \
+            if (scatter_) {                                                                   \
+                oy_ = iy_ * sh_ + ky_ - ph_;                                                  \
+            } else {                                                                          \
+                const int64_t ty_ = iy_ + ph_ - ky_;                                          \
+                if (ty_ < 0 || ty_ % sh_) continue;                                           \
+                oy_ = ty_ / sh_;                                                              \
+            }                                                                                 \
+            if (oy_ < 0 || oy_ >= Ho_) continue;                                              \
+            if (scatter_ && sw_ == 1) {                                                       \
+                if (kx1_ <= kx0_) continue;                                                   \
+                const int64_t w_off = w_ci_ + (ky_ * kw_ + kx0_) * Co_;                       \
+                const int64_t o_off = (oy_ * Wo_ + ix_ - pw_ + kx0_) * Co_;                   \
+                const int64_t len = (kx1_ - kx0_) * Co_;                                      \
+                __VA_ARGS__;                                                                  \
+                continue;                                                                     \
+            }                                                                                 \
+            for (int64_t kx_ = 0; kx_ < kw_; ++kx_) {                                         \
+                int64_t ox_;                                                                  \
+                if (scatter_) {                                                               \
+                    ox_ = ix_ * sw_ + kx_ - pw_;                                              \
+                } else {                                                                      \
+                    const int64_t tx_ = ix_ + pw_ - kx_;                                      \
+                    if (tx_ < 0 || tx_ % sw_) continue;                                       \
+                    ox_ = tx_ / sw_;                                                          \
+                }                                                                             \
+                if (ox_ < 0 || ox_ >= Wo_) continue;                                          \
+                const int64_t w_off = w_ci_ + (ky_ * kw_ + kx_) * Co_;                        \
+                const int64_t o_off = (oy_ * Wo_ + ox_) * Co_;                                \
+                const int64_t len = Co_;                                                      \
+                __VA_ARGS__;                                                                         \
+            }                                                                                 \
+        }                                                                                     \
+    } while (0)
+
+/* Each active input adds its weights W'[ci, ky, kx, :] to every output position its kernel
+ * window reaches (FOR_EACH_RUN). */
 static void scatter_conv(const spike_synapse_params *p, const int32_t *restrict idx, int64_t count,
                          const float *restrict wt, float *restrict acc)
 {
-    const int64_t H = p->H, W = p->W, Co = p->Co, Ho = p->Ho, Wo = p->Wo;
-    const int64_t kh = p->kh, kw = p->kw, sh = p->sh, sw = p->sw, ph = p->ph, pw = p->pw;
-    const int scatter = p->kind == 2;
-    const int64_t taps = kh * kw * Co;
-    const uint32_t HW32 = (uint32_t)(H * W), W32 = (uint32_t)W;  /* 32-bit divisions: 2-4x cheaper */
-    for (int64_t a = 0; a < count; ++a) {
-        const uint32_t f = (uint32_t)idx[a], ci32 = f / HW32, rem = f - ci32 * HW32, iy32 = rem / W32;
-        const int64_t ci = ci32, iy = iy32, ix = rem - iy32 * W32;
-        const float *restrict w_ci = wt + ci * taps;
-        /* stride-1 scatter: the taps kx0 <= kx < kx1 reach 0 <= ox = ix - pw + kx < Wo */
-        const int64_t kx0 = pw - ix > 0 ? pw - ix : 0;
-        const int64_t kx1 = Wo + pw - ix < kw ? Wo + pw - ix : kw;
-        for (int64_t ky = 0; ky < kh; ++ky) {
-            int64_t oy;
-            if (scatter) {
-                oy = iy * sh + ky - ph;
-            } else {
-                const int64_t ty = iy + ph - ky;
-                if (ty < 0 || ty % sh) continue;
-                oy = ty / sh;
-            }
-            if (oy < 0 || oy >= Ho) continue;
-            if (scatter && sw == 1) {
-                float *restrict out = acc + (oy * Wo + ix - pw + kx0) * Co;
-                const float *restrict w = w_ci + (ky * kw + kx0) * Co;
-                const int64_t run = (kx1 - kx0) * Co;
-                for (int64_t j = 0; j < run; ++j) out[j] = out[j] + w[j];
-                continue;
-            }
-            for (int64_t kx = 0; kx < kw; ++kx) {
-                int64_t ox;
-                if (scatter) {
-                    ox = ix * sw + kx - pw;
-                } else {
-                    const int64_t tx = ix + pw - kx;
-                    if (tx < 0 || tx % sw) continue;
-                    ox = tx / sw;
-                }
-                if (ox < 0 || ox >= Wo) continue;
-                float *restrict out = acc + (oy * Wo + ox) * Co;
-                const float *restrict w = w_ci + (ky * kw + kx) * Co;
-                for (int64_t co = 0; co < Co; ++co) out[co] = out[co] + w[co];
-            }
-        }
-    }
+    for (int64_t a = 0; a < count; ++a)
+        FOR_EACH_RUN(p, idx[a], {
+            float *restrict out = acc + o_off;
+            const float *restrict w = wt + w_off;
+            for (int64_t j = 0; j < len; ++j) out[j] = out[j] + w[j];
+        });
 }
 
 /* The accumulator's start: the bias of each output element (its out channel), or 0. */
@@ -228,7 +255,7 @@ int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x,     
     for (int64_t r = r0; r < r1; r += p->row_step) {                                          \
         float *row_out = out + r * p->out_row_stride;                                         \
         float *acc = p->direct ? row_out : scratch;                                           \
-        const int64_t count = GATHER(p, x + r * p->in_row_stride, idx);                       \
+        const int64_t count = GATHER(p, x + r * p->in_row_stride, idx, NULL);                       \
         start_row(p, bias, acc, acc_numel);                                                   \
         if (p->kind == 0) scatter_linear(p, idx, count, wt, acc);                             \
         else scatter_conv(p, idx, count, wt, acc);                                            \
@@ -259,54 +286,16 @@ DEFINE_FORWARD(spike_synapse_u8, gather_u8, uint8_t)
  * Parallelism: none here. The caller gives each thread its own dW' (rows r0, r0 + row_step,
  * ...) and sums them afterwards. */
 
-/* dW' taps of one row's active inputs += the row's gradient windows (see scatter_conv). */
+/* dW' taps of one row's active inputs += the row's gradient windows (FOR_EACH_RUN). */
 static void accumulate_conv(const spike_synapse_params *p, const int32_t *restrict idx, int64_t count,
                             const float *restrict g, float *restrict dw)
 {
-    const int64_t H = p->H, W = p->W, Co = p->Co, Ho = p->Ho, Wo = p->Wo;
-    const int64_t kh = p->kh, kw = p->kw, sh = p->sh, sw = p->sw, ph = p->ph, pw = p->pw;
-    const int scatter = p->kind == 2;
-    const int64_t taps = kh * kw * Co;
-    const uint32_t HW32 = (uint32_t)(H * W), W32 = (uint32_t)W;
-    for (int64_t a = 0; a < count; ++a) {
-        const uint32_t f = (uint32_t)idx[a], ci32 = f / HW32, rem = f - ci32 * HW32, iy32 = rem / W32;
-        const int64_t ci = ci32, iy = iy32, ix = rem - iy32 * W32;
-        float *restrict dw_ci = dw + ci * taps;
-        const int64_t kx0 = pw - ix > 0 ? pw - ix : 0;
-        const int64_t kx1 = Wo + pw - ix < kw ? Wo + pw - ix : kw;
-        for (int64_t ky = 0; ky < kh; ++ky) {
-            int64_t oy;
-            if (scatter) {
-                oy = iy * sh + ky - ph;
-            } else {
-                const int64_t ty = iy + ph - ky;
-                if (ty < 0 || ty % sh) continue;
-                oy = ty / sh;
-            }
-            if (oy < 0 || oy >= Ho) continue;
-            if (scatter && sw == 1) {
-                const float *restrict src = g + (oy * Wo + ix - pw + kx0) * Co;
-                float *restrict d = dw_ci + (ky * kw + kx0) * Co;
-                const int64_t run = (kx1 - kx0) * Co;
-                for (int64_t j = 0; j < run; ++j) d[j] = d[j] + src[j];
-                continue;
-            }
-            for (int64_t kx = 0; kx < kw; ++kx) {
-                int64_t ox;
-                if (scatter) {
-                    ox = ix * sw + kx - pw;
-                } else {
-                    const int64_t tx = ix + pw - kx;
-                    if (tx < 0 || tx % sw) continue;
-                    ox = tx / sw;
-                }
-                if (ox < 0 || ox >= Wo) continue;
-                const float *restrict src = g + (oy * Wo + ox) * Co;
-                float *restrict d = dw_ci + (ky * kw + kx) * Co;
-                for (int64_t co = 0; co < Co; ++co) d[co] = d[co] + src[co];
-            }
-        }
-    }
+    for (int64_t a = 0; a < count; ++a)
+        FOR_EACH_RUN(p, idx[a], {
+            const float *restrict src = g + o_off;
+            float *restrict d = dw + w_off;
+            for (int64_t j = 0; j < len; ++j) d[j] = d[j] + src[j];
+        });
 }
 
 /* dW^T rows of one row's active inputs += the row's gradient [F]. */
@@ -329,7 +318,7 @@ int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x, cons
     int32_t *idx = (int32_t *)malloc((size_t)(p->in_numel > 0 ? p->in_numel : 1) * sizeof(int32_t)); \
     if (!idx) return -1;                                                                      \
     for (int64_t r = r0; r < r1; r += p->row_step) {                                          \
-        const int64_t count = GATHER(p, x + r * p->in_row_stride, idx);                       \
+        const int64_t count = GATHER(p, x + r * p->in_row_stride, idx, NULL);                       \
         const float *g_row = g + r * p->out_row_stride;                                       \
         if (p->kind == 0) accumulate_linear(p, idx, count, g_row, dw);                        \
         else accumulate_conv(p, idx, count, g_row, dw);                                       \
@@ -340,3 +329,82 @@ int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x, cons
 
 DEFINE_WEIGHT_GRAD(spike_weight_grad_f32, gather_f32, float)
 DEFINE_WEIGHT_GRAD(spike_weight_grad_u8, gather_u8, uint8_t)
+
+
+/* ------------------------------------------------------------------ input gradient
+ * The input gradient of a synapse whose input's gradient is read only where the input is 1 (its
+ * producer is a spike_gated LIF layer: the surrogate d phi / d v is zero wherever the neuron did not
+ * fire, so the rest of dL/dx never reaches anything). At each active input it is the dot product of
+ * the input's weights with the output-gradient window they reach (the forward's window, read
+ * instead of written):
+ *   linear          dx[i]           = sum_o W^T[i, o] g[o]
+ *   convolutions    dx[ci, iy, ix]  = sum over the window's runs of W'[ci, ky, kx, :] . g[oy, ox, :]
+ * and 0 everywhere else. Each dot product sums in DOT_LANES interleaved partial sums (vectorised,
+ * fixed order), added up in a fixed order at the end: the values differ from a dense transposed
+ * product's only in fp32 summation order. dx is written in the input's own layout (the gather's
+ * memory offsets), each row cleared first.
+ *
+ * Parallelism: none here; the caller gives each thread its own rows (they write disjoint rows). */
+
+#define DOT_LANES 16
+
+/* s[k] += a[j] * b[j] for j = k (mod DOT_LANES) over whole blocks of DOT_LANES; the remainder into *tail. */
+static inline void dot_accumulate(float *restrict s, float *restrict tail, const float *restrict a,
+                                  const float *restrict b, int64_t n)
+{
+    int64_t j = 0;
+    for (; j + DOT_LANES <= n; j += DOT_LANES)
+        for (int k = 0; k < DOT_LANES; ++k) s[k] = s[k] + a[j + k] * b[j + k];
+    float t = *tail;
+    for (; j < n; ++j) t = t + a[j] * b[j];
+    *tail = t;
+}
+
+static inline float dot_total(const float *restrict s, float tail)
+{
+    float t = 0.0f;
+    for (int k = 0; k < DOT_LANES; ++k) t = t + s[k];
+    return t + tail;
+}
+
+/* dx at one row's active inputs (memory offsets mem[a], logical indices idx[a]). */
+static void input_grad_row(const spike_synapse_params *p, const int32_t *restrict idx,
+                           const int32_t *restrict mem, int64_t count, const float *restrict wt,
+                           const float *restrict g, float *restrict dx)
+{
+    for (int64_t a = 0; a < count; ++a) {
+        float s[DOT_LANES] = {0}, tail = 0.0f;
+        if (p->kind == 0) {
+            dot_accumulate(s, &tail, wt + (int64_t)idx[a] * p->Co, g, p->Co);
+        } else {
+            FOR_EACH_RUN(p, idx[a], dot_accumulate(s, &tail, wt + w_off, g + o_off, len));
+        }
+        dx[mem[a]] = dot_total(s, tail);
+    }
+}
+
+/* Rows r0, r0 + row_step, ... (below r1): the input x (its walk in p), the output gradient g (row
+ * stride out_row_stride, each row channels-last) and the arranged weights wt (as the forward's)
+ * give dx, laid out as x (each row dense, row stride in_row_stride): cleared, then written at the
+ * active inputs; returns 0, or -1 when scratch memory could not be had. */
+#define DEFINE_INPUT_GRAD(NAME, GATHER, S)                                                    \
+int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x, const float *g,  \
+         const float *wt, float *dx)                                                          \
+{                                                                                             \
+    const size_t n = (size_t)(p->in_numel > 0 ? p->in_numel : 1);                             \
+    int32_t *idx = (int32_t *)malloc(n * sizeof(int32_t));                                    \
+    int32_t *mem = (int32_t *)malloc(n * sizeof(int32_t));                                    \
+    if (!idx || !mem) { free(idx); free(mem); return -1; }                                    \
+    for (int64_t r = r0; r < r1; r += p->row_step) {                                          \
+        float *dx_row = dx + r * p->in_row_stride;                                            \
+        memset(dx_row, 0, (size_t)p->in_numel * sizeof(float));                               \
+        const int64_t count = GATHER(p, x + r * p->in_row_stride, idx, mem);                  \
+        input_grad_row(p, idx, mem, count, wt, g + r * p->out_row_stride, dx_row);            \
+    }                                                                                         \
+    free(idx);                                                                                \
+    free(mem);                                                                                \
+    return 0;                                                                                 \
+}
+
+DEFINE_INPUT_GRAD(spike_input_grad_f32, gather_mem_f32, float)
+DEFINE_INPUT_GRAD(spike_input_grad_u8, gather_mem_u8, uint8_t)
