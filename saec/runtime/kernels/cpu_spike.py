@@ -51,7 +51,7 @@ class SpikeSynapseParams(ctypes.Structure):
         ("acc_numel", ctypes.c_int64), ("direct", ctypes.c_int64),
         ("copy_sizes", ctypes.c_int64 * 3), ("copy_acc_strides", ctypes.c_int64 * 3),
         ("copy_out_strides", ctypes.c_int64 * 3), ("copy_planes", ctypes.c_int64),
-        ("out_row_stride", ctypes.c_int64), ("row_step", ctypes.c_int64),
+        ("out_row_stride", ctypes.c_int64), ("row_step", ctypes.c_int64), ("flat", ctypes.c_int64),
     ]
 
 
@@ -168,7 +168,20 @@ def _input_params(x: Tensor) -> tuple[Tensor, SpikeSynapseParams]:
     sizes, strides, index = _input_walk(x)
     p.in_sizes[:], p.in_strides[:], p.in_index[:] = sizes, strides, index
     p.in_row_stride, p.in_numel = x.stride(0), math.prod(x.shape[1:])
+    p.flat = int(_fills_its_memory(sizes, strides))
     return x, p
+
+
+def _fills_its_memory(sizes: list[int], strides: list[int]) -> bool:
+    """Whether a row walked as ``sizes`` / ``strides`` (outermost first, :func:`_input_walk`) covers its
+    memory without gaps: the kernel may then scan it as one run."""
+    expected = 1
+    for size, stride in zip(reversed(sizes), reversed(strides)):
+        if size > 1:
+            if stride != expected:
+                return False
+            expected *= size
+    return True
 
 
 def forward(op: ops.Op, wt: Tensor, bias: Tensor | None, x: Tensor, sample: tuple[int, ...], out: Tensor) -> bool:

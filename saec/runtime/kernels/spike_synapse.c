@@ -51,21 +51,63 @@ typedef struct {
     int64_t copy_planes;     /* 1: the output row is [Co, Ho, Wo] with dense planes (a transpose) */
     int64_t out_row_stride;  /* elements between output rows */
     int64_t row_step;        /* this call's rows: r0, r0 + row_step, ... below r1 */
+    int64_t flat;            /* 1: a row fills its in_numel elements of memory (any order of dimensions) */
 } spike_synapse_params;
 
 #define GATHER_BLOCK 16
+#define FLAT_BLOCK 64
+
+/* For rows that fill their memory (p->flat): the logical input index of each memory offset of a
+ * row (the same for every row), so that the gather can scan a row as one run of memory; NULL when
+ * the rows do not fill their memory (the gather then walks the dimensions) or no memory was had. */
+static int32_t *logical_of_offsets(const spike_synapse_params *p)
+{
+    if (!p->flat) return NULL;
+    int32_t *perm = (int32_t *)malloc((size_t)(p->in_numel > 0 ? p->in_numel : 1) * sizeof(int32_t));
+    if (!perm) return NULL;
+    const int64_t *n = p->in_sizes, *s = p->in_strides, *m = p->in_index;
+    for (int64_t i0 = 0; i0 < n[0]; ++i0)
+        for (int64_t i1 = 0; i1 < n[1]; ++i1)
+            for (int64_t i2 = 0; i2 < n[2]; ++i2)
+                for (int64_t i3 = 0; i3 < n[3]; ++i3)
+                    perm[i0 * s[0] + i1 * s[1] + i2 * s[2] + i3 * s[3]] =
+                        (int32_t)(i0 * m[0] + i1 * m[1] + i2 * m[2] + i3 * m[3]);
+    return perm;
+}
 
 /* The logical input indices of the nonzero elements of one row, in memory order; with MEM, their
  * offsets in the row's memory too (into mem, for the input gradient, which is written in the
- * input's layout). */
+ * input's layout). With perm (logical_of_offsets) the row is scanned as one run of memory, blocks
+ * of FLAT_BLOCK elements tested at once; else its dimensions are walked, the innermost in blocks
+ * of GATHER_BLOCK. Both visit the elements in memory order. */
 #define DEFINE_GATHER(NAME, S, MEM)                                                           \
-static int64_t NAME(const spike_synapse_params *p, const S *restrict row, int32_t *restrict idx, \
-                    int32_t *restrict mem)                                                    \
+static int64_t NAME(const spike_synapse_params *p, const S *restrict row, const int32_t *restrict perm, \
+                    int32_t *restrict idx, int32_t *restrict mem)                             \
 {                                                                                             \
+    int64_t count = 0;                                                                        \
+    if (perm) {                                                                               \
+        const int64_t N = p->in_numel;                                                        \
+        int64_t j = 0;                                                                        \
+        for (; j + FLAT_BLOCK <= N; j += FLAT_BLOCK) {                                        \
+            int any = 0;                                                                      \
+            for (int k = 0; k < FLAT_BLOCK; ++k) any |= (row[j + k] != (S)0);                 \
+            if (!any) continue;                                                               \
+            for (int k = 0; k < FLAT_BLOCK; ++k)                                              \
+                if (row[j + k] != (S)0) {                                                     \
+                    if (MEM) mem[count] = (int32_t)(j + k);                                   \
+                    idx[count++] = perm[j + k];                                               \
+                }                                                                             \
+        }                                                                                     \
+        for (; j < N; ++j)                                                                    \
+            if (row[j] != (S)0) {                                                             \
+                if (MEM) mem[count] = (int32_t)j;                                             \
+                idx[count++] = perm[j];                                                       \
+            }                                                                                 \
+        return count;                                                                         \
+    }                                                                                         \
     const int64_t n0 = p->in_sizes[0], n1 = p->in_sizes[1], n2 = p->in_sizes[2], n3 = p->in_sizes[3]; \
     const int64_t s0 = p->in_strides[0], s1 = p->in_strides[1], s2 = p->in_strides[2], s3 = p->in_strides[3]; \
     const int64_t m0 = p->in_index[0], m1 = p->in_index[1], m2 = p->in_index[2], m3 = p->in_index[3]; \
-    int64_t count = 0;                                                                        \
     for (int64_t i0 = 0; i0 < n0; ++i0)                                                       \
         for (int64_t i1 = 0; i1 < n1; ++i1)                                                   \
             for (int64_t i2 = 0; i2 < n2; ++i2) {                                             \
@@ -122,6 +164,18 @@ static void scatter_linear(const spike_synapse_params *p, const int32_t *restric
         const float *restrict w = wt + (int64_t)idx[a] * F;
         for (int64_t o = 0; o < F; ++o) acc[o] = acc[o] + w[o];
     }
+}
+
+/* After a row with `count` active inputs, ask for the next row's output gradient (g_next: [Ho, Wo, Co])
+ * to be brought into the caches (L2) ahead of its use, where the windows the backward kernels read
+ * cover a good part of a row: they are scattered over it, and each would otherwise wait on memory.
+ * A linear's gradient row is read from start to end for each active input, which the hardware
+ * prefetcher follows by itself; a sparse row's few windows are not worth the row's traffic. */
+static inline void prefetch_next_grad_row(const spike_synapse_params *p, int64_t count, const float *g_next)
+{
+    const int64_t numel = p->Ho * p->Wo * p->Co;
+    if (p->kind == 0 || count * p->kh * p->kw * p->Co < numel / 8) return;
+    for (int64_t j = 0; j < numel; j += 64 / sizeof(float)) __builtin_prefetch(g_next + j, 0, 2);
 }
 
 /* The kernel window of one active input, as contiguous runs of out-channel floats: for the input
@@ -251,11 +305,14 @@ int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x,     
     const int64_t acc_numel = p->acc_numel;                                                   \
     int32_t *idx = (int32_t *)malloc((size_t)(p->in_numel > 0 ? p->in_numel : 1) * sizeof(int32_t)); \
     float *scratch = p->direct ? NULL : (float *)malloc((size_t)acc_numel * sizeof(float));   \
-    if (!idx || (!p->direct && !scratch)) { free(idx); free(scratch); return -1; }            \
+    int32_t *perm = logical_of_offsets(p);                                                    \
+    if (!idx || (!p->direct && !scratch) || (p->flat && !perm)) {                             \
+        free(idx); free(scratch); free(perm); return -1;                                      \
+    }                                                                                         \
     for (int64_t r = r0; r < r1; r += p->row_step) {                                          \
         float *row_out = out + r * p->out_row_stride;                                         \
         float *acc = p->direct ? row_out : scratch;                                           \
-        const int64_t count = GATHER(p, x + r * p->in_row_stride, idx, NULL);                       \
+        const int64_t count = GATHER(p, x + r * p->in_row_stride, perm, idx, NULL);           \
         start_row(p, bias, acc, acc_numel);                                                   \
         if (p->kind == 0) scatter_linear(p, idx, count, wt, acc);                             \
         else scatter_conv(p, idx, count, wt, acc);                                            \
@@ -263,6 +320,7 @@ int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x,     
     }                                                                                         \
     free(idx);                                                                                \
     free(scratch);                                                                            \
+    free(perm);                                                                               \
     return 0;                                                                                 \
 }
 
@@ -316,14 +374,17 @@ static void accumulate_linear(const spike_synapse_params *p, const int32_t *rest
 int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x, const float *g, float *dw) \
 {                                                                                             \
     int32_t *idx = (int32_t *)malloc((size_t)(p->in_numel > 0 ? p->in_numel : 1) * sizeof(int32_t)); \
-    if (!idx) return -1;                                                                      \
+    int32_t *perm = logical_of_offsets(p);                                                    \
+    if (!idx || (p->flat && !perm)) { free(idx); free(perm); return -1; }                     \
     for (int64_t r = r0; r < r1; r += p->row_step) {                                          \
-        const int64_t count = GATHER(p, x + r * p->in_row_stride, idx, NULL);                       \
         const float *g_row = g + r * p->out_row_stride;                                       \
+        const int64_t count = GATHER(p, x + r * p->in_row_stride, perm, idx, NULL);           \
+        if (r + p->row_step < r1) prefetch_next_grad_row(p, count, g_row + p->row_step * p->out_row_stride); \
         if (p->kind == 0) accumulate_linear(p, idx, count, g_row, dw);                        \
         else accumulate_conv(p, idx, count, g_row, dw);                                       \
     }                                                                                         \
     free(idx);                                                                                \
+    free(perm);                                                                               \
     return 0;                                                                                 \
 }
 
@@ -339,8 +400,8 @@ DEFINE_WEIGHT_GRAD(spike_weight_grad_u8, gather_u8, uint8_t)
  * instead of written):
  *   linear          dx[i]           = sum_o W^T[i, o] g[o]
  *   convolutions    dx[ci, iy, ix]  = sum over the window's runs of W'[ci, ky, kx, :] . g[oy, ox, :]
- * and 0 everywhere else. Each dot product sums in DOT_LANES interleaved partial sums (vectorised,
- * fixed order), added up in a fixed order at the end: the values differ from a dense transposed
+ * and 0 everywhere else. Each dot product sums in 2 DOT_LANES interleaved partial sums (vectorised,
+ * fixed order; see dot_run), added up in a fixed order at the end: the values differ from a dense transposed
  * product's only in fp32 summation order. dx is written in the input's own layout (the gather's
  * memory offsets), each row cleared first.
  *
@@ -348,23 +409,45 @@ DEFINE_WEIGHT_GRAD(spike_weight_grad_u8, gather_u8, uint8_t)
 
 #define DOT_LANES 16
 
-/* s[k] += a[j] * b[j] for j = k (mod DOT_LANES) over whole blocks of DOT_LANES; the remainder into *tail. */
-static inline void dot_accumulate(float *restrict s, float *restrict tail, const float *restrict a,
-                                  const float *restrict b, int64_t n)
+/* Sixteen floats as one value (GCC / Clang vector extension: one AVX-512 register, two AVX ones, ...);
+ * element-wise arithmetic, no fused multiply-add (-ffp-contract=off). */
+typedef float vf16 __attribute__((vector_size(DOT_LANES * sizeof(float))));
+
+static inline vf16 load16(const float *p)
 {
-    int64_t j = 0;
-    for (; j + DOT_LANES <= n; j += DOT_LANES)
-        for (int k = 0; k < DOT_LANES; ++k) s[k] = s[k] + a[j + k] * b[j + k];
-    float t = *tail;
-    for (; j < n; ++j) t = t + a[j] * b[j];
-    *tail = t;
+    vf16 v;
+    memcpy(&v, p, sizeof v);  /* an unaligned load */
+    return v;
 }
 
-static inline float dot_total(const float *restrict s, float tail)
+/* One dot product's partial sums: two vectors of DOT_LANES (alternate blocks: two independent
+ * chains of additions) and a scalar for what is left of a run. */
+typedef struct {
+    vf16 even, odd;
+    float tail;
+} dot_sums;
+
+static inline void dot_run(dot_sums *d, const float *restrict a, const float *restrict b, int64_t n)
 {
+    int64_t j = 0;
+    for (; j + 2 * DOT_LANES <= n; j += 2 * DOT_LANES) {
+        d->even = d->even + load16(a + j) * load16(b + j);
+        d->odd = d->odd + load16(a + j + DOT_LANES) * load16(b + j + DOT_LANES);
+    }
+    if (j + DOT_LANES <= n) {
+        d->even = d->even + load16(a + j) * load16(b + j);
+        j += DOT_LANES;
+    }
+    for (; j < n; ++j) d->tail = d->tail + a[j] * b[j];
+}
+
+/* The partial sums added up in a fixed order. */
+static inline float dot_total(const dot_sums *d)
+{
+    const vf16 both = d->even + d->odd;
     float t = 0.0f;
-    for (int k = 0; k < DOT_LANES; ++k) t = t + s[k];
-    return t + tail;
+    for (int k = 0; k < DOT_LANES; ++k) t = t + both[k];
+    return t + d->tail;
 }
 
 /* dx at one row's active inputs (memory offsets mem[a], logical indices idx[a]). */
@@ -373,13 +456,13 @@ static void input_grad_row(const spike_synapse_params *p, const int32_t *restric
                            const float *restrict g, float *restrict dx)
 {
     for (int64_t a = 0; a < count; ++a) {
-        float s[DOT_LANES] = {0}, tail = 0.0f;
+        dot_sums d = {{0}, {0}, 0.0f};
         if (p->kind == 0) {
-            dot_accumulate(s, &tail, wt + (int64_t)idx[a] * p->Co, g, p->Co);
+            dot_run(&d, wt + (int64_t)idx[a] * p->Co, g, p->Co);
         } else {
-            FOR_EACH_RUN(p, idx[a], dot_accumulate(s, &tail, wt + w_off, g + o_off, len));
+            FOR_EACH_RUN(p, idx[a], dot_run(&d, wt + w_off, g + o_off, len));
         }
-        dx[mem[a]] = dot_total(s, tail);
+        dx[mem[a]] = dot_total(&d);
     }
 }
 
@@ -394,15 +477,18 @@ int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x, cons
     const size_t n = (size_t)(p->in_numel > 0 ? p->in_numel : 1);                             \
     int32_t *idx = (int32_t *)malloc(n * sizeof(int32_t));                                    \
     int32_t *mem = (int32_t *)malloc(n * sizeof(int32_t));                                    \
-    if (!idx || !mem) { free(idx); free(mem); return -1; }                                    \
+    int32_t *perm = logical_of_offsets(p);                                                    \
+    if (!idx || !mem || (p->flat && !perm)) { free(idx); free(mem); free(perm); return -1; }  \
     for (int64_t r = r0; r < r1; r += p->row_step) {                                          \
         float *dx_row = dx + r * p->in_row_stride;                                            \
         memset(dx_row, 0, (size_t)p->in_numel * sizeof(float));                               \
-        const int64_t count = GATHER(p, x + r * p->in_row_stride, idx, mem);                  \
+        const int64_t count = GATHER(p, x + r * p->in_row_stride, perm, idx, mem);            \
+        if (r + p->row_step < r1) prefetch_next_grad_row(p, count, g + (r + p->row_step) * p->out_row_stride); \
         input_grad_row(p, idx, mem, count, wt, g + r * p->out_row_stride, dx_row);            \
     }                                                                                         \
     free(idx);                                                                                \
     free(mem);                                                                                \
+    free(perm);                                                                               \
     return 0;                                                                                 \
 }
 
