@@ -18,7 +18,7 @@ import torch
 from saec.compiler import ops
 from saec.runtime.encoding import poisson_encode
 from saec.runtime.model import SpikingAutoencoder
-from saec.runtime.spikedriven import dense_synapses
+from saec.runtime.spikedriven import training_forward
 from saec.targets.quantize import QuantizedNetwork
 
 
@@ -89,7 +89,7 @@ def compare_quantized(model: SpikingAutoencoder, qnet: QuantizedNetwork, images:
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size].float()
         encoded = poisson_encode(x, graph.op(encode), generator=generator)
-        with torch.no_grad(), dense_synapses(model):  # the float network spike for spike, as trained
+        with torch.no_grad(), training_forward(model):  # the float network spike for spike, as trained
             out = model(x, encoded=encoded, record=frozenset(layers))
         sim, x_hat_q = qnet.reconstruct(encoded.numpy())
         target = x.numpy().astype(np.float64)

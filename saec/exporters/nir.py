@@ -482,7 +482,7 @@ def golden_spikes(graph: IRGraph, weights: Mapping[str, Any], images, seed: int)
 
     from saec.runtime.encoding import poisson_encode
     from saec.runtime.model import SpikingAutoencoder
-    from saec.runtime.spikedriven import dense_synapses
+    from saec.runtime.spikedriven import training_forward
 
     model = SpikingAutoencoder(graph)
     model.load_ir_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})
@@ -490,7 +490,7 @@ def golden_spikes(graph: IRGraph, weights: Mapping[str, Any], images, seed: int)
     (enc,) = graph.nodes(ops.PoissonEncode)
     train = poisson_encode(images, graph.op(enc), generator=torch.Generator().manual_seed(seed))
     lif_nodes = list(graph.nodes(ops.LIF))
-    with torch.no_grad(), dense_synapses(model):  # the training forward's numerics, spike for spike
+    with torch.no_grad(), training_forward(model):  # the training forward's numerics, spike for spike
         out = model(images, encoded=train, record={graph.meta(n)["layer"] for n in lif_nodes})
     names = nir_names(graph)
     spikes = {INPUT_NODE: train.numpy()}

@@ -505,12 +505,12 @@ def compare_with_runtime(onnx_model: onnx.ModelProto | str | Path, model, inputs
     Returns:
         An :class:`OnnxAgreement`.
     """
-    from saec.runtime.spikedriven import dense_synapses
+    from saec.runtime.spikedriven import training_forward
 
     was_training = model.training
     model.eval()
     sae = model.kind == "sae"
-    with torch.inference_mode(), dense_synapses(model):  # the training forward's numerics, spike for spike
+    with torch.inference_mode(), training_forward(model):  # the training forward's numerics, spike for spike
         x = torch.zeros(inputs.shape[1:]) if sae else inputs
         record = {model.graph.meta(n)["layer"] for n in model.graph.nodes(ops.LIF)} if sae else frozenset()
         ref = model(x.float(), encoded=inputs.float() if sae else None, record=record)

@@ -485,7 +485,7 @@ def simulate_nir(graph_or_path: nir.NIRGraph | str | Path, spikes: Any, *, dt: f
     import torch
 
     from saec.runtime.model import SpikingAutoencoder
-    from saec.runtime.spikedriven import dense_synapses
+    from saec.runtime.spikedriven import training_forward
 
     ir, weights = load_nir(graph_or_path, dt=dt)
     (inp,) = ir.nodes(ops.Input)
@@ -498,7 +498,7 @@ def simulate_nir(graph_or_path: nir.NIRGraph | str | Path, spikes: Any, *, dt: f
     model.eval()
     train = torch.from_numpy(x).to(torch_dtype)
     neurons = [n for n in ir.order() if isinstance(ir.op(n), (ops.LIF, ops.LeakyIntegrator))]
-    with torch.no_grad(), dense_synapses(model):  # NIR's dense semantics, as the golden data's forward
+    with torch.no_grad(), training_forward(model):  # each layer's planned forward, as the golden data's
         out = model(train[0], encoded=train, record={*neurons, out_node})
     result = {n: out.trains[n].numpy() for n in neurons}
     result[out_node] = out.trains[out_node].numpy()

@@ -92,7 +92,7 @@ def export_loihi(run: str | Path, *, examples: int = 4, limit: int | None = None
     from saec.exporters.netx import write_netx
     from saec.run.report import validation_set
     from saec.runtime.encoding import poisson_encode
-    from saec.runtime.spikedriven import dense_synapses
+    from saec.runtime.spikedriven import training_forward
     from saec.targets.profile import load_profile
     from saec.targets.quantize import quantize
     from saec.run.folder import load_model
@@ -127,7 +127,7 @@ def export_loihi(run: str | Path, *, examples: int = 4, limit: int | None = None
     golden: dict[str, list[np.ndarray]] = {"input": [], **{names[n]: [] for n in qnet.layers}}
     for start in range(0, images, batch):
         x, spikes = val.images[start:start + batch], encoded[:, start:start + batch]
-        with torch.no_grad(), dense_synapses(model):  # the float network spike for spike, as trained
+        with torch.no_grad(), training_forward(model):  # the float network spike for spike, as trained
             out = model(x, encoded=spikes, record=frozenset(names.values()))
         sim, x_hat_q = qnet.reconstruct(spikes.numpy())
         target = x.numpy().astype(np.float64)

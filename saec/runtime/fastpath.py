@@ -114,6 +114,18 @@ WEIGHT_GRAD_CHOICES: tuple[str, ...] = ("dense", "spike")
 InputGrad = Literal["dense", "spike"]
 INPUT_GRAD_CHOICES: tuple[str, ...] = ("dense", "spike")
 
+#: How a synapse whose input is a spike train computes its forward on the CPU: "dense" (oneDNN's
+#: convolution, MKL's matrix product, or the output layer's :data:`OutputAlgorithm`) or "spike" (the
+#: spike-driven kernel, :func:`saec.runtime.spikedriven.forward_into`: each output element its bias
+#: plus the weights of the active inputs, added in logical input order, no multiplications). The two
+#: round differently, so every path of one model (fast, reference, step by step, inference) runs the
+#: same one, as for the output algorithm; "spike" applies where the kernel does
+#: (:func:`saec.runtime.spikedriven.forward_applies`, the same answer on every path), elsewhere the
+#: dense forward runs. Only for inputs that are spike trains (0/1): the model resolves its plan's
+#: choice per layer (:meth:`saec.runtime.model.SpikingAutoencoder.synapse_choice`).
+ForwardAlgorithm = Literal["dense", "spike"]
+FORWARD_CHOICES: tuple[str, ...] = ("dense", "spike")
+
 
 @dataclass(frozen=True)
 class SynapseChoice:
@@ -134,6 +146,8 @@ class SynapseChoice:
             kernel built, ``SAEC_SPIKE_DRIVEN`` not "0"); elsewhere the dense gradient runs.
         input_grad: how the input gradient is computed where the input's producer is spike-gated
             (see :data:`InputGrad`); None: by the input's activity. Applies as ``weight_grad`` does.
+        forward: the forward's algorithm on a spike-train input (see :data:`ForwardAlgorithm`); it
+            defines the layer's rounding, so every path of a model must pass the same choice.
 
     Raises:
         ValueError: an unknown algorithm or weight-gradient choice, or a chunk size below one
@@ -146,6 +160,7 @@ class SynapseChoice:
     output_algorithm: OutputAlgorithm = "gemm"
     weight_grad: WeightGrad | None = None
     input_grad: InputGrad | None = None
+    forward: ForwardAlgorithm = "dense"
 
     def __post_init__(self) -> None:
         if self.output_algorithm not in OUTPUT_ALGORITHMS:
@@ -154,6 +169,8 @@ class SynapseChoice:
             raise ValueError(f"weight_grad must be one of {WEIGHT_GRAD_CHOICES} or None, got {self.weight_grad!r}")
         if self.input_grad is not None and self.input_grad not in INPUT_GRAD_CHOICES:
             raise ValueError(f"input_grad must be one of {INPUT_GRAD_CHOICES} or None, got {self.input_grad!r}")
+        if self.forward not in FORWARD_CHOICES:
+            raise ValueError(f"forward must be one of {FORWARD_CHOICES}, got {self.forward!r}")
         for name in ("chunk_rows", "chunk_bytes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -174,13 +191,55 @@ def synapse_forward(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor,
     one and rounds differently, so it must be the same kernel everywhere for the
     paths to give bit-identical spikes. (A Conv2d gives the same bits in either layout.)
 
-    ``choice`` picks the layout of a Conv2d and the output layer's algorithm (the latter
-    changes the rounding: pass the same choice on every path that must agree).
+    ``choice`` picks the layout of a Conv2d, the output layer's algorithm and the forward algorithm
+    (the latter two change the rounding: pass the same choice on every path that must agree). With
+    ``choice.forward == "spike"`` x must be a spike train (0/1; any nonzero counts as 1) and, where
+    the kernel applies, the result is the spike-driven kernel's (differentiable: the reference path's
+    autograd gets the dense gradients).
 
     Raises:
         UnsupportedOp: ``op`` is not a synapse (has no weights).
+        MemoryError: the spike-driven kernel could not get its scratch memory.
     """
+    if choice.forward == "spike" and spikedriven.forward_applies(op, weight, x):
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad)):
+            return _SpikeForward.apply(x, weight, bias, op)
+        return _spike_forward(op, weight, bias, x)
     return SYNAPSES.lookup(op)(op, weight, bias, x, choice)
+
+
+def _spike_forward(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, pool: buffers.BufferPool | None = None,
+                   contiguous_out: bool = False, out_sample: tuple[int, int, int] | None = None,
+                   sample: tuple[int, ...] | None = None) -> Tensor:
+    """The spike-driven forward of ``op`` on the spike rows ``x`` [n, *source shape] into a new output (from
+    ``pool`` where given) in the fast path's layout (:func:`saec.runtime.spikedriven.output_rows`)."""
+    sample = tuple(x.shape[1:]) if sample is None else sample
+    out = spikedriven.output_rows(op, x.shape[0], sample, contiguous_out, out_sample, pool, x.device)
+    spikedriven.forward_into(op, weight, bias, x, sample, out)
+    return out
+
+
+class _SpikeForward(torch.autograd.Function):
+    """:func:`synapse_forward`'s spike-driven forward under autograd (the reference path): the kernel's
+    result; backward gives the dense synapse's gradients (the formulas autograd uses for the dense op,
+    :func:`_dense_chunk_grads`), which agree with the fast path's within fp32 rounding."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, op):
+        ctx.op, ctx.has_bias = op, bias is not None
+        ctx.save_for_backward(x, weight)
+        return _spike_forward(op, weight.detach(), None if bias is None else bias.detach(), x.detach())
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        sample = tuple(x.shape[1:])
+        _, gx, gw, gb = _dense_chunk_grads(ctx.op, grad, x, weight, sample, DEFAULT_CHOICE, need_x, need_w,
+                                           need_b and ctx.has_bias, False, _InputStandIn(sample))
+        return None if gx is None else gx.reshape(x.shape), gw, gb, None
 
 
 #: The synapse ops' forward (every other op type is refused: it has no weights).
@@ -361,7 +420,8 @@ class _SpikeInputSynapse(torch.autograd.Function):
         ctx.lead, ctx.sample, ctx.choice, ctx.spike_driven = lead, sample, choice, spike_driven
         ctx.gated_input = gated_input
         ctx.save_for_backward(x_bool, weight)
-        out = _forward_rows(op, weight, bias, src, sample, contiguous_out, out_sample, pool, choice)
+        out = _forward_rows(op, weight, bias, src, sample, contiguous_out, out_sample, pool, choice,
+                            x_bool.reshape(n, *x_bool.shape[len(lead):]))
         ctx.compute_dtype = out.dtype
         return out.reshape(*lead, *out.shape[1:])
 
@@ -552,9 +612,15 @@ class _InputStandIn:
 
 def _forward_rows(op: ops.Op, weight: Tensor, bias: Tensor | None, src: Tensor, sample: tuple[int, ...],
                   contiguous_out: bool, out_sample: tuple[int, int, int] | None,
-                  pool: buffers.BufferPool | None, choice: SynapseChoice = DEFAULT_CHOICE) -> Tensor:
+                  pool: buffers.BufferPool | None, choice: SynapseChoice = DEFAULT_CHOICE,
+                  spikes: Tensor | None = None) -> Tensor:
     """The synapse on rows ``src`` [n, *source shape], chunk by chunk, into one [n, ...] output
-    (from ``pool``); see :class:`_SpikeInputSynapse` and :func:`spike_synapse` for the layouts."""
+    (from ``pool``); see :class:`_SpikeInputSynapse` and :func:`spike_synapse` for the layouts.
+    Planned spike-driven (``choice.forward``), all rows at once by the kernel, which reads ``spikes``
+    (the same rows as bool, a quarter of the bytes) where given."""
+    if choice.forward == "spike" and spikedriven.forward_applies(op, weight, src):
+        return _spike_forward(op, weight, bias, src if spikes is None else spikes, pool, contiguous_out,
+                              out_sample, sample)
     n = src.shape[0]
     out_numel = math.prod(output_shape(op, sample, "synapse"))  # the compiler's shape rules
     chunks = _chunks(n, math.prod(sample), out_numel, src.element_size(), src.device, choice)
@@ -657,8 +723,9 @@ def spike_synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, x: Tensor, x_
     sample = tuple(sample) if sample is not None else tuple(x.shape[lead_dims:])
     if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):  # inference
         rows = x.reshape(math.prod(lead), *x.shape[lead_dims:])
+        # a forward planned spike-driven is the layer's numerics (_forward_rows runs it), not a shortcut
         driven = spikedriven.synapse(op, weight, bias, rows, sample, contiguous_out, out_sample,
-                                     buffers.active()) if spike_driven else None
+                                     buffers.active()) if spike_driven and choice.forward != "spike" else None
         if driven is not None:  # work only where the spikes are (sparse, binary input; see spikedriven)
             return driven.reshape(*lead, *driven.shape[1:])
         y = _forward_rows(op, weight, bias, rows, sample, contiguous_out,

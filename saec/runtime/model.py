@@ -36,7 +36,7 @@ from saec.compiler.passes.params import weight_shapes
 from saec.runtime import fastpath
 from saec.runtime.execution import Execution
 from saec.runtime.layerwise import Walk, run_layerwise
-from saec.runtime.plan import layer_key
+from saec.runtime.plan import layer_key, producer_of
 from saec.runtime.pool import BufferPool, use_pool
 from saec.runtime.qat import LayerQuantization, target_quantizer
 from saec.runtime.stepwise import run_stepwise
@@ -147,6 +147,10 @@ class SpikingAutoencoder(nn.Module):
         self._layer_keys = {name: layer_key(self.graph.op(name), tuple(self.graph.meta(self.graph.inputs(name)[0])
                                                                        ["shape"]))
                             for name in self.order if self.graph.op(name).has_weights}
+        #: the synapse nodes whose input is a spike train (a LIF layer's or the encoder's, reshapes aside)
+        self._spike_input = {name for name in self._layer_keys
+                             if isinstance(self.graph.op(producer_of(self.graph, self.graph.inputs(name)[0])),
+                                           (ops.LIF, ops.PoissonEncode))}
         self._choices: tuple[object, dict[str, fastpath.SynapseChoice]] = (None, {})
         self.reset_parameters()
 
@@ -199,7 +203,8 @@ class SpikingAutoencoder(nn.Module):
         """Weighted node ``node``'s chunk size, layout and algorithm under the execution's plan."""
         plan = self.execution.plan
         if self._choices[0] is not plan:
-            self._choices = (plan, {name: plan.synapse_choice(key) for name, key in self._layer_keys.items()})
+            self._choices = (plan, {name: plan.synapse_choice(key, name in self._spike_input)
+                                    for name, key in self._layer_keys.items()})
         return self._choices[1][node]
 
     def handoff(self, node: str) -> tuple[bool, tuple[int, int, int] | None]:
@@ -246,12 +251,16 @@ class SpikingAutoencoder(nn.Module):
         Args:
             generator: random source for the Poisson encoding and VAE sampling.
             record: layer names whose full spike trains to return (``"_encode"`` for the input train).
-            encoded: a precomputed input spike train [T, B, ...] (skips encoding).
+            encoded: a precomputed input spike train [T, B, ...] (skips encoding): 0s and 1s.
             record_potentials: also return u(1..T) and U(1..T) of the recorded spiking
                 layers (``NetOutput.potentials`` / ``.cumulative``); costs memory, for tests and analysis.
+
+        Raises:
+            ValueError: ``encoded`` holds other values than 0 and 1 in a graph with an encoder.
         """
         if not isinstance(self.execution, Execution):
             raise TypeError(f"execution must be a saec.runtime.execution.Execution, got {self.execution!r}")
+        self._check_train(encoded)
         fast = self.execution.fast
         keep_binary = fast and torch.is_grad_enabled()
         walk = Walk(self, x, NetOutput(x_hat=x), generator, frozenset(record), encoded, record_potentials,
@@ -277,5 +286,12 @@ class SpikingAutoencoder(nn.Module):
             The spike train [T, B, ...] of every spiking layer, keyed by layer name
             (:func:`saec.runtime.stepwise.run_stepwise` also gives the reconstruction).
         """
+        self._check_train(encoded)
         self._quantize()
         return run_stepwise(self, x, encoded).trains
+
+    def _check_train(self, encoded: Tensor | None) -> None:
+        """A given input spike train stands for the encoder's, which the layers reading it may take as
+        binary (a spike-driven forward counts any nonzero as a 1): it must hold 0s and 1s only."""
+        if encoded is not None and self.encodes and not ((encoded == 0) | (encoded == 1)).all():
+            raise ValueError("the input spike train (encoded) must hold only 0s and 1s")

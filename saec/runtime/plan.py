@@ -110,6 +110,9 @@ class LayerPlan:
         input_grad: how the input gradient is computed in training where the input's producer is
             spike-gated, ``dense`` or ``spike`` (:data:`saec.runtime.fastpath.InputGrad`); null: per
             row chunk by the input's activity.
+        forward: the forward's algorithm where the input is a spike train, ``dense`` or ``spike``
+            (:data:`saec.runtime.fastpath.ForwardAlgorithm`; it sets the layer's rounding on every
+            path); null: the built-in choice, :data:`BUILTIN_FORWARD`.
     """
 
     chunk_rows: int | None = None
@@ -118,6 +121,7 @@ class LayerPlan:
     output_algorithm: str = "gemm"
     weight_grad: str | None = None
     input_grad: str | None = None
+    forward: str | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_rows is not None and (type(self.chunk_rows) is not int or self.chunk_rows < 1):
@@ -134,9 +138,16 @@ class LayerPlan:
         if self.input_grad is not None and self.input_grad not in fastpath.INPUT_GRAD_CHOICES:
             raise ValueError(f"input_grad must be one of {', '.join(fastpath.INPUT_GRAD_CHOICES)} or null, "
                              f"got {self.input_grad!r}")
+        if self.forward is not None and self.forward not in fastpath.FORWARD_CHOICES:
+            raise ValueError(f"forward must be one of {', '.join(fastpath.FORWARD_CHOICES)} or null, "
+                             f"got {self.forward!r}")
 
 
 DEFAULT_LAYER = LayerPlan()
+
+#: The forward algorithm of a layer whose input is a spike train when its plan does not choose: the
+#: spike-driven kernel (work in proportion to the spikes; the same bits on every CPU and path).
+BUILTIN_FORWARD = "spike"
 
 
 @dataclass(frozen=True)
@@ -176,12 +187,14 @@ class ExecutionPlan:
                 return layer
         return DEFAULT_LAYER
 
-    def synapse_choice(self, key: str) -> fastpath.SynapseChoice:
-        """The fast path's form of the layer's choices."""
+    def synapse_choice(self, key: str, spike_input: bool = False) -> fastpath.SynapseChoice:
+        """The fast path's form of the layer's choices; ``spike_input``: the layer's input is a spike
+        train (0/1), so that its forward may be spike-driven (``forward``; else it is dense)."""
         layer = self.layer(key)
+        forward = (layer.forward or BUILTIN_FORWARD) if spike_input else "dense"
         return fastpath.SynapseChoice(chunk_rows=layer.chunk_rows, chunk_bytes=self.chunk_bytes,
                                       channels_last=layer.channels_last, output_algorithm=layer.output_algorithm,
-                                      weight_grad=layer.weight_grad, input_grad=layer.input_grad)
+                                      weight_grad=layer.weight_grad, input_grad=layer.input_grad, forward=forward)
 
     @property
     def is_default(self) -> bool:
@@ -234,6 +247,8 @@ class ExecutionPlan:
                 elif knob == "weight_grad" and value is None:
                     lines.append(f"{layer.node} weight_grad: by input activity, spike-driven up to "
                                  f"{spikedriven.WEIGHT_GRAD_MAX_ACTIVITY} (default)")
+                elif knob == "forward" and value is None:
+                    lines.append(f"{layer.node} forward: {BUILTIN_FORWARD} (default)")
                 elif knob == "input_grad" and value is None:
                     lines.append(f"{layer.node} input_grad: by input activity, at the active inputs only up to "
                                  f"{spikedriven.INPUT_GRAD_MAX_ACTIVITY} (default)")
@@ -302,7 +317,7 @@ class SynapseLayer:
 
     def knobs(self) -> list[str]:
         """The knobs that apply to this layer (the others leave it as it is)."""
-        knobs = []
+        knobs = ["forward"]  # first: it changes what the other knobs time
         if fastpath.single_output_transposed(self.op):
             knobs.append("output_algorithm")
         if isinstance(self.op, ops.Conv2d):
@@ -336,14 +351,14 @@ def synapse_layers(graph: IRGraph, batch: int = 1) -> list[SynapseLayer]:
         # a linear's output is contiguous anyway: only a convolution's contiguous_out changes a layout
         handoff = (bool(exec_meta.get("contiguous_out")) and not isinstance(op, ops.Linear)
                    or exec_meta.get("out_sample") is not None)
-        producer = graph.op(_producer(graph, source))
+        producer = graph.op(producer_of(graph, source))
         layers.append(SynapseLayer(name, op, sample, layer_key(op, sample), timesteps * batch, batch, handoff,
                                    isinstance(producer, (ops.PoissonEncode, ops.Input)),
                                    isinstance(producer, ops.LIF) and producer.surrogate == "spike_gated"))
     return layers
 
 
-def _producer(graph: IRGraph, node: str) -> str:
+def producer_of(graph: IRGraph, node: str) -> str:
     """The node whose output ``node`` is, reshapes aside."""
     while isinstance(graph.op(node), (ops.Flatten, ops.Unflatten)):
         node = graph.inputs(node)[0]
@@ -433,7 +448,7 @@ class _Bench:
         exec_meta = self.graph.meta(layer.node).get(META_KEY, {})
         contiguous_out = bool(exec_meta.get("contiguous_out")) and plan.handoff_layout
         out_sample = exec_meta.get("out_sample") if plan.handoff_layout else None
-        choice = ExecutionPlan(layers=((layer.key, plan),)).synapse_choice(layer.key)
+        choice = ExecutionPlan(layers=((layer.key, plan),)).synapse_choice(layer.key, spike_input=True)
         x = self.inputs[layer.node]
         x = x.detach().requires_grad_(not layer.reads_encoder)
         weight, bias = self.weights[layer.node]
@@ -451,7 +466,8 @@ class _Bench:
                 for reader in readers:
                     w, b = self.weights[reader.node]
                     z = fastpath.spike_synapse(reader.op, w, b, spikes, fired, lead_dims=2, sample=reader.sample,
-                                               gated_input=reader.gated_input)
+                                               gated_input=reader.gated_input,
+                                               choice=fastpath.SynapseChoice(forward=BUILTIN_FORWARD))
                     outputs.append(z)
                     grads.append(torch.ones_like(z))
             torch.autograd.backward(outputs, grads)
@@ -490,6 +506,10 @@ def _candidates(layer: SynapseLayer, knob: str) -> list[Any]:
         usable = spikedriven.weight_grad_applies(layer.op, torch.empty(0), torch.float32, torch.device("cpu"),
                                                  layer.sample)
         return [None, *fastpath.WEIGHT_GRAD_CHOICES] if usable else [None]
+    if knob == "forward":  # every synapse layer of a planned (spiking) network reads a spike train
+        usable = spikedriven.weight_grad_applies(layer.op, torch.empty(0), torch.float32, torch.device("cpu"),
+                                                 layer.sample)
+        return [None, "dense"] if usable else [None]
     if knob == "input_grad":  # likewise; the layer's input is spike-gated (SynapseLayer.knobs)
         usable = spikedriven.weight_grad_applies(layer.op, torch.empty(0), torch.float32, torch.device("cpu"),
                                                  layer.sample)
@@ -530,8 +550,8 @@ def plan_network(graph: IRGraph, batch: int, *, device: torch.device | str = "cp
                  dtype: torch.dtype = torch.float32, timer: Timer | None = None) -> ExecutionPlan:
     """Measure the candidates of every knob for ``graph`` at ``batch`` images per step; the fastest plan.
 
-    Layer by layer, knob by knob (the output algorithm, the Conv2d layout, the handoff layout,
-    the weight and input gradients' kernels, then the chunk size), each candidate is timed with the knobs chosen so far; then the
+    Layer by layer, knob by knob (the forward algorithm, the output algorithm, the Conv2d layout, the
+    handoff layout, the weight and input gradients' kernels, then the chunk size), each candidate is timed with the knobs chosen so far; then the
     pool's threshold and the thread count, over all layers. Each trial is a layer's forward and backward on
     synthetic spikes of its real shape [T, B, ...] (the handoff layout: with its readers);
     a knob with one candidate is not timed, a layer key seen before is not planned again.

@@ -1,4 +1,4 @@
-"""Spike-driven inference: synapses whose input is a spike train do work only where it is 1.
+"""Spike-driven synapses: synapses whose input is a spike train do work only where it is 1.
 
 Every synapse input of the SAE is binary (the Poisson encoding, then each layer's
 spikes) and, trained, 1-5 % active. A dense convolution or matrix product spends
@@ -7,30 +7,37 @@ its multiply-adds on the zeros; the spike-driven synapse (the C kernel
 columns (linear) or kernel windows (conv2d, transposed conv2d) into the output:
 work in proportion to the number of spikes, no multiplications.
 
-When it runs: forward without autograd (``torch.no_grad()`` / ``torch.inference_mode()``:
-inference and evaluation) of a synapse the layer-wise walk knows to read a spike
-train, on the CPU, float32 weights, not under autocast, when the C kernel is built, and when the layer's
-input activity (the fraction of ones, estimated on a spread sample of rows) is at most
-:data:`MAX_ACTIVITY`; otherwise, and always under autograd, the dense synapse runs
-(:func:`saec.runtime.fastpath.synapse_forward`). Off for one model with
-``model.execution = Execution(spike_driven=False)``, for the whole process with
-``SAEC_SPIKE_DRIVEN=0``; per layer, a caller (an execution plan) passes ``max_activity``
-to :func:`synapse` (0: never, 1: whenever the kernel applies).
+**The forward, as a layer's numerics.** A 1 adds its weight exactly, so the only rounding is
+the order of the additions: the kernel adds each output's bias, then the weights of the active
+inputs in logical input order, whatever the input's layout, the rows' chunking, the thread count
+or the CPU (:func:`forward_into`). That makes it a numerics of its own: a layer whose execution
+plan says ``forward: spike`` (the built-in choice for every synapse that reads a spike train,
+:data:`saec.runtime.plan.BUILTIN_FORWARD`) runs it on every path, training (fast and reference),
+step by step and inference, and those paths agree spike for spike
+(:func:`saec.runtime.fastpath.synapse_forward`). It runs where :func:`forward_applies` says (the CPU,
+float32, no autocast, the kernel built, ``SAEC_SPIKE_DRIVEN`` not "0"; the same answer on every
+path), elsewhere the dense synapse does; ``forward: dense`` keeps oneDNN's / MKL's sums, which
+differ by fp32 rounding.
 
-Training uses the same kernel source for the weight gradient (:func:`weight_grad_applies`,
-:data:`WEIGHT_GRAD_MAX_ACTIVITY`; the fast path's backward, :mod:`saec.runtime.fastpath`): dW =
-sum over rows of g (x) x needs work only where x is 1, each active input adding a window of the
-output gradient into its weight taps. The forward stays dense (its spikes bit-identical to the
-reference path); the weight gradient differs from the dense one by fp32 summation order only.
-``SAEC_SPIKE_DRIVEN=0`` and ``Execution(spike_driven=False)`` turn it off too.
+**The inference shortcut** for a layer planned dense: forward without autograd
+(``torch.no_grad()`` / ``torch.inference_mode()``) on the CPU, float32 weights, not under autocast,
+when the C kernel is built, and when the layer's input activity (the fraction of ones, estimated on
+a spread sample of rows) is at most :data:`MAX_ACTIVITY`, :func:`synapse` runs the kernel instead of
+the dense synapse. Off for one model with ``model.execution = Execution(spike_driven=False)``, for
+the whole process with ``SAEC_SPIKE_DRIVEN=0``; per layer, a caller passes ``max_activity`` to
+:func:`synapse` (0: never, 1: whenever the kernel applies). Its currents then differ from the dense
+forward's by fp32 rounding, so a neuron whose membrane potential lies within that rounding of its
+threshold can spike differently (tests/runtime/test_spikedriven.py states the bound).
+:func:`training_forward` turns the shortcut off, for checks whose meaning is "as trained".
 
-Same answers within fp32 rounding: a 1 adds its weight exactly, so the currents
-differ from the dense path's only in the order of the additions (the kernel adds
-in the input's memory order, oneDNN and MKL in blocked orders). A neuron whose
-membrane potential lies within that rounding of its threshold can therefore
-spike differently; the spike-driven and dense paths are not bit-identical, unlike
-the training paths (tests/runtime/test_spikedriven.py states the bound and counts
-such neurons).
+**The gradients.** Training uses the same kernel source for the weight gradient
+(:func:`weight_grad_applies`, :data:`WEIGHT_GRAD_MAX_ACTIVITY`; the fast path's backward,
+:mod:`saec.runtime.fastpath`): dW = sum over rows of g (x) x needs work only where x is 1, each
+active input adding a window of the output gradient into its weight taps; and, where the input's
+producer is a ``spike_gated`` LIF layer (which reads its spikes' gradient only where it fired), for
+the input gradient at the active inputs (:data:`INPUT_GRAD_MAX_ACTIVITY`). Both differ from the
+dense gradients by fp32 summation order only. ``SAEC_SPIKE_DRIVEN=0`` and
+``Execution(spike_driven=False)`` turn them off.
 """
 
 from __future__ import annotations
@@ -90,13 +97,20 @@ def is_on() -> bool:
 
 
 def applies(op: ops.Op, weight: Tensor, rows: Tensor) -> bool:
-    """Whether the spike-driven synapse can run ``op`` on the binary ``rows`` [n, ...] now: switched
-    on, no autograd, no CPU autocast (which asks for low-precision synapses; the kernel sums in
-    float32), a conv2d / transposed conv2d / linear the C kernel handles on these tensors (CPU,
-    float32 weights), the kernel built (this call builds it on first use)."""
-    if not is_on() or torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad):
+    """Whether the spike-driven synapse can run ``op`` on the binary ``rows`` [n, ...] now as an
+    inference shortcut: no autograd, and :func:`forward_applies`."""
+    if torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad):
         return False
-    if torch.is_autocast_enabled("cpu"):
+    return forward_applies(op, weight, rows)
+
+
+def forward_applies(op: ops.Op, weight: Tensor, rows: Tensor) -> bool:
+    """Whether the spike-driven forward kernel can run ``op`` on the binary ``rows`` [n, ...]: switched
+    on, no CPU autocast (which asks for low-precision synapses; the kernel sums in float32), a conv2d /
+    transposed conv2d / linear the C kernel handles on these tensors (CPU, float32 weights), the kernel
+    built (this call builds it on first use). Where a layer's forward is planned spike-driven
+    (``SynapseChoice.forward``) every path asks this, and the answer does not depend on the path."""
+    if not is_on() or torch.is_autocast_enabled("cpu"):
         return False
     return cpu_spike.supports(op, rows, weight)
 
@@ -114,11 +128,11 @@ def weight_grad_applies(op: ops.Op, weight: Tensor, dtype: torch.dtype, device: 
 
 
 @contextmanager
-def dense_synapses(model) -> Iterator[None]:
+def training_forward(model) -> Iterator[None]:
     """Within the block, ``model`` (a :class:`~saec.runtime.model.SpikingAutoencoder`) runs its
-    inference with the dense synapses, bit-identical to its training forward: for golden data and
-    agreement checks whose meaning is "spike for spike" (exports, saec's NIR simulator, the
-    quantisation comparisons). Its execution is restored afterwards."""
+    inference as its training forward does, bit for bit (each layer's planned forward, no inference
+    shortcut): for golden data and agreement checks whose meaning is "spike for spike" (exports,
+    saec's NIR simulator, the quantisation comparisons). Its execution is restored afterwards."""
     before = model.execution
     model.execution = dataclasses.replace(before, spike_driven=False)
     try:
@@ -165,7 +179,20 @@ def synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, rows: Tensor, sampl
     limit = MAX_ACTIVITY if max_activity is None else max_activity
     if limit <= 0 or input_activity(rows) > limit:
         return None
-    n = rows.shape[0]
+    out = output_rows(op, rows.shape[0], sample, contiguous_out, out_sample, pool, rows.device)
+    try:
+        forward_into(op, weight, bias, rows, sample, out)
+    except MemoryError:
+        return None  # no scratch memory: the dense synapse will do
+    return out
+
+
+def output_rows(op: ops.Op, n: int, sample: tuple[int, ...], contiguous_out: bool,
+                out_sample: tuple[int, int, int] | None, pool: buffers.BufferPool | None,
+                device: torch.device) -> Tensor:
+    """An output for ``n`` rows of ``op`` from ``pool`` in the layout the fast path hands out: a linear's
+    [n, F] contiguous, or [n, *out_sample] channels-last; a convolution's channels-last, or contiguous
+    with ``contiguous_out`` (for a linear reader)."""
     if isinstance(op, ops.Linear):
         shape = (n, *out_sample) if out_sample is not None else (n, op.out_features)
         channels_last = out_sample is not None
@@ -173,13 +200,24 @@ def synapse(op: ops.Op, weight: Tensor, bias: Tensor | None, rows: Tensor, sampl
         shape = (n, *output_shape(op, tuple(sample), "synapse"))
         channels_last = not contiguous_out and shape[1] > 1
     strides = _channels_last_strides(shape) if channels_last else buffers.contiguous_strides(shape)
-    out = buffers.empty_strided(pool, shape, strides, torch.float32, rows.device)
+    return buffers.empty_strided(pool, shape, strides, torch.float32, device)
+
+
+def forward_into(op: ops.Op, weight: Tensor, bias: Tensor | None, rows: Tensor, sample: tuple[int, ...],
+                 out: Tensor) -> None:
+    """The spike-driven forward of ``op`` on the binary ``rows`` (any nonzero is a 1) into ``out`` (any
+    dense row layout, e.g. from :func:`output_rows`): each output element its bias plus the weights of
+    the active inputs in logical order (:func:`saec.runtime.kernels.cpu_spike.forward`). The weights'
+    kernel layout is kept per weight tensor until the weight changes.
+
+    Raises:
+        MemoryError: the kernel could not get its scratch memory (``out`` is then undefined).
+    """
     order = cpu_spike.feature_order(op, out)  # a linear's output handed out unflattened, channels-last
     wt = _arranged_weight(op, weight, order, None if order is None else (out.shape[1:], out.stride()[1:]))
     b = None if bias is None else (bias.detach() if order is None else bias.detach()[order]).float().contiguous()
     if not cpu_spike.forward(op, wt, b, rows, tuple(sample), out):
-        return None  # no scratch memory: the dense synapse will do
-    return out
+        raise MemoryError("the spike-driven synapse could not allocate its scratch memory")
 
 
 #: id(weight) -> ((op, data pointer, version, output layout), its rearranged copy); an entry goes with its weight

@@ -15,7 +15,7 @@ the switch code (tests/benchmarks/test_bench_smoke.py reads them):
 - ``scan_backends``: the scan backends the LIF scan was called with in that step (the
   ``backend`` argument its kernel choice received, sorted);
 - ``fresh_pool_bytes``: large tensors (at least ``POOL_FROM_BYTES``) the buffer pool
-  allocated afresh in the second step, and ``pool_hits``: those it handed out again;
+  allocated afresh in the second step, and ``pool_hits``: those it handed out again in that step;
 - ``saved``: what autograd saved in the second step (counts by dtype, channels-last
   4-D tensors), ``computed``: the dtypes of every aten op's results in that step,
   ``lif_scan_nodes``: fused LIF scan nodes in the graph of x_hat;
@@ -148,7 +148,7 @@ def probe(name: str) -> dict:
                     names.append(type(node).__name__)
                     todo.extend(fn for fn, _ in node.next_functions)
                 observed["lif_scan_nodes"] = sum("LIFScan" in n for n in names)
-                observed["pool_hits"] = model._pool.hits
+            self._probe_pool = model._pool
             return real_objective(model, out, x)
 
         objective_module.objective = objective
@@ -181,12 +181,14 @@ def probe(name: str) -> dict:
                         computed[key] = computed.get(key, 0) + 1
                 return result
 
+        hits_before = self._probe_pool.hits  # the pool of the first step's forward
         self._probe_on = True
         try:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), Dtypes():
                 result = real_step(self)
         finally:
             self._probe_on = False
+        observed["pool_hits"] = self._probe_pool.hits - hits_before  # the second step's, forward and backward
         observed["saved"], observed["computed"] = saved, computed
         observed.update({k: v for k, v in self._probe_counters.items()})
         return result

@@ -93,6 +93,11 @@ PLAN_CASES = {
     "weight_grad=spike": lambda m: ExecutionPlan(layers=_every_layer(m, weight_grad="spike")),
     "input_grad=dense": lambda m: ExecutionPlan(layers=_every_layer(m, input_grad="dense")),
     "input_grad=spike": lambda m: ExecutionPlan(layers=_every_layer(m, input_grad="spike")),
+    "forward=dense": lambda m: ExecutionPlan(layers=_every_layer(m, forward="dense")),
+    "forward=dense, output_algorithm=onednn": lambda m: ExecutionPlan(
+        layers=_every_layer(m, forward="dense", output_algorithm="onednn")),
+    "forward=dense, channels_last=False": lambda m: ExecutionPlan(
+        layers=_every_layer(m, forward="dense", channels_last=False)),
     "min_pooled_bytes=1024": lambda m: ExecutionPlan(min_pooled_bytes=1024),
     "min_pooled_bytes=256KiB": lambda m: ExecutionPlan(min_pooled_bytes=256 << 10),
     "min_pooled_bytes=16MiB": lambda m: ExecutionPlan(min_pooled_bytes=16 << 20),
@@ -164,8 +169,13 @@ def test_the_cases_cover_every_candidate_of_the_planner():
 # ---------------------------------------------------------------- each knob changes what runs
 def _observe(monkeypatch, model, plan) -> dict:
     """What the fast path did in one training step under ``plan``."""
-    seen = {"chunks": [], "conv2d_layouts": set(), "gemm_calls": 0, "conv2_current": None, "fc_dec_dims": None}
-    real_chunks, real_conv2d = fastpath._chunks, torch.nn.functional.conv2d
+    seen = {"chunks": [], "conv2d_layouts": set(), "gemm_calls": 0, "conv2_current": None, "fc_dec_dims": None,
+            "spike_forward_calls": 0}
+    real_chunks, real_conv2d, real_forward = fastpath._chunks, torch.nn.functional.conv2d, cpu_spike.forward
+
+    def spike_forward(*args):
+        seen["spike_forward_calls"] += 1
+        return real_forward(*args)
     real_gemm, real_synapse = fastpath._single_output_transposed, fastpath.spike_synapse
 
     def chunks(*args, **kwargs):
@@ -194,6 +204,7 @@ def _observe(monkeypatch, model, plan) -> dict:
     monkeypatch.setattr(torch.nn.functional, "conv2d", conv2d)
     monkeypatch.setattr(fastpath, "_single_output_transposed", gemm)
     monkeypatch.setattr(fastpath, "spike_synapse", synapse)
+    monkeypatch.setattr(cpu_spike, "forward", spike_forward)
     model.release_buffers()
     _train_pass(model, _images(BATCH), "fast", plan)
     seen["pooled"] = model._pool.misses
@@ -207,11 +218,14 @@ def _observe(monkeypatch, model, plan) -> dict:
     ("handoff_layout", False, lambda s: (s["conv2_current"], s["fc_dec_dims"]), ("contiguous", 5),
      ("channels_last", 3)),
     ("output_algorithm", "onednn", lambda s: s["gemm_calls"] > 0, True, False),
+    ("forward", "dense", lambda s: s["spike_forward_calls"], 6, 0),
 ])
 def test_each_layer_knob_changes_what_runs(monkeypatch, knob, value, observed, default_seen, planned_seen):
     model = _tiny_model()
-    assert observed(_observe(monkeypatch, model, DEFAULT_PLAN)) == default_seen
-    plan = ExecutionPlan(layers=_every_layer(model, **{knob: value}))
+    # the dense forward's knobs show where the dense forward runs (the built-in forward is spike-driven)
+    base = {"forward": "dense"} if knob in ("channels_last", "output_algorithm") else {}
+    assert observed(_observe(monkeypatch, model, ExecutionPlan(layers=_every_layer(model, **base)))) == default_seen
+    plan = ExecutionPlan(layers=_every_layer(model, **{**base, knob: value}))
     assert observed(_observe(monkeypatch, model, plan)) == planned_seen
 
 

@@ -28,6 +28,7 @@ from saec.compiler.pipeline import compile_spec
 from saec.runtime import fastpath, spikedriven
 from saec.runtime.execution import Execution
 from saec.runtime.kernels import cpu_lif, cpu_spike
+from saec.runtime.plan import ExecutionPlan, LayerPlan
 from saec.runtime.model import SpikingAutoencoder
 
 needs_c = pytest.mark.skipif(cpu_spike.library() is None, reason="no C compiler: the spike-driven kernel is not built")
@@ -192,8 +193,10 @@ def _small_model(tmp_path, seed):
     return model
 
 
-def _infer(model, x, spike_driven):
-    model.execution = Execution(spike_driven=spike_driven)
+def _infer(model, x, spike_driven, forward=None):
+    """Inference; ``forward``: every layer's planned forward algorithm (None: the built-in, spike-driven)."""
+    layers = tuple((key, LayerPlan(forward=forward)) for key in set(model._layer_keys.values()))
+    model.execution = Execution(spike_driven=spike_driven, plan=ExecutionPlan(layers=layers))
     with torch.inference_mode():
         return model(x, generator=torch.Generator().manual_seed(1), record=set(LAYERS), record_potentials=True)
 
@@ -211,9 +214,9 @@ def test_whole_network_spikes_equal_the_dense_inference(seed, tmp_path, monkeypa
 
     model = _small_model(tmp_path, seed)
     x = torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(seed))
-    dense = _infer(model, x, spike_driven=False)
+    dense = _infer(model, x, spike_driven=False, forward="dense")  # oneDNN / MKL synapses throughout
     monkeypatch.setattr(cpu_spike, "forward", counted)
-    driven = _infer(model, x, spike_driven=True)
+    driven = _infer(model, x, spike_driven=True, forward="dense")  # the inference shortcut on dense-planned layers
     assert sorted(calls) == sorted(["Conv2d"] * 2 + ["Linear"] * 2 + ["ConvTranspose2d"] * 2)
     differing = {layer: int((driven.trains[layer] != dense.trains[layer]).sum()) for layer in LAYERS}
     assert differing == dict.fromkeys(LAYERS, 0)
@@ -225,10 +228,19 @@ def test_whole_network_spikes_equal_the_dense_inference(seed, tmp_path, monkeypa
 
 
 @needs_c
-def test_training_forward_keeps_the_dense_synapses(tmp_path, monkeypatch):
+def test_training_forward_runs_the_planned_forward(tmp_path, monkeypatch):
+    """The built-in forward of a layer reading spikes is the kernel (the layer's numerics), in training
+    too; a plan's "dense" forward keeps the dense synapses."""
     calls = []
-    monkeypatch.setattr(cpu_spike, "forward", lambda *args: calls.append(args) or True)
+    real = cpu_spike.forward
+    monkeypatch.setattr(cpu_spike, "forward", lambda *args: calls.append(args[0]) or real(*args))
     model = _small_model(tmp_path, 0).train()
+    model(torch.rand(2, 1, 12, 12), generator=torch.Generator().manual_seed(0))
+    assert [type(op).__name__ for op in calls] == ["Conv2d", "Conv2d", "Linear", "Linear", "ConvTranspose2d",
+                                                   "ConvTranspose2d"]
+    calls.clear()
+    layers = tuple((key, LayerPlan(forward="dense")) for key in set(model._layer_keys.values()))
+    model.execution = Execution(plan=ExecutionPlan(layers=layers))
     model(torch.rand(2, 1, 12, 12), generator=torch.Generator().manual_seed(0))
     assert calls == []
 

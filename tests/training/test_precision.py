@@ -81,13 +81,15 @@ def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
 def dtypes(monkeypatch):
     """The dtypes the synapses hand out and the LIF scans receive during the test, recorded."""
     seen: dict[str, set] = {"synapse_out": set(), "lif_in": set()}
-    synapse_forward, lif_scan, lif_scan_autograd = (fastpath.synapse_forward, layerwise.lif_scan,
-                                                    layerwise.lif_scan_autograd)
+    synapse_forward, spike_forward, lif_scan, lif_scan_autograd = (
+        fastpath.synapse_forward, fastpath._spike_forward, layerwise.lif_scan, layerwise.lif_scan_autograd)
 
-    def recorded_synapse(*args, **kwargs):
-        y = synapse_forward(*args, **kwargs)
-        seen["synapse_out"].add(y.dtype)
-        return y
+    def recorded(synapse):
+        def run(*args, **kwargs):
+            y = synapse(*args, **kwargs)
+            seen["synapse_out"].add(y.dtype)
+            return y
+        return run
 
     def recorded_scan(scan):
         def run(current, *args, **kwargs):
@@ -95,7 +97,8 @@ def dtypes(monkeypatch):
             return scan(current, *args, **kwargs)
         return run
 
-    monkeypatch.setattr(fastpath, "synapse_forward", recorded_synapse)
+    monkeypatch.setattr(fastpath, "synapse_forward", recorded(synapse_forward))
+    monkeypatch.setattr(fastpath, "_spike_forward", recorded(spike_forward))  # the fast path's spike-driven forward
     monkeypatch.setattr(layerwise, "lif_scan", recorded_scan(lif_scan))
     monkeypatch.setattr(layerwise, "lif_scan_autograd", recorded_scan(lif_scan_autograd))
     return seen

@@ -52,6 +52,7 @@ class SpikeSynapseParams(ctypes.Structure):
         ("copy_sizes", ctypes.c_int64 * 3), ("copy_acc_strides", ctypes.c_int64 * 3),
         ("copy_out_strides", ctypes.c_int64 * 3), ("copy_planes", ctypes.c_int64),
         ("out_row_stride", ctypes.c_int64), ("row_step", ctypes.c_int64), ("flat", ctypes.c_int64),
+        ("logical", ctypes.c_int64),
     ]
 
 
@@ -143,15 +144,18 @@ KIND.add(ops.Conv2d, lambda op: 1)
 KIND.add(ops.ConvTranspose2d, lambda op: 2)
 
 
-def _input_walk(x: Tensor) -> tuple[list[int], list[int], list[int]]:
+def _input_walk(x: Tensor, logical: bool = False) -> tuple[list[int], list[int], list[int]]:
     """Sizes, memory strides and logical-index strides of a row of ``x`` [n, *source shape], its
-    dimensions ordered outermost first in memory (so the kernel reads the row in memory order)
+    dimensions ordered outermost first in memory (so the kernel reads the row in memory order) or,
+    with ``logical``, in the source shape's order (so that it visits the inputs in logical order),
     and padded in front to four; the logical index is the row-major one of the source shape, which
     a reshape (a deferred flatten or unflatten) keeps."""
     shape = list(x.shape[1:])
     index = [math.prod(shape[d + 1:]) for d in range(len(shape))]
     # a size-1 dimension's stride means nothing (and may tie with the contiguous one): left out
-    dims = sorted((d for d in range(len(shape)) if shape[d] > 1), key=lambda d: x.stride(d + 1), reverse=True)
+    dims = [d for d in range(len(shape)) if shape[d] > 1]
+    if not logical:
+        dims.sort(key=lambda d: x.stride(d + 1), reverse=True)
     sizes = [shape[d] for d in dims]
     strides = [x.stride(d + 1) for d in dims]
     index = [index[d] for d in dims]
@@ -159,16 +163,20 @@ def _input_walk(x: Tensor) -> tuple[list[int], list[int], list[int]]:
     return [1] * pad + sizes, [0] * pad + strides, [0] * pad + index
 
 
-def _input_params(x: Tensor) -> tuple[Tensor, SpikeSynapseParams]:
+def _input_params(x: Tensor, logical: bool = False) -> tuple[Tensor, SpikeSynapseParams]:
     """Input rows ``x`` as the kernel reads them (bool viewed as uint8) and new kernel parameters
-    with the input's walk (sizes, strides, index order, row stride, elements per row) filled in."""
+    with the input's walk (sizes, strides, index order, row stride, elements per row) filled in;
+    ``logical``: the active inputs are to be taken in logical order (the forward)."""
     if x.dtype == torch.bool:
         x = x.view(torch.uint8)
     p = SpikeSynapseParams()
     sizes, strides, index = _input_walk(x)
+    flat = _fills_its_memory(sizes, strides)
+    if logical and not flat:  # no scan of the row as one run: walk it in logical order
+        sizes, strides, index = _input_walk(x, logical=True)
     p.in_sizes[:], p.in_strides[:], p.in_index[:] = sizes, strides, index
     p.in_row_stride, p.in_numel = x.stride(0), math.prod(x.shape[1:])
-    p.flat = int(_fills_its_memory(sizes, strides))
+    p.flat, p.logical = int(flat), int(logical)
     return x, p
 
 
@@ -185,7 +193,9 @@ def _fills_its_memory(sizes: list[int], strides: list[int]) -> bool:
 
 
 def forward(op: ops.Op, wt: Tensor, bias: Tensor | None, x: Tensor, sample: tuple[int, ...], out: Tensor) -> bool:
-    """Run the synapse ``op`` on the binary rows ``x`` into ``out``.
+    """Run the synapse ``op`` on the binary rows ``x`` into ``out``: each output element is its bias
+    (or 0) plus the weights of the active inputs added one after the other in logical input order,
+    so the result is the same bits whatever ``x``'s layout, the rows' split into calls and threads.
 
     Args:
         op: a Linear, Conv2d or ConvTranspose2d op.
@@ -201,7 +211,7 @@ def forward(op: ops.Op, wt: Tensor, bias: Tensor | None, x: Tensor, sample: tupl
         False when the kernel could not get its scratch memory (``out`` is then undefined).
     """
     n = x.shape[0]
-    x, p = _input_params(x)
+    x, p = _input_params(x, logical=True)
     p.acc_numel, p.out_row_stride = out[0].numel() if n else 0, out.stride(0)
     p.direct = 1
     _set_geometry(p, op, sample, tuple(out.shape[1:]))

@@ -1,12 +1,14 @@
-/* Spike-driven synapse forward and weight gradient on the CPU: conv2d, conv_transpose2d and
- * linear on a binary input (0/1 spikes), doing work only where the input is 1 (the weight
- * gradient: see the section at the end of the file).
+/* Spike-driven synapse forward, weight gradient and input gradient on the CPU: conv2d,
+ * conv_transpose2d and linear on a binary input (0/1 spikes), doing work only where the input is 1
+ * (the gradients: see the sections at the end of the file).
  *
  * A dense synapse multiplies every input by its weights; with 1-5 % of the inputs
  * at 1 (the SAE's spike trains) that is 20-100x more multiply-adds than needed.
  * Here each row (one image at one time step) is handled in two passes:
- *   1. gather: walk the input row in memory order and list the logical indices of
- *      its ones (blocks of 16 inputs are tested at once, so zero runs are cheap);
+ *   1. gather: list the logical indices of the row's ones (a row that fills its memory is
+ *      scanned as one run, blocks of inputs tested at once, so zero runs are cheap); the
+ *      forward puts them in increasing logical order (the layout of the input does not
+ *      matter), the gradients take them in memory order;
  *   2. scatter: start the row's output at the bias (or 0) and, for each active
  *      input, add that input's weights, a contiguous run of out-channel floats:
  *        linear          out[:]          += W^T[i, :]
@@ -14,9 +16,12 @@
  *        conv_transpose  out[oy, ox, :]  += W'[ci, ky, kx, :]   for oy = iy * sh + ky - ph, ...
  *      with the weights rearranged by the caller so that out channels are innermost
  *      (W' = W permuted to [C_in, kh, kw, C_out]).
- * The input's values are never multiplied: a 1 contributes its weight exactly, so
- * the only rounding is the order of the additions (the order of the active inputs
- * in memory), which differs from oneDNN's blocked sums by fp32 rounding only.
+ * The input's values are never multiplied: a 1 contributes its weight exactly, so the only
+ * rounding is the order of the additions: the bias, then the active inputs in logical order,
+ * one after the other, whatever the input's layout, the chunking of the rows or the thread
+ * count, on every CPU (plain fp32 additions). That order defines saec's numerics for a layer
+ * planned spike-driven (saec.runtime.fastpath, SynapseChoice.forward); it differs from
+ * oneDNN's blocked sums by fp32 rounding only.
  *
  * The row's output is accumulated in a small array with out channels innermost
  * ([Ho, Wo, C_out]; a linear's features): the output row itself when its layout is
@@ -27,7 +32,7 @@
  *
  * Parallelism: none here. The caller splits the rows over several Python threads
  * (ctypes releases the GIL), as for the LIF scan (lif_scan.c). Build with
- * -ffp-contract=off (no fused multiply-add; nothing here multiplies anyway).
+ * -ffp-contract=off (no fused multiply-add: the input gradient's products round on their own).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -52,6 +57,7 @@ typedef struct {
     int64_t out_row_stride;  /* elements between output rows */
     int64_t row_step;        /* this call's rows: r0, r0 + row_step, ... below r1 */
     int64_t flat;            /* 1: a row fills its in_numel elements of memory (any order of dimensions) */
+    int64_t logical;         /* forward: 1 = add the active inputs in logical index order (layout-free) */
 } spike_synapse_params;
 
 #define GATHER_BLOCK 16
@@ -140,6 +146,30 @@ DEFINE_GATHER(gather_f32, float, 0)
 DEFINE_GATHER(gather_u8, uint8_t, 0)
 DEFINE_GATHER(gather_mem_f32, float, 1)
 DEFINE_GATHER(gather_mem_u8, uint8_t, 1)
+
+/* Whether perm (logical_of_offsets) is the identity: memory order is logical order. */
+static int is_identity(const int32_t *perm, int64_t n)
+{
+    for (int64_t j = 0; j < n; ++j)
+        if (perm[j] != (int32_t)j) return 0;
+    return 1;
+}
+
+/* idx[0..count) (distinct logical indices, below the row's in_numel) in increasing order, through
+ * a bitmap of the row's inputs (cleared again on the way): count bit sets and in_numel / 64 words. */
+static void sort_indices(int32_t *restrict idx, int64_t count, uint64_t *restrict bits, int64_t words)
+{
+    for (int64_t a = 0; a < count; ++a) bits[idx[a] >> 6] |= (uint64_t)1 << (idx[a] & 63);
+    int64_t c = 0;
+    for (int64_t w = 0; w < words && c < count; ++w) {
+        uint64_t word = bits[w];
+        bits[w] = 0;
+        while (word) {
+            idx[c++] = (int32_t)(w * 64 + __builtin_ctzll(word));
+            word &= word - 1;
+        }
+    }
+}
 
 /* out[:] += the weight rows of the active inputs, four at a time: one pass over the
  * accumulator per four inputs, the additions still one after the other in input order. */
@@ -306,13 +336,18 @@ int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x,     
     int32_t *idx = (int32_t *)malloc((size_t)(p->in_numel > 0 ? p->in_numel : 1) * sizeof(int32_t)); \
     float *scratch = p->direct ? NULL : (float *)malloc((size_t)acc_numel * sizeof(float));   \
     int32_t *perm = logical_of_offsets(p);                                                    \
-    if (!idx || (!p->direct && !scratch) || (p->flat && !perm)) {                             \
-        free(idx); free(scratch); free(perm); return -1;                                      \
+    const int64_t words = p->in_numel / 64 + 1;                                               \
+    /* logical order from a scan in memory order: sorted, unless memory order is logical order */ \
+    const int sort = p->logical && perm && !is_identity(perm, p->in_numel);                   \
+    uint64_t *bits = sort ? (uint64_t *)calloc((size_t)words, sizeof(uint64_t)) : NULL;       \
+    if (!idx || (!p->direct && !scratch) || (p->flat && !perm) || (sort && !bits)) {          \
+        free(idx); free(scratch); free(perm); free(bits); return -1;                          \
     }                                                                                         \
     for (int64_t r = r0; r < r1; r += p->row_step) {                                          \
         float *row_out = out + r * p->out_row_stride;                                         \
         float *acc = p->direct ? row_out : scratch;                                           \
         const int64_t count = GATHER(p, x + r * p->in_row_stride, perm, idx, NULL);           \
+        if (bits) sort_indices(idx, count, bits, words);                                      \
         start_row(p, bias, acc, acc_numel);                                                   \
         if (p->kind == 0) scatter_linear(p, idx, count, wt, acc);                             \
         else scatter_conv(p, idx, count, wt, acc);                                            \
@@ -321,6 +356,7 @@ int NAME(const spike_synapse_params *p, int64_t r0, int64_t r1, const S *x,     
     free(idx);                                                                                \
     free(scratch);                                                                            \
     free(perm);                                                                               \
+    free(bits);                                                                               \
     return 0;                                                                                 \
 }
 
