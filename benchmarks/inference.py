@@ -5,12 +5,12 @@ spike-driven synapses, against the plain dense path, interleaved, on real MNIST.
 - ``saec``: every synapse reads its input spike train as the producer wrote it (channels-last
   convolutions, flatten / unflatten per row chunk), works over ~8 MB row chunks into pooled
   outputs (no fresh pages), the fused C scan sums the spike counts on the way; dense synapses
-  (oneDNN / MKL), ``Execution(spike_driven=False)``.
-- ``spike``: the same, with the spike-driven synapses (``saec.runtime.spikedriven``, the default
-  without autograd): each row's active inputs add their weight columns / kernel windows, for every
-  layer whose input is at most ``MAX_ACTIVITY`` ones.
+  (oneDNN / MKL: every layer planned ``forward: dense``, ``Execution(spike_driven=False)``).
+- ``spike``: saec as it runs by default: the spike-driven forward (``saec.runtime.spikedriven``,
+  each layer's built-in ``forward: spike``, the same numerics as training): each row's active
+  inputs add their weight columns / kernel windows.
 - ``dense``: each synapse on the whole [T*B, ...] float tensor in the contiguous layout, fresh
-  tensors every batch (what a plain PyTorch forward does); the same scan kernel.
+  tensors every batch (what a plain PyTorch forward does), dense; the same scan kernel.
 
     python benchmarks/inference.py [--timesteps 16] [--batch 64] [--rounds 5]
 
@@ -38,6 +38,7 @@ from saec.compiler.pipeline import compile_spec  # noqa: E402
 from saec.compiler import ops  # noqa: E402
 from saec.runtime import fastpath, pool, spikedriven  # noqa: E402
 from saec.runtime.execution import Execution  # noqa: E402
+from saec.runtime.plan import ExecutionPlan, LayerPlan  # noqa: E402
 from saec.training.data import default_mnist_root, load_images  # noqa: E402
 from saec.runtime.model import SpikingAutoencoder  # noqa: E402
 
@@ -45,7 +46,7 @@ LAYERS = ("conv1", "conv2", "latent", "fc_dec", "deconv1", "output")
 
 
 def _dense_synapse(op, w, b, x, x_bool, lead_dims=1, sample=None, contiguous_out=False, out_sample=None,
-                   spike_driven=False, choice=fastpath.DEFAULT_CHOICE, gated_input=False):
+                   spike_driven=False, choice=fastpath.DEFAULT_CHOICE, gated_input=False):  # choice: forward dense
     lead = x.shape[:lead_dims]
     rows = x.reshape(-1, *(sample or x.shape[lead_dims:])).contiguous()
     y = fastpath.synapse_forward(op, w, b, rows, choice)
@@ -76,10 +77,13 @@ def main() -> int:
     spike_layers = _spike_layers(graph)
     ran_driven: dict[str, bool] = {}
 
+    dense_plan = ExecutionPlan(layers=tuple((key, LayerPlan(forward="dense"))
+                                            for key in sorted(set(model._layer_keys.values()))))
+
     def forward(kind: str):
         fastpath.spike_synapse = _dense_synapse if kind == "dense" else saec_synapse
         pool.MIN_POOLED_BYTES = 1 << 62 if kind == "dense" else pooled_bytes
-        model.execution = Execution(spike_driven=kind == "spike")
+        model.execution = Execution(spike_driven=False, plan=dense_plan) if kind != "spike" else Execution()
         try:
             with torch.inference_mode():
                 t0 = time.perf_counter()
@@ -97,13 +101,13 @@ def main() -> int:
             if r:  # the first round warms up (kernel build, pool)
                 times[kind].append(seconds)
     with _watching(spikedriven, ran_driven, spike_layers), torch.inference_mode():  # which layers took it
-        model.execution = Execution(spike_driven=True)
+        model.execution = Execution()
         model(x, generator=torch.Generator().manual_seed(1))
     rates = {layer: outs["saec"].trains[layer].float().mean().item() for layer in LAYERS}
     agree = all(torch.equal(outs["saec"].trains[layer], outs["dense"].trains[layer]) for layer in LAYERS)
     print(f"T={args.timesteps} B={args.batch} threads={args.threads}, {args.rounds} rounds, spike rates "
           + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
-    print(f"synapse input activity (fraction of ones; spike-driven up to {spikedriven.MAX_ACTIVITY:g}): "
+    print("synapse input activity (fraction of ones) and forward: "
           + ", ".join(f"{syn} {_train(outs['saec'], src).float().mean().item():.3f}"
                       f" ({'spike-driven' if ran_driven.get(syn) else 'dense'})"
                       for syn, src in spike_layers.items()))
@@ -143,18 +147,17 @@ class _watching:
         self.module, self.ran, self.names = module, ran, list(synapses)
 
     def __enter__(self):
-        self.original, calls = self.module.synapse, iter(self.names)  # synapses run in graph order
+        self.original, calls = self.module.forward_into, iter(self.names)  # synapses run in graph order
 
         def watched(*args, **kwargs):
-            out = self.original(*args, **kwargs)
-            self.ran[next(calls)] = out is not None
-            return out
+            self.ran[next(calls)] = True
+            return self.original(*args, **kwargs)
 
-        self.module.synapse = watched
+        self.module.forward_into = watched
         return self
 
     def __exit__(self, *exc):
-        self.module.synapse = self.original
+        self.module.forward_into = self.original
         return False
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ threshold raised to 1 GiB, its trimming left as it is), ``no-pool`` (no buffer p
 every large tensor freshly allocated), ``omp-active`` (the saec worker does not set
 OMP_WAIT_POLICY=PASSIVE), ``ftz`` (flush denormals to zero), ``dense-wgrad`` (every weight
 gradient dense, none spike-driven), ``dense-igrad`` (every input gradient dense, none at the active
-inputs only).
+inputs only), ``dense-forward`` (every synapse's forward dense: oneDNN / MKL instead of the
+spike-driven kernel, which rounds differently).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _saec_trainer(name: str, graph, weights, device, plan_doc: dict | None = Non
     from saec.runtime import fastpath
     from saec.runtime.execution import Execution
     from saec.runtime.model import SpikingAutoencoder
-    from saec.runtime.plan import DEFAULT_PLAN, ExecutionPlan
+    from saec.runtime.plan import DEFAULT_LAYER, DEFAULT_PLAN, ExecutionPlan
     from saec.training.objective import objective
 
     plan = DEFAULT_PLAN if plan_doc is None else ExecutionPlan.from_dict(plan_doc)
@@ -122,7 +123,7 @@ def _saec_trainer(name: str, graph, weights, device, plan_doc: dict | None = Non
     switches = set(name.split(":", 1)[1].split("+")) if ":" in name else set()
     unknown = switches - {"torch-scan", "keep-memory", "float-saves", "no-channels-last", "reference", "bf16",
                           "thp", "heap-no-trim-change", "ftz", "no-pool", "omp-active", "dense-wgrad",
-                          "dense-igrad"}
+                          "dense-igrad", "dense-forward"}
     if unknown:
         raise SystemExit(f"unknown saec switches {sorted(unknown)}")
     if "no-pool" in switches:  # no buffer pool: every large tensor freshly allocated
@@ -166,6 +167,11 @@ def _saec_trainer(name: str, graph, weights, device, plan_doc: dict | None = Non
         fastpath.spike_synapse = plain_synapse
     model = SpikingAutoencoder(graph).to(device)
     model.load_ir_state_dict({k: v.to(device) for k, v in weights.items()})
+    if "dense-forward" in switches:  # every synapse's forward dense (oneDNN / MKL): another rounding
+        planned = dict(plan.layers)
+        plan = dataclasses.replace(plan, layers=tuple(sorted(
+            (key, dataclasses.replace(planned.get(key, DEFAULT_LAYER), forward="dense"))
+            for key in set(model._layer_keys.values()))))
     model.execution = Execution(path="reference" if "reference" in switches else "fast",
                                 scan_backend="torch" if "torch-scan" in switches else "auto", plan=plan)
     opt = torch.optim.Adam(model.parameters(), lr=LR)

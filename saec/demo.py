@@ -33,9 +33,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 #: The demo's short schedule (paper: T=100, 10 epochs of 60,000 images): 8 x 79 steps at T=8, Adam lr
 #: 1e-3 decayed by a cosine over the epochs. Measured on the 2-core AMD EPYC machine from a fresh
-#: clone: validation L_rec 40.65 against 81.52 for an all-zero output (first 1,000 MNIST test
-#: images), 3.5 min wall (39.64 before the spike-driven weight gradients changed the summation
-#: order); seeds 0/1/2 with one thread each, before that change: 38.5 / 41.6 / 47.3 (README).
+#: clone at commit f221b06: validation L_rec 39.31 against 81.52 for an all-zero output (first 1,000
+#: MNIST test images), 1.6 min wall (3.5 min and 40.65 before the spike-driven forward and input
+#: gradients changed the summation order); seeds 0/1/2 with one thread each, earlier: 38.5 / 41.6 /
+#: 47.3 (README).
 #: A constant lr 1e-3 learns as fast early but its training loss ran away after epoch 5 on some
 #: seeds; T=16 learns no faster per epoch and costs twice as much; T=4 leaves the network silent.
 SCHEDULE = {"timesteps": 8, "epochs": 8, "lr": 1e-3, "batch_size": 64, "schedule": "cosine"}

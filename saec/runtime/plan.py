@@ -234,6 +234,9 @@ class ExecutionPlan:
                  _knob("threads", self.threads, torch.get_num_threads())]
         for layer in synapse_layers(graph, batch):
             chosen = self.layer(layer.key)
+            if layer.spike_input:  # the layer's numerics (set by hand, never timed)
+                lines.append(f"{layer.node} forward: " + (f"{BUILTIN_FORWARD} (default)" if chosen.forward is None
+                                                          else chosen.forward))
             for knob in layer.knobs():
                 value = getattr(chosen, knob)
                 default = getattr(DEFAULT_LAYER, knob)
@@ -247,8 +250,6 @@ class ExecutionPlan:
                 elif knob == "weight_grad" and value is None:
                     lines.append(f"{layer.node} weight_grad: by input activity, spike-driven up to "
                                  f"{spikedriven.WEIGHT_GRAD_MAX_ACTIVITY} (default)")
-                elif knob == "forward" and value is None:
-                    lines.append(f"{layer.node} forward: {BUILTIN_FORWARD} (default)")
                 elif knob == "input_grad" and value is None:
                     lines.append(f"{layer.node} input_grad: by input activity, at the active inputs only up to "
                                  f"{spikedriven.INPUT_GRAD_MAX_ACTIVITY} (default)")
@@ -314,10 +315,13 @@ class SynapseLayer:
     handoff: bool  # the IR suggests a handoff layout for it (contiguous_out or out_sample)
     reads_encoder: bool  # its input is the encoded image (no input gradient in training)
     gated_input: bool = False  # its input is a spike_gated LIF layer's spikes (fastpath.spike_synapse)
+    spike_input: bool = False  # its input is a spike train: a LIF layer's or the encoder's (LayerPlan.forward)
 
     def knobs(self) -> list[str]:
         """The knobs that apply to this layer (the others leave it as it is)."""
-        knobs = ["forward"]  # first: it changes what the other knobs time
+        # not the forward algorithm: it is the layer's numerics (chosen by hand, LayerPlan.forward), and a
+        # timing must not decide which bits a model computes
+        knobs = []
         if fastpath.single_output_transposed(self.op):
             knobs.append("output_algorithm")
         if isinstance(self.op, ops.Conv2d):
@@ -354,7 +358,8 @@ def synapse_layers(graph: IRGraph, batch: int = 1) -> list[SynapseLayer]:
         producer = graph.op(producer_of(graph, source))
         layers.append(SynapseLayer(name, op, sample, layer_key(op, sample), timesteps * batch, batch, handoff,
                                    isinstance(producer, (ops.PoissonEncode, ops.Input)),
-                                   isinstance(producer, ops.LIF) and producer.surrogate == "spike_gated"))
+                                   isinstance(producer, ops.LIF) and producer.surrogate == "spike_gated",
+                                   isinstance(producer, (ops.LIF, ops.PoissonEncode))))
     return layers
 
 
@@ -448,7 +453,7 @@ class _Bench:
         exec_meta = self.graph.meta(layer.node).get(META_KEY, {})
         contiguous_out = bool(exec_meta.get("contiguous_out")) and plan.handoff_layout
         out_sample = exec_meta.get("out_sample") if plan.handoff_layout else None
-        choice = ExecutionPlan(layers=((layer.key, plan),)).synapse_choice(layer.key, spike_input=True)
+        choice = ExecutionPlan(layers=((layer.key, plan),)).synapse_choice(layer.key, layer.spike_input)
         x = self.inputs[layer.node]
         x = x.detach().requires_grad_(not layer.reads_encoder)
         weight, bias = self.weights[layer.node]
@@ -506,10 +511,6 @@ def _candidates(layer: SynapseLayer, knob: str) -> list[Any]:
         usable = spikedriven.weight_grad_applies(layer.op, torch.empty(0), torch.float32, torch.device("cpu"),
                                                  layer.sample)
         return [None, *fastpath.WEIGHT_GRAD_CHOICES] if usable else [None]
-    if knob == "forward":  # every synapse layer of a planned (spiking) network reads a spike train
-        usable = spikedriven.weight_grad_applies(layer.op, torch.empty(0), torch.float32, torch.device("cpu"),
-                                                 layer.sample)
-        return [None, "dense"] if usable else [None]
     if knob == "input_grad":  # likewise; the layer's input is spike-gated (SynapseLayer.knobs)
         usable = spikedriven.weight_grad_applies(layer.op, torch.empty(0), torch.float32, torch.device("cpu"),
                                                  layer.sample)
@@ -550,8 +551,9 @@ def plan_network(graph: IRGraph, batch: int, *, device: torch.device | str = "cp
                  dtype: torch.dtype = torch.float32, timer: Timer | None = None) -> ExecutionPlan:
     """Measure the candidates of every knob for ``graph`` at ``batch`` images per step; the fastest plan.
 
-    Layer by layer, knob by knob (the forward algorithm, the output algorithm, the Conv2d layout, the
-    handoff layout, the weight and input gradients' kernels, then the chunk size), each candidate is timed with the knobs chosen so far; then the
+    Layer by layer, knob by knob (the output algorithm, the Conv2d layout, the handoff layout, the
+    weight and input gradients' kernels, then the chunk size; the forward algorithm is not timed: it
+    sets the layer's numerics), each candidate is timed with the knobs chosen so far; then the
     pool's threshold and the thread count, over all layers. Each trial is a layer's forward and backward on
     synthetic spikes of its real shape [T, B, ...] (the handoff layout: with its readers);
     a knob with one candidate is not timed, a layer key seen before is not planned again.

@@ -12,6 +12,7 @@ the switch code (tests/benchmarks/test_bench_smoke.py reads them):
 - ``c_scan_calls``: calls of the C LIF kernel (forward and backward) in the second step;
 - ``spike_weight_grad_calls``: calls of the spike-driven weight-gradient kernel in that step;
 - ``spike_input_grad_calls``: calls of the input-gradient kernel (active inputs only) in that step;
+- ``spike_forward_calls``: calls of the spike-driven forward kernel in that step;
 - ``scan_backends``: the scan backends the LIF scan was called with in that step (the
   ``backend`` argument its kernel choice received, sorted);
 - ``fresh_pool_bytes``: large tensors (at least ``POOL_FROM_BYTES``) the buffer pool
@@ -112,6 +113,14 @@ def probe(name: str) -> dict:
             return real_input_grad(*a, **k)
 
         cpu_spike.input_grad = input_grad
+        counters["spike_forward_calls"] = 0
+        real_forward = cpu_spike.forward
+
+        def forward(*a, **k):
+            counters["spike_forward_calls"] += self._probe_on
+            return real_forward(*a, **k)
+
+        cpu_spike.forward = forward
 
         class CountingTorch:  # pool.py's `torch`: counts the fresh buffers the pool asks for
             def __getattr__(self, attr):

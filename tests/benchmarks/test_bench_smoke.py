@@ -73,13 +73,13 @@ def test_every_saec_switch_runs():
 
 # ---------------------------------------------------------------- each switch changes what it claims
 PROBE = REPO / "tests" / "benchmarks" / "switch_probe.py"
-# Five worker processes instead of fourteen: switches grouped so that within a group no switch moves another's
+# Five worker processes instead of fifteen: switches grouped so that within a group no switch moves another's
 # observation. Each switch alone was probed once to see what it moves besides its own: torch-scan also drops
 # the channels-last saves and most pooled buffers, float-saves a few pooled buffers, reference the fused scan
 # and the C kernel calls; so no-pool and no-channels-last sit apart from torch-scan and float-saves.
 PROBE_RUNS = ("saec", "saec:float-saves+thp+ftz+omp-active+torch-scan+keep-memory",
               "saec:reference+heap-no-trim-change", "saec:no-channels-last+bf16+no-pool",
-              "saec:dense-wgrad+dense-igrad")
+              "saec:dense-wgrad+dense-igrad+dense-forward")
 # What the worker may inherit that a switch sets: the probe starts without it.
 SWITCH_ENVIRONMENT = ("OMP_WAIT_POLICY", "SAEC_KEEP_FREED_MEMORY", "SAEC_NATIVE_KERNELS", "THP_MEM_ALLOC_ENABLE")
 
@@ -132,6 +132,10 @@ def test_dense_wgrad_computes_no_weight_gradient_from_spikes(observed):
 
 def test_dense_igrad_computes_no_input_gradient_at_the_active_inputs_only(observed):
     assert observed[""]["spike_input_grad_calls"] > 0 and observed["dense-igrad"]["spike_input_grad_calls"] == 0
+
+
+def test_dense_forward_runs_no_spike_driven_forward(observed):
+    assert observed[""]["spike_forward_calls"] == 6 and observed["dense-forward"]["spike_forward_calls"] == 0
 
 
 def test_ftz_flushes_denormals(observed):

@@ -159,3 +159,16 @@ def test_a_given_input_train_must_hold_only_zeros_and_ones(tmp_path):
         for run in (lambda: model(x, encoded=train * 0.5), lambda: model.forward_stepwise(x, train * 2)):
             with pytest.raises(ValueError, match=r"the input spike train \(encoded\) must hold only 0s and 1s"):
                 run()
+
+
+def test_the_plan_prints_each_layers_forward_and_the_planner_never_times_it(tmp_path):
+    from saec.runtime import plan as planning
+
+    sae = _model(SMALL_SAE, tmp_path)
+    lines = planning.DEFAULT_PLAN.knob_lines(sae.graph, 4)
+    assert [line for line in lines if " forward: " in line] == [
+        f"{name} forward: spike (default)" for name in ("conv1", "conv2", "latent", "fc_dec", "deconv1", "output")]
+    dense = ExecutionPlan(layers=tuple((key, LayerPlan(forward="dense")) for key in set(sae._layer_keys.values())))
+    assert "conv2 forward: dense" in dense.knob_lines(sae.graph, 4)
+    # a timing must not choose a model's bits: no candidates for the forward algorithm
+    assert all("forward" not in knobs for knobs in planning.plan_candidates(sae.graph, 4).values())
