@@ -229,15 +229,21 @@ def test_each_layer_knob_changes_what_runs(monkeypatch, knob, value, observed, d
     assert observed(_observe(monkeypatch, model, plan)) == planned_seen
 
 
+def _kernel_ops(monkeypatch, model, kernel: str, knob: str) -> list:
+    """The ops ``cpu_spike.<kernel>`` ran for in a training pass with ``knob`` "dense" on every layer
+    (asserted: none), then in one with it "spike"."""
+    calls = []
+    real = getattr(cpu_spike, kernel)
+    monkeypatch.setattr(cpu_spike, kernel, lambda op, *args: calls.append(op) or real(op, *args))
+    _train_pass(model, _images(BATCH), "fast", ExecutionPlan(layers=_every_layer(model, **{knob: "dense"})))
+    assert calls == []
+    _train_pass(model, _images(BATCH), "fast", ExecutionPlan(layers=_every_layer(model, **{knob: "spike"})))
+    return calls
+
+
 @pytest.mark.skipif(cpu_spike.library() is None, reason="no C compiler: the spike-driven kernel is not built")
 def test_the_weight_grad_knob_changes_what_runs(monkeypatch):
-    model = _tiny_model()
-    calls = []
-    real = cpu_spike.weight_grad
-    monkeypatch.setattr(cpu_spike, "weight_grad", lambda op, *args: calls.append(op) or real(op, *args))
-    _train_pass(model, _images(BATCH), "fast", ExecutionPlan(layers=_every_layer(model, weight_grad="dense")))
-    assert calls == []
-    _train_pass(model, _images(BATCH), "fast", ExecutionPlan(layers=_every_layer(model, weight_grad="spike")))
+    calls = _kernel_ops(monkeypatch, _tiny_model(), "weight_grad", "weight_grad")
     assert sorted(type(op).__name__ for op in calls) == sorted(["Conv2d"] * 2 + ["Linear"] * 2 +
                                                                ["ConvTranspose2d"] * 2)
 
@@ -248,12 +254,7 @@ def test_the_input_grad_knob_changes_what_runs_where_the_input_is_spike_gated(mo
     model = _tiny_model(preset)
     gated = {name for name in LAYERS if name != "output"
              and model.graph.op(f"{name}.lif").surrogate == "spike_gated"}
-    calls = []
-    real = cpu_spike.input_grad
-    monkeypatch.setattr(cpu_spike, "input_grad", lambda op, *args: calls.append(op) or real(op, *args))
-    _train_pass(model, _images(BATCH), "fast", ExecutionPlan(layers=_every_layer(model, input_grad="dense")))
-    assert calls == []
-    _train_pass(model, _images(BATCH), "fast", ExecutionPlan(layers=_every_layer(model, input_grad="spike")))
+    calls = _kernel_ops(monkeypatch, model, "input_grad", "input_grad")
     # every synapse reading a gated layer's spikes (conv1 reads the encoding: no input gradient)
     readers = {"conv1": "conv2", "conv2": "latent", "latent": "fc_dec", "fc_dec": "deconv1", "deconv1": "output"}
     assert sorted(id(op) for op in calls) == sorted(id(model.graph.op(readers[name])) for name in gated)

@@ -33,7 +33,8 @@ from saec.runtime.lif import lif_scan
 from saec.runtime.plan import ExecutionPlan, LayerPlan
 from saec.training.objective import objective
 from tests.runtime.test_spike_weight_grad import (BACKWARD_CASES, CASES, U, _backward_case, _case_tensors,
-                                                  _dense_forward, _small_model)
+                                                  _dense_forward, _small_model, count_rows)
+from tests.runtime.test_spike_weight_grad import _step as _training_step
 from tests.runtime.test_spikedriven import LAYERS
 
 needs_c = pytest.mark.skipif(cpu_spike.library() is None, reason="no C compiler: the spike-driven kernel is not built")
@@ -147,15 +148,7 @@ def test_a_spike_gated_layer_reads_its_spike_gradient_only_where_it_fired(op, ba
 # ---------------------------------------------------------------- the fast path's backward
 @pytest.fixture
 def input_kernel_calls(monkeypatch):
-    calls = []
-    real = cpu_spike.input_grad
-
-    def counted(op, x, *args):
-        calls.append(x.shape[0])
-        return real(op, x, *args)
-
-    monkeypatch.setattr(cpu_spike, "input_grad", counted)
-    return calls
+    return count_rows(monkeypatch, "input_grad")
 
 
 def _step(op, weight, x_source, sample, choice, *, gated_input, contiguous_out=False, out_sample=None):
@@ -224,13 +217,7 @@ def test_the_built_in_choice_follows_the_input_activity(input_kernel_calls):
 
 # ---------------------------------------------------------------- a whole training step
 def _model_step(model, x, input_grad):
-    layers = tuple(sorted((key, LayerPlan(input_grad=input_grad)) for key in set(model._layer_keys.values())))
-    model.execution = Execution(plan=ExecutionPlan(layers=layers))
-    model.zero_grad(set_to_none=True)
-    out = model(x, generator=torch.Generator().manual_seed(1), record=set(LAYERS))
-    loss, _ = objective(model, out, x)
-    loss.backward()
-    return out, loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+    return _training_step(model, x, None, input_grad)  # the weight gradients by activity, as built in
 
 
 @needs_c

@@ -192,17 +192,22 @@ def _backward_case(case, activity=0.05):
     return op, weight, x, sample, dict(options)
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch):
+def count_rows(monkeypatch, kernel: str) -> list[int]:
+    """Replace ``cpu_spike.<kernel>`` by itself noting each call's rows; the list they go to."""
     calls = []
-    real = cpu_spike.weight_grad
+    real = getattr(cpu_spike, kernel)
 
     def counted(op, x, *args):
         calls.append(x.shape[0])
         return real(op, x, *args)
 
-    monkeypatch.setattr(cpu_spike, "weight_grad", counted)
+    monkeypatch.setattr(cpu_spike, kernel, counted)
     return calls
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    return count_rows(monkeypatch, "weight_grad")
 
 
 @needs_c
@@ -316,9 +321,11 @@ def _small_model(tmp_path):
     return model
 
 
-def _step(model, x, weight_grad):
-    # the input gradients dense in both runs (the same output gradients reach both weight gradients)
-    layers = tuple(sorted((key, LayerPlan(weight_grad=weight_grad, input_grad="dense"))
+def _step(model, x, weight_grad, input_grad="dense"):
+    """One training step of ``model`` on ``x`` with every layer's weight and input gradient as given
+    (by default the input gradients dense: the same output gradients then reach both weight
+    gradients of a comparison); (output, loss, the parameters' gradients)."""
+    layers = tuple(sorted((key, LayerPlan(weight_grad=weight_grad, input_grad=input_grad))
                           for key in set(model._layer_keys.values())))
     model.execution = Execution(plan=ExecutionPlan(layers=layers))
     model.zero_grad(set_to_none=True)

@@ -361,11 +361,17 @@ def weight_grad(op: ops.Op, x: Tensor, g: Tensor, sample: tuple[int, ...], parti
         raise ValueError(f"partials must be contiguous float32 [>= {workers}, ...], got {tuple(partials.shape)}")
     if n == 0:
         return True
+    x, p, fn = _gradient_call(op, x, g, sample, "spike_weight_grad")
+    return _run_rows(fn, p, n, [(x.data_ptr(), g.data_ptr(), partials[w].data_ptr()) for w in range(workers)])
+
+
+def _gradient_call(op: ops.Op, x: Tensor, g: Tensor, sample: tuple[int, ...], kernel: str):
+    """(x as the kernel reads it, the parameters of a gradient kernel's call, the kernel ``kernel``_u8 or
+    _f32 for x's dtype) for input rows ``x`` and output-gradient rows ``g``."""
     x, p = _input_params(x)
     p.out_row_stride = g.stride(0)
     _set_geometry(p, op, sample, tuple(g.shape[1:]))
-    fn = getattr(library(), "spike_weight_grad_u8" if x.dtype == torch.uint8 else "spike_weight_grad_f32")
-    return _run_rows(fn, p, n, [(x.data_ptr(), g.data_ptr(), partials[w].data_ptr()) for w in range(workers)])
+    return x, p, getattr(library(), kernel + ("_u8" if x.dtype == torch.uint8 else "_f32"))
 
 
 # ---------------------------------------------------------------- input gradient
@@ -401,9 +407,6 @@ def input_grad(op: ops.Op, x: Tensor, g: Tensor, sample: tuple[int, ...], wt: Te
         raise ValueError(f"wt must be the arranged float32 weights, got {tuple(wt.shape)} {wt.dtype}")
     if n == 0:
         return True
-    x, p = _input_params(x)
-    p.out_row_stride = g.stride(0)
-    _set_geometry(p, op, sample, tuple(g.shape[1:]))
-    fn = getattr(library(), "spike_input_grad_u8" if x.dtype == torch.uint8 else "spike_input_grad_f32")
+    x, p, fn = _gradient_call(op, x, g, sample, "spike_input_grad")
     args = (x.data_ptr(), g.data_ptr(), wt.data_ptr(), dx.data_ptr())
     return _run_rows(fn, p, n, [args] * weight_grad_workers(n))
