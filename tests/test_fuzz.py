@@ -397,3 +397,13 @@ def test_fuzz_larger_budget(baseline):
                                  (lambda d: fuzz_run(baseline[0], d), run_damage(), "run")]:
         settings(max_examples=SLOW_BUDGET[kind], deadline=None, database=None,
                  suppress_health_check=list(HealthCheck))(given(strategy)(test))()
+
+
+def test_a_non_utf8_byte_in_metrics_jsonl_is_no_traceback(baseline):
+    """Found by the larger budget: ``saec eval`` read metrics.jsonl as UTF-8 in one piece, so one
+    flipped byte raised UnicodeDecodeError. The damaged line is skipped now; every reader stays clean."""
+    trained = baseline[0]
+    files = sorted(p for p in trained.rglob("*") if p.is_file() and "figures" not in p.relative_to(trained).parts)
+    index = [p.relative_to(trained).as_posix() for p in files].index("metrics.jsonl")  # fuzz_run's order
+    for reader in range(len(READERS)):
+        fuzz_run(trained, (index, "flip", 0.0, b"\x00", reader, 0))

@@ -166,7 +166,11 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text(errors="replace")  # a damaged byte spoils its line only
+    except OSError:
+        return []
+    for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except ValueError:
