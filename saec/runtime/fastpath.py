@@ -1,26 +1,32 @@
 """Training fast path: synapses that keep their binary input as bool, run over row
 chunks into pooled outputs, in the layout each layer runs fastest in.
 
-Every synapse input of the SAE is a spike train (the Poisson encoding, then
-each layer's spikes), so the conv / linear weight gradient needs only 0/1
-values. Autograd would keep the float input (4 bytes per neuron and step); a
-:class:`_SpikeInputSynapse` keeps the bool spikes the LIF scan hands out (1
-byte, and the very tensor the scan's own backward keeps for ``spike_gated``),
-and rebuilds the float input in backward, chunk by chunk. It takes its input in
-the producer's shape and layout (a flatten or unflatten is applied per chunk),
-and writes its output and input gradient into tensors from the step's buffer
-pool (:mod:`saec.runtime.pool`), so a training step allocates no fresh large
-tensors. Forward calls the same kernels as the plain path on the same rows
+Every synapse input of the SAE is a spike train (the Poisson encoding, then each layer's
+spikes), so the conv / linear weight gradient needs only 0/1 values. Autograd would keep
+the float input (4 bytes per neuron and step); a :class:`_SpikeInputSynapse` keeps the bool
+spikes the LIF scan hands out (1 byte, and the very tensor the scan's own backward keeps for
+``spike_gated``). It takes its input in the producer's shape and layout (a flatten or
+unflatten is applied per chunk), and writes its output and input gradient into tensors from
+the step's buffer pool (:mod:`saec.runtime.pool`), so a training step allocates no fresh
+large tensors. Forward calls the same kernels as the plain path on the same rows
 (:func:`synapse_forward` defines saec's numerics for every path), so spikes are
-bit-identical; gradients agree within fp32 rounding (weight gradients are sums
-of chunk sums).
+bit-identical; gradients agree within fp32 rounding (weight gradients are sums of chunk sums).
 
-The weight gradient itself needs the input only where it is 1: per row chunk, by the layer's
-plan (``SynapseChoice.weight_grad``) or, by default, by the chunk's input activity, backward
-computes it with the spike-driven C kernel (:func:`saec.runtime.kernels.cpu_spike.weight_grad`,
-work in proportion to the spikes, no multiplications) instead of oneDNN / MKL on the rebuilt
-float input, which is then not rebuilt at all where the input gradient does not need it (see
-:class:`_SpikeWeightGrad`). The forward is the same either way.
+The forward's algorithm is a per-layer choice (:data:`ForwardAlgorithm`, the plan's
+``forward``): for a spike-train input the built-in one is the spike-driven kernel
+(:func:`saec.runtime.spikedriven.forward_into`: the bias plus the weights of the active inputs
+in logical order, all rows in one call, reading the bool spikes), else oneDNN / MKL over row
+chunks. Either is the layer's numerics on every path.
+
+The gradients need the input only where it is 1. Per row chunk, by the layer's plan
+(``SynapseChoice.weight_grad`` / ``input_grad``) or, by default, by the chunk's input activity,
+backward computes the weight gradient with the spike-driven C kernel
+(:func:`saec.runtime.kernels.cpu_spike.weight_grad`: work in proportion to the spikes, no
+multiplications) and, where the input's producer is a ``spike_gated`` LIF layer (which reads
+its spikes' gradient only where it fired), the input gradient at the active inputs only
+(:func:`saec.runtime.kernels.cpu_spike.input_grad`, 0 elsewhere), instead of oneDNN / MKL on
+the float input rebuilt from the bools, which is then not rebuilt at all where nothing dense
+needs it (see :class:`_SpikeWeightGrad`, :class:`_SpikeInputGrad`).
 
 An opt-in allocator setting (:func:`keep_freed_memory`) is kept for measurements.
 """
