@@ -121,7 +121,8 @@ def test_kernel_refuses_tensors_in_another_layout():
     with pytest.raises(ValueError, match=r"output gradient rows must be float32 \[9, \.\.\.\] with out channels"):
         cpu_spike.input_grad(op, x, g.contiguous(), sample, wt, torch.empty(x.shape))
     with pytest.raises(ValueError, match=r"dx must be float32 with x's shape and strides"):
-        cpu_spike.input_grad(op, x, g_cl, sample, wt, torch.empty(x.shape).contiguous(memory_format=torch.channels_last))
+        cpu_spike.input_grad(op, x, g_cl, sample, wt,
+                             torch.empty(x.shape).contiguous(memory_format=torch.channels_last))
     with pytest.raises(ValueError, match=r"wt must be the arranged float32 weights, got \(5, 3, 3, 3\)"):
         cpu_spike.input_grad(op, x, g_cl, sample, weight, torch.empty(x.shape))
 

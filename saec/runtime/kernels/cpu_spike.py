@@ -1,7 +1,8 @@
 """The C spike-driven synapse (``spike_synapse.c``: the forward, :func:`forward`, the weight
-gradient, :func:`weight_grad`, and the input gradient at the active inputs, :func:`input_grad`): built with the system C compiler on first
-use (the LIF scan's mechanism, :func:`saec.runtime.kernels.cpu_lif.build_native`: cached per
-source, flags, compiler and CPU, ``SAEC_NATIVE_KERNELS=0`` turns it off), called through ctypes.
+gradient, :func:`weight_grad`, and the input gradient at the active inputs, :func:`input_grad`):
+built with the system C compiler on first use (the LIF scan's mechanism,
+:func:`saec.runtime.kernels.cpu_lif.build_native`: cached per source, flags, compiler and CPU,
+``SAEC_NATIVE_KERNELS=0`` turns it off), called through ctypes.
 
 Nothing here is required: :func:`library` returns None (after one warning) when no compiler is
 found or the build fails, and :mod:`saec.runtime.spikedriven` then runs the dense synapse.
