@@ -83,7 +83,11 @@ WEIGHT_GRAD_MAX_ACTIVITY = 0.1
 #: The input gradient's crossover (where the producer is spike-gated, see
 #: :func:`saec.runtime.fastpath.spike_synapse`): a row chunk whose input has a larger fraction of ones
 #: gets the dense input gradient, a sparser one the kernel's dot products at its active inputs, where
-#: a layer's execution plan does not choose (``SynapseChoice.input_grad``). PROVISIONAL until measured.
+#: a layer's execution plan does not choose (``SynapseChoice.input_grad``). Measured on a quiet 2-core
+#: AMD EPYC (``python benchmarks/weight_grad.py --gradient input --rounds 5``, T = 16, B = 64): the
+#: kernel wins at 0.1 on every layer (conv2 2.1x, deconv1 1.85x, fc_dec 1.27x, latent 1.14x, the output
+#: layer 1.07x; 2.2-4.2x at 0.01-0.03) and breaks even at ~0.1 (output), ~0.15 (latent, fc_dec), ~0.25
+#: (deconv1) and above 0.3 (conv2); so 0.1.
 INPUT_GRAD_MAX_ACTIVITY = 0.1
 
 #: Rows sampled (spread over time steps and images) to estimate a layer's input activity.
