@@ -208,6 +208,16 @@ static inline void prefetch_next_grad_row(const spike_synapse_params *p, int64_t
     for (int64_t j = 0; j < numel; j += 64 / sizeof(float)) __builtin_prefetch(g_next + j, 0, 2);
 }
 
+/* Along one axis: the output position that kernel tap k of input position i reaches (stride s,
+ * padding p), or -1 where it reaches none. The scatter form (kind 2): i * s + k - p; a strided
+ * conv2d (kind 1): (i + p - k) / s where that divides. */
+static inline int64_t tap_target(int scatter, int64_t i, int64_t k, int64_t s, int64_t p)
+{
+    if (scatter) return i * s + k - p;
+    const int64_t t = i + p - k;
+    return (t < 0 || t % s) ? -1 : t / s;
+}
+
 /* The kernel window of one active input, as contiguous runs of out-channel floats: for the input
  * with logical index F (channel ci, row iy, column ix), BODY runs once per run with w_off (the
  * run's start in the arranged weights W' [C_in, kh, kw, C_out]), o_off (its start in an output
@@ -231,14 +241,7 @@ static inline void prefetch_next_grad_row(const spike_synapse_params *p, int64_t
         const int64_t kx0_ = pw_ - ix_ > 0 ? pw_ - ix_ : 0;                                   \
         const int64_t kx1_ = Wo_ + pw_ - ix_ < kw_ ? Wo_ + pw_ - ix_ : kw_;                   \
         for (int64_t ky_ = 0; ky_ < kh_; ++ky_) {                                             \
-            int64_t oy_;                                                                      \
-            if (scatter_) {                                                                   \
-                oy_ = iy_ * sh_ + ky_ - ph_;                                                  \
-            } else {                                                                          \
-                const int64_t ty_ = iy_ + ph_ - ky_;                                          \
-                if (ty_ < 0 || ty_ % sh_) continue;                                           \
-                oy_ = ty_ / sh_;                                                              \
-            }                                                                                 \
+            const int64_t oy_ = tap_target(scatter_, iy_, ky_, sh_, ph_);                     \
             if (oy_ < 0 || oy_ >= Ho_) continue;                                              \
             if (scatter_ && sw_ == 1) {                                                       \
                 if (kx1_ <= kx0_) continue;                                                   \
@@ -249,14 +252,7 @@ static inline void prefetch_next_grad_row(const spike_synapse_params *p, int64_t
                 continue;                                                                     \
             }                                                                                 \
             for (int64_t kx_ = 0; kx_ < kw_; ++kx_) {                                         \
-                int64_t ox_;                                                                  \
-                if (scatter_) {                                                               \
-                    ox_ = ix_ * sw_ + kx_ - pw_;                                              \
-                } else {                                                                      \
-                    const int64_t tx_ = ix_ + pw_ - kx_;                                      \
-                    if (tx_ < 0 || tx_ % sw_) continue;                                       \
-                    ox_ = tx_ / sw_;                                                          \
-                }                                                                             \
+                const int64_t ox_ = tap_target(scatter_, ix_, kx_, sw_, pw_);                 \
                 if (ox_ < 0 || ox_ >= Wo_) continue;                                          \
                 const int64_t w_off = w_ci_ + (ky_ * kw_ + kx_) * Co_;                        \
                 const int64_t o_off = (oy_ * Wo_ + ox_) * Co_;                                \
