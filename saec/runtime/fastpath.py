@@ -565,7 +565,7 @@ class _SpikeInputGrad:
 
     def __init__(self, op: ops.Op, param: Tensor, sample: tuple[int, ...]) -> None:
         self.op, self.sample = op, sample
-        self.wt = cpu_spike.arranged_weight(op, param.detach().float())
+        self.wt = spikedriven.kept_arranged_weight(op, param)  # the forward's, unless an output order changed it
 
     def into(self, x_rows: Tensor, g: Tensor, dx_rows: Tensor) -> None:
         """Write the chunk's input gradient into ``dx_rows`` (the input's rows and layout) from its bool

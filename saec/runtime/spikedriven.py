@@ -218,7 +218,7 @@ def forward_into(op: ops.Op, weight: Tensor, bias: Tensor | None, rows: Tensor, 
         MemoryError: the kernel could not get its scratch memory (``out`` is then undefined).
     """
     order = cpu_spike.feature_order(op, out)  # a linear's output handed out unflattened, channels-last
-    wt = _arranged_weight(op, weight, order, None if order is None else (out.shape[1:], out.stride()[1:]))
+    wt = kept_arranged_weight(op, weight, order, None if order is None else (out.shape[1:], out.stride()[1:]))
     b = None if bias is None else (bias.detach() if order is None else bias.detach()[order]).float().contiguous()
     if not cpu_spike.forward(op, wt, b, rows, tuple(sample), out):
         raise MemoryError("the spike-driven synapse could not allocate its scratch memory")
@@ -228,10 +228,12 @@ def forward_into(op: ops.Op, weight: Tensor, bias: Tensor | None, rows: Tensor, 
 _ARRANGED: dict[int, tuple[tuple, Tensor]] = {}
 
 
-def _arranged_weight(op: ops.Op, weight: Tensor, order: Tensor | None, layout: tuple | None) -> Tensor:
+def kept_arranged_weight(op: ops.Op, weight: Tensor, order: Tensor | None = None,
+                         layout: tuple | None = None) -> Tensor:
     """:func:`cpu_spike.arranged_weight`, kept per weight tensor until the weight changes (its
     version counter moves on an in-place update, e.g. an optimiser step or loading a state dict),
-    so that a forward does not copy all the weights again (the SAE: 10 MB). Costs one copy of the
+    so that a forward does not copy all the weights again (the SAE: 10 MB), nor the backward's input
+    gradient after it (the same arrangement, no ``order``). Costs one copy of the
     weights' memory while they live; weights without a version counter (tensors made under
     ``torch.inference_mode``, e.g. quantisation-aware execution's quantised weights) are not kept."""
     try:
