@@ -88,39 +88,21 @@ def probe(name: str) -> dict:
         dispatch.kernel_for = kernel_for
         observed["scan_backends"] = backends
 
-        def counting(fn):
+        def counting(fn, counter):
+            counters.setdefault(counter, 0)
+
             def wrapper(*a, **k):
-                counters["c_scan_calls"] += self._probe_on
+                counters[counter] += self._probe_on
                 return fn(*a, **k)
             return wrapper
 
-        cpu_lif.forward, cpu_lif.backward = counting(cpu_lif.forward), counting(cpu_lif.backward)
+        cpu_lif.forward = counting(cpu_lif.forward, "c_scan_calls")
+        cpu_lif.backward = counting(cpu_lif.backward, "c_scan_calls")
         from saec.runtime.kernels import cpu_spike
 
-        counters["spike_weight_grad_calls"] = 0
-        real_weight_grad = cpu_spike.weight_grad
-
-        def weight_grad(*a, **k):  # the fast path calls it through the module
-            counters["spike_weight_grad_calls"] += self._probe_on
-            return real_weight_grad(*a, **k)
-
-        cpu_spike.weight_grad = weight_grad
-        counters["spike_input_grad_calls"] = 0
-        real_input_grad = cpu_spike.input_grad
-
-        def input_grad(*a, **k):
-            counters["spike_input_grad_calls"] += self._probe_on
-            return real_input_grad(*a, **k)
-
-        cpu_spike.input_grad = input_grad
-        counters["spike_forward_calls"] = 0
-        real_forward = cpu_spike.forward
-
-        def forward(*a, **k):
-            counters["spike_forward_calls"] += self._probe_on
-            return real_forward(*a, **k)
-
-        cpu_spike.forward = forward
+        for kernel, counter in (("weight_grad", "spike_weight_grad_calls"), ("input_grad", "spike_input_grad_calls"),
+                                ("forward", "spike_forward_calls")):  # the fast path calls them through the module
+            setattr(cpu_spike, kernel, counting(getattr(cpu_spike, kernel), counter))
 
         class CountingTorch:  # pool.py's `torch`: counts the fresh buffers the pool asks for
             def __getattr__(self, attr):

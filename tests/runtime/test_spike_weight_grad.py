@@ -23,7 +23,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from saec.compiler import ops
 from saec.compiler.pipeline import compile_spec
@@ -34,7 +33,7 @@ from saec.runtime.kernels import cpu_spike
 from saec.runtime.model import SpikingAutoencoder
 from saec.runtime.plan import ExecutionPlan, LayerPlan
 from saec.training.objective import objective
-from tests.runtime.test_spikedriven import LAYERS, SMALL_SAE
+from tests.runtime.test_spikedriven import LAYERS, SMALL_SAE, _dense
 
 needs_c = pytest.mark.skipif(cpu_spike.library() is None, reason="no C compiler: the spike-driven kernel is not built")
 
@@ -49,11 +48,7 @@ def _keep_thread_count():
 
 
 def _dense_forward(op, x, weight):
-    if isinstance(op, ops.Linear):
-        return F.linear(x, weight)
-    if isinstance(op, ops.Conv2d):
-        return F.conv2d(x, weight, stride=op.stride, padding=op.padding)
-    return F.conv_transpose2d(x, weight, stride=op.stride, padding=op.padding, output_padding=op.output_padding)
+    return _dense(op, x, weight, None)
 
 
 def _weight_grad64(op, x, weight, g):
